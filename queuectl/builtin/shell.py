@@ -1,0 +1,245 @@
+"""The built-in shell executor: ``/bin/sh -c COMMAND`` in its own session and process group.
+
+Every process of an attempt carries ``QUEUECTL_RUN_ID`` in its environment. That tag,
+not the process group alone, is how the attempt's processes are found again: it follows
+children that call ``setsid`` or double-fork, and it cannot match a stranger that reused
+a pid or a group id. The worker is a child subreaper, so escaped descendants stay its
+children while it lives.
+"""
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import time
+from typing import Optional
+
+from queuectl import hookimpl
+from queuectl.config import Setting, integer
+from queuectl.models import EXITED, SUCCEEDED, ExecResult
+
+TAG = b"QUEUECTL_RUN_ID="
+CHUNK = 65536
+EXIT_DRAIN = 0.1      # seconds to wait for pipes to close after the command exits
+
+
+@hookimpl
+def queuectl_register_executors(register):
+    register("shell", ShellExecutor())
+
+
+@hookimpl
+def queuectl_register_settings(register):
+    register(Setting("output-cap", 1048576, integer(64),
+                     "Bytes of stdout and of stderr kept per attempt: half from the start, half from the end."))
+
+
+class CappedBuffer:
+    """Keeps the head and the tail of a stream, so a huge output stays small and the last error survives."""
+
+    def __init__(self, cap: int):
+        self.half = max(1, cap // 2)
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
+
+    def write(self, data: bytes) -> None:
+        self.total += len(data)
+        room = self.half - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+            data = data[room:]
+        if data:
+            self.tail += data
+            if len(self.tail) > 2 * self.half:
+                del self.tail[:len(self.tail) - self.half]
+
+    def value(self) -> bytes:
+        kept = len(self.head) + len(self.tail)
+        if kept == self.total:
+            return bytes(self.head + self.tail)
+        tail = self.tail[-self.half:]
+        dropped = self.total - len(self.head) - len(tail)
+        return bytes(self.head) + f"\n[... queuectl: {dropped} bytes truncated ...]\n".encode() + bytes(tail)
+
+
+def tagged_processes(run_id: str) -> list[int]:
+    """Pids of live processes whose environment carries this attempt's tag."""
+    needle = TAG + run_id.encode() + b"\0"
+    found = []
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                if needle in fh.read() + b"\0":
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def reap_children() -> None:
+    """Collect exited children (the worker is a subreaper, so orphans of jobs end up here)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def kill_run(run_id: str, grace: float) -> int:
+    """SIGTERM every process of the attempt, SIGKILL what is left after ``grace``; return how many."""
+    victims = set()
+    deadline = time.monotonic() + grace
+    sig = signal.SIGTERM if grace > 0 else signal.SIGKILL
+    for _ in range(200):
+        pids = tagged_processes(run_id)
+        if not pids:
+            break
+        if sig == signal.SIGTERM and time.monotonic() >= deadline:
+            sig = signal.SIGKILL
+        for pid in pids:
+            if pid not in victims or sig == signal.SIGKILL:
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    pass
+            victims.add(pid)
+        time.sleep(0.02)
+        reap_children()
+    return len(victims)
+
+
+def has_leftovers(pgid: int) -> bool:
+    """Cheap check after the command exits: does its group, or an orphan reparented to us, live on?"""
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except OSError:
+        pass
+    try:
+        with open(f"/proc/self/task/{os.getpid()}/children") as fh:
+            return bool(fh.read().strip())
+    except OSError:
+        return False
+
+
+class ShellRun:
+    def __init__(self, proc: subprocess.Popen, run_id: str, cap: int):
+        self.proc = proc
+        self.pid = self.pgid = proc.pid
+        self.run_id = run_id
+        self.buffers = {}
+        self.selector = selectors.DefaultSelector()
+        for stream in (proc.stdout, proc.stderr):
+            os.set_blocking(stream.fileno(), False)
+            self.buffers[stream.fileno()] = CappedBuffer(cap)
+            self.selector.register(stream.fileno(), selectors.EVENT_READ)
+        self.out_fd, self.err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+        self.pidfd: Optional[int] = None
+        try:
+            self.pidfd = os.pidfd_open(proc.pid)
+            self.selector.register(self.pidfd, selectors.EVENT_READ)
+        except (AttributeError, OSError):
+            pass
+
+    def _pump(self, timeout: float) -> None:
+        for key, _ in self.selector.select(timeout):
+            fd = key.fd
+            if fd == self.pidfd:
+                self.proc.wait()
+                self._forget(fd)
+                continue
+            try:
+                data = os.read(fd, CHUNK)
+            except BlockingIOError:
+                continue
+            if data:
+                self.buffers[fd].write(data)
+            else:
+                self._forget(fd)
+
+    def _forget(self, fd: int) -> None:
+        self.selector.unregister(fd)
+        if fd == self.pidfd:
+            os.close(fd)
+            self.pidfd = None
+
+    def _pipes_open(self) -> bool:
+        return any(fd in self.buffers for fd in self.selector.get_map())
+
+    def wait(self, timeout: float) -> Optional[ExecResult]:
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self._pump(remaining if self.pidfd is not None else min(remaining, 0.02))
+        return self._collect()
+
+    def _collect(self, outcome: Optional[str] = None, error: Optional[str] = None) -> ExecResult:
+        drain_until = time.monotonic() + EXIT_DRAIN
+        while self._pipes_open() and time.monotonic() < drain_until:
+            self._pump(drain_until - time.monotonic())
+        if self._pipes_open() or has_leftovers(self.pgid):
+            kill_run(self.run_id, 0)      # nothing of an attempt outlives it
+            give_up = time.monotonic() + 2.0
+            while self._pipes_open() and time.monotonic() < give_up:
+                self._pump(0.1)
+        reap_children()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        self.selector.close()
+        return self._result(outcome, error)
+
+    def _result(self, outcome: Optional[str], error: Optional[str]) -> ExecResult:
+        code = self.proc.returncode
+        out, err = self.buffers[self.out_fd].value(), self.buffers[self.err_fd].value()
+        if code is not None and code < 0:
+            sig = -code
+            return ExecResult(outcome or EXITED, signal=sig, error=error or f"killed by {signal.Signals(sig).name}",
+                              stdout=out, stderr=err)
+        if outcome is None:
+            outcome = SUCCEEDED if code == 0 else EXITED
+        if error is None and code:
+            error = f"exit code {code}" + (" (command not found)" if code == 127 else "")
+        return ExecResult(outcome, exit_code=code, error=error, stdout=out, stderr=err)
+
+    def stop(self, grace: float, outcome: str, reason: str) -> ExecResult:
+        deadline = time.monotonic() + grace
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.pgid, signal.SIGTERM)   # safe: the leader is our unreaped child
+            except OSError:
+                pass
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            self._pump(min(0.05, max(0.0, deadline - time.monotonic())))
+        kill_run(self.run_id, max(0.0, deadline - time.monotonic()))
+        while self.proc.poll() is None:
+            try:
+                os.killpg(self.pgid, signal.SIGKILL)
+            except OSError:
+                pass
+            self._pump(0.05)
+        return self._collect(outcome, reason)
+
+
+class ShellExecutor:
+    """Runs ``/bin/sh -c COMMAND`` with stdin from /dev/null and output captured through pipes."""
+
+    def start(self, job, ctx) -> ShellRun:
+        env = dict(os.environ)
+        env.update(job.env)
+        env.update(ctx.env)
+        proc = subprocess.Popen(["/bin/sh", "-c", job.command], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=job.cwd, env=env,
+                                start_new_session=True)
+        return ShellRun(proc, ctx.run_id, ctx.config.get("output-cap"))
+
+    def reap(self, job, lease) -> int:
+        return kill_run(lease.run_id, 0) if lease.run_id else 0

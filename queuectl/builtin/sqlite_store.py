@@ -1,0 +1,501 @@
+"""The built-in SQLite storage backend: one file, WAL, BEGIN IMMEDIATE, fenced leases.
+
+Idle workers are woken through Unix datagram sockets in a folder beside the store
+(``.NAME.wake/``): enqueue sends one byte to each, a slow poll covers anything missed.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from queuectl import hookimpl
+from queuectl.config import Setting, choice
+from queuectl.errors import Conflict, QueueError, SchemaError, StoreBusy
+from queuectl.models import (
+    DEAD, EXITED, PROCESSING, START_ERROR, SUCCEEDED, TIMED_OUT, WORKER_LOST, Attempt, Job, Lease,
+)
+from queuectl.store import Transition, WorkerInfo
+
+SCHEMA_VERSION = 1
+HIST_STEPS = 4          # duration histogram buckets per doubling (about 19% wide)
+
+JOB_COLUMNS = ("id, command, state, attempts, tries, max_retries, priority, queue, executor, cwd, env, timeout, "
+               "source, fields, created_at, updated_at, run_at, last_error, exit_code, lease_owner, lease_host, "
+               "lease_pid, lease_pid_start, lease_pgid, lease_expires, lease_token, run_id, started_at")
+ATTEMPT_COLUMNS = ("job_id, attempt, outcome, started_at, finished_at, exit_code, signal, error, stdout, stderr, "
+                   "worker, host, pid")
+
+MIGRATIONS = {
+    1: [
+        """CREATE TABLE jobs (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            command TEXT NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            tries INTEGER NOT NULL DEFAULT 0,
+            max_retries INTEGER NOT NULL,
+            priority INTEGER NOT NULL DEFAULT 0,
+            queue TEXT NOT NULL DEFAULT 'default',
+            executor TEXT NOT NULL DEFAULT 'shell',
+            cwd TEXT, env TEXT, timeout REAL, source TEXT, fields TEXT,
+            created_at REAL NOT NULL, updated_at REAL NOT NULL, run_at REAL NOT NULL,
+            last_error TEXT, exit_code INTEGER,
+            lease_owner TEXT, lease_host TEXT, lease_pid INTEGER, lease_pid_start INTEGER, lease_pgid INTEGER,
+            lease_expires REAL, lease_token INTEGER NOT NULL DEFAULT 0, run_id TEXT, started_at REAL)""",
+        # The claim index matches the claim's ORDER BY and holds only runnable jobs.
+        "CREATE INDEX jobs_claim ON jobs(priority DESC, run_at, seq) WHERE state IN ('pending', 'failed')",
+        "CREATE INDEX jobs_state ON jobs(state, seq)",
+        "CREATE INDEX jobs_processing ON jobs(lease_expires) WHERE state = 'processing'",
+        """CREATE TABLE attempts (
+            job_id TEXT NOT NULL, attempt INTEGER NOT NULL, outcome TEXT NOT NULL,
+            started_at REAL NOT NULL, finished_at REAL NOT NULL, exit_code INTEGER, signal INTEGER, error TEXT,
+            stdout BLOB, stderr BLOB, worker TEXT, host TEXT, pid INTEGER,
+            PRIMARY KEY (job_id, attempt))""",
+        "CREATE INDEX attempts_finished ON attempts(finished_at)",
+        "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        """CREATE TABLE workers (
+            id TEXT PRIMARY KEY, kind TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL,
+            pid_start INTEGER, pool_id TEXT, started_at REAL NOT NULL, heartbeat_at REAL NOT NULL,
+            stop_requested INTEGER NOT NULL DEFAULT 0)""",
+        # Counts and duration histograms are kept current on every change, never scanned.
+        "CREATE TABLE state_counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL)",
+        """CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs BEGIN
+            INSERT INTO state_counts VALUES (NEW.state, 1) ON CONFLICT(state) DO UPDATE SET n = n + 1; END""",
+        """CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs BEGIN
+            UPDATE state_counts SET n = n - 1 WHERE state = OLD.state; END""",
+        """CREATE TRIGGER jobs_count_update AFTER UPDATE OF state ON jobs WHEN OLD.state <> NEW.state BEGIN
+            UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
+            INSERT INTO state_counts VALUES (NEW.state, 1) ON CONFLICT(state) DO UPDATE SET n = n + 1; END""",
+        "CREATE TABLE duration_hist (bucket INTEGER PRIMARY KEY, n INTEGER NOT NULL)",
+        """CREATE TABLE run_stats (id INTEGER PRIMARY KEY CHECK (id = 1), total_runs INTEGER NOT NULL,
+            failed_runs INTEGER NOT NULL, total_duration REAL NOT NULL, first_started REAL, last_finished REAL)""",
+        "INSERT INTO run_stats VALUES (1, 0, 0, 0.0, NULL, NULL)",
+    ],
+}
+
+
+@hookimpl
+def queuectl_register_storage(register):
+    register("sqlite", SQLiteStore, schemes=("sqlite",))
+
+
+@hookimpl
+def queuectl_register_settings(register):
+    register(Setting("durability", "normal", choice("normal", "full"),
+                     "normal: survives a crash of any process; full: every acknowledged write survives "
+                     "power loss (synchronous=FULL).", file_only=True))
+
+
+def _bucket(duration: float) -> int:
+    return int(math.floor(math.log2(max(duration, 1e-6) * 1e6) * HIST_STEPS))
+
+
+def _bucket_value(bucket: int) -> float:
+    return 2 ** ((bucket + 0.5) / HIST_STEPS) / 1e6
+
+
+class SQLiteStore:
+    def __init__(self, url: str, queue):
+        path = url[len("sqlite://"):] if url.startswith("sqlite://") else url
+        self.path = Path(path)
+        self.url = str(self.path)
+        self.queue = queue
+        self.lock_timeout: Optional[float] = queue.config.get("lock-timeout")
+        self.durability = queue.config.get("durability")
+        self.wake_dir = self.path.parent / f".{self.path.name}.wake"
+        self._conn: Optional[sqlite3.Connection] = None
+        self._notify_sock: Optional[socket.socket] = None
+
+    # --- connection and transactions ------------------------------------------------------
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            if not self.path.parent.is_dir():
+                raise QueueError(f"the folder of the store {self.path} does not exist")
+            if not self.path.exists():
+                try:
+                    os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+                except OSError as exc:
+                    raise QueueError(f"cannot create the store {self.path}: {exc.strerror}") from None
+            try:
+                conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=1.0,
+                                       check_same_thread=False)
+                self._retry(self._setup, conn)
+            except sqlite3.DatabaseError as exc:
+                raise QueueError(f"cannot open the store {self.path}: {exc}") from None
+            self._conn = conn
+        return self._conn
+
+    def _setup(self, conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'full' else 'NORMAL'}")
+        conn.execute("PRAGMA busy_timeout=1000")
+
+    def _retry(self, fn, *args):
+        """Wait out "database is locked" instead of failing; workers wait forever, commands lock-timeout."""
+        start = time.monotonic()
+        delay, warned = 0.002, False
+        while True:
+            try:
+                return fn(*args)
+            except sqlite3.OperationalError as exc:
+                message = str(exc)
+                if "locked" not in message and "busy" not in message:
+                    raise QueueError(f"store {self.path}: {message}") from None
+                waited = time.monotonic() - start
+                if self.lock_timeout is not None and waited >= self.lock_timeout:
+                    raise StoreBusy(f"the store {self.path} stayed locked by another process "
+                                    f"for {waited:.0f} s") from None
+                if waited > 2 and not warned:
+                    print(f"queuectl: store {self.path} is locked by another process; waiting", file=sys.stderr)
+                    warned = True
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+
+    def _write(self, fn, *args):
+        def attempt():
+            conn = self.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn, *args)
+                conn.execute("COMMIT")
+                return result
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        return self._retry(attempt)
+
+    def _read(self, sql: str, params=()) -> list:
+        return self._retry(lambda: self.conn.execute(sql, params).fetchall())
+
+    def init(self) -> None:
+        row = self._read("SELECT name FROM sqlite_master WHERE type='table' AND name='meta'")
+        if row:
+            version = self._version(self.conn)
+            if version == SCHEMA_VERSION:
+                return
+        self._write(self._migrate)
+
+    @staticmethod
+    def _version(conn) -> int:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    def _migrate(self, conn) -> None:
+        conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        version = self._version(conn)
+        if version > SCHEMA_VERSION:
+            raise SchemaError(f"the store {self.path} has schema version {version}, newer than this queuectl "
+                              f"understands ({SCHEMA_VERSION}); upgrade queuectl before using it")
+        for target in sorted(v for v in MIGRATIONS if v > version):
+            for statement in MIGRATIONS[target]:
+                conn.execute(statement)
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(target),))
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._notify_sock is not None:
+            self._notify_sock.close()
+            self._notify_sock = None
+
+    def describe(self) -> dict:
+        return {"backend": "sqlite", "location": str(self.path), "schema_version": self._version(self.conn),
+                "durability": self.durability}
+
+    # --- rows --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _job(row) -> Job:
+        (id_, command, state, attempts, tries, max_retries, priority, queue, executor, cwd, env, timeout,
+         source, fields, created_at, updated_at, run_at, last_error, exit_code, owner, host, pid, pid_start,
+         pgid, expires, token, run_id, started_at) = row[:28]
+        lease = None
+        if state == PROCESSING and owner is not None:
+            lease = Lease(owner=owner, host=host, pid=pid, pid_start=pid_start, token=token, run_id=run_id,
+                          expires=expires, pgid=pgid, started_at=started_at,
+                          expired=bool(row[28]) if len(row) > 28 else False)
+        return Job(id=id_, command=command, state=state, attempts=attempts, tries=tries,
+                   max_retries=max_retries, priority=priority, queue=queue, executor=executor, cwd=cwd,
+                   env=json.loads(env) if env else {}, timeout=timeout, source=source,
+                   fields=json.loads(fields) if fields else {}, created_at=created_at, updated_at=updated_at,
+                   run_at=run_at, last_error=last_error, exit_code=exit_code, lease=lease)
+
+    @staticmethod
+    def _attempt(row) -> Attempt:
+        (job_id, attempt, outcome, started, finished, exit_code, sig, error, out, err, worker, host, pid) = row
+        return Attempt(job_id=job_id, attempt=attempt, outcome=outcome, started_at=started, finished_at=finished,
+                       exit_code=exit_code, signal=sig, error=error, stdout=bytes(out or b""),
+                       stderr=bytes(err or b""), worker=worker, host=host, pid=pid)
+
+    # --- jobs ----------------------------------------------------------------------------------
+
+    def add_jobs(self, jobs: list[Job]) -> None:
+        rows = [(j.id, j.command, j.state, j.max_retries, j.priority, j.queue, j.executor, j.cwd,
+                 json.dumps(j.env) if j.env else None, j.timeout, j.source,
+                 json.dumps(j.fields) if j.fields else None, j.created_at, j.updated_at, j.run_at) for j in jobs]
+
+        def insert(conn):
+            try:
+                conn.executemany(
+                    "INSERT INTO jobs (id, command, state, max_retries, priority, queue, executor, cwd, env, "
+                    "timeout, source, fields, created_at, updated_at, run_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            except sqlite3.IntegrityError:
+                raise Conflict(self._duplicate_message(conn, jobs)) from None
+        self._write(insert)
+
+    @staticmethod
+    def _duplicate_message(conn, jobs: list[Job]) -> str:
+        seen = set()
+        for job in jobs:
+            if job.id in seen or conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job.id,)).fetchone():
+                return f"a job with id {job.id!r} already exists"
+            seen.add(job.id)
+        return "duplicate job id"
+
+    def get_job(self, job_id: str) -> Optional[Job]:
+        rows = self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        return self._job(rows[0]) if rows else None
+
+    def list_jobs(self, state=None, limit=None, offset=0) -> list[Job]:
+        where, params = ("WHERE state = ?", [state]) if state else ("", [])
+        sql = f"SELECT {JOB_COLUMNS} FROM jobs {where} ORDER BY seq LIMIT ? OFFSET ?"
+        return [self._job(r) for r in self._read(sql, (*params, -1 if limit is None else limit, offset))]
+
+    def counts(self) -> dict:
+        return {state: n for state, n in self._read("SELECT state, n FROM state_counts")}
+
+    def attempts(self, job_id: str, attempt=None) -> list[Attempt]:
+        sql = f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE job_id = ?"
+        params = [job_id]
+        if attempt is not None:
+            sql += " AND attempt = ?"
+            params.append(attempt)
+        return [self._attempt(r) for r in self._read(sql + " ORDER BY attempt", params)]
+
+    def retry_job(self, job_id: str, from_states) -> Job:
+        def move(conn):
+            marks = ",".join("?" * len(from_states))
+            rows = conn.execute(
+                f"UPDATE jobs SET state = 'pending', tries = 0, run_at = ?, updated_at = ? "
+                f"WHERE id = ? AND state IN ({marks}) RETURNING {JOB_COLUMNS}",
+                (time.time(), time.time(), job_id, *from_states)).fetchall()
+            if not rows:
+                state = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                raise Conflict(f"job {job_id!r} is {state[0] if state else 'missing'}, "
+                               f"not {' or '.join(from_states)}")
+            return self._job(rows[0])
+        return self._write(move)
+
+    # --- claiming and leases ----------------------------------------------------------------------
+
+    def _claim(self, conn, worker: WorkerInfo, lease_timeout: float) -> Optional[Job]:
+        now = time.time()
+        rows = conn.execute(
+            f"UPDATE jobs SET state = 'processing', attempts = attempts + 1, tries = tries + 1, "
+            f"lease_owner = ?, lease_host = ?, lease_pid = ?, lease_pid_start = ?, lease_pgid = NULL, "
+            f"lease_expires = ?, lease_token = lease_token + 1, run_id = lower(hex(randomblob(16))), "
+            f"started_at = ?, updated_at = ? "
+            f"WHERE seq = (SELECT seq FROM jobs WHERE state IN ('pending', 'failed') AND run_at <= ? "
+            f"ORDER BY priority DESC, run_at, seq LIMIT 1) RETURNING {JOB_COLUMNS}",
+            (worker.id, worker.host, worker.pid, worker.pid_start, now + lease_timeout, now, now, now)).fetchall()
+        return self._job(rows[0]) if rows else None
+
+    def claim(self, worker: WorkerInfo, lease_timeout: float) -> Optional[Job]:
+        return self._write(self._claim, worker, lease_timeout)
+
+    def renew(self, job_id: str, token: int, lease_timeout: float, pgid=None) -> bool:
+        def extend(conn):
+            return conn.execute(
+                "UPDATE jobs SET lease_expires = ?, lease_pgid = COALESCE(?, lease_pgid) "
+                "WHERE id = ? AND lease_token = ? AND state = 'processing'",
+                (time.time() + lease_timeout, pgid, job_id, token)).rowcount == 1
+        return self._write(extend)
+
+    def finish(self, job_id, token, attempt: Attempt, to: Transition, claim_next=None, lease_timeout=30.0):
+        def record(conn):
+            rows = conn.execute(
+                f"UPDATE jobs SET state = ?, run_at = ?, last_error = ?, exit_code = ?, tries = tries - ?, "
+                f"updated_at = ?, lease_owner = NULL, lease_host = NULL, lease_pid = NULL, lease_pid_start = NULL, "
+                f"lease_pgid = NULL, lease_expires = NULL, run_id = NULL "
+                f"WHERE id = ? AND lease_token = ? AND state = 'processing' RETURNING {JOB_COLUMNS}",
+                (to.state, to.run_at, to.error, attempt.exit_code, 0 if to.count_try else 1, time.time(),
+                 job_id, token)).fetchall()
+            job = self._job(rows[0]) if rows else None
+            if job is not None:
+                self._record_attempt(conn, attempt)
+            following = self._claim(conn, claim_next, lease_timeout) if claim_next else None
+            return job, following
+        return self._write(record)
+
+    def _record_attempt(self, conn, a: Attempt) -> None:
+        conn.execute(f"INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     (a.job_id, a.attempt, a.outcome, a.started_at, a.finished_at, a.exit_code, a.signal,
+                      a.error, a.stdout, a.stderr, a.worker, a.host, a.pid))
+        conn.execute("INSERT INTO duration_hist VALUES (?, 1) ON CONFLICT(bucket) DO UPDATE SET n = n + 1",
+                     (_bucket(a.duration),))
+        conn.execute("UPDATE run_stats SET total_runs = total_runs + 1, failed_runs = failed_runs + ?, "
+                     "total_duration = total_duration + ?, first_started = MIN(COALESCE(first_started, ?), ?), "
+                     "last_finished = MAX(COALESCE(last_finished, ?), ?) WHERE id = 1",
+                     (0 if a.ok else 1, a.duration, a.started_at, a.started_at, a.finished_at, a.finished_at))
+
+    def leases(self) -> list[Job]:
+        rows = self._read(f"SELECT {JOB_COLUMNS}, lease_expires < ? FROM jobs WHERE state = 'processing'",
+                          (time.time(),))
+        return [self._job(r) for r in rows]
+
+    def next_run_at(self) -> Optional[float]:
+        rows = self._read("SELECT MIN(run_at) FROM jobs WHERE state IN ('pending', 'failed')")
+        return rows[0][0] if rows else None
+
+    def has_outstanding(self) -> bool:
+        rows = self._read("SELECT COALESCE(SUM(n), 0) FROM state_counts "
+                          "WHERE state IN ('pending', 'processing', 'failed')")
+        return rows[0][0] > 0
+
+    # --- settings --------------------------------------------------------------------------------
+
+    def get_settings(self) -> dict:
+        return {k: json.loads(v) for k, v in self._read("SELECT key, value FROM settings")}
+
+    def set_setting(self, key, value) -> None:
+        self._write(lambda c: c.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, json.dumps(value))))
+
+    def unset_setting(self, key) -> bool:
+        return self._write(lambda c: c.execute("DELETE FROM settings WHERE key = ?", (key,)).rowcount == 1)
+
+    # --- workers -----------------------------------------------------------------------------------
+
+    def register_worker(self, info: WorkerInfo) -> None:
+        now = time.time()
+        self._write(lambda c: c.execute(
+            "INSERT OR REPLACE INTO workers (id, kind, host, pid, pid_start, pool_id, started_at, heartbeat_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (info.id, info.kind, info.host, info.pid, info.pid_start, info.pool_id, now, now)))
+
+    def heartbeat_worker(self, worker_id: str) -> bool:
+        def beat(conn):
+            rows = conn.execute("UPDATE workers SET heartbeat_at = ? WHERE id = ? RETURNING stop_requested",
+                                (time.time(), worker_id)).fetchall()
+            return not rows or not rows[0][0]
+        return self._write(beat)
+
+    def remove_worker(self, worker_id: str) -> None:
+        self._write(lambda c: c.execute("DELETE FROM workers WHERE id = ? OR pool_id = ?", (worker_id, worker_id)))
+
+    def workers(self) -> list[dict]:
+        rows = self._read(
+            "SELECT w.id, w.kind, w.host, w.pid, w.pid_start, w.pool_id, w.started_at, w.heartbeat_at, "
+            "w.stop_requested, (SELECT j.id FROM jobs j WHERE j.state = 'processing' AND j.lease_owner = w.id "
+            "LIMIT 1) FROM workers w ORDER BY w.started_at")
+        keys = ("id", "kind", "host", "pid", "pid_start", "pool_id", "started_at", "heartbeat_at",
+                "stop_requested", "job_id")
+        return [dict(zip(keys, r)) for r in rows]
+
+    def request_stop(self, host=None) -> int:
+        def ask(conn):
+            sql = "UPDATE workers SET stop_requested = 1 WHERE kind = 'pool'"
+            return conn.execute(sql + (" AND host = ?" if host else ""), (host,) if host else ()).rowcount
+        return self._write(ask)
+
+    # --- statistics ----------------------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        total, failed, total_duration, first, last = self._read(
+            "SELECT total_runs, failed_runs, total_duration, first_started, last_finished FROM run_stats")[0]
+        hist = self._read("SELECT bucket, n FROM duration_hist ORDER BY bucket")
+        recent = self._read("SELECT COUNT(*) FROM attempts WHERE finished_at >= ?", (time.time() - 60,))[0][0]
+        counts = self.counts()
+        span = (last - first) if first is not None and last is not None else 0.0
+        return {
+            "total_runs": total, "failed_runs": failed,
+            "avg_duration": total_duration / total if total else None,
+            "p50_duration": _percentile(hist, total, 0.50), "p95_duration": _percentile(hist, total, 0.95),
+            "dead_jobs": counts.get(DEAD, 0), "completed_jobs": counts.get("completed", 0),
+            "throughput": total / span if span > 0 else None,
+            "throughput_1m": recent / 60.0,
+        }
+
+    # --- wake-ups --------------------------------------------------------------------------------------
+
+    def notify(self) -> None:
+        try:
+            names = os.listdir(self.wake_dir)
+        except OSError:
+            return
+        if self._notify_sock is None:
+            self._notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._notify_sock.setblocking(False)
+        for name in names:
+            path = os.path.join(self.wake_dir, name)
+            try:
+                self._notify_sock.sendto(b"!", path)
+            except (ConnectionRefusedError, FileNotFoundError):
+                try:
+                    os.unlink(path)      # its worker is gone
+                except OSError:
+                    pass
+            except OSError:
+                pass                      # its buffer is full: it is awake already
+
+    def listener(self, name: str):
+        try:
+            self.wake_dir.mkdir(mode=0o700, exist_ok=True)
+        except OSError:
+            return None
+        path = str(self.wake_dir / f"{os.getpid()}-{name}")
+        if len(path.encode()) > 100:
+            return None                   # too long for a socket address: rely on the poll
+        return WakeSocket(path)
+
+
+def _percentile(hist, total: int, q: float) -> Optional[float]:
+    if not total:
+        return None
+    target, seen = q * total, 0
+    for bucket, n in hist:
+        seen += n
+        if seen >= target:
+            return round(_bucket_value(bucket), 6)
+    return round(_bucket_value(hist[-1][0]), 6) if hist else None
+
+
+class WakeSocket:
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.sock.setblocking(False)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def drain(self) -> None:
+        try:
+            while self.sock.recv(64):
+                pass
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass

@@ -1,0 +1,409 @@
+"""The command line: thin click commands that parse, call the Queue facade and render.
+
+Data goes to stdout, diagnostics to stderr; every read command has --json; a user's
+mistake is one line and exit 2, an operational failure one line and exit 1.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Iterable, Optional
+
+import click
+
+from . import models
+from .errors import QueueError, UsageError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class App:
+    """Per-invocation state: the global options and the lazily opened queue."""
+
+    def __init__(self, config: Optional[str], db: Optional[str], plugins_dir: Optional[str]):
+        self.options = {"config": config, "db": db, "plugins_dir": plugins_dir}
+        self._queue = None
+
+    @property
+    def queue(self):
+        if self._queue is None:
+            from .queue import Queue
+
+            self._queue = Queue.open(**self.options)
+        return self._queue
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+def get_queue():
+    return click.get_current_context().find_object(App).queue
+
+
+class QueuectlGroup(click.Group):
+    """Adds the commands that plugins register through ``queuectl_register_commands``."""
+
+    def _plugin_commands(self, ctx: click.Context) -> dict:
+        app = ctx.find_object(App)
+        if app is None:    # commands are resolved before the group's callback runs
+            app = ctx.obj = App(**{k: ctx.params.get(k) for k in ("config", "db", "plugins_dir")})
+        cached = getattr(app, "plugin_commands", None)
+        if cached is None:
+            group = click.Group("plugins")
+            app.queue.pm.hook.queuectl_register_commands(cli=group)
+            cached = app.plugin_commands = dict(group.commands)
+        return cached
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is not None:
+            return command
+        return self._plugin_commands(ctx).get(name)
+
+    def list_commands(self, ctx):
+        names = set(super().list_commands(ctx))
+        try:
+            names.update(self._plugin_commands(ctx))
+        except QueueError:
+            pass
+        return sorted(names)
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def table(rows: Iterable[dict], columns: list[str]) -> None:
+    rows = [{c: "" if r.get(c) is None else str(r.get(c)) for c in columns} for r in rows]
+    widths = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in columns}
+    click.echo("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
+    for row in rows:
+        click.echo("  ".join(row[c].ljust(widths[c]) for c in columns).rstrip())
+
+
+def short(text: Optional[str], width: int = 48) -> str:
+    text = (text or "").replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def render_jobs(jobs, as_json: bool) -> None:
+    if as_json:
+        emit_json([job.to_dict() for job in jobs])
+        return
+    table(({"id": j.id, "state": j.state, "attempts": j.attempts, "max_retries": j.max_retries,
+            "updated": models.iso(j.updated_at), "command": short(j.command), "last_error": short(j.last_error, 40)}
+           for j in jobs), ["id", "state", "attempts", "max_retries", "updated", "command", "last_error"])
+
+
+def fmt_seconds(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.3f}s"
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+@click.group(cls=QueuectlGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config", metavar="PATH", help="config.yaml to use (else $QUEUECTL_CONFIG, ./config.yaml, "
+              "the user's config).")
+@click.option("--db", metavar="PATH|URL", help="Store location (overrides the config; also $QUEUECTL_DB).")
+@click.option("--plugins-dir", metavar="DIR", help="Load every *.py in DIR as a plugin.")
+@click.version_option(package_name="queuectl")
+@click.pass_context
+def cli(ctx, config, db, plugins_dir):
+    """queuectl: run shell commands as background jobs, with retries and a dead letter queue."""
+    if ctx.obj is None:
+        ctx.obj = App(config, db, plugins_dir)
+
+
+@cli.command()
+@pass_app
+def init(app):
+    """Create the store (idempotent; also done on first use)."""
+    store = app.queue.store
+    click.echo(f"store ready: {store.describe()['location']}")
+
+
+def _parse_env(pairs: tuple) -> dict:
+    env = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UsageError(f"--env expects KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        env[key] = value
+    return env
+
+
+def _read_jobs(source) -> list:
+    """JSON lines, or one JSON array, from a file or stdin."""
+    text = source.read()
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            jobs = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"malformed JSON: {exc}") from None
+        return jobs
+    jobs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                jobs.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"line {number}: malformed JSON: {exc}") from None
+    return jobs
+
+
+@cli.command()
+@click.argument("job_json", required=False, metavar="[JSON]")
+@click.option("-c", "--command", "command", help="Shell command to run.")
+@click.option("--id", "job_id", help="Job id (default: generated).")
+@click.option("--max-retries", type=str, help="Retries after the first attempt.")
+@click.option("--timeout", type=float, help="Seconds before the job is stopped and counted as failed.")
+@click.option("--cwd", help="Working folder (default: the current one).")
+@click.option("--env", "env_pairs", multiple=True, metavar="KEY=VALUE", help="Environment variable (repeatable).")
+@click.option("--executor", help="Executor plugin to run the job with (default: shell).")
+@click.option("--priority", type=int, help="Higher runs first (-100..100).")
+@click.option("--queue", "queue_name", help="Queue name (default: default).")
+@click.option("-f", "--file", "jobs_file", type=click.File("r"), help="Read many jobs, JSON lines or a JSON array "
+              "('-' for stdin); all are enqueued or none.")
+def enqueue(job_json, command, job_id, max_retries, timeout, cwd, env_pairs, executor, priority, queue_name,
+            jobs_file):
+    """Enqueue a job; prints its id.
+
+    \b
+    queuectl enqueue --command "echo hi"
+    queuectl enqueue '{"id": "job1", "command": "sleep 2"}'
+    queuectl enqueue --file jobs.jsonl
+    """
+    flags = {"command": command, "id": job_id, "timeout": timeout, "cwd": cwd, "executor": executor,
+             "priority": priority, "queue": queue_name}
+    if max_retries is not None:
+        try:
+            flags["max_retries"] = int(max_retries)
+        except ValueError:
+            raise UsageError(f"--max-retries must be an integer, got {max_retries!r}") from None
+    if env_pairs:
+        flags["env"] = _parse_env(env_pairs)
+    flags = {k: v for k, v in flags.items() if v is not None}
+    if jobs_file is not None:
+        if job_json is not None:
+            raise UsageError("give either a JSON job or --file, not both")
+        specs, source = [dict(spec, **flags) if isinstance(spec, dict) else spec for spec in _read_jobs(jobs_file)], "file"
+    elif job_json is not None:
+        try:
+            spec = json.loads(job_json)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"malformed JSON job: {exc.msg} at column {exc.colno}") from None
+        if not isinstance(spec, dict):
+            raise UsageError("the JSON job must be an object, like '{\"command\": \"echo hi\"}'")
+        specs, source = [dict(spec, **flags)], "cli"
+    else:
+        if "command" not in flags:
+            raise UsageError("nothing to enqueue: give --command, a JSON job or --file")
+        specs, source = [flags], "cli"
+    for job_id in get_queue().enqueue_many(specs, source=source):
+        click.echo(job_id)
+
+
+@cli.group()
+def worker():
+    """Run or stop worker pools."""
+
+
+@worker.command("start")
+@click.option("-n", "--count", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Worker processes in this pool.")
+@click.option("--burst", is_flag=True, help="Exit 0 once nothing is runnable, processing or waiting for a retry.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every attempt to stderr.")
+def worker_start(count, burst, verbose):
+    """Start a pool of COUNT workers in the foreground, until stopped.
+
+    SIGTERM, SIGINT or `queuectl worker stop`: running jobs finish, then the pool exits 0.
+    A second signal stops the running commands and records them as interrupted, to be retried.
+    """
+    from .worker import Pool
+
+    queue = get_queue()
+    sys.exit(Pool(queue, count, burst=burst, verbose=verbose).run())
+
+
+@worker.command("stop")
+def worker_stop():
+    """Ask every running pool that shares this store to finish its jobs and exit."""
+    count = get_queue().request_stop()
+    click.echo(f"stop requested for {count} pool(s)")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(as_json):
+    """The config and store in use, jobs per state, and active workers."""
+    data = get_queue().status()
+    if as_json:
+        emit_json(data)
+        return
+    store = data["store"]
+    click.echo(f"config:  {data['config_file'] or '(none: built-in defaults)'}")
+    click.echo(f"store:   {store['backend']} {store['location']} (schema {store['schema_version']})")
+    click.echo("jobs:    " + "  ".join(f"{state} {n}" for state, n in data["counts"].items()))
+    for line in data.get("extra", []):
+        click.echo(line)
+    workers = [w for w in data["workers"] if w["kind"] == "worker"]
+    click.echo(f"workers: {len(workers)}")
+    if workers:
+        table(({"pid": w["pid"], "host": w["host"], "job": w["job_id"] or "(idle)",
+                "since": models.iso(w["started_at"])} for w in workers), ["pid", "host", "job", "since"])
+
+
+@cli.command("list")
+@click.option("--state", help="Only jobs in this state (pending, processing, completed, failed, dead).")
+@click.option("--limit", type=click.IntRange(min=0), help="At most this many jobs.")
+@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many jobs.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of jobs.")
+def list_jobs(state, limit, offset, as_json):
+    """List jobs in enqueue order."""
+    render_jobs(get_queue().list(state, limit, offset), as_json)
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def show(job_id, as_json):
+    """One job with all its attempts."""
+    queue = get_queue()
+    job = queue.get(job_id)
+    attempts = queue.attempts(job_id)
+    if as_json:
+        emit_json(dict(job.to_dict(), attempts=[a.to_dict() for a in attempts]))
+        return
+    for key, value in job.to_dict().items():
+        if value not in (None, {}, ""):
+            click.echo(f"{key + ':':14} {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    if attempts:
+        click.echo("")
+        table(({"attempt": a.attempt, "outcome": a.outcome, "exit": a.exit_code if a.signal is None else
+                f"signal {a.signal}", "duration": fmt_seconds(a.duration), "started": models.iso(a.started_at),
+                "error": short(a.error, 40)} for a in attempts),
+              ["attempt", "outcome", "exit", "duration", "started", "error"])
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--attempt", type=int, help="Only this attempt (from 1).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def logs(job_id, attempt, as_json):
+    """Output, exit code, duration and time of each attempt of a job."""
+    entries = get_queue().logs(job_id, attempt)
+    if as_json:
+        emit_json(entries)
+        return
+    for entry in entries:
+        how = f"exit {entry['exit_code']}" if entry["signal"] is None else f"signal {entry['signal']}"
+        click.echo(f"=== attempt {entry['attempt']}: {entry['outcome']} ({how}) at {entry['created_at']} "
+                   f"in {entry['duration']:.3f}s" + (f": {entry['error']}" if entry["error"] else ""))
+        for stream in ("stdout", "stderr"):
+            if entry[stream]:
+                click.echo(f"--- {stream}")
+                click.echo(entry[stream].rstrip("\n"))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def stats(as_json):
+    """Runs, failures, durations and throughput."""
+    data = get_queue().stats()
+    if as_json:
+        emit_json(data)
+        return
+    for key, value in data.items():
+        if key.endswith("duration"):
+            value = fmt_seconds(value)
+        elif key.startswith("throughput"):
+            value = "-" if value is None else f"{value:.2f} runs/s"
+        click.echo(f"{key + ':':16} {value}")
+
+
+@cli.group("config")
+def config_group():
+    """Read and change settings (stored settings reach running workers without a restart)."""
+
+
+@config_group.command("set")
+@click.argument("key")
+@click.argument("value")
+def config_set(key, value):
+    """Store a setting in the store, for every worker and command that uses it."""
+    parsed = get_queue().config_set(key, value)
+    click.echo(f"{key} = {json.dumps(parsed)}")
+
+
+@config_group.command("unset")
+@click.argument("key")
+def config_unset(key):
+    """Remove a stored setting (config.yaml or the default applies again)."""
+    removed = get_queue().config_unset(key)
+    click.echo(f"{key}: {'removed from the store' if removed else 'was not set in the store'}")
+
+
+@config_group.command("get")
+@click.argument("key")
+def config_get(key):
+    """Print a setting's value."""
+    value, _source = get_queue().config.lookup(key)
+    click.echo(json.dumps(value) if not isinstance(value, str) else value)
+
+
+@config_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def config_list(as_json):
+    """Every setting, its value and where the value comes from."""
+    queue = get_queue()
+    queue.store  # noqa: B018 - stored settings are part of the answer
+    rows = queue.config.items()
+    if as_json:
+        emit_json(rows)
+        return
+    table(({"key": r["key"], "value": json.dumps(r["value"]), "source": r["source"], "plugin": r["plugin"]}
+           for r in rows), ["key", "value", "source", "plugin"])
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def plugins(as_json):
+    """Loaded plugins and the hooks each implements."""
+    from .plugins import describe
+
+    data = describe(get_queue().pm)
+    if as_json:
+        emit_json(data)
+        return
+    for entry in data:
+        click.echo(f"{entry['name']} ({entry['origin']})")
+        for hook in entry["hooks"]:
+            click.echo(f"  {hook}")
+
+
+def main(argv: Optional[list] = None) -> None:
+    """Entry point: one line on stderr and exit 1 or 2 for every error a user can cause."""
+    try:
+        cli.main(args=argv, prog_name="queuectl", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("queuectl: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"queuectl: error: {exc.format_message()}", err=True)
+        sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
+    except QueueError as exc:
+        click.echo(f"queuectl: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(EXIT_FAILURE)
+    sys.exit(EXIT_OK)

@@ -1,0 +1,258 @@
+"""Settings: where each value comes from, in one place.
+
+Precedence, highest first: command-line flag, environment (``QUEUECTL_<KEY>``), the
+store (``queuectl config set``), config.yaml, the built-in default. Plugins declare
+their own keys through ``queuectl_register_settings``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .errors import QueueError, UsageError
+
+SOURCES = ("flag", "env", "store", "file", "default")
+
+
+def normalise_key(key: str) -> str:
+    return str(key).strip().lower().replace("_", "-")
+
+
+def _number(kind: type, minimum: Optional[float] = None, allow_zero: bool = True):
+    def parse(value: Any):
+        if isinstance(value, bool):
+            raise ValueError("expected a number")
+        if isinstance(value, str):
+            value = value.strip()
+        try:
+            out = kind(value)
+            if kind is int and isinstance(value, float) and value != int(value):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ValueError(f"expected {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+        if minimum is not None and out < minimum:
+            raise ValueError(f"must be at least {minimum}, got {out}")
+        if not allow_zero and out == 0:
+            raise ValueError("must not be 0")
+        return out
+    return parse
+
+
+def integer(minimum: Optional[int] = None):
+    return _number(int, minimum)
+
+
+def number(minimum: Optional[float] = None, allow_zero: bool = True):
+    return _number(float, minimum, allow_zero)
+
+
+def text(value: Any) -> str:
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise ValueError(f"expected a string, got {value!r}")
+    return str(value)
+
+
+def choice(*options: str):
+    def parse(value: Any) -> str:
+        value = text(value).lower()
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got {value!r}")
+        return value
+    return parse
+
+
+def string_list(value: Any) -> list:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ValueError(f"expected a list of names, got {value!r}")
+
+
+@dataclasses.dataclass
+class Setting:
+    """One configuration key.
+
+    ``file_only`` keys (where the store is, which plugins load) cannot live in the store.
+    ``path`` values in config.yaml are relative to the file.
+    """
+
+    name: str
+    default: Any
+    parse: Callable[[Any], Any] = text
+    help: str = ""
+    file_only: bool = False
+    path: bool = False
+    plugin: str = "core"
+
+    @property
+    def env_var(self) -> str:
+        return "QUEUECTL_" + self.name.upper().replace("-", "_")
+
+
+CORE_SETTINGS = (
+    Setting("db", None, text, "Store location: a SQLite file path or a postgresql:// URL.", file_only=True, path=True),
+    Setting("storage", "sqlite", text, "Storage backend used for a plain path.", file_only=True),
+    Setting("plugins-dir", None, text, "Folder whose *.py files are loaded as plugins.", file_only=True, path=True),
+    Setting("disable-plugins", [], string_list, "Plugins to block by name (built-ins included).", file_only=True),
+    Setting("host-id", None, text, "Host name recorded in leases (default: this machine's hostname).", file_only=True),
+    Setting("max-retries", 3, integer(0), "Retries after the first attempt; copied into each job at enqueue."),
+    Setting("poll-interval", 1.0, number(0.001), "Fallback poll of an idle worker, in seconds (it is woken on enqueue)."),
+    Setting("lease-timeout", 30.0, number(0.1), "Seconds a claim stays valid without a heartbeat."),
+    Setting("heartbeat-interval", 0.0, number(0.0), "Seconds between lease renewals (0: a third of lease-timeout)."),
+    Setting("recovery-interval", 1.0, number(0.01), "Seconds between a pool's checks for lost workers and stop requests."),
+    Setting("timeout", 0.0, number(0.0), "Default job timeout in seconds (0: none)."),
+    Setting("kill-grace", 5.0, number(0.0), "Seconds between SIGTERM and SIGKILL when a job is stopped."),
+    Setting("lock-timeout", 60.0, number(0.0), "Seconds a command waits out a locked store before failing (workers wait forever)."),
+)
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "queuectl"
+
+
+def find_config_file(explicit: Optional[str] = None, env=os.environ) -> Optional[Path]:
+    """--config / QUEUECTL_CONFIG, else ./config.yaml, else the user's config file."""
+    chosen = explicit or env.get("QUEUECTL_CONFIG")
+    if chosen:
+        return Path(chosen)
+    local = Path("config.yaml")
+    if local.is_file():
+        return local.resolve()
+    xdg = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    user = Path(xdg) / "queuectl" / "config.yaml"
+    return user if user.is_file() else None
+
+
+def read_config_file(path: Optional[Path]) -> dict:
+    if path is None:
+        return {}
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise QueueError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    import yaml  # only when there is a file to parse
+
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise UsageError(f"config file {path}{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"config file {path} must hold a mapping of settings")
+    return {normalise_key(k): v for k, v in data.items()}
+
+
+class Config:
+    """Resolved settings for one process."""
+
+    def __init__(self, path: Optional[Path] = None, file_data: Optional[dict] = None,
+                 flags: Optional[dict] = None, env=None):
+        self.path = path
+        self.file_data = dict(file_data or {})
+        self.flags = {normalise_key(k): v for k, v in (flags or {}).items() if v is not None}
+        self.env = os.environ if env is None else env
+        self.settings: dict[str, Setting] = {}
+        self.store_loader: Optional[Callable[[], dict]] = None
+        self._store_values: Optional[dict] = None
+        for setting in CORE_SETTINGS:
+            self.register(setting)
+
+    @classmethod
+    def load(cls, config_path: Optional[str] = None, flags: Optional[dict] = None, env=None) -> "Config":
+        env = os.environ if env is None else env
+        path = find_config_file(config_path, env)
+        return cls(path, read_config_file(path), flags, env)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.resolve().parent if self.path else Path.cwd()
+
+    def register(self, setting: Setting) -> None:
+        name = normalise_key(setting.name)
+        if name in self.settings:
+            raise QueueError(f"setting {name!r} is declared twice ({self.settings[name].plugin} and {setting.plugin})")
+        self.settings[name] = dataclasses.replace(setting, name=name)
+
+    def setting(self, key: str) -> Setting:
+        name = normalise_key(key)
+        if name not in self.settings:
+            raise UsageError(f"unknown config key {key!r} (see 'queuectl config list')")
+        return self.settings[name]
+
+    def check_file(self) -> None:
+        """Refuse unknown keys and bad values in config.yaml, naming the file."""
+        for key, value in self.file_data.items():
+            if key not in self.settings:
+                raise UsageError(f"config file {self.path}: unknown key {key!r}")
+            self._parse(self.settings[key], value, f"config file {self.path}")
+
+    def _parse(self, setting: Setting, value: Any, where: str) -> Any:
+        try:
+            return setting.parse(value)
+        except ValueError as exc:
+            raise UsageError(f"{where}: {setting.name}: {exc}") from None
+
+    def parse(self, key: str, value: Any) -> Any:
+        setting = self.setting(key)
+        return self._parse(setting, value, "invalid value")
+
+    def _raw(self, name: str) -> tuple[Any, str]:
+        setting = self.settings[name]
+        if name in self.flags:
+            return self.flags[name], "flag"
+        if setting.env_var in self.env:
+            return self.env[setting.env_var], "env"
+        if not setting.file_only:
+            stored = self.store_values()
+            if name in stored:
+                return stored[name], "store"
+        if name in self.file_data:
+            return self.file_data[name], "file"
+        return setting.default, "default"
+
+    def lookup(self, key: str) -> tuple[Any, str]:
+        """The value of a key and where it came from."""
+        setting = self.setting(key)
+        value, source = self._raw(setting.name)
+        if source != "default":
+            value = self._parse(setting, value, f"{source} value")
+            if setting.path and source == "file" and value and "://" not in value:
+                value = str((self.base_dir / os.path.expanduser(value)).resolve())
+            elif setting.path and value and "://" not in value:
+                value = os.path.abspath(os.path.expanduser(value))
+        return value, source
+
+    def get(self, key: str) -> Any:
+        return self.lookup(key)[0]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.get(key)
+
+    def store_values(self) -> dict:
+        if self._store_values is None:
+            self._store_values = self.store_loader() if self.store_loader else {}
+        return self._store_values
+
+    def refresh(self) -> None:
+        """Forget cached store values, so a running worker sees `config set` changes."""
+        self._store_values = None
+
+    def items(self) -> list[dict]:
+        rows = []
+        for name in sorted(self.settings):
+            value, source = self.lookup(name)
+            setting = self.settings[name]
+            rows.append({"key": name, "value": value, "source": source, "plugin": setting.plugin,
+                         "file_only": setting.file_only, "help": setting.help})
+        return rows
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.get("heartbeat-interval") or self.get("lease-timeout") / 3.0

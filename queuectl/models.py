@@ -1,0 +1,161 @@
+"""Jobs, attempts and states: the nouns the core and every plugin share."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+PENDING = "pending"
+PROCESSING = "processing"
+COMPLETED = "completed"
+FAILED = "failed"
+DEAD = "dead"
+STATES = (PENDING, PROCESSING, COMPLETED, FAILED, DEAD)
+RUNNABLE_STATES = (PENDING, FAILED)
+#: States in which a job still has work ahead of it (a --burst pool waits for these).
+OUTSTANDING_STATES = (PENDING, PROCESSING, FAILED)
+
+# How an attempt ended.
+SUCCEEDED = "succeeded"          # exit code 0
+EXITED = "failed"                # non-zero exit, death by signal, command not found
+TIMED_OUT = "timed_out"          # killed after the job's timeout
+WORKER_LOST = "worker_lost"      # its worker died; found by pid or by an expired lease
+INTERRUPTED = "interrupted"      # stopped by a second shutdown signal; not the job's fault
+START_ERROR = "start_error"      # the executor could not start it (missing cwd, unknown executor)
+OUTCOMES = (SUCCEEDED, EXITED, TIMED_OUT, WORKER_LOST, INTERRUPTED, START_ERROR)
+
+#: Fields a job may be given on the way in (plugins may declare more).
+INPUT_FIELDS = ("id", "command", "max_retries", "timeout", "cwd", "env", "executor", "priority", "queue")
+#: Fields only queuectl sets.
+PROTECTED_FIELDS = ("state", "attempts", "created_at", "updated_at")
+
+
+def now() -> float:
+    return time.time()
+
+
+def iso(ts: Optional[float]) -> Optional[str]:
+    """ISO-8601 UTC with millisecond precision, ending in Z."""
+    if ts is None:
+        return None
+    dt = datetime.fromtimestamp(ts, timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+@dataclasses.dataclass
+class Lease:
+    """Who holds a processing job, until when, and the fencing token that makes late writes harmless."""
+
+    owner: str
+    host: str
+    pid: int
+    pid_start: Optional[int]
+    token: int
+    run_id: str
+    expires: float
+    pgid: Optional[int] = None
+    started_at: Optional[float] = None
+    expired: bool = False
+
+
+@dataclasses.dataclass
+class Job:
+    id: str
+    command: str
+    state: str = PENDING
+    attempts: int = 0
+    max_retries: int = 3
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    run_at: float = 0.0
+    priority: int = 0
+    queue: str = "default"
+    executor: str = "shell"
+    cwd: Optional[str] = None
+    env: dict = dataclasses.field(default_factory=dict)
+    timeout: Optional[float] = None
+    source: Optional[str] = None
+    fields: dict = dataclasses.field(default_factory=dict)   # fields declared by plugins
+    tries: int = 0            # attempts counted against max_retries since enqueue or the last dlq retry
+    last_error: Optional[str] = None
+    exit_code: Optional[int] = None
+    lease: Optional[Lease] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "id": self.id, "command": self.command, "state": self.state,
+            "attempts": self.attempts, "max_retries": self.max_retries,
+            "created_at": iso(self.created_at), "updated_at": iso(self.updated_at),
+            "run_at": iso(self.run_at), "priority": self.priority, "queue": self.queue,
+            "executor": self.executor, "cwd": self.cwd, "env": dict(self.env),
+            "timeout": self.timeout, "source": self.source,
+            "retries_left": max(0, self.max_retries + 1 - self.tries) if self.state != "completed" else 0,
+            "last_error": self.last_error, "exit_code": self.exit_code,
+            "worker": None,
+        }
+        if self.lease is not None:
+            out["worker"] = {"id": self.lease.owner, "host": self.lease.host, "pid": self.lease.pid,
+                             "pgid": self.lease.pgid, "lease_expires_at": iso(self.lease.expires),
+                             "started_at": iso(self.lease.started_at)}
+        out.update(self.fields)
+        return out
+
+
+@dataclasses.dataclass
+class Attempt:
+    """One run of a job: what it printed, how it ended, how long it took."""
+
+    job_id: str
+    attempt: int
+    outcome: str
+    started_at: float
+    finished_at: float
+    exit_code: Optional[int] = None
+    signal: Optional[int] = None
+    error: Optional[str] = None
+    stdout: bytes = b""
+    stderr: bytes = b""
+    worker: Optional[str] = None
+    host: Optional[str] = None
+    pid: Optional[int] = None
+
+    @property
+    def duration(self) -> float:
+        return max(0.0, self.finished_at - self.started_at)
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == SUCCEEDED
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id, "attempt": self.attempt, "outcome": self.outcome,
+            "exit_code": self.exit_code, "signal": self.signal, "error": self.error,
+            "stdout": self.stdout.decode("utf-8", "replace"),
+            "stderr": self.stderr.decode("utf-8", "replace"),
+            "duration": round(self.duration, 6),
+            "created_at": iso(self.started_at), "finished_at": iso(self.finished_at),
+            "worker": self.worker, "host": self.host, "pid": self.pid,
+        }
+
+
+@dataclasses.dataclass
+class ExecResult:
+    """What an executor reports when a run ends."""
+
+    outcome: str
+    exit_code: Optional[int] = None
+    signal: Optional[int] = None
+    error: Optional[str] = None
+    stdout: bytes = b""
+    stderr: bytes = b""
+
+
+@dataclasses.dataclass
+class RetryDecision:
+    """The answer of the retry policy hook: retry after `delay` seconds, or give up."""
+
+    retry: bool
+    delay: float = 0.0
+    reason: Optional[str] = None

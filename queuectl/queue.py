@@ -1,0 +1,255 @@
+"""The Queue: the one facade that the CLI, the Python API, workers and plugins use."""
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from . import models
+from .config import Config, Setting
+from .errors import JobValidationError, NotFound, PluginError, QueueError, UsageError
+from .models import Attempt, Job
+from .plugins import call_registrations, get_plugin_manager
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+class Queue:
+    """A queue bound to one configuration, one plugin manager and (lazily) one store."""
+
+    def __init__(self, config: Config, pm):
+        self.config = config
+        self.pm = pm
+        self.storages: dict[str, tuple] = {}
+        self.executors: dict[str, Any] = {}
+        self.job_fields: dict[str, tuple] = {}
+        self._store = None
+        self._collect_registrations()
+        config.check_file()
+
+    @classmethod
+    def open(cls, config: Optional[str] = None, db: Optional[str] = None, plugins_dir: Optional[str] = None,
+             flags: Optional[dict] = None, plugins: Iterable[tuple[str, Any]] = (), env=None) -> "Queue":
+        """Open the queue the way the CLI does: config file, environment, flags, plugins."""
+        flags = dict(flags or {})
+        flags.update({"db": db, "plugins-dir": plugins_dir})
+        cfg = Config.load(config, flags, env)
+        plugins_folder = cfg.get("plugins-dir")
+        if plugins_folder is None and cfg.path is not None and (cfg.base_dir / "plugins").is_dir():
+            plugins_folder = str(cfg.base_dir / "plugins")
+        pm = get_plugin_manager(plugins_folder, cfg.get("disable-plugins"), extra=plugins)
+        return cls(cfg, pm)
+
+    # --- plugin registrations --------------------------------------------------------
+
+    def _collect_registrations(self) -> None:
+        def named(table: dict, kind: str, value_key: str):
+            # every entry is (value, options, plugin name)
+            def make(plugin: str):
+                def register(name: str, value: Any = None, **options):
+                    value = options.pop(value_key, value)
+                    if name in table:
+                        raise PluginError(f"{kind} {name!r} is registered twice (by {table[name][2]} and {plugin}); "
+                                          f"block one with disable-plugins")
+                    table[name] = (value, options, plugin)
+                return register
+            return make
+
+        def settings(plugin: str):
+            def register(setting: Setting):
+                if setting.plugin == "core":
+                    setting.plugin = plugin
+                self.config.register(setting)
+            return register
+
+        call_registrations(self.pm, "queuectl_register_storage", named(self.storages, "storage backend", "factory"))
+        call_registrations(self.pm, "queuectl_register_executors", named(self.executors, "executor", "executor"))
+        call_registrations(self.pm, "queuectl_register_job_fields", named(self.job_fields, "job field", "check"))
+        call_registrations(self.pm, "queuectl_register_settings", settings)
+        clash = set(self.job_fields) & (set(models.INPUT_FIELDS) | set(models.PROTECTED_FIELDS))
+        if clash:
+            raise PluginError(f"job field {sorted(clash)[0]!r} belongs to the core and cannot be registered")
+
+    def executor(self, name: str):
+        try:
+            return self.executors[name][0]
+        except KeyError:
+            raise QueueError(f"no executor named {name!r} is registered") from None
+
+    def report(self, hook: str, **kwargs) -> None:
+        """Call a reporting hook; a failing reporter is logged and never fails the job."""
+        for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
+            try:
+                impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
+            except Exception as exc:
+                print(f"queuectl: plugin {impl.plugin_name} failed in {hook}: {type(exc).__name__}: {exc}",
+                      file=sys.stderr)
+
+    # --- the store ---------------------------------------------------------------------
+
+    @property
+    def db(self) -> str:
+        db = self.config.get("db")
+        if db:
+            return db
+        folder = models_default_dir()
+        return str(folder / "queue.db")
+
+    @property
+    def store(self):
+        if self._store is None:
+            db = self.db
+            if "://" in db:
+                scheme = db.split("://", 1)[0].split("+", 1)[0]
+                matches = [n for n, entry in self.storages.items() if scheme in entry[1].get("schemes", ())]
+                if not matches:
+                    raise UsageError(f"no storage backend handles {scheme}:// URLs "
+                                     f"(for PostgreSQL: pip install 'queuectl[postgres]')")
+                backend = matches[0]
+            else:
+                backend = self.config.get("storage")
+            if backend not in self.storages:
+                raise UsageError(f"storage backend {backend!r} is not registered (see 'queuectl plugins')")
+            store = self.storages[backend][0](db, self)
+            store.init()
+            self._store = store
+            self.config.store_loader = store.get_settings
+            self.config.refresh()
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+            self.config.store_loader = None
+            self.config.refresh()
+
+    def __enter__(self) -> "Queue":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- jobs ----------------------------------------------------------------------------
+
+    def build_job(self, spec: Any, source: Optional[str] = None) -> Job:
+        """Validate a job spec through the ingestion hooks and fill in defaults."""
+        if not isinstance(spec, dict):
+            raise JobValidationError("a job must be a mapping of fields (a JSON object)")
+        fields = dict(spec)
+        self.pm.hook.queuectl_validate_job(job=fields, queue=self)
+        now = models.now()
+        core = {k: fields.pop(k) for k in models.INPUT_FIELDS if k in fields}
+        max_retries = core.get("max_retries")
+        return Job(
+            id=core.get("id") or new_job_id(), command=core["command"], state=models.PENDING,
+            max_retries=self.config.get("max-retries") if max_retries is None else max_retries,
+            created_at=now, updated_at=now, run_at=now,
+            priority=core.get("priority", 0), queue=core.get("queue", "default"),
+            executor=core.get("executor", "shell"), cwd=core.get("cwd") or os.getcwd(),
+            env=core.get("env") or {}, timeout=core.get("timeout"), source=source, fields=fields,
+        )
+
+    def enqueue(self, spec: Optional[dict] = None, source: Optional[str] = "python", **fields) -> str:
+        """Enqueue one job; returns its id."""
+        return self.enqueue_many([dict(spec or {}, **fields)], source=source)[0]
+
+    def enqueue_many(self, specs: Iterable[dict], source: Optional[str] = "python") -> list[str]:
+        """Enqueue a batch atomically: every job is validated first, then all are stored or none."""
+        jobs = [self.build_job(spec, source) for spec in specs]
+        if jobs:
+            self.store.add_jobs(jobs)
+            self.store.notify()
+        return [job.id for job in jobs]
+
+    def get(self, job_id: str) -> Job:
+        job = self.store.get_job(job_id)
+        if job is None:
+            raise NotFound(f"no job with id {job_id!r}")
+        return job
+
+    def list(self, state: Optional[str] = None, limit: Optional[int] = None, offset: int = 0) -> list[Job]:
+        if state is not None and state not in models.STATES:
+            raise UsageError(f"unknown state {state!r} (one of: {', '.join(models.STATES)})")
+        return self.store.list_jobs(state, limit, offset)
+
+    def attempts(self, job_id: str, attempt: Optional[int] = None) -> list[Attempt]:
+        self.get(job_id)
+        found = self.store.attempts(job_id, attempt)
+        if attempt is not None and not found:
+            raise NotFound(f"job {job_id!r} has no attempt {attempt}")
+        return found
+
+    def logs(self, job_id: str, attempt: Optional[int] = None) -> list[dict]:
+        return [a.to_dict() for a in self.attempts(job_id, attempt)]
+
+    def retry(self, job_id: str) -> Job:
+        """Dead -> pending with a fresh retry budget; the attempt history stays."""
+        self.get(job_id)
+        job = self.store.retry_job(job_id, (models.DEAD,))
+        self.store.notify()
+        return job
+
+    def stats(self) -> dict:
+        return self.store.stats()
+
+    def counts(self) -> dict[str, int]:
+        counts = {state: 0 for state in models.STATES}
+        counts.update(self.store.counts())
+        return counts
+
+    def workers(self) -> list[dict]:
+        return self.store.workers()
+
+    def request_stop(self) -> int:
+        count = self.store.request_stop()
+        self.store.notify()
+        return count
+
+    def status(self) -> dict:
+        return {
+            "config_file": str(self.config.path) if self.config.path else None,
+            "store": self.store.describe(),
+            "counts": self.counts(),
+            "workers": self.workers(),
+        }
+
+    # --- settings --------------------------------------------------------------------------
+
+    def config_set(self, key: str, value: Any) -> Any:
+        setting = self.config.setting(key)
+        if setting.file_only:
+            raise UsageError(f"{setting.name} can only be set in config.yaml "
+                             f"(it says where the store and plugins are)")
+        parsed = self.config.parse(setting.name, value)
+        self.store.set_setting(setting.name, parsed)
+        self.config.refresh()
+        return parsed
+
+    def config_unset(self, key: str) -> bool:
+        setting = self.config.setting(key)
+        removed = self.store.unset_setting(setting.name)
+        self.config.refresh()
+        return removed
+
+
+def models_default_dir() -> Path:
+    from .config import default_data_dir
+
+    folder = default_data_dir()
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return folder
+
+
+def open_queue(**kwargs) -> Queue:
+    return Queue.open(**kwargs)
+
+
+def get_job_logs(job_id: str, attempt: Optional[int] = None, **open_kwargs) -> list[dict]:
+    """The attempts of a job as dicts: job_id, attempt, exit_code, stdout, stderr, duration, created_at."""
+    with Queue.open(**open_kwargs) as queue:
+        return queue.logs(job_id, attempt)

@@ -1,0 +1,121 @@
+"""The storage contract: the verbs every backend implements.
+
+A backend is registered by a plugin through ``queuectl_register_storage``; the core
+speaks only these verbs. ``tests/test_store_contract.py`` runs the same tests against
+every registered backend.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Protocol
+
+from .models import Attempt, Job
+
+
+@dataclasses.dataclass
+class WorkerInfo:
+    """A worker or pool process as the store knows it."""
+
+    id: str
+    host: str
+    pid: int
+    pid_start: Optional[int]
+    kind: str = "worker"          # "worker" or "pool"
+    pool_id: Optional[str] = None
+
+
+@dataclasses.dataclass
+class Transition:
+    """Where a job goes after an attempt; applied only while the caller still holds the lease."""
+
+    state: str
+    run_at: float
+    error: Optional[str] = None
+    count_try: bool = True        # False: the attempt does not use up a retry (interrupted by shutdown)
+
+
+class Listener(Protocol):
+    def fileno(self) -> int: ...
+    def drain(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class Store(Protocol):
+    """Verbs of a storage backend. Every write is atomic; every lease write is fenced."""
+
+    url: str
+
+    def init(self) -> None:
+        """Create or migrate the schema; idempotent. Refuse a schema newer than this code."""
+
+    def close(self) -> None: ...
+
+    def describe(self) -> dict:
+        """Backend name, location and schema version, for `queuectl status`."""
+
+    # jobs
+    def add_jobs(self, jobs: list[Job]) -> None:
+        """Store all of ``jobs`` or none; raise Conflict naming a duplicate id."""
+
+    def get_job(self, job_id: str) -> Optional[Job]: ...
+
+    def list_jobs(self, state: Optional[str] = None, limit: Optional[int] = None, offset: int = 0) -> list[Job]:
+        """Jobs in enqueue order, optionally of one state."""
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per state, kept up to date by the store instead of counted on demand."""
+
+    def attempts(self, job_id: str, attempt: Optional[int] = None) -> list[Attempt]: ...
+
+    def retry_job(self, job_id: str, from_states: tuple[str, ...]) -> Job:
+        """Move a job in one of ``from_states`` back to pending with a fresh retry budget."""
+
+    # claiming and leases
+    def claim(self, worker: WorkerInfo, lease_timeout: float) -> Optional[Job]:
+        """Atomically take the next runnable job and lease it to ``worker``."""
+
+    def renew(self, job_id: str, token: int, lease_timeout: float, pgid: Optional[int] = None) -> bool:
+        """Extend a lease; False when the lease is no longer held (fenced)."""
+
+    def finish(self, job_id: str, token: int, attempt: Attempt, to: Transition,
+               claim_next: Optional[WorkerInfo] = None, lease_timeout: float = 30.0
+               ) -> tuple[Optional[Job], Optional[Job]]:
+        """Record an attempt and move the job, in one transaction, if ``token`` still holds the lease.
+
+        Returns (the job after the move, or None when the write was refused as stale; the next
+        claimed job when ``claim_next`` is given).
+        """
+
+    def leases(self) -> list[Job]:
+        """Jobs in processing, each with its lease; ``lease.expired`` by the store's clock."""
+
+    def next_run_at(self) -> Optional[float]:
+        """When the earliest waiting job becomes runnable."""
+
+    def has_outstanding(self) -> bool:
+        """True while any job is pending, processing or failed (waiting for a retry)."""
+
+    # settings
+    def get_settings(self) -> dict: ...
+    def set_setting(self, key: str, value) -> None: ...
+    def unset_setting(self, key: str) -> bool: ...
+
+    # workers
+    def register_worker(self, info: WorkerInfo) -> None: ...
+    def heartbeat_worker(self, worker_id: str) -> bool:
+        """Refresh a worker's row; False when a stop was requested for it."""
+    def remove_worker(self, worker_id: str) -> None: ...
+    def workers(self) -> list[dict]: ...
+    def request_stop(self, host: Optional[str] = None) -> int:
+        """Ask every registered pool (on ``host``, or everywhere) to stop; returns how many."""
+
+    # statistics
+    def stats(self) -> dict:
+        """total_runs, failed_runs, avg_duration, p50/p95 duration, dead_jobs, throughput."""
+
+    # wake-ups
+    def notify(self) -> None:
+        """Wake idle workers after new work was committed."""
+
+    def listener(self, name: str) -> Optional[Listener]:
+        """A readable handle that becomes ready on notify(); None when the backend cannot."""

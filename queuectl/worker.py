@@ -1,0 +1,487 @@
+"""Workers and the pool that supervises them: claim -> execute -> record -> retry or dead -> report.
+
+A worker holds a lease on the job it runs and renews it by heartbeat. A pool forks N
+workers, replaces one that dies, and regularly recovers jobs whose worker was lost:
+at once when the worker was on this host and its pid is gone, else when the lease
+expires by the store's clock.
+"""
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import sys
+import time
+import traceback
+import uuid
+from typing import Optional
+
+from . import models
+from .errors import QueueError
+from .executor import RunContext
+from .models import Attempt, ExecResult, Job
+from .store import Transition, WorkerInfo
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+WATCH_TICK = 0.25      # how often a running job checks for signals, heartbeats and its timeout
+
+
+def log(message: str) -> None:
+    print(f"queuectl: {message}", file=sys.stderr, flush=True)
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def _prctl(option: int, value: int) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(option, value, 0, 0, 0) == 0
+
+
+def pid_start_time(pid: int) -> Optional[int]:
+    """The process start time in clock ticks since boot: pid plus this defeats pid reuse."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    return int(data[data.rindex(b")") + 2:].split()[19])
+
+
+def pid_alive(pid: Optional[int], start: Optional[int]) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    if start is None:
+        return True
+    current = pid_start_time(pid)
+    return current is None or current == start
+
+
+def host_id(queue) -> str:
+    return queue.config.get("host-id") or socket.gethostname()
+
+
+def new_info(queue, kind: str, pool_id: Optional[str] = None) -> WorkerInfo:
+    pid = os.getpid()
+    return WorkerInfo(id=f"{kind[0]}-{uuid.uuid4().hex[:12]}", host=host_id(queue), pid=pid,
+                      pid_start=pid_start_time(pid), kind=kind, pool_id=pool_id)
+
+
+# --- what happens after an attempt ---------------------------------------------------------
+
+
+def decide(queue, job: Job, attempt: Attempt) -> Transition:
+    """Completed, retried after a delay (the retry-policy hook), or dead."""
+    now = models.now()
+    if attempt.ok:
+        return Transition(models.COMPLETED, now)
+    if attempt.outcome == models.INTERRUPTED:
+        return Transition(models.FAILED, now, attempt.error, count_try=False)
+    decision = queue.pm.hook.queuectl_retry_decision(job=job, attempt=attempt, queue=queue)
+    if decision is not None and decision.retry:
+        return Transition(models.FAILED, now + max(0.0, decision.delay), attempt.error)
+    reason = decision.reason if decision is not None else None
+    return Transition(models.DEAD, now, reason or attempt.error)
+
+
+def record(queue, job: Job, attempt: Attempt, claim_next: Optional[WorkerInfo] = None,
+           lease_timeout: float = 30.0) -> tuple[Optional[Job], Optional[Job]]:
+    """Store the attempt under the job's lease and report it; a stale lease changes nothing."""
+    stored, following = queue.store.finish(job.id, job.lease.token, attempt, decide(queue, job, attempt),
+                                           claim_next=claim_next, lease_timeout=lease_timeout)
+    if stored is None:
+        log(f"job {job.id}: lease was taken over; result of attempt {attempt.attempt} refused as stale")
+        return None, following
+    queue.report("queuectl_attempt_finished", job=stored, attempt=attempt, queue=queue)
+    if stored.state == models.DEAD:
+        queue.report("queuectl_job_dead", job=stored, attempt=attempt, queue=queue)
+    return stored, following
+
+
+def recover(queue, host: str, lost_owner: Optional[str] = None) -> int:
+    """Make jobs of lost workers runnable again, as a failed "worker lost" attempt.
+
+    Orphaned processes of such a job on this host are killed first, so two copies of a
+    command never run at the same time here.
+    """
+    recovered = 0
+    for job in queue.store.leases():
+        lease = job.lease
+        if lease is None:
+            continue
+        local = lease.host == host
+        if lease.owner == lost_owner or (local and not pid_alive(lease.pid, lease.pid_start)):
+            reason = "worker lost (its process is gone)"
+        elif lease.expired:
+            reason = "worker lost (lease expired)"
+        else:
+            continue
+        if local:
+            try:
+                killed = queue.executor(job.executor).reap(job, lease)
+            except Exception as exc:
+                log(f"job {job.id}: could not reap orphans: {exc}")
+                continue
+            if killed:
+                log(f"job {job.id}: killed {killed} orphaned process(es) of attempt {job.attempts}")
+        attempt = Attempt(job.id, job.attempts, models.WORKER_LOST, started_at=lease.started_at or models.now(),
+                          finished_at=models.now(), error=reason, worker=lease.owner, host=lease.host, pid=lease.pid)
+        stored, _ = record(queue, job, attempt)
+        if stored is not None:
+            recovered += 1
+            log(f"job {job.id}: {reason}; now {stored.state}")
+    return recovered
+
+
+# --- the worker -------------------------------------------------------------------------------
+
+
+class Worker:
+    def __init__(self, queue, pool_id: Optional[str] = None, burst: bool = False, verbose: bool = False,
+                 parent_pid: Optional[int] = None):
+        self.queue = queue
+        self.config = queue.config
+        self.burst = burst
+        self.verbose = verbose
+        self.parent_pid = parent_pid
+        self.info = new_info(queue, "worker", pool_id)
+        self.stopping = False       # first signal: finish the running job, then exit
+        self.killing = False        # second signal: stop the running command too
+        self._wake_r, self._wake_w = os.pipe()
+        self._next_beat = 0.0
+        self._next_refresh = 0.0
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.stopping:
+            self.killing = True
+        self.stopping = True
+        try:
+            os.write(self._wake_w, b"!")
+        except OSError:
+            pass
+
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)     # the pool forwards a terminal's Ctrl-C as SIGTERM
+        os.set_blocking(self._wake_w, False)
+
+    @property
+    def lease_timeout(self) -> float:
+        return self.config.get("lease-timeout")
+
+    def run(self) -> int:
+        store = self.queue.store
+        store.lock_timeout = None          # a worker waits out a locked store, however long
+        store.register_worker(self.info)
+        listener = store.listener(self.info.id)
+        job: Optional[Job] = None
+        try:
+            while not self.stopping:
+                if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                    break                  # the pool died: finish nothing new
+                if job is None:
+                    job = store.claim(self.info, self.lease_timeout)
+                if job is None:
+                    if self.burst and not store.has_outstanding():
+                        break
+                    self._idle(listener)
+                    continue
+                job = self.process(job)
+        finally:
+            if listener is not None:
+                listener.close()
+            store.remove_worker(self.info.id)
+        return 0
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_refresh:
+            self.config.refresh()          # see `config set` without a restart
+            self._next_refresh = now + 1.0
+        if now >= self._next_beat:
+            self.queue.store.heartbeat_worker(self.info.id)
+            self._next_beat = now + self.config.heartbeat_interval
+
+    def _idle(self, listener) -> None:
+        self._housekeeping()
+        timeout = self.config.get("poll-interval")
+        next_run = self.queue.store.next_run_at()
+        if next_run is not None:
+            timeout = min(timeout, max(0.0, next_run - time.time()) + 0.001)
+        fds = [self._wake_r] + ([listener] if listener is not None else [])
+        ready, _, _ = select.select(fds, [], [], timeout)
+        if listener is not None and listener in ready:
+            listener.drain()
+
+    def process(self, job: Job) -> Optional[Job]:
+        """Run one claimed job, record it, and return the next claimed job (if any)."""
+        attempt_no = job.attempts
+        started = models.now()
+        self.queue.report("queuectl_attempt_started", job=job, attempt=attempt_no, queue=self.queue)
+        result = self._execute(job, attempt_no)
+        attempt = Attempt(job.id, attempt_no, result.outcome, started, models.now(), exit_code=result.exit_code,
+                          signal=result.signal, error=result.error, stdout=result.stdout, stderr=result.stderr,
+                          worker=self.info.id, host=self.info.host, pid=self.info.pid)
+        stored, following = record(self.queue, job, attempt, None if self.stopping else self.info,
+                                   self.lease_timeout)
+        if self.verbose and stored is not None:
+            log(f"job {job.id} attempt {attempt_no}: {attempt.outcome} in {attempt.duration:.3f}s -> {stored.state}")
+        elif stored is not None and stored.state == models.DEAD:
+            log(f"job {job.id} is dead after {stored.attempts} attempt(s): {stored.last_error}")
+        return following
+
+    def _execute(self, job: Job, attempt_no: int) -> ExecResult:
+        env = {"QUEUECTL_JOB_ID": job.id, "QUEUECTL_ATTEMPT": str(attempt_no), "QUEUECTL_RUN_ID": job.lease.run_id}
+        try:
+            executor = self.queue.executor(job.executor)
+            run = executor.start(job, RunContext(attempt_no, job.lease.run_id, env, self.config))
+        except (OSError, ValueError, QueueError) as exc:
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            return ExecResult(models.START_ERROR, error=f"could not start: {detail}")
+        return self._watch(job, run)
+
+    def _watch(self, job: Job, run) -> ExecResult:
+        """Wait for the run while renewing the lease, enforcing the timeout and honouring signals."""
+        store, lease_timeout = self.queue.store, self.lease_timeout
+        beat = self.config.heartbeat_interval
+        limit = job.timeout or self.config.get("timeout") or None
+        grace = self.config.get("kill-grace")
+        began = last_renewed = time.monotonic()
+        next_beat, pgid_saved = began + beat, False
+        while True:
+            result = run.wait(WATCH_TICK)
+            if result is not None:
+                return result
+            now = time.monotonic()
+            if self.killing:
+                return run.stop(grace, models.INTERRUPTED, "interrupted by worker shutdown")
+            if limit and now - began >= limit:
+                return run.stop(grace, models.TIMED_OUT, f"timed out after {limit:g} s")
+            if now >= next_beat:
+                # Wait out a locked store only as long as the lease would still be ours.
+                store.lock_timeout = max(0.0, lease_timeout * 0.8 - (now - last_renewed))
+                try:
+                    held = store.renew(job.id, job.lease.token, lease_timeout,
+                                       pgid=None if pgid_saved else run.pgid)
+                except QueueError:
+                    held = None
+                finally:
+                    store.lock_timeout = None
+                if held is False:
+                    return run.stop(0, models.WORKER_LOST, "lease lost: another worker took the job over")
+                if held:
+                    last_renewed, pgid_saved = now, True
+                next_beat = time.monotonic() + (beat if held else min(beat, 1.0))
+            if time.monotonic() - last_renewed > lease_timeout * 0.8:
+                # Self-fencing: stop the command before the lease can expire and be taken over.
+                return run.stop(0, models.WORKER_LOST, "lease could not be renewed in time; command stopped")
+
+
+# --- the pool ---------------------------------------------------------------------------------
+
+
+class Pool:
+    """Supervises N worker processes: forks them, replaces the dead, recovers lost jobs."""
+
+    def __init__(self, queue, count: int, burst: bool = False, verbose: bool = False,
+                 options: Optional[dict] = None):
+        self.queue = queue
+        self.count = count
+        self.burst = burst
+        self.verbose = verbose
+        self.options = options or {}
+        self.info = new_info(queue, "pool")
+        self.children: dict[int, dict] = {}     # pid -> {"kind": "worker"|"sources", "started": t}
+        self.signals = 0
+        self.stopping = False
+        self._respawn_delay = 0.0
+        self._respawn_at = 0.0
+
+    def _on_signal(self, signum, frame) -> None:
+        self.signals += 1
+
+    def run(self) -> int:
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+        queue, store = self.queue, self.queue.store
+        store.lock_timeout = None
+        store.register_worker(self.info)
+        host = self.info.host
+        recover(queue, host)
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        os.set_blocking(wake_r, False)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(sig, self._on_signal if sig != signal.SIGCHLD else lambda s, f: None)
+        signal.set_wakeup_fd(wake_w)
+        self._wake_fds = (wake_r, wake_w)
+        try:
+            if queue.pm.hook.queuectl_job_sources.get_hookimpls():
+                self._spawn("sources")
+            for _ in range(self.count):
+                self._spawn("worker")
+            handled = 0
+            tick = self.config_tick()
+            next_tick = time.monotonic() + tick
+            while True:
+                select.select([wake_r], [], [], max(0.0, min(next_tick, self._respawn_at or next_tick)
+                                                    - time.monotonic()))
+                try:
+                    while os.read(wake_r, 512):
+                        pass
+                except OSError:
+                    pass
+                while handled < self.signals:
+                    handled += 1
+                    self._begin_stop(force=handled > 1)
+                self._reap(host)
+                if not self._workers() and (self.stopping or self.burst):
+                    break
+                if time.monotonic() >= next_tick:
+                    if not store.heartbeat_worker(self.info.id) and not self.stopping:
+                        log("stop requested through the store; finishing running jobs")
+                        self._begin_stop(force=False)
+                    recover(queue, host)
+                    tick = self.config_tick()
+                    next_tick = time.monotonic() + tick
+                self._replace()
+        finally:
+            signal.set_wakeup_fd(-1)
+            for pid, child in list(self.children.items()):
+                if child["kind"] == "sources":
+                    _kill(pid, signal.SIGTERM)
+            self._wait_all()
+            store.remove_worker(self.info.id)
+        return 0
+
+    def config_tick(self) -> float:
+        self.queue.config.refresh()
+        return self.queue.config.get("recovery-interval")
+
+    def _workers(self) -> list[int]:
+        return [pid for pid, c in self.children.items() if c["kind"] == "worker"]
+
+    def _begin_stop(self, force: bool) -> None:
+        self.stopping = True
+        for pid in self.children:
+            _kill(pid, signal.SIGTERM)
+        if force:
+            log("second signal: stopping running jobs")
+
+    def _reap(self, host: str) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = self.children.pop(pid, None)
+            if child is None:
+                continue                      # an orphan of a job, reparented to us: just collected
+            clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+            if child["kind"] == "worker":
+                if not clean:
+                    how = (f"signal {signal.Signals(os.WTERMSIG(status)).name}" if os.WIFSIGNALED(status)
+                           else f"exit code {os.WEXITSTATUS(status)}")
+                    log(f"worker {pid} died ({how})")
+                    recover(self.queue, host, lost_owner=child["id"])
+                    quick = time.monotonic() - child["started"] < 1.0
+                    self._respawn_delay = min(max(self._respawn_delay * 2, 0.5), 30.0) if quick else 0.0
+                    self._respawn_at = time.monotonic() + self._respawn_delay
+                if not (self.stopping or (self.burst and clean)):
+                    self._missing = getattr(self, "_missing", 0) + 1
+
+    def _replace(self) -> None:
+        missing = getattr(self, "_missing", 0)
+        if self.stopping or not missing or time.monotonic() < self._respawn_at:
+            return
+        for _ in range(missing):
+            self._spawn("worker")
+        self._missing = 0
+        self._respawn_at = 0.0
+
+    def _spawn(self, kind: str) -> None:
+        self.queue.close()                # never carry a store connection across fork
+        info_id = None
+        if kind == "worker":
+            worker = Worker(self.queue, self.info.id, self.burst, self.verbose, parent_pid=os.getpid())
+            info_id = worker.info.id
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            self._child(kind, worker if kind == "worker" else None)
+        if kind == "worker":
+            os.close(worker._wake_r)
+            os.close(worker._wake_w)
+        self.children[pid] = {"kind": kind, "started": time.monotonic(), "id": info_id}
+
+    def _child(self, kind: str, worker: Optional[Worker]) -> None:
+        code = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            for fd in self._wake_fds:
+                os.close(fd)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+            if kind == "worker":
+                worker.install_signals()
+                worker.info.pid = os.getpid()
+                worker.info.pid_start = pid_start_time(worker.info.pid)
+                if os.getppid() != worker.parent_pid:
+                    os._exit(0)
+                code = worker.run()
+            else:
+                code = run_sources(self.queue, self.options)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    def _wait_all(self) -> None:
+        while self.children:
+            try:
+                pid, _ = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            self.children.pop(pid, None)
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except OSError:
+        pass
+
+
+def run_sources(queue, options: dict) -> int:
+    """The sources process of a pool: starts every job source and runs until SIGTERM."""
+    stop = {"now": False}
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda s, f: stop.update(now=True))
+    sources = []
+    for result in queue.pm.hook.queuectl_job_sources(queue=queue, options=options):
+        sources.extend(result or [])
+    for source in sources:
+        source.start()
+    try:
+        while not stop["now"]:
+            time.sleep(0.2)
+    finally:
+        for source in sources:
+            source.stop()
+    return 0
