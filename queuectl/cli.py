@@ -51,8 +51,11 @@ class QueuectlGroup(click.Group):
         cached = getattr(app, "plugin_commands", None)
         if cached is None:
             group = click.Group("plugins")
-            app.queue.pm.hook.queuectl_register_commands(cli=group)
+            hook = app.queue.pm.hook
+            hook.queuectl_register_commands(cli=group)
             cached = app.plugin_commands = dict(group.commands)
+            for options in hook.queuectl_worker_options():
+                worker_start.params.extend(options or [])
         return cached
 
     def get_command(self, ctx, name):
@@ -209,7 +212,14 @@ def enqueue(job_json, command, job_id, max_retries, timeout, cwd, env_pairs, exe
         click.echo(job_id)
 
 
-@cli.group()
+class WorkerGroup(click.Group):
+    def get_command(self, ctx, name):
+        if name == "start":     # plugins may add options to `worker start`
+            cli._plugin_commands(ctx.find_root())
+        return super().get_command(ctx, name)
+
+
+@cli.group(cls=WorkerGroup)
 def worker():
     """Run or stop worker pools."""
 
@@ -219,7 +229,7 @@ def worker():
               help="Worker processes in this pool.")
 @click.option("--burst", is_flag=True, help="Exit 0 once nothing is runnable, processing or waiting for a retry.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every attempt to stderr.")
-def worker_start(count, burst, verbose):
+def worker_start(count, burst, verbose, **options):
     """Start a pool of COUNT workers in the foreground, until stopped.
 
     SIGTERM, SIGINT or `queuectl worker stop`: running jobs finish, then the pool exits 0.
@@ -228,7 +238,7 @@ def worker_start(count, burst, verbose):
     from .worker import Pool
 
     queue = get_queue()
-    sys.exit(Pool(queue, count, burst=burst, verbose=verbose).run())
+    sys.exit(Pool(queue, count, burst=burst, verbose=verbose, options=options).run())
 
 
 @worker.command("stop")
@@ -250,8 +260,8 @@ def status(as_json):
     click.echo(f"config:  {data['config_file'] or '(none: built-in defaults)'}")
     click.echo(f"store:   {store['backend']} {store['location']} (schema {store['schema_version']})")
     click.echo("jobs:    " + "  ".join(f"{state} {n}" for state, n in data["counts"].items()))
-    for line in data.get("extra", []):
-        click.echo(line)
+    for section, values in data["plugins"].items():
+        click.echo(f"{section + ':':9}" + "  ".join(f"{k} {v}" for k, v in values.items()))
     workers = [w for w in data["workers"] if w["kind"] == "worker"]
     click.echo(f"workers: {len(workers)}")
     if workers:

@@ -27,7 +27,8 @@ __all__ = [
     "hookspec", "hookimpl",
     "queuectl_register_storage", "queuectl_register_executors", "queuectl_register_settings",
     "queuectl_register_job_fields", "queuectl_register_commands",
-    "queuectl_validate_job", "queuectl_job_sources",
+    "queuectl_validate_job", "queuectl_job_sources", "queuectl_worker_options", "queuectl_parse_job_file",
+    "queuectl_status_info",
     "queuectl_retry_decision",
     "queuectl_attempt_started", "queuectl_attempt_finished", "queuectl_job_dead",
 ]
@@ -104,6 +105,38 @@ def queuectl_job_sources(queue: "Queue", options: dict[str, Any]) -> Optional[li
     :param queue: the queue the sources enqueue into.
     :param options: options given to ``worker start`` (plugins read only their own).
     :return: a list of objects with ``start()`` and ``stop()``, or None.
+    """
+
+
+@hookspec
+def queuectl_worker_options() -> Optional[list]:
+    """Add options to ``queuectl worker start`` (for example a source's folder).
+
+    :return: a list of ``click.Option``; their values reach :func:`queuectl_job_sources` in ``options``.
+    """
+
+
+@hookspec(firstresult=True)
+def queuectl_parse_job_file(path: str, data: bytes, queue: "Queue") -> Optional[list]:
+    """Turn the bytes of a dropped job file into job specs (the spool folder's format hook).
+
+    The first implementation that returns something other than None decides, so a plugin
+    can add a format by file extension.
+
+    :param path: the file's original name (use its extension to decide).
+    :param data: the file's content.
+    :param queue: the queue.
+    :return: a list of job spec dicts, or None when the format is not this plugin's.
+    :raises ValueError: the file is this plugin's format but invalid; the message says where.
+    """
+
+
+@hookspec
+def queuectl_status_info(queue: "Queue") -> Optional[dict]:
+    """Contribute a section to ``queuectl status``.
+
+    :param queue: the queue.
+    :return: ``{"section name": {key: value, ...}}``, or None.
     """
 
 

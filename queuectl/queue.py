@@ -158,11 +158,15 @@ class Queue:
         """Enqueue one job; returns its id."""
         return self.enqueue_many([dict(spec or {}, **fields)], source=source)[0]
 
-    def enqueue_many(self, specs: Iterable[dict], source: Optional[str] = "python") -> list[str]:
-        """Enqueue a batch atomically: every job is validated first, then all are stored or none."""
+    def enqueue_many(self, specs: Iterable[dict], source: Optional[str] = "python",
+                     receipt: Optional[dict] = None) -> list[str]:
+        """Enqueue a batch atomically: every job is validated first, then all are stored or none.
+
+        ``receipt`` is recorded with the jobs in the same transaction (see Store.add_jobs).
+        """
         jobs = [self.build_job(spec, source) for spec in specs]
         if jobs:
-            self.store.add_jobs(jobs)
+            self.store.add_jobs(jobs, receipt=receipt)
             self.store.notify()
         return [job.id for job in jobs]
 
@@ -216,7 +220,14 @@ class Queue:
             "store": self.store.describe(),
             "counts": self.counts(),
             "workers": self.workers(),
+            "plugins": self.plugin_status(),
         }
+
+    def plugin_status(self) -> dict:
+        sections = {}
+        for result in self.pm.hook.queuectl_status_info(queue=self):
+            sections.update(result or {})
+        return sections
 
     # --- settings --------------------------------------------------------------------------
 

@@ -54,8 +54,16 @@ class Store(Protocol):
         """Backend name, location and schema version, for `queuectl status`."""
 
     # jobs
-    def add_jobs(self, jobs: list[Job]) -> None:
-        """Store all of ``jobs`` or none; raise Conflict naming a duplicate id."""
+    def add_jobs(self, jobs: list[Job], receipt: Optional[dict] = None) -> None:
+        """Store all of ``jobs`` or none; raise Conflict naming a duplicate id.
+
+        ``receipt`` ({"key", "name", "sha256"}) is recorded in the same transaction, so a
+        source (the spool folder) can tell after a crash whether a delivery was stored;
+        a key already recorded raises Conflict and stores nothing.
+        """
+
+    def get_receipt(self, key: str) -> Optional[dict]:
+        """The receipt stored under ``key`` (with the ids of its jobs), or None."""
 
     def get_job(self, job_id: str) -> Optional[Job]: ...
 

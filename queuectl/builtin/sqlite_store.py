@@ -78,6 +78,9 @@ MIGRATIONS = {
         """CREATE TABLE run_stats (id INTEGER PRIMARY KEY CHECK (id = 1), total_runs INTEGER NOT NULL,
             failed_runs INTEGER NOT NULL, total_duration REAL NOT NULL, first_started REAL, last_finished REAL)""",
         "INSERT INTO run_stats VALUES (1, 0, 0, 0.0, NULL, NULL)",
+        # Receipts make a source's delivery exactly-once: recorded in the same transaction as its jobs.
+        """CREATE TABLE receipts (key TEXT PRIMARY KEY, name TEXT, sha256 TEXT, job_ids TEXT NOT NULL,
+            created_at REAL NOT NULL)""",
     ],
 }
 
@@ -241,7 +244,7 @@ class SQLiteStore:
 
     # --- jobs ----------------------------------------------------------------------------------
 
-    def add_jobs(self, jobs: list[Job]) -> None:
+    def add_jobs(self, jobs: list[Job], receipt: Optional[dict] = None) -> None:
         rows = [(j.id, j.command, j.state, j.max_retries, j.priority, j.queue, j.executor, j.cwd,
                  json.dumps(j.env) if j.env else None, j.timeout, j.source,
                  json.dumps(j.fields) if j.fields else None, j.created_at, j.updated_at, j.run_at) for j in jobs]
@@ -254,7 +257,21 @@ class SQLiteStore:
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             except sqlite3.IntegrityError:
                 raise Conflict(self._duplicate_message(conn, jobs)) from None
+            if receipt is not None:
+                try:
+                    conn.execute("INSERT INTO receipts VALUES (?, ?, ?, ?, ?)",
+                                 (receipt["key"], receipt.get("name"), receipt.get("sha256"),
+                                  json.dumps([j.id for j in jobs]), time.time()))
+                except sqlite3.IntegrityError:
+                    raise Conflict(f"receipt {receipt['key']!r} is already recorded") from None
         self._write(insert)
+
+    def get_receipt(self, key: str) -> Optional[dict]:
+        rows = self._read("SELECT key, name, sha256, job_ids, created_at FROM receipts WHERE key = ?", (key,))
+        if not rows:
+            return None
+        key, name, sha, job_ids, created = rows[0]
+        return {"key": key, "name": name, "sha256": sha, "job_ids": json.loads(job_ids), "created_at": created}
 
     @staticmethod
     def _duplicate_message(conn, jobs: list[Job]) -> str:
