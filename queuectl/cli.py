@@ -288,7 +288,7 @@ def show(job_id, as_json):
     job = queue.get(job_id)
     attempts = queue.attempts(job_id)
     if as_json:
-        emit_json(dict(job.to_dict(), attempts=[a.to_dict() for a in attempts]))
+        emit_json(dict(job.to_dict(), history=[a.to_dict() for a in attempts]))
         return
     for key, value in job.to_dict().items():
         if value not in (None, {}, ""):

@@ -1,0 +1,117 @@
+"""Shared fixtures: a private queue instance per test, driven through the real CLI."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+QUEUECTL = [sys.executable, "-m", "queuectl"]
+
+# Short waits through configuration: the checks stay the same.
+FAST_CONFIG = {
+    "db": "queue.db",
+    "poll-interval": 0.05,
+    "recovery-interval": 0.1,
+    "backoff-scale": 0.05,
+    "lease-timeout": 5,
+    "kill-grace": 1,
+}
+
+
+def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, message: str = "condition"):
+    """Poll until predicate() is truthy; generous deadlines keep slow machines green."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+class Instance:
+    """A queuectl instance in a temporary folder: config.yaml, store, plugins folder."""
+
+    def __init__(self, root: Path, config: dict):
+        self.root = root
+        self.config_path = root / "config.yaml"
+        self.plugins = root / "plugins"
+        self.plugins.mkdir(mode=0o755)
+        self.write_config(config)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("QUEUECTL_")}
+        self.env.update({"QUEUECTL_CONFIG": str(self.config_path), "PYTHONUNBUFFERED": "1",
+                         "XDG_DATA_HOME": str(root / "xdg-data"), "XDG_CONFIG_HOME": str(root / "xdg-config")})
+        self.pools: list[subprocess.Popen] = []
+
+    def write_config(self, config: dict) -> None:
+        import yaml
+
+        self.config = dict(config)
+        self.config_path.write_text(yaml.safe_dump(self.config))
+
+    def run(self, *args, check: bool = True, input: str | None = None, env: dict | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess:
+        proc = subprocess.run([*QUEUECTL, *map(str, args)], cwd=self.root, env={**self.env, **(env or {})},
+                              capture_output=True, text=True, input=input, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"queuectl {' '.join(map(str, args))} exited {proc.returncode}:\n"
+                                 f"{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def json(self, *args, **kwargs):
+        return json.loads(self.run(*args, "--json", **kwargs).stdout)
+
+    def enqueue(self, command: str, **fields) -> str:
+        spec = dict(fields, command=command)
+        return self.run("enqueue", json.dumps(spec)).stdout.strip()
+
+    def job(self, job_id: str) -> dict:
+        return self.json("show", job_id)
+
+    def start_pool(self, count: int = 1, *args, env: dict | None = None, stderr=None) -> subprocess.Popen:
+        proc = subprocess.Popen([*QUEUECTL, "worker", "start", "--count", str(count), *map(str, args)],
+                                cwd=self.root, env={**self.env, **(env or {})}, stdout=subprocess.PIPE,
+                                stderr=stderr if stderr is not None else subprocess.PIPE, text=True,
+                                start_new_session=True)
+        self.pools.append(proc)
+        return proc
+
+    def wait_for_state(self, job_id: str, states, timeout: float = 60.0) -> dict:
+        states = {states} if isinstance(states, str) else set(states)
+        return wait_until(lambda: (lambda j: j if j["state"] in states else None)(self.job(job_id)),
+                          timeout, 0.1, f"job {job_id} to reach {states}")
+
+    def cleanup(self) -> None:
+        for proc in self.pools:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                proc.wait()
+
+
+@pytest.fixture
+def instance(tmp_path):
+    inst = Instance(tmp_path, FAST_CONFIG)
+    yield inst
+    inst.cleanup()
+
+
+@pytest.fixture
+def queue(tmp_path):
+    """A Queue opened through the Python API on a private store."""
+    from queuectl import Queue
+
+    (tmp_path / "config.yaml").write_text("db: queue.db\nbackoff-scale: 0.05\npoll-interval: 0.05\n")
+    q = Queue.open(config=str(tmp_path / "config.yaml"), env={})
+    yield q
+    q.close()
