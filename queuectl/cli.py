@@ -342,7 +342,7 @@ def config_group():
     """Read and change settings (stored settings reach running workers without a restart)."""
 
 
-@config_group.command("set")
+@config_group.command("set", context_settings={"ignore_unknown_options": True})
 @click.argument("key")
 @click.argument("value")
 def config_set(key, value):
@@ -371,9 +371,7 @@ def config_get(key):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def config_list(as_json):
     """Every setting, its value and where the value comes from."""
-    queue = get_queue()
-    queue.store  # noqa: B018 - stored settings are part of the answer
-    rows = queue.config.items()
+    rows = get_queue().config.items()
     if as_json:
         emit_json(rows)
         return

@@ -105,7 +105,8 @@ CORE_SETTINGS = (
     Setting("recovery-interval", 1.0, number(0.01), "Seconds between a pool's checks for lost workers and stop requests."),
     Setting("timeout", 0.0, number(0.0), "Default job timeout in seconds (0: none)."),
     Setting("kill-grace", 5.0, number(0.0), "Seconds between SIGTERM and SIGKILL when a job is stopped."),
-    Setting("lock-timeout", 60.0, number(0.0), "Seconds a command waits out a locked store before failing (workers wait forever)."),
+    Setting("lock-timeout", 60.0, number(0.0), "Seconds a command waits out a locked store before failing "
+            "(workers wait forever).", file_only=True),
 )
 
 
@@ -237,7 +238,10 @@ class Config:
 
     def store_values(self) -> dict:
         if self._store_values is None:
-            self._store_values = self.store_loader() if self.store_loader else {}
+            values = self.store_loader() if self.store_loader else None
+            if values is None:
+                return {}             # the store is not open (yet): do not cache
+            self._store_values = values
         return self._store_values
 
     def refresh(self) -> None:

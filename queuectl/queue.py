@@ -28,8 +28,15 @@ class Queue:
         self.executors: dict[str, Any] = {}
         self.job_fields: dict[str, tuple] = {}
         self._store = None
+        self._opening = False
         self._collect_registrations()
         config.check_file()
+        config.store_loader = self._stored_settings
+
+    def _stored_settings(self) -> Optional[dict]:
+        if self._opening:
+            return None               # settings read while the store opens come from elsewhere
+        return self.store.get_settings()
 
     @classmethod
     def open(cls, config: Optional[str] = None, db: Optional[str] = None, plugins_dir: Optional[str] = None,
@@ -114,10 +121,13 @@ class Queue:
                 backend = self.config.get("storage")
             if backend not in self.storages:
                 raise UsageError(f"storage backend {backend!r} is not registered (see 'queuectl plugins')")
-            store = self.storages[backend][0](db, self)
-            store.init()
+            self._opening = True
+            try:
+                store = self.storages[backend][0](db, self)
+                store.init()
+            finally:
+                self._opening = False
             self._store = store
-            self.config.store_loader = store.get_settings
             self.config.refresh()
         return self._store
 
@@ -125,7 +135,6 @@ class Queue:
         if self._store is not None:
             self._store.close()
             self._store = None
-            self.config.store_loader = None
             self.config.refresh()
 
     def __enter__(self) -> "Queue":

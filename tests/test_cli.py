@@ -1,0 +1,167 @@
+"""The command line: JSON on stdout, one error line on stderr, exit 1 or 2, and nothing changed."""
+import json
+import re
+
+import pytest
+
+ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+def test_enqueue_forms_and_job_json(instance):
+    a = instance.run("enqueue", "--command", "echo Hello World").stdout.strip()
+    b = instance.run("enqueue", '{"id":"job1","command":"sleep 2"}').stdout.strip()
+    c = instance.run("enqueue", "--command", "./backup.sh", "--id", "nightly", "--max-retries", "5",
+                     "--env", "A=1", "--timeout", "9").stdout.strip()
+    assert b == "job1" and c == "nightly" and re.fullmatch(r"[0-9a-f]{16}", a)
+    jobs = {j["id"]: j for j in instance.json("list", "--state", "pending")}
+    assert set(jobs) == {a, "job1", "nightly"}
+    for job in jobs.values():
+        assert {"id", "command", "state", "attempts", "max_retries", "created_at", "updated_at"} <= set(job)
+        assert job["state"] == "pending" and job["attempts"] == 0
+        assert ISO.match(job["created_at"]) and ISO.match(job["updated_at"])
+        assert job["cwd"] == str(instance.root)
+    assert jobs["nightly"]["max_retries"] == 5 and jobs["nightly"]["env"] == {"A": "1"}
+    assert jobs["nightly"]["timeout"] == 9 and jobs[a]["max_retries"] == 3
+
+
+def test_enqueue_many_from_stdin_is_all_or_nothing(instance):
+    lines = "\n".join(json.dumps({"command": f"echo {n}"}) for n in range(50))
+    ids = instance.run("enqueue", "--file", "-", input=lines).stdout.split()
+    assert len(ids) == 50 and len(instance.json("list")) == 50
+    bad = lines + "\n" + json.dumps({"command": ""})
+    proc = instance.run("enqueue", "--file", "-", input=bad, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == "queuectl: error: command is empty"
+    assert len(instance.json("list")) == 50
+
+
+BAD_INPUTS = [
+    (["enqueue", "{not json"], 2, "malformed JSON job"),
+    (["enqueue", "--command", ""], 2, "command is empty"),
+    (["enqueue", "{}"], 2, "a job needs a command"),
+    (["enqueue", '{"command": 5}'], 2, "command must be a string"),
+    (["enqueue", '["echo"]'], 2, "must be an object"),
+    (["enqueue", '{"id": "dup", "command": "true"}'], 1, "a job with id 'dup' already exists"),
+    (["enqueue", '{"command": "true", "state": "completed"}'], 2, "field 'state' is set by queuectl"),
+    (["enqueue", '{"command": "true", "attempts": 3}'], 2, "field 'attempts' is set by queuectl"),
+    (["enqueue", '{"command": "true", "created_at": "x"}'], 2, "field 'created_at' is set by queuectl"),
+    (["enqueue", '{"command": "true", "colour": "red"}'], 2, "unknown field 'colour'"),
+    (["enqueue", "--command", "true", "--max-retries", "-1"], 2, "max_retries must be at least 0"),
+    (["enqueue", "--command", "true", "--max-retries", "two"], 2, "--max-retries must be an integer"),
+    (["enqueue", '{"command": "true", "max_retries": 1.5}'], 2, "max_retries must be an integer"),
+    (["enqueue", '{"command": "true", "cwd": "/no/such/dir"}'], 2, "is not an existing folder"),
+    (["enqueue", '{"command": "true", "executor": "nope"}'], 2, "unknown executor 'nope'"),
+    (["show", "missing"], 1, "no job with id 'missing'"),
+    (["logs", "missing"], 1, "no job with id 'missing'"),
+    (["dlq", "retry", "missing"], 1, "no job with id 'missing'"),
+    (["dlq", "retry", "dup"], 1, "job 'dup' is pending, not dead"),
+    (["list", "--state", "sleeping"], 2, "unknown state 'sleeping'"),
+    (["worker", "start", "--count", "0"], 2, "0 is not in the range"),
+    (["config", "set", "colour", "red"], 2, "unknown config key 'colour'"),
+    (["config", "get", "colour"], 2, "unknown config key 'colour'"),
+    (["config", "set", "max-retries", "-2"], 2, "must be at least 0"),
+    (["config", "set", "max-retries", "many"], 2, "expected an integer"),
+    (["config", "set", "db", "/tmp/elsewhere.db"], 2, "db can only be set in config.yaml"),
+    (["config", "set", "plugins-dir", "/tmp"], 2, "plugins-dir can only be set in config.yaml"),
+    (["--db", "/no/such/folder/q.db", "list"], 1, "the folder of the store /no/such/folder/q.db does not exist"),
+    (["frobnicate"], 2, "No such command 'frobnicate'"),
+]
+
+
+@pytest.mark.parametrize("args,code,message", BAD_INPUTS, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_bad_input_is_one_line_and_changes_nothing(instance, args, code, message):
+    instance.run("enqueue", '{"id": "dup", "command": "true"}')
+    before = instance.json("list")
+    proc = instance.run(*args, check=False)
+    assert proc.returncode == code, proc.stderr
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("queuectl: error: "), proc.stderr
+    assert message in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert instance.json("list") == before
+
+
+def test_unreadable_and_invalid_config_files(instance):
+    instance.config_path.write_text("max-retries: [1\n")
+    proc = instance.run("list", check=False)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
+    assert "is not valid YAML" in proc.stderr and "line 2" in proc.stderr
+    instance.config_path.write_text("colour: red\n")
+    proc = instance.run("list", check=False)
+    assert proc.returncode == 2 and "unknown key 'colour'" in proc.stderr
+    proc = instance.run("list", check=False, env={"QUEUECTL_CONFIG": str(instance.root / "missing.yaml")})
+    assert proc.returncode == 1 and "cannot read config file" in proc.stderr
+    instance.config_path.write_text("db: queue.db\n")
+    instance.config_path.chmod(0o000)
+    try:
+        proc = instance.run("list", check=False, env={"QUEUECTL_CONFIG": str(instance.config_path)})
+    finally:
+        instance.config_path.chmod(0o644)
+    import os
+    if os.geteuid() != 0:   # root reads anything
+        assert proc.returncode == 1 and "cannot read config file" in proc.stderr
+
+
+def test_config_precedence_and_sources(instance):
+    def entry(key, env=None):
+        rows = json.loads(instance.run("config", "list", "--json", env=env).stdout)
+        return next(r for r in rows if r["key"] == key)
+
+    assert entry("kill-grace") == {**entry("kill-grace"), "value": 1, "source": "file"}
+    assert entry("timeout")["source"] == "default"
+    assert instance.run("config", "set", "kill-grace", "7").stdout.strip() == "kill-grace = 7.0"
+    assert entry("kill-grace")["value"] == 7.0 and entry("kill-grace")["source"] == "store"
+    assert instance.run("config", "get", "kill_grace").stdout.strip() == "7.0"
+    over = entry("kill-grace", env={"QUEUECTL_KILL_GRACE": "9"})
+    assert over["value"] == 9.0 and over["source"] == "env"
+    instance.run("config", "unset", "kill-grace")
+    assert entry("kill-grace")["source"] == "file"
+    assert entry("db")["file_only"] is True
+    assert entry("backoff-base")["plugin"] == "backoff"
+
+
+def test_read_commands_have_json(instance):
+    job_id = instance.enqueue("echo out")
+    assert instance.start_pool(1, "--burst").wait(timeout=60) == 0
+    status = instance.json("status")
+    assert status["counts"]["completed"] == 1 and status["store"]["backend"] == "sqlite"
+    assert status["config_file"] == str(instance.config_path)
+    stats = instance.json("stats")
+    assert stats["total_runs"] == 1 and stats["failed_runs"] == 0 and stats["dead_jobs"] == 0
+    assert {"avg_duration", "p50_duration", "p95_duration", "throughput"} <= set(stats)
+    logs = instance.json("logs", job_id)
+    assert [(l["attempt"], l["exit_code"], l["stdout"]) for l in logs] == [(1, 0, "out\n")]
+    assert ISO.match(logs[0]["created_at"]) and logs[0]["duration"] >= 0
+    assert instance.json("dlq", "list") == []
+    assert {p["name"] for p in instance.json("plugins")} >= {"sqlite", "shell", "backoff", "dlq", "validate"}
+    shown = instance.json("show", job_id)
+    assert shown["id"] == job_id and shown["attempts"] == 1 and len(shown["history"]) == 1
+
+
+def test_python_api_get_job_logs(instance, monkeypatch):
+    job_id = instance.enqueue("echo api; exit 4", max_retries=0)
+    assert instance.start_pool(1, "--burst").wait(timeout=60) == 0
+    from queuectl import get_job_logs
+
+    logs = get_job_logs(job_id, config=str(instance.config_path))
+    assert len(logs) == 1
+    assert {k: logs[0][k] for k in ("job_id", "attempt", "exit_code", "stdout", "stderr")} == \
+        {"job_id": job_id, "attempt": 1, "exit_code": 4, "stdout": "api\n", "stderr": ""}
+    assert {"duration", "created_at"} <= set(logs[0])
+    monkeypatch.setenv("QUEUECTL_DB", str(instance.root / "queue.db"))
+    assert get_job_logs(job_id)[0]["exit_code"] == 4
+
+
+def test_init_is_idempotent_and_store_is_private(instance):
+    for _ in range(2):
+        assert "store ready" in instance.run("init").stdout
+    assert (instance.root / "queue.db").stat().st_mode & 0o777 == 0o600
+
+
+def test_default_store_lives_in_the_user_data_folder(instance):
+    instance.config_path.unlink()
+    env = {"QUEUECTL_CONFIG": ""}
+    instance.run("enqueue", "--command", "true", env=env)
+    folder = instance.root / "xdg-data" / "queuectl"
+    assert (folder / "queue.db").exists()
+    assert folder.stat().st_mode & 0o777 == 0o700
