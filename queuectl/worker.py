@@ -397,6 +397,7 @@ class Pool:
                            else f"exit code {os.WEXITSTATUS(status)}")
                     log(f"worker {pid} died ({how})")
                     recover(self.queue, host, lost_owner=child["id"])
+                    self.queue.store.remove_worker(child["id"])
                     quick = time.monotonic() - child["started"] < 1.0
                     self._respawn_delay = min(max(self._respawn_delay * 2, 0.5), 30.0) if quick else 0.0
                     self._respawn_at = time.monotonic() + self._respawn_delay
