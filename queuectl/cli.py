@@ -97,9 +97,14 @@ def render_jobs(jobs, as_json: bool) -> None:
     if as_json:
         emit_json([job.to_dict() for job in jobs])
         return
+    now = models.now()
+    later = any(j.run_at > now and j.state in models.RUNNABLE_STATES for j in jobs)
+    columns = ["id", "state", "attempts", "max_retries", "updated"] + (["runnable_at"] if later else []) + \
+        ["command", "last_error"]
     table(({"id": j.id, "state": j.state, "attempts": j.attempts, "max_retries": j.max_retries,
-            "updated": models.iso(j.updated_at), "command": short(j.command), "last_error": short(j.last_error, 40)}
-           for j in jobs), ["id", "state", "attempts", "max_retries", "updated", "command", "last_error"])
+            "updated": models.iso(j.updated_at), "command": short(j.command), "last_error": short(j.last_error, 40),
+            "runnable_at": models.iso(j.run_at) if j.state in models.RUNNABLE_STATES else None}
+           for j in jobs), columns)
 
 
 def fmt_seconds(value: Optional[float]) -> str:
@@ -160,38 +165,72 @@ def _read_jobs(source) -> list:
     return jobs
 
 
+JOB_OPTIONS = (
+    click.option("-c", "--command", "command", help="Shell command to run."),
+    click.option("--id", "id", help="Job id (default: generated)."),
+    click.option("--max-retries", "max_retries", type=str, help="Retries after the first attempt."),
+    click.option("--timeout", type=float, help="Seconds before the job is stopped and counted as failed."),
+    click.option("--cwd", help="Working folder (default: the current one)."),
+    click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment variable (repeatable)."),
+    click.option("--executor", help="Executor plugin to run the job with (default: shell)."),
+    click.option("--priority", type=str, help="Higher runs first (-100..100, default 0)."),
+    click.option("--queue", "queue", help="Queue name (default: default)."),
+    click.option("--delay", help="Run no earlier than this from now: 90, 30s, 10m, 2h, 1d."),
+    click.option("--run-at", "run_at", help="Run no earlier than this time: 2026-12-01T02:00:00Z."),
+    click.option("--after", help="Run after these jobs complete: ID[,ID...]."),
+    click.option("--unique-key", "unique_key", help="While a job with this key is pending, failed or processing, "
+                 "enqueueing returns its id instead."),
+    click.option("--backoff-base", "backoff_base", type=str, help="This job's backoff base."),
+    click.option("--retry-on", "retry_on", help="Exit codes that are retried (others go to the DLQ): 75,69."),
+    click.option("--dead-on", "dead_on", help="Exit codes that go to the DLQ at once: 64."),
+)
+
+
+def job_options(func):
+    """The options that describe a job, shared by `enqueue` and plugins such as `schedule add`."""
+    for option in reversed(JOB_OPTIONS):
+        func = option(func)
+    return func
+
+
+def _integer_flag(name: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"--{name.replace('_', '-')} must be an integer, got {value!r}") from None
+
+
+def spec_from_options(options: dict) -> dict:
+    """Job fields from the JOB_OPTIONS values that were given (the validator checks the rest)."""
+    spec = {k: v for k, v in options.items() if v not in (None, ())}
+    for name in ("max_retries", "priority"):
+        if name in spec:
+            spec[name] = _integer_flag(name, spec[name])
+    if "backoff_base" in spec:
+        try:
+            spec["backoff_base"] = float(spec["backoff_base"])
+        except ValueError:
+            raise UsageError(f"--backoff-base must be a number, got {spec['backoff_base']!r}") from None
+    if "env" in spec:
+        spec["env"] = _parse_env(spec["env"])
+    return spec
+
+
 @cli.command()
 @click.argument("job_json", required=False, metavar="[JSON]")
-@click.option("-c", "--command", "command", help="Shell command to run.")
-@click.option("--id", "job_id", help="Job id (default: generated).")
-@click.option("--max-retries", type=str, help="Retries after the first attempt.")
-@click.option("--timeout", type=float, help="Seconds before the job is stopped and counted as failed.")
-@click.option("--cwd", help="Working folder (default: the current one).")
-@click.option("--env", "env_pairs", multiple=True, metavar="KEY=VALUE", help="Environment variable (repeatable).")
-@click.option("--executor", help="Executor plugin to run the job with (default: shell).")
-@click.option("--priority", type=int, help="Higher runs first (-100..100).")
-@click.option("--queue", "queue_name", help="Queue name (default: default).")
 @click.option("-f", "--file", "jobs_file", type=click.File("r"), help="Read many jobs, JSON lines or a JSON array "
               "('-' for stdin); all are enqueued or none.")
-def enqueue(job_json, command, job_id, max_retries, timeout, cwd, env_pairs, executor, priority, queue_name,
-            jobs_file):
+@job_options
+def enqueue(job_json, jobs_file, **options):
     """Enqueue a job; prints its id.
 
     \b
     queuectl enqueue --command "echo hi"
     queuectl enqueue '{"id": "job1", "command": "sleep 2"}'
+    queuectl enqueue --command "make report" --delay 10m --after build1
     queuectl enqueue --file jobs.jsonl
     """
-    flags = {"command": command, "id": job_id, "timeout": timeout, "cwd": cwd, "executor": executor,
-             "priority": priority, "queue": queue_name}
-    if max_retries is not None:
-        try:
-            flags["max_retries"] = int(max_retries)
-        except ValueError:
-            raise UsageError(f"--max-retries must be an integer, got {max_retries!r}") from None
-    if env_pairs:
-        flags["env"] = _parse_env(env_pairs)
-    flags = {k: v for k, v in flags.items() if v is not None}
+    flags = spec_from_options(options)
     if jobs_file is not None:
         if job_json is not None:
             raise UsageError("give either a JSON job or --file, not both")
@@ -212,6 +251,87 @@ def enqueue(job_json, command, job_id, max_retries, timeout, cwd, env_pairs, exe
         click.echo(job_id)
 
 
+@cli.command()
+@click.argument("job_ids", nargs=-1, required=True)
+def cancel(job_ids):
+    """Cancel jobs: a pending job never runs; a running job's processes are stopped."""
+    queue = get_queue()
+    for job_id in job_ids:
+        click.echo(f"{job_id} {queue.cancel(job_id)}")
+
+
+@cli.command()
+@click.argument("job_ids", nargs=-1, required=True)
+def retry(job_ids):
+    """Run completed, dead or cancelled jobs again, with a fresh retry budget."""
+    queue = get_queue()
+    for job_id in job_ids:
+        job = queue.retry(job_id, (models.COMPLETED, models.DEAD, models.CANCELLED))
+        click.echo(f"{job.id} {job.state}")
+
+
+@cli.command()
+@click.option("--state", "states", multiple=True, required=True,
+              type=click.Choice(models.FINISHED_STATES), help="Purge jobs in this state (repeatable).")
+@click.option("--older-than", required=True, help="Only jobs last updated longer ago than this: 7d, 12h, 30m.")
+def purge(states, older_than):
+    """Delete finished jobs and their attempts (dependencies they satisfied stay satisfied)."""
+    try:
+        age = models.parse_duration(older_than)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    count = get_queue().purge(states, age)
+    click.echo(f"purged {count} job(s)")
+
+
+@cli.group("queue")
+def queue_group():
+    """Named queues: concurrency limits across all workers and hosts, pause and resume."""
+
+
+@queue_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def queue_list(as_json):
+    """Queues with their limit, pause state and job counts."""
+    rows = get_queue().queues()
+    if as_json:
+        emit_json(rows)
+        return
+    table(({**r, "concurrency": r["concurrency"] or "-", "paused": "yes" if r["paused"] else ""} for r in rows),
+          ["name", "concurrency", "paused", "pending", "processing"])
+
+
+@queue_group.command("limit")
+@click.argument("name")
+@click.argument("limit")
+def queue_limit(name, limit):
+    """At most LIMIT jobs of queue NAME run at once, across all pools ('none' removes the limit)."""
+    if limit.lower() in ("none", "unlimited"):
+        value = None
+    else:
+        value = _integer_flag("limit", limit)
+        if value < 1:
+            raise UsageError("a queue limit must be at least 1 (use 'queuectl queue pause' to stop a queue)")
+    row = get_queue().set_queue(name, concurrency=value)
+    click.echo(f"{name}: limit {row['concurrency'] or 'none'}")
+
+
+@queue_group.command("pause")
+@click.argument("name")
+def queue_pause(name):
+    """Start nothing new from queue NAME; running jobs finish."""
+    get_queue().set_queue(name, paused=True)
+    click.echo(f"{name}: paused")
+
+
+@queue_group.command("resume")
+@click.argument("name")
+def queue_resume(name):
+    """Let queue NAME run again."""
+    get_queue().set_queue(name, paused=False)
+    click.echo(f"{name}: resumed")
+
+
 class WorkerGroup(click.Group):
     def get_command(self, ctx, name):
         if name == "start":     # plugins may add options to `worker start`
@@ -229,7 +349,8 @@ def worker():
               help="Worker processes in this pool.")
 @click.option("--burst", is_flag=True, help="Exit 0 once nothing is runnable, processing or waiting for a retry.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every attempt to stderr.")
-def worker_start(count, burst, verbose, **options):
+@click.option("--queue", "queues", help="Only run jobs of these queues: NAME[,NAME...] (default: all).")
+def worker_start(count, burst, verbose, queues, **options):
     """Start a pool of COUNT workers in the foreground, until stopped.
 
     SIGTERM, SIGINT or `queuectl worker stop`: running jobs finish, then the pool exits 0.
@@ -238,7 +359,11 @@ def worker_start(count, burst, verbose, **options):
     from .worker import Pool
 
     queue = get_queue()
-    sys.exit(Pool(queue, count, burst=burst, verbose=verbose, options=options).run())
+    names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    for name in names or ():
+        if not models.QUEUE_PATTERN.match(name):
+            raise UsageError(f"queue name {name!r} is not valid")
+    sys.exit(Pool(queue, count, burst=burst, verbose=verbose, options=options, queues=names).run())
 
 
 @worker.command("stop")
@@ -270,7 +395,7 @@ def status(as_json):
 
 
 @cli.command("list")
-@click.option("--state", help="Only jobs in this state (pending, processing, completed, failed, dead).")
+@click.option("--state", help="Only jobs in this state (pending, processing, completed, failed, dead, cancelled).")
 @click.option("--limit", type=click.IntRange(min=0), help="At most this many jobs.")
 @click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many jobs.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of jobs.")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from datetime import datetime, timezone
 from typing import Any, Optional
@@ -11,7 +12,10 @@ PROCESSING = "processing"
 COMPLETED = "completed"
 FAILED = "failed"
 DEAD = "dead"
-STATES = (PENDING, PROCESSING, COMPLETED, FAILED, DEAD)
+CANCELLED = "cancelled"
+STATES = (PENDING, PROCESSING, COMPLETED, FAILED, DEAD, CANCELLED)
+#: States a job never leaves by itself.
+FINISHED_STATES = (COMPLETED, DEAD, CANCELLED)
 RUNNABLE_STATES = (PENDING, FAILED)
 #: States in which a job still has work ahead of it (a --burst pool waits for these).
 OUTSTANDING_STATES = (PENDING, PROCESSING, FAILED)
@@ -23,12 +27,15 @@ TIMED_OUT = "timed_out"          # killed after the job's timeout
 WORKER_LOST = "worker_lost"      # its worker died; found by pid or by an expired lease
 INTERRUPTED = "interrupted"      # stopped by a second shutdown signal; not the job's fault
 START_ERROR = "start_error"      # the executor could not start it (missing cwd, unknown executor)
-OUTCOMES = (SUCCEEDED, EXITED, TIMED_OUT, WORKER_LOST, INTERRUPTED, START_ERROR)
+STOPPED = "cancelled"            # stopped by `queuectl cancel`
+OUTCOMES = (SUCCEEDED, EXITED, TIMED_OUT, WORKER_LOST, INTERRUPTED, START_ERROR, STOPPED)
 
 #: Fields a job may be given on the way in (plugins may declare more).
-INPUT_FIELDS = ("id", "command", "max_retries", "timeout", "cwd", "env", "executor", "priority", "queue")
+INPUT_FIELDS = ("id", "command", "max_retries", "timeout", "cwd", "env", "executor", "priority", "queue",
+                "delay", "run_at", "after", "unique_key")
 #: Fields only queuectl sets.
 PROTECTED_FIELDS = ("state", "attempts", "created_at", "updated_at")
+QUEUE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def now() -> float:
@@ -78,6 +85,10 @@ class Job:
     source: Optional[str] = None
     fields: dict = dataclasses.field(default_factory=dict)   # fields declared by plugins
     tries: int = 0            # attempts counted against max_retries since enqueue or the last dlq retry
+    unique_key: Optional[str] = None
+    after: list = dataclasses.field(default_factory=list)     # ids of jobs this one waits for
+    waiting_on: int = 0       # how many of them have not completed yet
+    cancel_requested: bool = False
     last_error: Optional[str] = None
     exit_code: Optional[int] = None
     lease: Optional[Lease] = None
@@ -89,7 +100,8 @@ class Job:
             "created_at": iso(self.created_at), "updated_at": iso(self.updated_at),
             "run_at": iso(self.run_at), "priority": self.priority, "queue": self.queue,
             "executor": self.executor, "cwd": self.cwd, "env": dict(self.env),
-            "timeout": self.timeout, "source": self.source,
+            "timeout": self.timeout, "source": self.source, "unique_key": self.unique_key,
+            "after": list(self.after), "waiting_on": self.waiting_on,
             "retries_left": max(0, self.max_retries + 1 - self.tries) if self.state != "completed" else 0,
             "last_error": self.last_error, "exit_code": self.exit_code,
             "worker": None,
@@ -159,3 +171,37 @@ class RetryDecision:
     retry: bool
     delay: float = 0.0
     reason: Optional[str] = None
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value) -> float:
+    """Seconds from 90, "90", "90s", "10m", "2h", "1d", "1h30m"; ValueError with a message otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower()
+        parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhdw]?)", text)
+        if not text or re.sub(r"(\d+(?:\.\d+)?)\s*([smhdw]?)", "", text).strip() or not parts:
+            raise ValueError(f"not a duration: {value!r} (use e.g. 90, 30s, 10m, 2h, 1d, 1h30m)")
+        seconds = sum(float(n) * _UNITS[u or "s"] for n, u in parts)
+    if seconds < 0 or seconds != seconds:
+        raise ValueError(f"a duration cannot be negative: {value!r}")
+    return seconds
+
+
+def parse_time(value) -> float:
+    """Epoch seconds from an ISO-8601 time with a zone (2026-12-01T02:00:00Z or +01:00)."""
+    if not isinstance(value, str):
+        raise ValueError(f"not a time: {value!r}")
+    text = value.strip()
+    try:
+        parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
+    except ValueError:
+        raise ValueError(f"not an ISO-8601 time: {value!r} (use e.g. 2026-12-01T02:00:00Z)") from None
+    if parsed.tzinfo is None:
+        raise ValueError(f"time {value!r} has no zone: add Z for UTC or an offset like +01:00")
+    return parsed.timestamp()

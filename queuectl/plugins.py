@@ -25,6 +25,7 @@ BUILTINS = (
     ("shell", "queuectl.builtin.shell"),
     ("backoff", "queuectl.builtin.backoff"),
     ("dlq", "queuectl.builtin.dlq"),
+    ("schedule", "queuectl.builtin.schedule"),
 )
 ENTRY_POINT_GROUP = "queuectl"
 

@@ -154,13 +154,15 @@ class Queue:
         now = models.now()
         core = {k: fields.pop(k) for k in models.INPUT_FIELDS if k in fields}
         max_retries = core.get("max_retries")
+        run_at = core.get("run_at") or now + (core.get("delay") or 0.0)
         return Job(
             id=core.get("id") or new_job_id(), command=core["command"], state=models.PENDING,
             max_retries=self.config.get("max-retries") if max_retries is None else max_retries,
-            created_at=now, updated_at=now, run_at=now,
-            priority=core.get("priority", 0), queue=core.get("queue", "default"),
-            executor=core.get("executor", "shell"), cwd=core.get("cwd") or os.getcwd(),
+            created_at=now, updated_at=now, run_at=run_at,
+            priority=core.get("priority") or 0, queue=core.get("queue") or "default",
+            executor=core.get("executor") or "shell", cwd=core.get("cwd") or os.getcwd(),
             env=core.get("env") or {}, timeout=core.get("timeout"), source=source, fields=fields,
+            unique_key=core.get("unique_key"), after=core.get("after") or [],
         )
 
     def enqueue(self, spec: Optional[dict] = None, source: Optional[str] = "python", **fields) -> str:
@@ -174,10 +176,12 @@ class Queue:
         ``receipt`` is recorded with the jobs in the same transaction (see Store.add_jobs).
         """
         jobs = [self.build_job(spec, source) for spec in specs]
-        if jobs:
-            self.store.add_jobs(jobs, receipt=receipt)
-            self.store.notify()
-        return [job.id for job in jobs]
+        check_no_cycle(jobs)
+        if not jobs:
+            return []
+        ids = self.store.add_jobs(jobs, receipt=receipt)
+        self.store.notify()
+        return ids
 
     def get(self, job_id: str) -> Job:
         job = self.store.get_job(job_id)
@@ -200,12 +204,34 @@ class Queue:
     def logs(self, job_id: str, attempt: Optional[int] = None) -> list[dict]:
         return [a.to_dict() for a in self.attempts(job_id, attempt)]
 
-    def retry(self, job_id: str) -> Job:
-        """Dead -> pending with a fresh retry budget; the attempt history stays."""
+    def retry(self, job_id: str, states: tuple = (models.DEAD,)) -> Job:
+        """Dead (or another finished state) -> pending with a fresh retry budget; the history stays."""
         self.get(job_id)
-        job = self.store.retry_job(job_id, (models.DEAD,))
+        job = self.store.retry_job(job_id, states)
         self.store.notify()
         return job
+
+    def cancel(self, job_id: str) -> str:
+        """A pending job never runs; a running job's processes are stopped by its worker."""
+        return self.store.cancel_job(job_id)
+
+    def set_queue(self, name: str, concurrency=..., paused: Optional[bool] = None) -> dict:
+        if not models.QUEUE_PATTERN.match(name):
+            raise UsageError(f"queue name {name!r} is not valid")
+        row = self.store.set_queue(name, concurrency=concurrency, paused=paused)
+        self.store.notify()
+        return row
+
+    def queues(self) -> list[dict]:
+        return self.store.queues()
+
+    def purge(self, states: Iterable[str], older_than: float) -> int:
+        states = tuple(states)
+        for state in states:
+            if state not in models.FINISHED_STATES:
+                raise UsageError(f"only finished jobs can be purged ({', '.join(models.FINISHED_STATES)}), "
+                                 f"not {state!r}")
+        return self.store.purge(states, models.now() - older_than)
 
     def stats(self) -> dict:
         return self.store.stats()
@@ -255,6 +281,25 @@ class Queue:
         removed = self.store.unset_setting(setting.name)
         self.config.refresh()
         return removed
+
+
+def check_no_cycle(jobs: list[Job]) -> None:
+    """Jobs of one batch may depend on each other (stored jobs cannot depend on new ones): refuse loops."""
+    batch = {job.id: job.after for job in jobs if job.after}
+    state: dict[str, int] = {}
+
+    def visit(job_id: str, path: list) -> None:
+        if state.get(job_id) == 2 or job_id not in batch:
+            return
+        if state.get(job_id) == 1:
+            raise UsageError(f"dependency cycle: {' -> '.join(path + [job_id])}")
+        state[job_id] = 1
+        for dep in batch[job_id]:
+            visit(dep, path + [job_id])
+        state[job_id] = 2
+
+    for job_id in batch:
+        visit(job_id, [])
 
 
 def models_default_dir() -> Path:

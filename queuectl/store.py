@@ -22,6 +22,7 @@ class WorkerInfo:
     pid_start: Optional[int]
     kind: str = "worker"          # "worker" or "pool"
     pool_id: Optional[str] = None
+    queues: Optional[list] = None   # only claim jobs of these queues (None: every queue)
 
 
 @dataclasses.dataclass
@@ -54,8 +55,12 @@ class Store(Protocol):
         """Backend name, location and schema version, for `queuectl status`."""
 
     # jobs
-    def add_jobs(self, jobs: list[Job], receipt: Optional[dict] = None) -> None:
-        """Store all of ``jobs`` or none; raise Conflict naming a duplicate id.
+    def add_jobs(self, jobs: list[Job], receipt: Optional[dict] = None) -> list[str]:
+        """Store all of ``jobs`` or none; raise Conflict naming a duplicate id; return their ids.
+
+        A job whose ``unique_key`` is held by a pending, failed or processing job is not stored:
+        the holder's id is returned in its place. Each id in ``after`` must exist (NotFound);
+        a job waits until they complete, and is dead at once if one is dead or cancelled.
 
         ``receipt`` ({"key", "name", "sha256"}) is recorded in the same transaction, so a
         source (the spool folder) can tell after a crash whether a delivery was stored;
@@ -76,11 +81,19 @@ class Store(Protocol):
     def attempts(self, job_id: str, attempt: Optional[int] = None) -> list[Attempt]: ...
 
     def retry_job(self, job_id: str, from_states: tuple[str, ...]) -> Job:
-        """Move a job in one of ``from_states`` back to pending with a fresh retry budget."""
+        """Move a job in one of ``from_states`` back to pending with a fresh retry budget.
+
+        Conflict when its unique key is now held by another job, or it waits for a dead job.
+        """
 
     # claiming and leases
     def claim(self, worker: WorkerInfo, lease_timeout: float) -> Optional[Job]:
-        """Atomically take the next runnable job and lease it to ``worker``."""
+        """Atomically take the next runnable job and lease it to ``worker``.
+
+        Runnable: pending or failed, ``run_at`` reached, every dependency completed, its queue
+        neither paused nor at its concurrency limit, and one of ``worker.queues`` if given.
+        Order: priority (high first), then run_at, then enqueue order.
+        """
 
     def renew(self, job_id: str, token: int, lease_timeout: float, pgid: Optional[int] = None) -> bool:
         """Extend a lease; False when the lease is no longer held (fenced)."""
@@ -101,7 +114,38 @@ class Store(Protocol):
         """When the earliest waiting job becomes runnable."""
 
     def has_outstanding(self) -> bool:
-        """True while any job is pending, processing or failed (waiting for a retry)."""
+        """True while a job is processing, failed (waiting for a retry) or pending and runnable now.
+
+        Jobs scheduled for later or in a paused queue do not count.
+        """
+
+    # control
+    def cancel_job(self, job_id: str) -> str:
+        """Cancel a pending or failed job ("cancelled"), or ask a processing job's worker ("cancelling")."""
+
+    def cancel_requested(self, job_id: str, token: int) -> bool:
+        """True when a cancel was requested for the job while ``token`` holds its lease."""
+
+    def set_queue(self, name: str, concurrency=..., paused: Optional[bool] = None) -> dict:
+        """Set a queue's concurrency limit (None: unlimited) and/or pause it; returns its row."""
+
+    def queues(self) -> list[dict]:
+        """Every known queue: name, concurrency, paused, pending, processing."""
+
+    def add_schedule(self, name: str, cron: str, spec: dict, missed: str, last_tick: float,
+                     replace: bool = False) -> None:
+        """Store a recurring job; ``last_tick`` is the tick it counts as already fired."""
+    def remove_schedule(self, name: str) -> bool: ...
+    def schedules(self) -> list[dict]: ...
+
+    def fire_schedule(self, name: str, last_tick: float, tick: float, jobs: list[Job]) -> bool:
+        """Compare-and-set a schedule's last tick and enqueue ``jobs`` in one transaction.
+
+        False (nothing stored) when another pool fired this tick first.
+        """
+
+    def purge(self, states: tuple[str, ...], before: float) -> int:
+        """Delete jobs in ``states`` last updated before ``before``, with their attempts."""
 
     # settings
     def get_settings(self) -> dict: ...

@@ -26,6 +26,7 @@ from .store import Transition, WorkerInfo
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 WATCH_TICK = 0.25      # how often a running job checks for signals, heartbeats and its timeout
+CANCEL_CHECK = 0.5     # how often a running job asks the store whether it was cancelled
 
 
 def log(message: str) -> None:
@@ -89,6 +90,8 @@ def decide(queue, job: Job, attempt: Attempt) -> Transition:
         return Transition(models.COMPLETED, now)
     if attempt.outcome == models.INTERRUPTED:
         return Transition(models.FAILED, now, attempt.error, count_try=False)
+    if attempt.outcome == models.STOPPED:
+        return Transition(models.CANCELLED, now, attempt.error)
     decision = queue.pm.hook.queuectl_retry_decision(job=job, attempt=attempt, queue=queue)
     if decision is not None and decision.retry:
         return Transition(models.FAILED, now + max(0.0, decision.delay), attempt.error)
@@ -150,13 +153,14 @@ def recover(queue, host: str, lost_owner: Optional[str] = None) -> int:
 
 class Worker:
     def __init__(self, queue, pool_id: Optional[str] = None, burst: bool = False, verbose: bool = False,
-                 parent_pid: Optional[int] = None):
+                 parent_pid: Optional[int] = None, queues: Optional[list] = None):
         self.queue = queue
         self.config = queue.config
         self.burst = burst
         self.verbose = verbose
         self.parent_pid = parent_pid
         self.info = new_info(queue, "worker", pool_id)
+        self.info.queues = queues or None
         self.stopping = False       # first signal: finish the running job, then exit
         self.killing = False        # second signal: stop the running command too
         self._wake_r, self._wake_w = os.pipe()
@@ -260,6 +264,7 @@ class Worker:
         grace = self.config.get("kill-grace")
         began = last_renewed = time.monotonic()
         next_beat, pgid_saved = began + beat, False
+        next_cancel_check = began + CANCEL_CHECK
         while True:
             result = run.wait(WATCH_TICK)
             if result is not None:
@@ -267,6 +272,10 @@ class Worker:
             now = time.monotonic()
             if self.killing:
                 return run.stop(grace, models.INTERRUPTED, "interrupted by worker shutdown")
+            if now >= next_cancel_check:
+                next_cancel_check = now + CANCEL_CHECK
+                if store.cancel_requested(job.id, job.lease.token):
+                    return run.stop(grace, models.STOPPED, "cancelled by user")
             if limit and now - began >= limit:
                 return run.stop(grace, models.TIMED_OUT, f"timed out after {limit:g} s")
             if now >= next_beat:
@@ -296,12 +305,13 @@ class Pool:
     """Supervises N worker processes: forks them, replaces the dead, recovers lost jobs."""
 
     def __init__(self, queue, count: int, burst: bool = False, verbose: bool = False,
-                 options: Optional[dict] = None):
+                 options: Optional[dict] = None, queues: Optional[list] = None):
         self.queue = queue
         self.count = count
         self.burst = burst
         self.verbose = verbose
         self.options = options or {}
+        self.queues = queues
         self.info = new_info(queue, "pool")
         self.children: dict[int, dict] = {}     # pid -> {"kind": "worker"|"sources", "started": t}
         self.signals = 0
@@ -417,7 +427,8 @@ class Pool:
         self.queue.close()                # never carry a store connection across fork
         info_id = None
         if kind == "worker":
-            worker = Worker(self.queue, self.info.id, self.burst, self.verbose, parent_pid=os.getpid())
+            worker = Worker(self.queue, self.info.id, self.burst, self.verbose, parent_pid=os.getpid(),
+                            queues=self.queues)
             info_id = worker.info.id
         sys.stdout.flush()
         sys.stderr.flush()

@@ -17,18 +17,22 @@ from typing import Optional
 
 from queuectl import hookimpl
 from queuectl.config import Setting, choice
-from queuectl.errors import Conflict, QueueError, SchemaError, StoreBusy
-from queuectl.models import (
-    DEAD, EXITED, PROCESSING, START_ERROR, SUCCEEDED, TIMED_OUT, WORKER_LOST, Attempt, Job, Lease,
-)
+from queuectl.errors import Conflict, NotFound, QueueError, SchemaError, StoreBusy
+from queuectl.models import CANCELLED, COMPLETED, DEAD, PROCESSING, Attempt, Job, Lease
 from queuectl.store import Transition, WorkerInfo
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 HIST_STEPS = 4          # duration histogram buckets per doubling (about 19% wide)
 
 JOB_COLUMNS = ("id, command, state, attempts, tries, max_retries, priority, queue, executor, cwd, env, timeout, "
                "source, fields, created_at, updated_at, run_at, last_error, exit_code, lease_owner, lease_host, "
-               "lease_pid, lease_pid_start, lease_pgid, lease_expires, lease_token, run_id, started_at")
+               "lease_pid, lease_pid_start, lease_pgid, lease_expires, lease_token, run_id, started_at, "
+               "unique_key, after_ids, waiting_on, cancel_requested")
+N_JOB_COLUMNS = JOB_COLUMNS.count(",") + 1
+ACTIVE = "('pending', 'failed', 'processing')"
+# Queues whose jobs may not start now: paused, or at their concurrency limit (counted across all hosts).
+BLOCKED_QUEUES = ("SELECT q.name FROM queues q WHERE q.paused = 1 OR (q.concurrency IS NOT NULL AND "
+                  "q.concurrency <= (SELECT COUNT(*) FROM jobs p WHERE p.state = 'processing' AND p.queue = q.name))")
 ATTEMPT_COLUMNS = ("job_id, attempt, outcome, started_at, finished_at, exit_code, signal, error, stdout, stderr, "
                    "worker, host, pid")
 
@@ -81,6 +85,26 @@ MIGRATIONS = {
         # Receipts make a source's delivery exactly-once: recorded in the same transaction as its jobs.
         """CREATE TABLE receipts (key TEXT PRIMARY KEY, name TEXT, sha256 TEXT, job_ids TEXT NOT NULL,
             created_at REAL NOT NULL)""",
+    ],
+    # Scheduling and control: dependencies, unique keys, cancel, queues with limits, recurring jobs.
+    2: [
+        "ALTER TABLE jobs ADD COLUMN unique_key TEXT",
+        "ALTER TABLE jobs ADD COLUMN after_ids TEXT",
+        "ALTER TABLE jobs ADD COLUMN waiting_on INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0",
+        "DROP INDEX jobs_claim",
+        "CREATE INDEX jobs_claim ON jobs(priority DESC, run_at, seq) WHERE state IN ('pending', 'failed') "
+        "AND waiting_on = 0",
+        f"CREATE UNIQUE INDEX jobs_unique_key ON jobs(unique_key) WHERE unique_key IS NOT NULL AND state IN {ACTIVE}",
+        "CREATE INDEX jobs_processing_queue ON jobs(queue) WHERE state = 'processing'",
+        "CREATE INDEX jobs_finished ON jobs(state, updated_at) WHERE state IN ('completed', 'dead', 'cancelled')",
+        # A satisfied dependency stays satisfied even if the job it named is purged later.
+        """CREATE TABLE job_deps (job_id TEXT NOT NULL, dep_id TEXT NOT NULL, satisfied INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (job_id, dep_id))""",
+        "CREATE INDEX job_deps_waiting ON job_deps(dep_id) WHERE satisfied = 0",
+        "CREATE TABLE queues (name TEXT PRIMARY KEY, concurrency INTEGER, paused INTEGER NOT NULL DEFAULT 0)",
+        """CREATE TABLE schedules (name TEXT PRIMARY KEY, cron TEXT NOT NULL, spec TEXT NOT NULL,
+            missed TEXT NOT NULL, last_tick REAL, created_at REAL NOT NULL)""",
     ],
 }
 
@@ -223,17 +247,20 @@ class SQLiteStore:
     def _job(row) -> Job:
         (id_, command, state, attempts, tries, max_retries, priority, queue, executor, cwd, env, timeout,
          source, fields, created_at, updated_at, run_at, last_error, exit_code, owner, host, pid, pid_start,
-         pgid, expires, token, run_id, started_at) = row[:28]
+         pgid, expires, token, run_id, started_at, unique_key, after_ids, waiting_on,
+         cancel_requested) = row[:N_JOB_COLUMNS]
         lease = None
         if state == PROCESSING and owner is not None:
             lease = Lease(owner=owner, host=host, pid=pid, pid_start=pid_start, token=token, run_id=run_id,
                           expires=expires, pgid=pgid, started_at=started_at,
-                          expired=bool(row[28]) if len(row) > 28 else False)
+                          expired=bool(row[N_JOB_COLUMNS]) if len(row) > N_JOB_COLUMNS else False)
         return Job(id=id_, command=command, state=state, attempts=attempts, tries=tries,
                    max_retries=max_retries, priority=priority, queue=queue, executor=executor, cwd=cwd,
                    env=json.loads(env) if env else {}, timeout=timeout, source=source,
                    fields=json.loads(fields) if fields else {}, created_at=created_at, updated_at=updated_at,
-                   run_at=run_at, last_error=last_error, exit_code=exit_code, lease=lease)
+                   run_at=run_at, last_error=last_error, exit_code=exit_code, lease=lease,
+                   unique_key=unique_key, after=json.loads(after_ids) if after_ids else [],
+                   waiting_on=waiting_on, cancel_requested=bool(cancel_requested))
 
     @staticmethod
     def _attempt(row) -> Attempt:
@@ -244,27 +271,68 @@ class SQLiteStore:
 
     # --- jobs ----------------------------------------------------------------------------------
 
-    def add_jobs(self, jobs: list[Job], receipt: Optional[dict] = None) -> None:
-        rows = [(j.id, j.command, j.state, j.max_retries, j.priority, j.queue, j.executor, j.cwd,
-                 json.dumps(j.env) if j.env else None, j.timeout, j.source,
-                 json.dumps(j.fields) if j.fields else None, j.created_at, j.updated_at, j.run_at) for j in jobs]
+    INSERT_JOB = ("INSERT INTO jobs (id, command, state, max_retries, priority, queue, executor, cwd, env, "
+                  "timeout, source, fields, created_at, updated_at, run_at, unique_key, after_ids) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
+    @staticmethod
+    def _row(j: Job) -> tuple:
+        return (j.id, j.command, j.state, j.max_retries, j.priority, j.queue, j.executor, j.cwd,
+                json.dumps(j.env) if j.env else None, j.timeout, j.source,
+                json.dumps(j.fields) if j.fields else None, j.created_at, j.updated_at, j.run_at,
+                j.unique_key, json.dumps(j.after) if j.after else None)
+
+    def add_jobs(self, jobs: list[Job], receipt: Optional[dict] = None) -> list[str]:
         def insert(conn):
             try:
-                conn.executemany(
-                    "INSERT INTO jobs (id, command, state, max_retries, priority, queue, executor, cwd, env, "
-                    "timeout, source, fields, created_at, updated_at, run_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                ids = self._insert_jobs(conn, jobs)
             except sqlite3.IntegrityError:
                 raise Conflict(self._duplicate_message(conn, jobs)) from None
+            for job in jobs:
+                if job.after and job.id in ids:
+                    self._link_dependencies(conn, job)
             if receipt is not None:
                 try:
                     conn.execute("INSERT INTO receipts VALUES (?, ?, ?, ?, ?)",
                                  (receipt["key"], receipt.get("name"), receipt.get("sha256"),
-                                  json.dumps([j.id for j in jobs]), time.time()))
+                                  json.dumps(ids), time.time()))
                 except sqlite3.IntegrityError:
                     raise Conflict(f"receipt {receipt['key']!r} is already recorded") from None
-        self._write(insert)
+            return ids
+        return self._write(insert)
+
+    def _insert_jobs(self, conn, jobs: list[Job]) -> list[str]:
+        """Insert in order; plain jobs in bulk, a job with a unique key one at a time (it may exist)."""
+        ids, plain = [], []
+        for job in jobs:
+            if job.unique_key is None:
+                plain.append(self._row(job))
+                ids.append(job.id)
+                continue
+            conn.executemany(self.INSERT_JOB, plain)
+            plain = []
+            existing = conn.execute(f"SELECT id FROM jobs WHERE unique_key = ? AND state IN {ACTIVE}",
+                                    (job.unique_key,)).fetchone()
+            if existing is None:
+                conn.execute(self.INSERT_JOB, self._row(job))
+            ids.append(existing[0] if existing else job.id)
+        conn.executemany(self.INSERT_JOB, plain)
+        return ids
+
+    def _link_dependencies(self, conn, job: Job) -> None:
+        waiting, dead_reason = 0, None
+        for dep in job.after:
+            row = conn.execute("SELECT state FROM jobs WHERE id = ?", (dep,)).fetchone()
+            if row is None:
+                raise NotFound(f"job {job.id!r} depends on {dep!r}, which does not exist")
+            satisfied = row[0] == COMPLETED
+            waiting += not satisfied
+            if row[0] in (DEAD, CANCELLED) and dead_reason is None:
+                dead_reason = f"dependency {dep} ended {row[0]}"
+            conn.execute("INSERT INTO job_deps VALUES (?, ?, ?)", (job.id, dep, int(satisfied)))
+        conn.execute("UPDATE jobs SET waiting_on = ? WHERE id = ?", (waiting, job.id))
+        if dead_reason:
+            conn.execute("UPDATE jobs SET state = 'dead', last_error = ? WHERE id = ?", (dead_reason, job.id))
 
     def get_receipt(self, key: str) -> Optional[dict]:
         rows = self._read("SELECT key, name, sha256, job_ids, created_at FROM receipts WHERE key = ?", (key,))
@@ -304,15 +372,22 @@ class SQLiteStore:
 
     def retry_job(self, job_id: str, from_states) -> Job:
         def move(conn):
-            marks = ",".join("?" * len(from_states))
-            rows = conn.execute(
-                f"UPDATE jobs SET state = 'pending', tries = 0, run_at = ?, updated_at = ? "
-                f"WHERE id = ? AND state IN ({marks}) RETURNING {JOB_COLUMNS}",
-                (time.time(), time.time(), job_id, *from_states)).fetchall()
-            if not rows:
-                state = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
-                raise Conflict(f"job {job_id!r} is {state[0] if state else 'missing'}, "
-                               f"not {' or '.join(from_states)}")
+            row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row[0] not in from_states:
+                raise Conflict(f"job {job_id!r} is {row[0] if row else 'missing'}, not {' or '.join(from_states)}")
+            blocker = conn.execute(
+                "SELECT d.dep_id, j.state FROM job_deps d JOIN jobs j ON j.id = d.dep_id "
+                "WHERE d.job_id = ? AND d.satisfied = 0 AND j.state IN ('dead', 'cancelled') LIMIT 1",
+                (job_id,)).fetchone()
+            if blocker:
+                raise Conflict(f"job {job_id!r} waits for {blocker[0]!r}, which is {blocker[1]}: retry that first")
+            now = time.time()
+            try:
+                rows = conn.execute(
+                    f"UPDATE jobs SET state = 'pending', tries = 0, run_at = ?, updated_at = ?, cancel_requested = 0 "
+                    f"WHERE id = ? RETURNING {JOB_COLUMNS}", (now, now, job_id)).fetchall()
+            except sqlite3.IntegrityError:
+                raise Conflict(f"job {job_id!r} cannot be retried: its unique key is held by another job") from None
             return self._job(rows[0])
         return self._write(move)
 
@@ -320,14 +395,18 @@ class SQLiteStore:
 
     def _claim(self, conn, worker: WorkerInfo, lease_timeout: float) -> Optional[Job]:
         now = time.time()
+        queues = getattr(worker, "queues", None) or []
+        only = f"AND queue IN ({','.join('?' * len(queues))}) " if queues else ""
         rows = conn.execute(
             f"UPDATE jobs SET state = 'processing', attempts = attempts + 1, tries = tries + 1, "
             f"lease_owner = ?, lease_host = ?, lease_pid = ?, lease_pid_start = ?, lease_pgid = NULL, "
             f"lease_expires = ?, lease_token = lease_token + 1, run_id = lower(hex(randomblob(16))), "
             f"started_at = ?, updated_at = ? "
-            f"WHERE seq = (SELECT seq FROM jobs WHERE state IN ('pending', 'failed') AND run_at <= ? "
+            f"WHERE seq = (SELECT seq FROM jobs WHERE state IN ('pending', 'failed') AND waiting_on = 0 "
+            f"AND run_at <= ? {only}AND queue NOT IN ({BLOCKED_QUEUES}) "
             f"ORDER BY priority DESC, run_at, seq LIMIT 1) RETURNING {JOB_COLUMNS}",
-            (worker.id, worker.host, worker.pid, worker.pid_start, now + lease_timeout, now, now, now)).fetchall()
+            (worker.id, worker.host, worker.pid, worker.pid_start, now + lease_timeout, now, now, now,
+             *queues)).fetchall()
         return self._job(rows[0]) if rows else None
 
     def claim(self, worker: WorkerInfo, lease_timeout: float) -> Optional[Job]:
@@ -351,11 +430,35 @@ class SQLiteStore:
                 (to.state, to.run_at, to.error, attempt.exit_code, 0 if to.count_try else 1, time.time(),
                  job_id, token)).fetchall()
             job = self._job(rows[0]) if rows else None
+            released = 0
             if job is not None:
                 self._record_attempt(conn, attempt)
+                released = self._settle_dependents(conn, job.id, job.state)
             following = self._claim(conn, claim_next, lease_timeout) if claim_next else None
-            return job, following
-        return self._write(record)
+            return job, following, released
+        job, following, released = self._write(record)
+        if released:
+            self.notify()               # dependents became runnable: wake idle workers
+        return job, following
+
+    def _settle_dependents(self, conn, job_id: str, state: str) -> int:
+        """A completed job releases its dependents; a dead or cancelled one kills them, transitively."""
+        if state == COMPLETED:
+            released = conn.execute("UPDATE jobs SET waiting_on = waiting_on - 1 WHERE id IN "
+                                    "(SELECT job_id FROM job_deps WHERE dep_id = ? AND satisfied = 0)",
+                                    (job_id,)).rowcount
+            conn.execute("UPDATE job_deps SET satisfied = 1 WHERE dep_id = ? AND satisfied = 0", (job_id,))
+            return released
+        if state in (DEAD, CANCELLED):
+            todo = [(job_id, state)]
+            while todo:
+                dep, how = todo.pop()
+                rows = conn.execute(
+                    "UPDATE jobs SET state = 'dead', last_error = ?, updated_at = ? WHERE state = 'pending' AND id IN "
+                    "(SELECT job_id FROM job_deps WHERE dep_id = ? AND satisfied = 0) RETURNING id",
+                    (f"dependency {dep} ended {how}", time.time(), dep)).fetchall()
+                todo.extend((r[0], DEAD) for r in rows)
+        return 0
 
     def _record_attempt(self, conn, a: Attempt) -> None:
         conn.execute(f"INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -374,13 +477,107 @@ class SQLiteStore:
         return [self._job(r) for r in rows]
 
     def next_run_at(self) -> Optional[float]:
-        rows = self._read("SELECT MIN(run_at) FROM jobs WHERE state IN ('pending', 'failed')")
+        rows = self._read("SELECT MIN(run_at) FROM jobs WHERE state IN ('pending', 'failed') AND waiting_on = 0")
         return rows[0][0] if rows else None
 
     def has_outstanding(self) -> bool:
-        rows = self._read("SELECT COALESCE(SUM(n), 0) FROM state_counts "
-                          "WHERE state IN ('pending', 'processing', 'failed')")
-        return rows[0][0] > 0
+        """Work a --burst pool must wait for: a running job, a retry, or a job runnable now.
+
+        Jobs scheduled for later, held by a paused queue or waiting on such jobs do not count.
+        """
+        rows = self._read(
+            f"SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'processing') OR EXISTS (SELECT 1 FROM jobs "
+            f"WHERE state = 'failed' AND queue NOT IN (SELECT name FROM queues WHERE paused = 1)) OR EXISTS "
+            f"(SELECT 1 FROM jobs WHERE state = 'pending' AND waiting_on = 0 AND run_at <= ? "
+            f"AND queue NOT IN (SELECT name FROM queues WHERE paused = 1))", (time.time(),))
+        return bool(rows[0][0])
+
+    # --- control: cancel, queues, schedules, purge ----------------------------------------------------
+
+    def cancel_job(self, job_id: str) -> str:
+        """pending or failed -> cancelled at once; processing -> asks its worker to stop it."""
+        def cancel(conn):
+            row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no job with id {job_id!r}")
+            if row[0] == PROCESSING:
+                conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+                return "cancelling"
+            if row[0] not in ("pending", "failed"):
+                raise Conflict(f"job {job_id!r} is {row[0]}: nothing to cancel")
+            conn.execute("UPDATE jobs SET state = 'cancelled', last_error = 'cancelled by user', updated_at = ? "
+                         "WHERE id = ?", (time.time(), job_id))
+            self._settle_dependents(conn, job_id, CANCELLED)
+            return CANCELLED
+        return self._write(cancel)
+
+    def cancel_requested(self, job_id: str, token: int) -> bool:
+        rows = self._read("SELECT cancel_requested FROM jobs WHERE id = ? AND lease_token = ?", (job_id, token))
+        return bool(rows and rows[0][0])
+
+    def set_queue(self, name: str, concurrency=..., paused=None) -> dict:
+        def change(conn):
+            conn.execute("INSERT OR IGNORE INTO queues (name) VALUES (?)", (name,))
+            if concurrency is not ...:
+                conn.execute("UPDATE queues SET concurrency = ? WHERE name = ?", (concurrency, name))
+            if paused is not None:
+                conn.execute("UPDATE queues SET paused = ? WHERE name = ?", (int(paused), name))
+        self._write(change)
+        return next(q for q in self.queues() if q["name"] == name)
+
+    def queues(self) -> list[dict]:
+        rows = self._read(
+            "SELECT name, MAX(concurrency), MAX(paused), SUM(state = 'pending'), SUM(state = 'processing') FROM ("
+            "SELECT name, concurrency, paused, NULL AS state FROM queues UNION ALL "
+            "SELECT queue, NULL, 0, state FROM jobs WHERE state IN ('pending', 'processing')) GROUP BY name "
+            "ORDER BY name")
+        return [{"name": n, "concurrency": c, "paused": bool(p), "pending": pe or 0, "processing": pr or 0}
+                for n, c, p, pe, pr in rows]
+
+    def add_schedule(self, name: str, cron: str, spec: dict, missed: str, last_tick: float,
+                     replace: bool = False) -> None:
+        def add(conn):
+            verb = "INSERT OR REPLACE" if replace else "INSERT"
+            try:
+                conn.execute(f"{verb} INTO schedules VALUES (?, ?, ?, ?, ?, ?)",
+                             (name, cron, json.dumps(spec), missed, last_tick, time.time()))
+            except sqlite3.IntegrityError:
+                raise Conflict(f"a schedule named {name!r} already exists") from None
+        self._write(add)
+
+    def remove_schedule(self, name: str) -> bool:
+        return self._write(lambda c: c.execute("DELETE FROM schedules WHERE name = ?", (name,)).rowcount == 1)
+
+    def schedules(self) -> list[dict]:
+        rows = self._read("SELECT name, cron, spec, missed, last_tick, created_at FROM schedules ORDER BY name")
+        return [{"name": n, "cron": c, "spec": json.loads(sp), "missed": m, "last_tick": lt, "created_at": ca}
+                for n, c, sp, m, lt, ca in rows]
+
+    def fire_schedule(self, name: str, last_tick: float, tick: float, jobs: list[Job]) -> bool:
+        """Advance a schedule from ``last_tick`` to ``tick`` and enqueue ``jobs``, once across all pools."""
+        def fire(conn):
+            moved = conn.execute("UPDATE schedules SET last_tick = ? WHERE name = ? AND last_tick = ?",
+                                 (tick, name, last_tick)).rowcount
+            if moved:
+                self._insert_jobs(conn, jobs)
+            return bool(moved)
+        fired = self._write(fire)
+        if fired and jobs:
+            self.notify()
+        return fired
+
+    def purge(self, states, before: float) -> int:
+        def purge(conn):
+            marks = ",".join("?" * len(states))
+            ids = [r[0] for r in conn.execute(f"DELETE FROM jobs WHERE state IN ({marks}) AND updated_at < ? "
+                                              f"RETURNING id", (*states, before)).fetchall()]
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                conn.execute(f"DELETE FROM attempts WHERE job_id IN ({marks})", chunk)
+                conn.execute(f"DELETE FROM job_deps WHERE job_id IN ({marks})", chunk)
+            return len(ids)
+        return self._write(purge)
 
     # --- settings --------------------------------------------------------------------------------
 

@@ -6,10 +6,9 @@ import re
 
 from queuectl import hookimpl
 from queuectl.errors import JobValidationError
-from queuectl.models import INPUT_FIELDS, PROTECTED_FIELDS
+from queuectl.models import INPUT_FIELDS, PROTECTED_FIELDS, QUEUE_PATTERN, parse_duration, parse_time
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
-QUEUE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PRIORITY_RANGE = (-100, 100)
 
 
@@ -59,6 +58,28 @@ def _check_cwd(value) -> str:
     return path
 
 
+def _check_schedule(job: dict) -> None:
+    """delay and run_at become one run_at in epoch seconds; after becomes a list of ids."""
+    if job.get("delay") is not None and job.get("run_at") is not None:
+        raise JobValidationError("give either delay or run_at, not both")
+    try:
+        if job.get("delay") is not None:
+            job["delay"] = parse_duration(job["delay"])
+        if job.get("run_at") is not None and not isinstance(job["run_at"], float):
+            job["run_at"] = parse_time(job["run_at"])
+    except ValueError as exc:
+        raise JobValidationError(str(exc)) from None
+    after = job.get("after")
+    if after is not None:
+        if isinstance(after, str):
+            after = [a.strip() for a in after.split(",") if a.strip()]
+        if not isinstance(after, list) or not all(isinstance(a, str) and a for a in after):
+            raise JobValidationError("after must be a list of job ids (or one comma-separated string)")
+        if job.get("id") is not None and job["id"] in after:
+            raise JobValidationError(f"job {job['id']!r} cannot depend on itself")
+        job["after"] = list(dict.fromkeys(after))
+
+
 @hookimpl(tryfirst=True)
 def queuectl_validate_job(job, queue):
     for field in PROTECTED_FIELDS:
@@ -87,6 +108,9 @@ def queuectl_validate_job(job, queue):
         job["env"] = _check_env(job["env"])
     if job.get("cwd") is not None:
         job["cwd"] = _check_cwd(job["cwd"])
+    _check_schedule(job)
+    if job.get("unique_key") is not None and (not isinstance(job["unique_key"], str) or not job["unique_key"]):
+        raise JobValidationError("unique_key must be a non-empty string")
     if job.get("executor") is not None and job["executor"] not in queue.executors:
         raise JobValidationError(f"unknown executor {job['executor']!r} "
                                  f"(registered: {', '.join(sorted(queue.executors)) or 'none'})")

@@ -1,0 +1,170 @@
+"""Recurring jobs: `queuectl schedule add NAME --cron EXPR --command CMD`.
+
+Every pool runs a schedule source (in the pool's sources process). Each tick is enqueued
+exactly once across all pools and hosts: the store advances a schedule's last tick with a
+compare-and-set in the same transaction that inserts the tick's job, whose id
+(NAME-YYYYmmddTHHMMSSZ) is unique as well. Cron expressions are read by croniter, in UTC
+unless `schedule-timezone` says otherwise.
+
+Missed ticks (no pool was running): policy `once` enqueues one job for the latest missed
+tick; `skip` enqueues nothing for a tick more than `schedule-grace` seconds late.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timezone
+
+import click
+
+from queuectl import hookimpl
+from queuectl.config import Setting, choice, number, text
+from queuectl.errors import NotFound, UsageError
+
+MISSED = ("once", "skip")
+
+
+@hookimpl
+def queuectl_register_settings(register):
+    register(Setting("schedule-missed", "once", choice(*MISSED),
+                     "Default policy for ticks missed while no pool ran: once (run the latest) or skip."))
+    register(Setting("schedule-grace", 60.0, number(0.0), "A tick later than this many seconds counts as missed."))
+    register(Setting("schedule-timezone", "UTC", text, "Time zone of cron expressions (IANA name)."))
+    register(Setting("schedule-interval", 1.0, number(0.01), "Seconds between checks for due ticks."))
+
+
+def _zone(queue):
+    name = queue.config.get("schedule-timezone")
+    if name.upper() == "UTC":
+        return timezone.utc
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise UsageError(f"unknown time zone {name!r} in schedule-timezone") from None
+
+
+def latest_tick(cron: str, now: float, zone) -> float:
+    """The most recent tick at or before ``now``."""
+    from croniter import croniter
+
+    return croniter(cron, datetime.fromtimestamp(now + 0.001, zone)).get_prev(float)
+
+
+def next_tick(cron: str, after: float, zone) -> float:
+    from croniter import croniter
+
+    return croniter(cron, datetime.fromtimestamp(after, zone)).get_next(float)
+
+
+def check_cron(cron: str) -> str:
+    from croniter import croniter
+
+    if not croniter.is_valid(cron):
+        raise UsageError(f"not a valid cron expression: {cron!r}")
+    return cron
+
+
+def fire_due(queue, now: float) -> list[str]:
+    """Enqueue the due tick of every schedule; returns the ids this call enqueued."""
+    zone, grace, fired = _zone(queue), queue.config.get("schedule-grace"), []
+    for schedule in queue.store.schedules():
+        due = next_tick(schedule["cron"], schedule["last_tick"], zone)
+        if due > now:
+            continue
+        tick = latest_tick(schedule["cron"], now, zone)
+        late = now - tick > grace
+        jobs = []
+        if not (late and schedule["missed"] == "skip"):
+            stamp = datetime.fromtimestamp(tick, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            spec = dict(schedule["spec"], id=f"{schedule['name']}-{stamp}")
+            jobs = [queue.build_job(spec, source=f"schedule:{schedule['name']}")]
+        if queue.store.fire_schedule(schedule["name"], schedule["last_tick"], tick, jobs):
+            fired.extend(job.id for job in jobs)
+    return fired
+
+
+class ScheduleSource:
+    """Checks for due ticks every `schedule-interval` seconds, in a thread of the sources process."""
+
+    def __init__(self, queue):
+        self.queue = queue
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="queuectl-schedule", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                fire_due(self.queue, time.time())
+            except Exception as exc:       # a bad schedule must not stop the others next time
+                click.echo(f"queuectl: schedules: {type(exc).__name__}: {exc}", err=True)
+            self.stopping.wait(self.queue.config.get("schedule-interval"))
+
+
+@hookimpl
+def queuectl_job_sources(queue, options):
+    return [ScheduleSource(queue)]
+
+
+@hookimpl
+def queuectl_register_commands(cli):
+    from queuectl.cli import emit_json, get_queue, job_options, spec_from_options, table
+    from queuectl.models import iso
+
+    @cli.group()
+    def schedule():
+        """Recurring jobs, enqueued by running pools on a cron schedule."""
+
+    @schedule.command("add")
+    @click.argument("name")
+    @click.option("--cron", required=True, help='Cron expression, e.g. "*/5 * * * *".')
+    @click.option("--missed", type=click.Choice(MISSED), help="Ticks missed while no pool ran: once or skip.")
+    @click.option("--replace", is_flag=True, help="Replace a schedule of the same name.")
+    @job_options
+    def schedule_add(name, cron, missed, replace, **options):
+        """Enqueue a job every time CRON ticks."""
+        queue = get_queue()
+        if not name or "/" in name or len(name) > 64:
+            raise UsageError(f"schedule name {name!r} is not valid")
+        spec = spec_from_options(options)
+        if "command" not in spec:
+            raise UsageError("a schedule needs --command")
+        if "id" in spec:
+            raise UsageError("a schedule's jobs get their ids from its name and tick; --id is not allowed")
+        queue.build_job(dict(spec, id=f"{name}-check"))     # validate now, not at the first tick
+        now = time.time()
+        start = latest_tick(check_cron(cron), now, _zone(queue))
+        # Nothing before now is owed: the schedule starts from the latest tick at or before now.
+        queue.store.add_schedule(name, cron, spec, missed or queue.config.get("schedule-missed"), start, replace)
+        click.echo(f"{name}: next at {iso(next_tick(cron, now, _zone(queue)))}")
+
+    @schedule.command("list")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    def schedule_list(as_json):
+        """Schedules with their next tick."""
+        queue = get_queue()
+        zone = _zone(queue)
+        rows = [dict(s, next_run=iso(next_tick(s["cron"], max(s["last_tick"], time.time()), zone)),
+                     last_tick=iso(s["last_tick"]), created_at=iso(s["created_at"]))
+                for s in queue.store.schedules()]
+        if as_json:
+            emit_json(rows)
+            return
+        table(({"name": r["name"], "cron": r["cron"], "next": r["next_run"], "missed": r["missed"],
+                "command": r["spec"].get("command")} for r in rows), ["name", "cron", "next", "missed", "command"])
+
+    @schedule.command("remove")
+    @click.argument("name")
+    def schedule_remove(name):
+        """Remove a schedule (jobs it already enqueued stay)."""
+        if not get_queue().store.remove_schedule(name):
+            raise NotFound(f"no schedule named {name!r}")
+        click.echo(f"{name} removed")
