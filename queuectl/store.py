@@ -113,10 +113,10 @@ class Store(Protocol):
     def next_run_at(self) -> Optional[float]:
         """When the earliest waiting job becomes runnable."""
 
-    def has_outstanding(self) -> bool:
+    def has_outstanding(self, queues: Optional[list] = None) -> bool:
         """True while a job is processing, failed (waiting for a retry) or pending and runnable now.
 
-        Jobs scheduled for later or in a paused queue do not count.
+        Jobs scheduled for later or in a paused queue do not count; ``queues`` narrows to those queues.
         """
 
     # control

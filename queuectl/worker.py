@@ -198,7 +198,7 @@ class Worker:
                 if job is None:
                     job = store.claim(self.info, self.lease_timeout)
                 if job is None:
-                    if self.burst and not store.has_outstanding():
+                    if self.burst and not store.has_outstanding(self.info.queues):
                         break
                     self._idle(listener)
                     continue

@@ -480,16 +480,18 @@ class SQLiteStore:
         rows = self._read("SELECT MIN(run_at) FROM jobs WHERE state IN ('pending', 'failed') AND waiting_on = 0")
         return rows[0][0] if rows else None
 
-    def has_outstanding(self) -> bool:
+    def has_outstanding(self, queues=None) -> bool:
         """Work a --burst pool must wait for: a running job, a retry, or a job runnable now.
 
         Jobs scheduled for later, held by a paused queue or waiting on such jobs do not count.
         """
+        only = f"AND queue IN ({','.join('?' * len(queues))}) " if queues else ""
+        live = f"AND queue NOT IN (SELECT name FROM queues WHERE paused = 1) {only}"
         rows = self._read(
-            f"SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'processing') OR EXISTS (SELECT 1 FROM jobs "
-            f"WHERE state = 'failed' AND queue NOT IN (SELECT name FROM queues WHERE paused = 1)) OR EXISTS "
-            f"(SELECT 1 FROM jobs WHERE state = 'pending' AND waiting_on = 0 AND run_at <= ? "
-            f"AND queue NOT IN (SELECT name FROM queues WHERE paused = 1))", (time.time(),))
+            f"SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'processing' {only}) "
+            f"OR EXISTS (SELECT 1 FROM jobs WHERE state = 'failed' {live}) "
+            f"OR EXISTS (SELECT 1 FROM jobs WHERE state = 'pending' AND waiting_on = 0 AND run_at <= ? {live})",
+            (*(queues or ()), *(queues or ()), time.time(), *(queues or ())))
         return bool(rows[0][0])
 
     # --- control: cancel, queues, schedules, purge ----------------------------------------------------

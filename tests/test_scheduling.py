@@ -1,0 +1,314 @@
+"""Scheduling and control through real workers: priorities, delays, queues, dependencies, unique keys,
+cancel, pause, recurring jobs, exit-code policy, retry and purge."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from conftest import QUEUECTL, wait_until
+
+
+def iso_to_epoch(text):
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def ledger_lines(path):
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_priority_orders_then_fifo(instance):
+    ledger = instance.root / "order.txt"
+    specs = [{"id": f"p{prio}-{n}", "priority": prio, "command": f"echo $QUEUECTL_JOB_ID >> {ledger}"}
+             for n in range(3) for prio in (0, 5, -3)]
+    instance.run("enqueue", "--file", "-", input="\n".join(json.dumps(s) for s in specs))
+    assert instance.start_pool(1, "--burst").wait(timeout=60) == 0
+    assert ledger_lines(ledger) == ["p5-0", "p5-1", "p5-2", "p0-0", "p0-1", "p0-2", "p-3-0", "p-3-1", "p-3-2"]
+
+
+def test_delayed_job_does_not_start_early_and_is_listed_with_its_time(instance):
+    enqueued = time.time()
+    job_id = instance.run("enqueue", "--command", "date +%s.%N", "--delay", "2s").stdout.strip()
+    listed = instance.json("list", "--state", "pending")[0]
+    assert listed["id"] == job_id and iso_to_epoch(listed["run_at"]) >= enqueued + 1.9
+    assert "RUNNABLE_AT" in instance.run("list").stdout
+    pool = instance.start_pool(1)
+    job = instance.wait_for_state(job_id, "completed", timeout=60)
+    started = float(job["history"][0]["stdout"])
+    assert started >= enqueued + 2.0
+    pool.send_signal(signal.SIGTERM)
+    assert pool.wait(timeout=30) == 0
+
+
+def test_run_at_and_burst_does_not_wait_for_later_jobs(instance):
+    later = instance.run("enqueue", "--command", "true", "--run-at", "2999-01-01T00:00:00Z").stdout.strip()
+    now = instance.enqueue("true")
+    assert instance.start_pool(1, "--burst").wait(timeout=60) == 0
+    assert instance.job(now)["state"] == "completed"
+    assert instance.job(later)["state"] == "pending"
+    assert instance.job(later)["run_at"].startswith("2999-01-01T00:00:00")
+
+
+def test_queue_limit_of_one_holds_across_two_pools(instance):
+    instance.run("queue", "limit", "serial", "1")
+    ledger = instance.root / "overlap.txt"
+    cmd = f'echo "start $QUEUECTL_JOB_ID $(date +%s.%N)" >> {ledger}; sleep 0.3; echo "end $QUEUECTL_JOB_ID $(date +%s.%N)" >> {ledger}'
+    ids = instance.run("enqueue", "--file", "-", input="\n".join(
+        json.dumps({"command": cmd, "queue": "serial"}) for _ in range(6))).stdout.split()
+    other = instance.enqueue("sleep 0.2")
+    pools = [instance.start_pool(2, "--burst"), instance.start_pool(2, "--burst")]
+    assert [p.wait(timeout=120) for p in pools] == [0, 0]
+    events = sorted((float(t), kind) for kind, _, t in (line.split() for line in ledger_lines(ledger)))
+    running = peak = 0
+    for _, kind in events:
+        running += 1 if kind == "start" else -1
+        peak = max(peak, running)
+    assert peak == 1 and len(events) == 12
+    assert all(instance.job(i)["state"] == "completed" for i in ids + [other])
+    queues = {q["name"]: q for q in instance.json("queue", "list")}
+    assert queues["serial"]["concurrency"] == 1
+
+
+def test_worker_serves_only_chosen_queues(instance):
+    a = instance.enqueue("true", queue="a")
+    b = instance.enqueue("true", queue="b")
+    assert instance.start_pool(1, "--burst", "--queue", "a").wait(timeout=60) == 0
+    assert instance.job(a)["state"] == "completed"
+    assert instance.job(b)["state"] == "pending"
+
+
+def test_pause_and_resume(instance):
+    instance.run("queue", "pause", "q")
+    started = instance.root / "started"
+    held = instance.enqueue(f"touch {started}", queue="q")
+    free = instance.enqueue("true")
+    assert instance.start_pool(1, "--burst").wait(timeout=60) == 0, "a paused queue does not keep --burst waiting"
+    assert instance.job(free)["state"] == "completed"
+    assert instance.job(held)["state"] == "pending" and not started.exists()
+    pool = instance.start_pool(1)
+    time.sleep(1.0)
+    assert instance.job(held)["state"] == "pending"
+    instance.run("queue", "resume", "q")
+    instance.wait_for_state(held, "completed")
+    assert started.exists()
+    pool.send_signal(signal.SIGTERM)
+    assert pool.wait(timeout=30) == 0
+
+
+def test_pause_lets_running_jobs_finish(instance):
+    started = instance.root / "started"
+    first = instance.enqueue(f"touch {started}; sleep 1", queue="q")
+    second = instance.enqueue("true", queue="q")
+    pool = instance.start_pool(1)
+    wait_until(started.exists, message="first job running")
+    instance.run("queue", "pause", "q")
+    instance.wait_for_state(first, "completed")
+    time.sleep(0.5)
+    assert instance.job(second)["state"] == "pending"
+    pool.send_signal(signal.SIGTERM)
+    assert pool.wait(timeout=30) == 0
+
+
+def test_dependency_chain_runs_in_order(instance):
+    ledger = instance.root / "chain.txt"
+    a = instance.run("enqueue", "--command", f"sleep 0.3; echo a >> {ledger}", "--id", "a").stdout.strip()
+    b = instance.run("enqueue", "--command", f"echo b >> {ledger}", "--after", a, "--id", "b").stdout.strip()
+    c = instance.run("enqueue", "--command", f"echo c >> {ledger}", "--after", "a,b", "--id", "c").stdout.strip()
+    assert instance.job(c)["waiting_on"] == 2 and instance.job(c)["after"] == ["a", "b"]
+    instance.run("queue", "pause", "held")
+    d = instance.run("enqueue", "--command", f"echo d >> {ledger}", "--after", "c", "--queue", "held").stdout.strip()
+    assert instance.start_pool(3, "--burst").wait(timeout=60) == 0
+    assert ledger_lines(ledger) == ["a", "b", "c"]
+    assert instance.job(d)["waiting_on"] == 0
+    # A satisfied dependency stays satisfied after the job it named is purged.
+    instance.run("purge", "--state", "completed", "--older-than", "0s")
+    assert instance.run("show", "c", check=False).returncode == 1
+    instance.run("queue", "resume", "held")
+    assert instance.start_pool(1, "--burst").wait(timeout=60) == 0
+    assert instance.job(d)["state"] == "completed"
+    assert ledger_lines(ledger) == ["a", "b", "c", "d"]
+
+
+def test_dead_dependency_kills_dependents_which_are_retryable(instance):
+    instance.run("enqueue", "--command", "exit 1", "--id", "base", "--max-retries", "0")
+    instance.run("enqueue", "--command", "true", "--id", "mid", "--after", "base")
+    instance.run("enqueue", "--command", "true", "--id", "top", "--after", "mid")
+    assert instance.start_pool(1, "--burst").wait(timeout=60) == 0
+    assert [instance.job(j)["state"] for j in ("base", "mid", "top")] == ["dead", "dead", "dead"]
+    assert instance.job("mid")["last_error"] == "dependency base ended dead"
+    assert instance.job("top")["last_error"] == "dependency mid ended dead"
+    refused = instance.run("dlq", "retry", "mid", check=False)
+    assert refused.returncode == 1 and "waits for 'base', which is dead" in refused.stderr
+    late = instance.run("enqueue", "--command", "true", "--after", "base").stdout.strip()
+    assert instance.job(late)["state"] == "dead"
+    instance.run("dlq", "retry", "base")
+    instance.run("dlq", "retry", "mid", "top")
+    instance.run("config", "set", "max-retries", "0")
+    assert instance.start_pool(1, "--burst").wait(timeout=60) == 0
+    assert instance.job("base")["state"] == "dead"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--after", "nosuchjob"], "depends on 'nosuchjob', which does not exist"),     # exit 1, like any unknown id
+    (["--priority", "-101"], "priority must be between -100 and 100"),
+    (["--priority", "high"], "--priority must be an integer"),
+    (["--delay", "soon"], "not a duration"),
+    (["--delay", "-5"], "not a duration"),
+    (["--run-at", "tomorrow"], "not an ISO-8601 time"),
+    (["--run-at", "2026-12-01T02:00:00"], "has no zone"),
+    (["--delay", "5s", "--run-at", "2026-12-01T02:00:00Z"], "either delay or run_at"),
+    (["--retry-on", "75,x"], "not an exit code"),
+    (["--backoff-base", "0.5"], "must be at least 1.0"),
+    (["--id", "self", "--after", "self"], "cannot depend on itself"),
+])
+def test_bad_scheduling_values_are_one_clear_error(instance, args, message):
+    proc = instance.run("enqueue", "--command", "true", *args, check=False)
+    assert proc.returncode == (1 if "nosuchjob" in args else 2) and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert message in proc.stderr
+    assert instance.json("list") == []
+
+
+def test_a_cycle_in_one_batch_is_refused(instance):
+    batch = [{"id": "x", "command": "true", "after": ["y"]}, {"id": "y", "command": "true", "after": ["x"]}]
+    proc = instance.run("enqueue", "--file", "-", input=json.dumps(batch), check=False)
+    assert proc.returncode == 2 and "dependency cycle: x -> y -> x" in proc.stderr
+    assert instance.json("list") == []
+
+
+def test_unique_keys_under_concurrent_enqueues_from_separate_processes(instance):
+    procs = [subprocess.Popen([*QUEUECTL, "enqueue", "--command", "true", "--unique-key", "report"],
+                              cwd=instance.root, env=instance.env, stdout=subprocess.PIPE, text=True)
+             for _ in range(8)]
+    ids = {p.communicate(timeout=60)[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs)
+    assert len(ids) == 1 and len(instance.json("list")) == 1
+    assert instance.start_pool(1, "--burst").wait(timeout=60) == 0
+    fresh = instance.run("enqueue", "--command", "true", "--unique-key", "report").stdout.strip()
+    assert fresh not in ids, "a finished job no longer holds its key"
+    refused = instance.run("retry", ids.pop(), check=False)
+    assert refused.returncode == 1 and "unique key is held by another job" in refused.stderr
+
+
+def test_cancel_pending_and_running_process_tree(instance):
+    pending = instance.enqueue("true", queue="later")
+    instance.run("queue", "pause", "later")
+    assert instance.run("cancel", pending).stdout.strip() == f"{pending} cancelled"
+    pids = instance.root / "pids"
+    running = instance.enqueue(f'sleep 300 & echo $! >> {pids}; setsid sleep 300 & echo $! >> {pids}; wait')
+    dependent = instance.run("enqueue", "--command", "true", "--after", running).stdout.strip()
+    pool = instance.start_pool(1)
+    wait_until(lambda: len(ledger_lines(pids)) == 2, message="job tree started")
+    assert instance.run("cancel", running).stdout.strip() == f"{running} cancelling"
+    job = instance.wait_for_state(running, "cancelled", timeout=30)
+    assert job["history"][-1]["outcome"] == "cancelled"
+    for pid in map(int, ledger_lines(pids)):
+        wait_until(lambda: not os.path.exists(f"/proc/{pid}") or
+                   open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] == "Z", timeout=10,
+                   message=f"process {pid} gone")
+    assert instance.job(dependent)["state"] == "dead"
+    assert instance.job(pending)["state"] == "cancelled"
+    instance.run("queue", "resume", "later")
+    time.sleep(0.5)
+    assert instance.job(pending)["state"] == "cancelled" and instance.job(pending)["attempts"] == 0
+    assert instance.run("cancel", pending, check=False).returncode == 1
+    pool.send_signal(signal.SIGTERM)
+    assert pool.wait(timeout=30) == 0
+
+
+def test_exit_code_policy(instance):
+    instance.run("config", "set", "dead-exit-codes", "64")
+    usage = instance.enqueue("exit 64", max_retries=5)
+    temp = instance.enqueue('[ "$QUEUECTL_ATTEMPT" -ge 3 ] || exit 75', max_retries=5, retry_on=[75])
+    other = instance.enqueue("exit 3", max_retries=5, retry_on=[75])
+    bounded = instance.enqueue("exit 75", max_retries=2, retry_on=[75])
+    assert instance.start_pool(1, "--burst").wait(timeout=60) == 0
+    assert instance.job(usage)["state"] == "dead" and instance.job(usage)["attempts"] == 1
+    assert instance.job(temp)["state"] == "completed" and instance.job(temp)["attempts"] == 3
+    assert instance.job(other)["state"] == "dead" and instance.job(other)["attempts"] == 1
+    assert instance.job(bounded)["state"] == "dead" and instance.job(bounded)["attempts"] == 3
+
+
+def test_per_job_backoff_base_and_jitter(instance):
+    instance.run("config", "set", "backoff-scale", "0.1")
+    instance.run("config", "set", "backoff-jitter", "0.5")
+    job_id = instance.enqueue("exit 1", max_retries=2, backoff_base=4)
+    assert instance.start_pool(1, "--burst").wait(timeout=60) == 0
+    starts = [iso_to_epoch(a["created_at"]) for a in instance.job(job_id)["history"]]
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert 0.2 <= gaps[0] <= 0.9 and 0.8 <= gaps[1] <= 3.0, gaps   # 0.4 and 1.6 s, +-50%
+
+
+def test_retry_completed_job_and_dlq_retry_all_with_filters(instance):
+    done = instance.enqueue("true")
+    a = instance.enqueue("exit 3", max_retries=0)
+    b = instance.enqueue("exit 4", max_retries=0)
+    assert instance.start_pool(1, "--burst").wait(timeout=60) == 0
+    assert instance.run("retry", done).stdout.strip() == f"{done} pending"
+    dry = instance.run("dlq", "retry", "--all", "--exit-code", "4", "--dry-run").stdout
+    assert dry.strip() == f"{b} would be retried"
+    assert instance.job(b)["state"] == "dead"
+    assert instance.run("dlq", "retry", "--all", "--since", "2999-01-01T00:00:00Z").stdout == ""
+    assert instance.run("dlq", "retry", "--all", "--exit-code", "4").stdout.strip() == f"{b} pending"
+    assert instance.job(a)["state"] == "dead" and instance.job(b)["state"] == "pending"
+    bad = instance.run("dlq", "retry", "--all", "--since", "yesterday", check=False)
+    assert bad.returncode == 2 and "not an ISO-8601 time" in bad.stderr
+
+
+def test_purge_by_state_and_age(instance):
+    old = instance.enqueue("true")
+    assert instance.start_pool(1, "--burst").wait(timeout=60) == 0
+    time.sleep(1.1)
+    new = instance.enqueue("true")
+    assert instance.start_pool(1, "--burst").wait(timeout=60) == 0
+    assert instance.run("purge", "--state", "completed", "--older-than", "1s").stdout.strip() == "purged 1 job(s)"
+    assert [j["id"] for j in instance.json("list")] == [new]
+    assert instance.json("status")["counts"]["completed"] == 1
+    bad = instance.run("purge", "--state", "pending", "--older-than", "1d", check=False)
+    assert bad.returncode == 2
+    assert old not in instance.run("list").stdout
+
+
+def test_cron_tick_is_enqueued_once_with_two_pools(instance):
+    instance.write_config(dict(instance.config, **{"schedule-interval": 0.05}))
+    instance.run("schedule", "add", "every-second", "--cron", "* * * * * *", "--command", "true")
+    assert instance.json("schedule", "list")[0]["name"] == "every-second"
+    pools = [instance.start_pool(1), instance.start_pool(1)]
+    wait_until(lambda: len(instance.json("list")) >= 3, timeout=30, message="three ticks")
+    instance.run("schedule", "remove", "every-second")
+    for pool in pools:
+        pool.send_signal(signal.SIGTERM)
+    assert [p.wait(timeout=30) for p in pools] == [0, 0]
+    jobs = instance.json("list")
+    ticks = [j["id"] for j in jobs]
+    assert len(ticks) == len(set(ticks))
+    stamps = sorted(j["id"].rsplit("-", 1)[1] for j in jobs)
+    assert len(stamps) == len(set(stamps)), "each tick enqueued once"
+    assert all(j["source"] == "schedule:every-second" for j in jobs)
+
+
+def test_missed_ticks_policies(instance):
+    instance.write_config(dict(instance.config, **{"schedule-interval": 0.05, "schedule-grace": 0.5}))
+    instance.run("schedule", "add", "once", "--cron", "* * * * * *", "--command", "true", "--missed", "once")
+    instance.run("schedule", "add", "skip", "--cron", "* * * * * *", "--command", "true", "--missed", "skip")
+    time.sleep(3)                               # ticks pass while no pool runs
+    pool = instance.start_pool(1)
+    wait_until(lambda: any(j["id"].startswith("once-") for j in instance.json("list")), message="catch-up run")
+    first = min((j for j in instance.json("list")), key=lambda j: j["created_at"])
+    assert first["id"].startswith("once-"), "only 'once' makes up for the missed ticks"
+    pool.send_signal(signal.SIGTERM)
+    assert pool.wait(timeout=30) == 0
+
+
+def test_schedule_add_validates(instance):
+    bad = instance.run("schedule", "add", "x", "--cron", "every day", "--command", "true", check=False)
+    assert bad.returncode == 2 and "not a valid cron expression" in bad.stderr
+    bad = instance.run("schedule", "add", "x", "--cron", "* * * * *", "--command", "", check=False)
+    assert bad.returncode == 2 and "command is empty" in bad.stderr
+    instance.run("schedule", "add", "x", "--cron", "0 2 * * *", "--command", "true")
+    dup = instance.run("schedule", "add", "x", "--cron", "0 2 * * *", "--command", "true", check=False)
+    assert dup.returncode == 1 and "already exists" in dup.stderr
+    assert instance.json("schedule", "list")[0]["next_run"].endswith("T02:00:00.000Z")
