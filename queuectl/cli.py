@@ -54,8 +54,12 @@ class QueuectlGroup(click.Group):
             hook = app.queue.pm.hook
             hook.queuectl_register_commands(cli=group)
             cached = app.plugin_commands = dict(group.commands)
+            known = {param.name for param in worker_start.params}
             for options in hook.queuectl_worker_options():
-                worker_start.params.extend(options or [])
+                for option in options or []:
+                    if option.name not in known:      # the command object outlives one invocation
+                        worker_start.params.append(option)
+                        known.add(option.name)
         return cached
 
     def get_command(self, ctx, name):

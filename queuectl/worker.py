@@ -27,6 +27,15 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 WATCH_TICK = 0.25      # how often a running job checks for signals, heartbeats and its timeout
 CANCEL_CHECK = 0.5     # how often a running job asks the store whether it was cancelled
+# Self-fencing. A lease taken at monotonic time T is good by the store's clock until at least
+# T + lease-timeout (the store computes the expiry after T). A renewal waits out a locked
+# store only until T + RENEW_BY * lease-timeout (one store call may overrun that by its own
+# busy wait, about a second for SQLite); at T + FENCE_AT * lease-timeout a worker that could
+# not renew kills its command with SIGKILL, so the command is gone before anyone else can
+# take the lease over, on any host.
+RENEW_BY = 0.6
+FENCE_AT = 0.8
+RENEW_WAIT_MAX = 2.0   # one renewal's wait for a locked store, so signals and timeouts are still seen
 
 
 def log(message: str) -> None:
@@ -45,17 +54,24 @@ def _prctl(option: int, value: int) -> bool:
     return libc.prctl(option, value, 0, 0, 0) == 0
 
 
-def pid_start_time(pid: int) -> Optional[int]:
-    """The process start time in clock ticks since boot: pid plus this defeats pid reuse."""
+def _proc_stat(pid: int) -> Optional[list]:
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             data = fh.read()
     except OSError:
         return None
-    return int(data[data.rindex(b")") + 2:].split()[19])
+    return data[data.rindex(b")") + 2:].split()
+
+
+def pid_start_time(pid: int) -> Optional[int]:
+    """The process start time in clock ticks since boot: pid plus this defeats pid reuse."""
+    fields = _proc_stat(pid)
+    return int(fields[19]) if fields else None
 
 
 def pid_alive(pid: Optional[int], start: Optional[int]) -> bool:
+    """Is this process (pid and start time) still running? A zombie is not: in a container whose
+    init does not collect orphans, a dead worker can stay a zombie for good."""
     if not pid:
         return False
     try:
@@ -64,10 +80,12 @@ def pid_alive(pid: Optional[int], start: Optional[int]) -> bool:
         return False
     except PermissionError:
         pass
-    if start is None:
-        return True
-    current = pid_start_time(pid)
-    return current is None or current == start
+    fields = _proc_stat(pid)
+    if fields is None:
+        return not os.path.isdir("/proc/self")       # no /proc (not Linux): the signal probe decides
+    if fields[0] in (b"Z", b"X"):
+        return False
+    return start is None or int(fields[19]) == start
 
 
 def host_id(queue) -> str:
@@ -100,12 +118,14 @@ def decide(queue, job: Job, attempt: Attempt) -> Transition:
 
 
 def record(queue, job: Job, attempt: Attempt, claim_next: Optional[WorkerInfo] = None,
-           lease_timeout: float = 30.0) -> tuple[Optional[Job], Optional[Job]]:
+           lease_timeout: float = 30.0, quiet: bool = False) -> tuple[Optional[Job], Optional[Job]]:
     """Store the attempt under the job's lease and report it; a stale lease changes nothing."""
     stored, following = queue.store.finish(job.id, job.lease.token, attempt, decide(queue, job, attempt),
                                            claim_next=claim_next, lease_timeout=lease_timeout)
     if stored is None:
-        log(f"job {job.id}: lease was taken over; result of attempt {attempt.attempt} refused as stale")
+        if not quiet:
+            log(f"job {job.id}: lease was taken over; result of attempt {attempt.attempt} "
+                f"({attempt.outcome}) refused as stale")
         return None, following
     queue.report("queuectl_attempt_finished", job=stored, attempt=attempt, queue=queue)
     if stored.state == models.DEAD:
@@ -141,7 +161,7 @@ def recover(queue, host: str, lost_owner: Optional[str] = None) -> int:
                 log(f"job {job.id}: killed {killed} orphaned process(es) of attempt {job.attempts}")
         attempt = Attempt(job.id, job.attempts, models.WORKER_LOST, started_at=lease.started_at or models.now(),
                           finished_at=models.now(), error=reason, worker=lease.owner, host=lease.host, pid=lease.pid)
-        stored, _ = record(queue, job, attempt)
+        stored, _ = record(queue, job, attempt, quiet=True)     # None: another pool recovered it first
         if stored is not None:
             recovered += 1
             log(f"job {job.id}: {reason}; now {stored.state}")
@@ -166,6 +186,7 @@ class Worker:
         self._wake_r, self._wake_w = os.pipe()
         self._next_beat = 0.0
         self._next_refresh = 0.0
+        self._claimed_at = time.monotonic()
 
     def _on_signal(self, signum, frame) -> None:
         if self.stopping:
@@ -186,22 +207,30 @@ class Worker:
         return self.config.get("lease-timeout")
 
     def run(self) -> int:
+        # Orphans of our commands (double forks, setsid children) become our children, not
+        # init's, so a leftover is seen and killed when its attempt ends.
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
         store = self.queue.store
         store.lock_timeout = None          # a worker waits out a locked store, however long
         store.register_worker(self.info)
         listener = store.listener(self.info.id)
         job: Optional[Job] = None
         try:
-            while not self.stopping:
-                if self.parent_pid is not None and os.getppid() != self.parent_pid:
-                    break                  # the pool died: finish nothing new
+            while True:
                 if job is None:
+                    if self.stopping:
+                        break
+                    if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                        break              # the pool died: claim nothing new
+                    self._claimed_at = time.monotonic()
                     job = store.claim(self.info, self.lease_timeout)
                 if job is None:
                     if self.burst and not store.has_outstanding(self.info.queues):
                         break
                     self._idle(listener)
                     continue
+                # A job claimed is run, even if a stop signal came meanwhile: leaving it
+                # claimed would cost it a retry as "worker lost".
                 job = self.process(job)
         finally:
             if listener is not None:
@@ -232,21 +261,72 @@ class Worker:
     def process(self, job: Job) -> Optional[Job]:
         """Run one claimed job, record it, and return the next claimed job (if any)."""
         attempt_no = job.attempts
+        if not self._still_ours(job):
+            log(f"job {job.id}: lease of attempt {attempt_no} lost before its command started; not run")
+            return None
         started = models.now()
         self.queue.report("queuectl_attempt_started", job=job, attempt=attempt_no, queue=self.queue)
-        result = self._execute(job, attempt_no)
+        result = self._execute(job, attempt_no, self._claimed_at)
         attempt = Attempt(job.id, attempt_no, result.outcome, started, models.now(), exit_code=result.exit_code,
                           signal=result.signal, error=result.error, stdout=result.stdout, stderr=result.stderr,
                           worker=self.info.id, host=self.info.host, pid=self.info.pid)
-        stored, following = record(self.queue, job, attempt, None if self.stopping else self.info,
-                                   self.lease_timeout)
+        claim_next = None if self.stopping else self.info
+        self._claimed_at = time.monotonic()
+        stored, following = record(self.queue, job, attempt, claim_next, self.lease_timeout)
         if self.verbose and stored is not None:
             log(f"job {job.id} attempt {attempt_no}: {attempt.outcome} in {attempt.duration:.3f}s -> {stored.state}")
         elif stored is not None and stored.state == models.DEAD:
             log(f"job {job.id} is dead after {stored.attempts} attempt(s): {stored.last_error}")
+        if following is None and self.burst:
+            self.queue.store.notify()      # idle burst peers re-check at once whether anything is left
         return following
 
-    def _execute(self, job: Job, attempt_no: int) -> ExecResult:
+    def _still_ours(self, job: Job) -> bool:
+        """Before starting a command late (a locked store delayed the claim's commit), check the lease.
+
+        Nothing runs yet, so the renewal may wait for the store as long as it takes: success
+        means nobody took the job over meanwhile.
+        """
+        if time.monotonic() - self._claimed_at < self.lease_timeout * RENEW_BY:
+            return True
+        store, now = self.queue.store, time.monotonic()
+        try:
+            held = store.renew(job.id, job.lease.token, self.lease_timeout)
+        except QueueError as exc:
+            log(f"job {job.id}: could not check its lease: {exc}")
+            return False
+        if held:
+            self._claimed_at = now
+        return held
+
+    def _renew(self, job: Job, pgid: Optional[int], renewed_at: float, lease_timeout: float) -> Optional[bool]:
+        """Extend the lease: True, False when another took it over, None when the store could not be reached."""
+        store = self.queue.store
+        wait = lease_timeout * RENEW_BY - (time.monotonic() - renewed_at)
+        if wait <= 0:
+            return None     # too late: one more store call could overrun the fence by its own busy wait
+        store.lock_timeout = min(wait, RENEW_WAIT_MAX)
+        try:
+            return store.renew(job.id, job.lease.token, lease_timeout, pgid=pgid)
+        except QueueError as exc:
+            if self.verbose:
+                log(f"job {job.id}: lease not renewed: {exc}")
+            return None
+        finally:
+            store.lock_timeout = None
+
+    def _cancel_requested(self, job: Job) -> bool:
+        """Ask the store, briefly: a locked store must not hold up heartbeats and self-fencing."""
+        store = self.queue.store
+        store.lock_timeout = WATCH_TICK
+        try:
+            return store.cancel_requested(job.id, job.lease.token)
+        except QueueError:
+            return False
+        finally:
+            store.lock_timeout = None
+
+    def _execute(self, job: Job, attempt_no: int, claimed_at: float) -> ExecResult:
         env = {"QUEUECTL_JOB_ID": job.id, "QUEUECTL_ATTEMPT": str(attempt_no), "QUEUECTL_RUN_ID": job.lease.run_id}
         try:
             executor = self.queue.executor(job.executor)
@@ -254,48 +334,72 @@ class Worker:
         except (OSError, ValueError, QueueError) as exc:
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             return ExecResult(models.START_ERROR, error=f"could not start: {detail}")
-        return self._watch(job, run)
+        return self._watch(job, run, claimed_at)
 
-    def _watch(self, job: Job, run) -> ExecResult:
-        """Wait for the run while renewing the lease, enforcing the timeout and honouring signals."""
-        store, lease_timeout = self.queue.store, self.lease_timeout
-        beat = self.config.heartbeat_interval
+    def _watch(self, job: Job, run, claimed_at: float) -> ExecResult:
+        """Wait for the run while renewing the lease, enforcing the timeout and honouring signals.
+
+        The first renewal comes at once and records the command's process group in the
+        lease. A worker that cannot renew stops its command at FENCE_AT of the lease
+        (self-fencing), before the lease can expire and be taken over.
+        """
+        lease_timeout = self.lease_timeout
+        beat = min(self.config.heartbeat_interval, lease_timeout / 2)
         limit = job.timeout or self.config.get("timeout") or None
         grace = self.config.get("kill-grace")
-        began = last_renewed = time.monotonic()
-        next_beat, pgid_saved = began + beat, False
+        began = time.monotonic()
+        renewed_at = claimed_at          # the lease holds until at least renewed_at + lease_timeout
+        next_beat, pgid_saved = began, False
         next_cancel_check = began + CANCEL_CHECK
         while True:
-            result = run.wait(WATCH_TICK)
-            if result is not None:
-                return result
             now = time.monotonic()
-            if self.killing:
-                return run.stop(grace, models.INTERRUPTED, "interrupted by worker shutdown")
-            if now >= next_cancel_check:
-                next_cancel_check = now + CANCEL_CHECK
-                if store.cancel_requested(job.id, job.lease.token):
-                    return run.stop(grace, models.STOPPED, "cancelled by user")
-            if limit and now - began >= limit:
-                return run.stop(grace, models.TIMED_OUT, f"timed out after {limit:g} s")
             if now >= next_beat:
-                # Wait out a locked store only as long as the lease would still be ours.
-                store.lock_timeout = max(0.0, lease_timeout * 0.8 - (now - last_renewed))
-                try:
-                    held = store.renew(job.id, job.lease.token, lease_timeout,
-                                       pgid=None if pgid_saved else run.pgid)
-                except QueueError:
-                    held = None
-                finally:
-                    store.lock_timeout = None
+                held = self._renew(job, None if pgid_saved else run.pgid, renewed_at, lease_timeout)
                 if held is False:
                     return run.stop(0, models.WORKER_LOST, "lease lost: another worker took the job over")
                 if held:
-                    last_renewed, pgid_saved = now, True
-                next_beat = time.monotonic() + (beat if held else min(beat, 1.0))
-            if time.monotonic() - last_renewed > lease_timeout * 0.8:
-                # Self-fencing: stop the command before the lease can expire and be taken over.
+                    renewed_at, pgid_saved = now, True
+                    next_beat = now + beat
+                else:
+                    next_beat = time.monotonic() + WATCH_TICK     # the store is locked: try again soon
+            fence_in = renewed_at + lease_timeout * FENCE_AT - time.monotonic()
+            if fence_in <= 0:
+                log(f"job {job.id}: lease not renewed for {time.monotonic() - renewed_at:.1f}s; "
+                    f"stopping its command before the lease can expire (self-fencing)")
                 return run.stop(0, models.WORKER_LOST, "lease could not be renewed in time; command stopped")
+            result = run.wait(min(WATCH_TICK, fence_in))
+            if result is not None:
+                return result
+            if self.killing:
+                return self._stop(job, run, grace, models.INTERRUPTED, "interrupted by worker shutdown",
+                                  renewed_at, lease_timeout)
+            if time.monotonic() >= next_cancel_check:
+                next_cancel_check = time.monotonic() + CANCEL_CHECK
+                if self._cancel_requested(job):
+                    return self._stop(job, run, grace, models.STOPPED, "cancelled by user", renewed_at,
+                                      lease_timeout)
+            if limit and time.monotonic() - began >= limit:
+                return self._stop(job, run, grace, models.TIMED_OUT, f"timed out after {limit:g} s",
+                                  renewed_at, lease_timeout)
+
+    def _stop(self, job: Job, run, grace: float, outcome: str, reason: str, renewed_at: float,
+              lease_timeout: float) -> ExecResult:
+        """Stop the command with SIGTERM and SIGKILL after ``grace``, all within the lease.
+
+        No heartbeat is sent while the executor stops a run, so the lease is renewed first
+        and the grace cut to what the renewed lease allows (self-fencing again).
+        """
+        if grace > 0:
+            now = time.monotonic()
+            held = self._renew(job, None, renewed_at, lease_timeout)
+            if held:
+                renewed_at = now
+            allowed = 0.0 if held is False else renewed_at + lease_timeout * FENCE_AT - time.monotonic()
+            if grace > allowed:
+                log(f"job {job.id}: kill-grace cut from {grace:g}s to {max(0.0, allowed):.1f}s "
+                    f"to stay within its lease")
+                grace = max(0.0, allowed)
+        return run.stop(grace, outcome, reason)
 
 
 # --- the pool ---------------------------------------------------------------------------------
@@ -483,8 +587,17 @@ def _kill(pid: int, sig: int) -> None:
 def run_sources(queue, options: dict) -> int:
     """The sources process of a pool: starts every job source and runs until SIGTERM."""
     stop = {"now": False}
+    wake_r, wake_w = os.pipe()              # the handler wakes the wait below at once
+    os.set_blocking(wake_w, False)
+
+    def on_term(signum, frame) -> None:
+        stop["now"] = True
+        try:
+            os.write(wake_w, b"!")
+        except OSError:
+            pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda s, f: stop.update(now=True))
+    signal.signal(signal.SIGTERM, on_term)
     sources = []
     for result in queue.pm.hook.queuectl_job_sources(queue=queue, options=options):
         sources.extend(result or [])
@@ -492,7 +605,7 @@ def run_sources(queue, options: dict) -> int:
         source.start()
     try:
         while not stop["now"]:
-            time.sleep(0.2)
+            select.select([wake_r], [], [], 0.2)
     finally:
         for source in sources:
             source.stop()

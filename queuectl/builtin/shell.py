@@ -36,7 +36,11 @@ def queuectl_register_settings(register):
 
 
 class CappedBuffer:
-    """Keeps the head and the tail of a stream, so a huge output stays small and the last error survives."""
+    """Keeps the head and the tail of a stream, so a huge output stays small and the last error survives.
+
+    At most ``cap`` bytes are kept (half from the start, half from the end); memory stays
+    below about twice that whatever the stream's length.
+    """
 
     def __init__(self, cap: int):
         self.half = max(1, cap // 2)
@@ -56,8 +60,7 @@ class CappedBuffer:
                 del self.tail[:len(self.tail) - self.half]
 
     def value(self) -> bytes:
-        kept = len(self.head) + len(self.tail)
-        if kept == self.total:
+        if self.total <= 2 * self.half:
             return bytes(self.head + self.tail)
         tail = self.tail[-self.half:]
         dropped = self.total - len(self.head) - len(tail)
@@ -65,7 +68,10 @@ class CappedBuffer:
 
 
 def tagged_processes(run_id: str) -> list[int]:
-    """Pids of live processes whose environment carries this attempt's tag."""
+    """Pids of live processes whose environment carries this attempt's tag.
+
+    A zombie has no environment any more, so it is never listed (it is dead already).
+    """
     needle = TAG + run_id.encode() + b"\0"
     found = []
     me = os.getpid()
@@ -81,52 +87,90 @@ def tagged_processes(run_id: str) -> list[int]:
     return found
 
 
-def reap_children() -> None:
-    """Collect exited children (the worker is a subreaper, so orphans of jobs end up here)."""
-    while True:
+def children() -> list[int]:
+    """Pids of this process's children, zombies included."""
+    pids = []
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return pids
+    for task in tasks:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+            with open(f"/proc/self/task/{task}/children") as fh:
+                pids.extend(int(p) for p in fh.read().split())
+        except OSError:
+            continue
+    return pids
 
 
-def kill_run(run_id: str, grace: float) -> int:
-    """SIGTERM every process of the attempt, SIGKILL what is left after ``grace``; return how many."""
-    victims = set()
+def reap(pids) -> None:
+    """Collect those of ``pids`` that are our exited children; never waits, never touches other children.
+
+    (A blanket ``waitpid(-1)`` would steal the exit status of a command that subprocess
+    still waits for, or of a pool's worker.)
+    """
+    for pid in pids:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except OSError:
+            pass
+
+
+def _pgid(pid: int) -> Optional[int]:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def kill_run(run_id: str, grace: float, spare: Optional[int] = None, termed_group: Optional[int] = None,
+             pause=None) -> int:
+    """SIGTERM every process of the attempt, SIGKILL what is left after ``grace``; return how many.
+
+    Processes are found by the attempt's environment tag, again and again until none is
+    left, so children forked meanwhile, ``setsid`` children and double forks are caught.
+    ``spare`` is a child that its owner reaps itself (the command's leader, which
+    subprocess waits for); ``termed_group`` got SIGTERM through its group already;
+    ``pause(seconds)`` replaces sleeping (the worker keeps reading the command's output).
+    """
+    pause = pause or time.sleep
+    victims: set[int] = set()
     deadline = time.monotonic() + grace
-    sig = signal.SIGTERM if grace > 0 else signal.SIGKILL
-    for _ in range(200):
+    give_up = deadline + 10.0          # a process stuck in the kernel cannot be helped
+    while True:
         pids = tagged_processes(run_id)
         if not pids:
             break
-        if sig == signal.SIGTERM and time.monotonic() >= deadline:
-            sig = signal.SIGKILL
+        now = time.monotonic()
+        hard = now >= deadline
         for pid in pids:
-            if pid not in victims or sig == signal.SIGKILL:
-                try:
-                    os.kill(pid, sig)
-                except OSError:
-                    pass
+            if hard or pid not in victims:
+                if hard or termed_group is None or _pgid(pid) != termed_group:
+                    try:
+                        os.kill(pid, signal.SIGKILL if hard else signal.SIGTERM)
+                    except OSError:
+                        pass
             victims.add(pid)
-        time.sleep(0.02)
-        reap_children()
+        if now >= give_up:
+            break
+        pause(0.02 if hard else max(0.005, min(0.05, deadline - now)))
+        reap(victims - {spare})
+    reap(victims - {spare})
     return len(victims)
 
 
 def has_leftovers(pgid: int) -> bool:
-    """Cheap check after the command exits: does its group, or an orphan reparented to us, live on?"""
+    """Cheap check after the command exits: does its group, or an orphan reparented to us, live on?
+
+    Only a probe (signal 0): a group id can be reused once its members are gone, so a
+    group is never signalled on the strength of its id alone.
+    """
     try:
         os.killpg(pgid, 0)
         return True
     except OSError:
         pass
-    try:
-        with open(f"/proc/self/task/{os.getpid()}/children") as fh:
-            return bool(fh.read().strip())
-    except OSError:
-        return False
+    return bool(children())
 
 
 class ShellRun:
@@ -182,16 +226,26 @@ class ShellRun:
             self._pump(remaining if self.pidfd is not None else min(remaining, 0.02))
         return self._collect()
 
+    def _pause(self, seconds: float) -> None:
+        """Sleep while reading output and collecting the leader's exit."""
+        until = time.monotonic() + seconds
+        while True:
+            self.proc.poll()
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            self._pump(left if self.pidfd is not None else min(left, 0.02))
+
     def _collect(self, outcome: Optional[str] = None, error: Optional[str] = None) -> ExecResult:
         drain_until = time.monotonic() + EXIT_DRAIN
         while self._pipes_open() and time.monotonic() < drain_until:
             self._pump(drain_until - time.monotonic())
         if self._pipes_open() or has_leftovers(self.pgid):
-            kill_run(self.run_id, 0)      # nothing of an attempt outlives it
+            kill_run(self.run_id, 0, spare=self.pid, pause=self._pause)   # nothing of an attempt outlives it
             give_up = time.monotonic() + 2.0
             while self._pipes_open() and time.monotonic() < give_up:
                 self._pump(0.1)
-        reap_children()
+        reap(children())              # orphans reparented to us (the worker is a subreaper) that exited
         self.proc.stdout.close()
         self.proc.stderr.close()
         self.selector.close()
@@ -211,16 +265,16 @@ class ShellRun:
         return ExecResult(outcome, exit_code=code, error=error, stdout=out, stderr=err)
 
     def stop(self, grace: float, outcome: str, reason: str) -> ExecResult:
-        deadline = time.monotonic() + grace
+        """SIGTERM the whole run (its group and every tagged process), SIGKILL what is left after ``grace``."""
+        termed = None
         if self.proc.poll() is None:
             try:
-                os.killpg(self.pgid, signal.SIGTERM)   # safe: the leader is our unreaped child
+                os.killpg(self.pgid, signal.SIGTERM)   # safe: the leader is our unreaped child, the group ours
+                termed = self.pgid
             except OSError:
                 pass
-        while self.proc.poll() is None and time.monotonic() < deadline:
-            self._pump(min(0.05, max(0.0, deadline - time.monotonic())))
-        kill_run(self.run_id, max(0.0, deadline - time.monotonic()))
-        while self.proc.poll() is None:
+        kill_run(self.run_id, grace, spare=self.pid, termed_group=termed, pause=self._pause)
+        while self.proc.poll() is None:               # a leader that shed the tag (exec with a clean env)
             try:
                 os.killpg(self.pgid, signal.SIGKILL)
             except OSError:

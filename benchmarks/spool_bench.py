@@ -1,0 +1,123 @@
+"""Spool folder benchmark: ingestion rate and drop-to-enqueued latency.
+
+Drops FILES job files into a spool folder the documented way (write a dotfile, rename it into
+place) while a real `queuectl spool watch` (or a worker pool, --workers N) watches it, then
+reads the jobs back. Latency is a job's created_at (stamped just before its insert transaction)
+minus the moment its file was renamed into place.
+
+    python benchmarks/spool_bench.py --files 5000
+    python benchmarks/spool_bench.py --files 5000 --workers 2        # ingest while a pool runs jobs
+    python benchmarks/spool_bench.py --files 2000 --rate 200          # latency without a backlog
+    python benchmarks/spool_bench.py --files 2000 --observer polling
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+QUEUECTL = [sys.executable, "-m", "queuectl"]
+
+
+def percentile(values: list, q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def drop(folder: Path, name: str, text: str) -> float:
+    """Drop one file; returns the moment of the rename (taken just before it, as the watcher may
+    enqueue the job before this process runs again)."""
+    temporary = folder / f".{name}.tmp"
+    temporary.write_text(text)
+    at = time.time()
+    os.rename(temporary, folder / name)
+    return at
+
+
+def drop_all(folder: Path, count: int, rate: float) -> dict:
+    """All at once (rate 0), or paced at `rate` files per second to see latency without a backlog."""
+    dropped, began = {}, time.monotonic()
+    for n in range(count):
+        if rate:
+            time.sleep(max(0.0, began + n / rate - time.monotonic()))
+        dropped[f"b{n:05}.yaml"] = drop(folder, f"b{n:05}.yaml", f"command: echo {n}\n")
+    return dropped
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def done_count(folder: Path) -> int:
+    try:
+        return len(os.listdir(folder / "done"))
+    except FileNotFoundError:
+        return 0
+
+
+def start(root: Path, args) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUEUECTL_")}
+    env["QUEUECTL_CONFIG"] = str(root / "config.yaml")
+    command = ["worker", "start", "--count", str(args.workers)] if args.workers else ["spool", "watch"]
+    return subprocess.Popen([*QUEUECTL, *command], cwd=root, env=env, stdout=subprocess.DEVNULL,
+                            stderr=open(root / "queuectl.log", "w"), start_new_session=True)
+
+
+def run(args, root: Path) -> dict:
+    spool = root / "spool"
+    (root / "config.yaml").write_text(f"db: queue.db\nspool: spool\nspool-observer: {args.observer}\n"
+                                      f"poll-interval: 0.05\n")
+    proc = start(root, args)
+    try:
+        wait_for(lambda: (spool / "work").is_dir(), 30, "the spool folder")
+        drop(spool, "warmup.yaml", "command: 'true'\n")     # a drop that is filed means the watcher is live
+        wait_for(lambda: done_count(spool) == 1, 60, "the warm-up file")
+        dropped = drop_all(spool, args.files, args.rate)
+        wait_for(lambda: done_count(spool) == args.files + 1, args.timeout, "every file to be filed")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    return measure(root, dropped)
+
+
+def measure(root: Path, dropped: dict) -> dict:
+    from queuectl import Queue
+
+    with Queue.open(config=str(root / "config.yaml"), env={}) as queue:
+        created = {job.source[len("spool:"):]: job.created_at for job in queue.list()}
+    latencies = [created[name] - at for name, at in dropped.items()]
+    first_drop, last_enqueued = min(dropped.values()), max(created[name] for name in dropped)
+    return {"files": len(dropped), "jobs": len(created) - 1,
+            "files_per_second": round(len(dropped) / (last_enqueued - first_drop), 1),
+            "drop_seconds": round(max(dropped.values()) - first_drop, 3),
+            "latency_p50_ms": round(percentile(latencies, 0.50) * 1000, 1),
+            "latency_p95_ms": round(percentile(latencies, 0.95) * 1000, 1),
+            "latency_max_ms": round(max(latencies) * 1000, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=5000)
+    parser.add_argument("--workers", type=int, default=0, help="run a worker pool with N workers instead of "
+                        "`spool watch`, so ingestion competes with running jobs")
+    parser.add_argument("--observer", choices=("native", "polling", "off"), default="native")
+    parser.add_argument("--rate", type=float, default=0.0, help="drop at most this many files per second "
+                        "(default 0: all at once)")
+    parser.add_argument("--timeout", type=float, default=600.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="spool-bench-") as tmp:
+        result = run(args, Path(tmp))
+    print(json.dumps(dict(result, workers=args.workers, observer=args.observer, rate=args.rate), indent=2))
+
+
+if __name__ == "__main__":
+    main()

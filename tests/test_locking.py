@@ -1,0 +1,119 @@
+"""The store under pressure: locked by another process for 10 s, file modes, durability."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import FAST_CONFIG, Instance, wait_until
+
+# Another process takes the store's lock and keeps it for a while, then lets go.
+LOCKER = r"""
+import sqlite3, sys, time
+path, seconds, mode = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+conn = sqlite3.connect(path, isolation_level=None, timeout=60)
+if mode == "exclusive":
+    conn.execute("PRAGMA locking_mode=EXCLUSIVE")   # readers are locked out too
+conn.execute("BEGIN EXCLUSIVE")
+conn.execute("INSERT OR REPLACE INTO settings VALUES ('locker', '1')")
+print("locked", flush=True)
+time.sleep(seconds)
+conn.execute("DELETE FROM settings WHERE key = 'locker'")
+conn.execute("COMMIT")
+conn.close()
+print("released", flush=True)
+"""
+
+
+def lock(db, seconds: float, mode: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", LOCKER, str(db), str(seconds), mode], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def registered_workers(db) -> set:
+    import sqlite3
+
+    conn = sqlite3.connect(str(db), timeout=30, isolation_level=None)
+    try:
+        return {pid for (pid,) in conn.execute("SELECT pid FROM workers WHERE kind = 'worker'")}
+    finally:
+        conn.close()
+
+
+def test_workers_wait_out_a_store_locked_for_10s(instance, tmp_path):
+    # Running pool, the write lock held by another process for 10 s (BEGIN EXCLUSIVE: in WAL mode,
+    # locking_mode=EXCLUSIVE cannot be had while workers are connected).
+    instance.write_config(dict(FAST_CONFIG, **{"lease-timeout": 30}))
+    db = instance.root / "queue.db"
+    log = instance.root / "pool.log"
+    long_job = instance.enqueue(f"touch {instance.root}/started; sleep 14; echo long")
+    with open(log, "w") as err:
+        pool = instance.start_pool(2, stderr=err)
+    wait_until(lambda: (instance.root / "started").exists(), message="the long job to start")
+    wait_until(lambda: len(registered_workers(db)) == 2, message="2 workers")
+    workers = registered_workers(db)
+
+    # A store that nobody else has open, locked exclusively (readers too) before its pool starts.
+    (tmp_path / "other").mkdir()
+    other = Instance(tmp_path / "other", dict(FAST_CONFIG))
+    early = other.enqueue("echo early")
+    other_db = other.root / "queue.db"
+    try:
+        locks = [lock(db, 10, "write"), lock(other_db, 10, "exclusive")]
+        locked_at = time.monotonic()
+        with open(other.root / "pool.log", "w") as err:
+            other_pool = other.start_pool(1, stderr=err)
+        late = subprocess.Popen([sys.executable, "-m", "queuectl", "enqueue", "--command", "echo during"],
+                                cwd=instance.root, env=instance.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        time.sleep(3)
+        assert pool.poll() is None and other_pool.poll() is None
+        assert late.poll() is None, "the enqueue waits for the lock"
+        assert [p.wait(timeout=60) for p in locks] == [0, 0]
+        assert time.monotonic() - locked_at >= 10
+        out, err = late.communicate(timeout=60)
+        assert late.returncode == 0, err
+        during = out.strip()
+        assert instance.wait_for_state(during, "completed", timeout=60)["history"][0]["stdout"] == "during\n"
+        job = instance.wait_for_state(long_job, "completed", timeout=60)
+        assert [h["outcome"] for h in job["history"]] == ["succeeded"], "the lease survived the lock"
+        assert other.wait_for_state(early, "completed", timeout=60)["history"][0]["stdout"] == "early\n"
+        assert registered_workers(db) == workers and all(os.path.exists(f"/proc/{p}") for p in workers), \
+            "no worker died or was replaced"
+        text = log.read_text()
+        assert "Traceback" not in text and "died" not in text
+        assert "locked by another process" in text, "the lock was really met"
+        other_text = (other.root / "pool.log").read_text()
+        assert "Traceback" not in other_text and "locked by another process" in other_text
+        pool.send_signal(signal.SIGTERM)
+        other_pool.send_signal(signal.SIGTERM)
+        assert pool.wait(timeout=60) == 0 and other_pool.wait(timeout=60) == 0
+    finally:
+        other.cleanup()
+
+
+def test_store_files_are_private_while_in_use(instance):
+    job_id = instance.enqueue("sleep 1")
+    pool = instance.start_pool(1)
+    instance.wait_for_state(job_id, "processing")
+    for suffix in ("", "-wal", "-shm"):
+        path = instance.root / f"queue.db{suffix}"
+        assert path.exists() and path.stat().st_mode & 0o777 == 0o600, path
+    pool.send_signal(signal.SIGTERM)
+    assert pool.wait(timeout=60) == 0
+
+
+def test_durability_full_is_synchronous_full(tmp_path):
+    from queuectl import Queue
+
+    modes = {}
+    for durability in ("normal", "full"):
+        (tmp_path / "config.yaml").write_text(f"db: {durability}.db\ndurability: {durability}\n")
+        with Queue.open(config=str(tmp_path / "config.yaml"), env={}) as queue:
+            assert queue.store.describe()["durability"] == durability
+            modes[durability] = queue.store.conn.execute("PRAGMA synchronous").fetchone()[0]
+    assert modes == {"normal": 1, "full": 2}
