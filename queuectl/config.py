@@ -6,6 +6,7 @@ their own keys through ``queuectl_register_settings``.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from pathlib import Path
@@ -243,6 +244,12 @@ class Config:
                 return {}             # the store is not open (yet): do not cache
             self._store_values = values
         return self._store_values
+
+    def copy(self) -> "Config":
+        """The same settings with their own cache of stored values."""
+        twin = copy.copy(self)
+        twin._store_values = None
+        return twin
 
     def refresh(self) -> None:
         """Forget cached store values, so a running worker sees `config set` changes."""

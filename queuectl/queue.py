@@ -81,6 +81,15 @@ class Queue:
         if clash:
             raise PluginError(f"job field {sorted(clash)[0]!r} belongs to the core and cannot be registered")
 
+    def clone(self) -> "Queue":
+        """The same queue with its own store connection, for another thread (a job source)."""
+        twin = object.__new__(Queue)
+        twin.__dict__.update(self.__dict__)
+        twin.config = self.config.copy()
+        twin._store, twin._opening = None, False
+        twin.config.store_loader = twin._stored_settings
+        return twin
+
     def executor(self, name: str):
         try:
             return self.executors[name][0]

@@ -89,7 +89,7 @@ class ScheduleSource:
     """Checks for due ticks every `schedule-interval` seconds, in a thread of the sources process."""
 
     def __init__(self, queue):
-        self.queue = queue
+        self.queue = queue.clone()      # its own store connection: other sources run in other threads
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="queuectl-schedule", daemon=True)
 
