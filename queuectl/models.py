@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from datetime import datetime, timezone
 from typing import Any, Optional
 
 PENDING = "pending"
@@ -39,6 +38,8 @@ def iso(ts: Optional[float]) -> Optional[str]:
     """ISO-8601 UTC with millisecond precision, ending in Z."""
     if ts is None:
         return None
+    from datetime import datetime, timezone     # only when rendering: most commands never need it
+
     dt = datetime.fromtimestamp(ts, timezone.utc)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
@@ -61,6 +62,8 @@ class Lease:
 
 @dataclasses.dataclass
 class Job:
+    """A job: its command, its state, its retry budget and, while it runs, its lease."""
+
     id: str
     command: str
     state: str = PENDING
