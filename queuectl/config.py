@@ -130,8 +130,25 @@ def find_config_file(explicit: Optional[str] = None, env=os.environ) -> Optional
 
 
 def read_config_file(path: Optional[Path]) -> dict:
+    """The settings in a config file; the parse is cached by the file's exact stat (see _cache)."""
     if path is None:
         return {}
+    from . import _cache
+
+    name = os.path.abspath(path)
+    before = _cache.fingerprint(name)
+    if before is not None:
+        cached = _cache.load("config", name, before)
+        if isinstance(cached, dict):
+            return cached
+    data = _parse_config_file(path)
+    after = _cache.fingerprint(name)
+    if after is not None and after == before and _cache.settled([after]) and _cache.plain_json(data):
+        _cache.store("config", name, after, data)
+    return data
+
+
+def _parse_config_file(path: Path) -> dict:
     try:
         raw = path.read_text(encoding="utf-8")
     except OSError as exc:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from datetime import datetime, timezone
 from typing import Any, Optional
 
 PENDING = "pending"
@@ -46,6 +45,8 @@ def iso(ts: Optional[float]) -> Optional[str]:
     """ISO-8601 UTC with millisecond precision, ending in Z."""
     if ts is None:
         return None
+    from datetime import datetime, timezone     # only when rendering: most commands never need it
+
     dt = datetime.fromtimestamp(ts, timezone.utc)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
@@ -68,6 +69,8 @@ class Lease:
 
 @dataclasses.dataclass
 class Job:
+    """A job: its command, its state, its retry budget and, while it runs, its lease."""
+
     id: str
     command: str
     state: str = PENDING

@@ -11,6 +11,7 @@ import os
 import stat
 import sys
 from pathlib import Path
+from types import FunctionType, MethodType, ModuleType
 from typing import Any, Callable, Iterable, Optional
 
 import pluggy
@@ -22,9 +23,11 @@ from .errors import PluginError
 BUILTINS = (
     ("validate", "queuectl.builtin.validate"),
     ("sqlite", "queuectl.builtin.sqlite_store"),
+    ("postgres", "queuectl.builtin.postgres_store"),
     ("shell", "queuectl.builtin.shell"),
     ("backoff", "queuectl.builtin.backoff"),
     ("dlq", "queuectl.builtin.dlq"),
+    ("spool", "queuectl.builtin.spool"),
     ("schedule", "queuectl.builtin.schedule"),
 )
 ENTRY_POINT_GROUP = "queuectl"
@@ -79,10 +82,41 @@ def pm_origin(pm: pluggy.PluginManager, name: str) -> str:
     return getattr(pm, "origins", {}).get(name, "?")
 
 
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager with a quicker scan of module plugins; what it finds is the same.
+
+    pluggy looks at every name in a plugin with ``inspect.getattr_static``, which is slow
+    and is most of the cost of registering a module full of imports. For a plain module,
+    a name that is not a dunder resolves to the module's own ``__dict__`` entry, and one
+    that is not a function, staticmethod, classmethod or bound method can be no hook, so
+    such names are skipped here; every other name goes through pluggy unchanged.
+    """
+
+    @staticmethod
+    def _cannot_be_hook(obj: Any, name: str) -> bool:
+        if type(obj) is not ModuleType or (name.startswith("__") and name.endswith("__")):
+            return False
+        try:
+            value = obj.__dict__[name]
+        except KeyError:
+            return False
+        return not isinstance(value, (FunctionType, staticmethod, classmethod, MethodType))
+
+    def parse_hookimpl_opts(self, plugin, name):
+        if self._cannot_be_hook(plugin, name):
+            return None
+        return super().parse_hookimpl_opts(plugin, name)
+
+    def parse_hookspec_opts(self, module_or_class, name):
+        if self._cannot_be_hook(module_or_class, name):
+            return None
+        return super().parse_hookspec_opts(module_or_class, name)
+
+
 def get_plugin_manager(plugins_dir: Optional[str] = None, blocked: Iterable[str] = (),
                        entry_points: bool = True, extra: Iterable[tuple[str, Any]] = ()) -> pluggy.PluginManager:
     """A fresh manager: one per Queue, never a module global, so tests stay independent."""
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm = PluginManager(hookspecs.PROJECT)
     pm.origins = {}
     pm.add_hookspecs(hookspecs)
     for name in blocked:
@@ -105,16 +139,100 @@ def get_plugin_manager(plugins_dir: Optional[str] = None, blocked: Iterable[str]
 
 
 def _load_entry_points(pm: pluggy.PluginManager) -> None:
-    from importlib.metadata import entry_points
+    """Load and register every plugin of the ``queuectl`` entry-point group.
 
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if pm.is_blocked(ep.name):
+    Which entry points exist is cached (see :func:`entry_point_specs`); each plugin is
+    still imported and registered on every run.
+    """
+    for name, value, load in entry_point_specs():
+        if pm.is_blocked(name):
             continue
         try:
-            plugin = ep.load()
+            plugin = load()
         except Exception as exc:
-            raise PluginError(f"plugin {ep.name} ({ep.value}) failed to load: {type(exc).__name__}: {exc}") from None
-        _register(pm, plugin, ep.name, origin=f"entry point {ep.value}")
+            raise PluginError(f"plugin {name} ({value}) failed to load: {type(exc).__name__}: {exc}") from None
+        _register(pm, plugin, name, origin=f"entry point {value}")
+
+
+def entry_point_specs() -> list[tuple[str, str, Callable[[], Any]]]:
+    """(name, value, load) for each entry point of the group, in importlib.metadata's order.
+
+    Scanning every installed distribution (and importing importlib.metadata) is the slow
+    part of start-up, so the scan's result is cached under a fingerprint of everything it
+    read: each sys.path entry, and the entry_points.txt of each distribution found there.
+    Installing, removing or editing a distribution changes the fingerprint.
+    """
+    from . import _cache
+
+    key = _entry_points_fingerprint() if _cache.enabled() else None
+    cache_name = repr((sys.executable, sys.version, sys.path))
+    if key is not None:
+        cached = _cache.load("entry-points", cache_name, key)
+        if isinstance(cached, list) and all(isinstance(e, list) and len(e) == 2 and all(isinstance(v, str) for v in e)
+                                             for e in cached):
+            return [(name, value, _loader(value)) for name, value in cached]
+    from importlib.metadata import entry_points
+
+    found = list(entry_points(group=ENTRY_POINT_GROUP))
+    if key is not None and _cache.settled(key[1]) and key == _entry_points_fingerprint():
+        _cache.store("entry-points", cache_name, key, [[ep.name, ep.value] for ep in found])
+    return [(ep.name, ep.value, ep.load) for ep in found]
+
+
+def _entry_points_fingerprint() -> Optional[list]:
+    """What importlib.metadata reads to find entry points, as stat fingerprints; None: do not cache."""
+    from importlib.machinery import PathFinder
+
+    for finder in sys.meta_path:        # another finder may supply distributions we cannot fingerprint
+        if finder is not PathFinder and getattr(finder, "find_distributions", None) is not None:
+            return None
+    from ._cache import fingerprint
+
+    entries, prints = [], []
+    for entry in sys.path:
+        folder = entry or "."
+        entries.append([entry, os.path.abspath(folder)])
+        if not os.path.isdir(folder):        # a zip file, or missing
+            prints.append(fingerprint(folder))
+            continue
+        # A folder's own mtime is left out: the listing below shows any distribution
+        # added or removed, and a store kept in the same folder changes it on every run.
+        prints.append(None)
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            return None
+        for name in names:
+            if name.endswith((".dist-info", ".egg-info", ".egg")):
+                meta = os.path.join(name, "EGG-INFO") if name.endswith(".egg") else name
+                entries.append([entry, meta])
+                prints.append(fingerprint(os.path.join(folder, meta)))
+                entries.append([entry, meta, "entry_points.txt"])
+                prints.append(fingerprint(os.path.join(folder, meta, "entry_points.txt")))
+    return [entries, prints]
+
+
+_EP_PATTERN = None
+
+
+def _loader(value: str) -> Callable[[], Any]:
+    """Load an entry point value ("module:attr.attr") the way importlib.metadata.EntryPoint.load does."""
+    def load():
+        global _EP_PATTERN
+        if _EP_PATTERN is None:
+            import re
+
+            _EP_PATTERN = re.compile(r"(?P<module>[\w.]+)\s*(:\s*(?P<attr>[\w.]+)\s*)?((?P<extras>\[.*\])\s*)?$")
+        match = _EP_PATTERN.match(value)
+        if match is None:
+            from importlib.metadata import EntryPoint
+
+            return EntryPoint(name="", value=value, group=ENTRY_POINT_GROUP).load()
+        obj = importlib.import_module(match.group("module"))
+        for attr in filter(None, (match.group("attr") or "").split(".")):
+            obj = getattr(obj, attr)
+        return obj
+    return load
 
 
 def call_registrations(pm: pluggy.PluginManager, hook_name: str, make_register: Callable[[str], Callable]) -> None:

@@ -1,0 +1,1 @@
+"""The queuectl benchmark suite (issue 7): run ``python -m benchmarks`` (see BENCHMARKS.md)."""

@@ -1,0 +1,151 @@
+"""Start-up caches: what a command would otherwise recompute on every run.
+
+Two things are cached in ``$XDG_CACHE_HOME/queuectl`` (else ``~/.cache/queuectl``): the
+scan of installed entry points and the parsed config.yaml. Each entry stores the exact
+fingerprint of what it was computed from (stat results: mtime and ctime in ns, size,
+inode, device) and is used only when the fingerprint is unchanged, so an edited file,
+an installed or removed distribution or a new plugin is always seen. Nothing is cached
+while its sources changed less than :data:`SETTLE` seconds ago, since two writes within
+one timestamp tick could otherwise look alike. Plugins themselves are never cached:
+every one is imported and registered on every run.
+
+Any problem with the cache (unreadable, corrupt, not ours, a full disk) makes it a
+miss; ``QUEUECTL_NO_CACHE=1`` turns both caches off.
+"""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+import zlib
+from typing import Any, Optional
+
+VERSION = 1
+SETTLE = 2.0          # seconds a source must be unchanged before its result is cached
+MAX_FILES = 64        # per kind; the least recently written beyond this are removed
+
+
+def enabled() -> bool:
+    return os.environ.get("QUEUECTL_NO_CACHE") != "1"
+
+
+def cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "queuectl")
+
+
+def _ours(info: os.stat_result) -> bool:
+    """Only trust what this user owns and no one else can write."""
+    return info.st_uid == os.geteuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def fingerprint(path: str) -> Optional[list]:
+    """What identifies one version of a file or folder, or None when it is missing."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return [info.st_mtime_ns, info.st_ctime_ns, info.st_size, info.st_ino, info.st_dev]
+
+
+def settled(prints: list, now: Optional[float] = None) -> bool:
+    """True when none of the fingerprinted sources changed within the last SETTLE seconds."""
+    limit = ((now or time.time()) - SETTLE) * 1e9
+    return all(p is None or (p[0] < limit and p[1] < limit) for p in prints)
+
+
+def _file(kind: str, name: str) -> str:
+    raw = name.encode("utf-8", "surrogateescape")
+    digest = f"{zlib.crc32(raw):08x}{zlib.adler32(raw):08x}"     # the entry repeats the name: a clash is a miss
+    return os.path.join(cache_dir(), f"{kind}-{digest}.json")
+
+
+def load(kind: str, name: str, key: Any) -> Optional[Any]:
+    """The cached value for ``name`` if it was stored under exactly ``key``, else None."""
+    if not enabled():
+        return None
+    path = _file(kind, name)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        if not _ours(os.fstat(fd)):
+            return None
+        with os.fdopen(fd, "rb") as fh:
+            fd = -1
+            entry = json.loads(fh.read())
+    except (OSError, ValueError):
+        return None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    if not isinstance(entry, dict) or entry.get("version") != VERSION or entry.get("name") != name:
+        return None
+    if entry.get("key") != _key_text(key):
+        return None
+    return entry.get("value")
+
+
+def store(kind: str, name: str, key: Any, value: Any) -> None:
+    """Write an entry atomically (temp file + rename); failures are ignored."""
+    if not enabled():
+        return
+    folder = cache_dir()
+    tmp = None
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        if not _ours(os.stat(folder)):
+            return
+        data = json.dumps({"version": VERSION, "name": name, "key": _key_text(key), "value": value},
+                          allow_nan=False).encode()
+        path = _file(kind, name)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+        tmp = None
+        _prune(folder, kind)
+    except (OSError, ValueError, TypeError):
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def _key_text(key: Any) -> str:
+    """The key as one string: quicker to read back and compare than a nested structure."""
+    return json.dumps(key, separators=(",", ":"))
+
+
+def _prune(folder: str, kind: str) -> None:
+    entries = []
+    with os.scandir(folder) as it:
+        for entry in it:
+            if entry.name.startswith(kind + "-") and entry.name.endswith(".json"):
+                try:
+                    entries.append((entry.stat().st_mtime_ns, entry.path))
+                except OSError:
+                    pass
+    if len(entries) > MAX_FILES:
+        for _mtime, path in sorted(entries)[: len(entries) - MAX_FILES]:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+def plain_json(value: Any) -> bool:
+    """True when ``value`` survives a JSON round trip unchanged (so it can be cached exactly)."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return True
+    if isinstance(value, float):
+        return value == value and value not in (float("inf"), float("-inf"))
+    if isinstance(value, list):
+        return all(plain_json(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and plain_json(v) for k, v in value.items())
+    return False
