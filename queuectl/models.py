@@ -198,6 +198,8 @@ def parse_duration(value) -> float:
 
 def parse_time(value) -> float:
     """Epoch seconds from an ISO-8601 time with a zone (2026-12-01T02:00:00Z or +01:00)."""
+    from datetime import datetime     # only when a time is given: most commands never need it
+
     if not isinstance(value, str):
         raise ValueError(f"not a time: {value!r}")
     text = value.strip()

@@ -29,6 +29,7 @@ class Queue:
         self.job_fields: dict[str, tuple] = {}
         self._store = None
         self._opening = False
+        self.patient = False          # True in workers and pools: wait out a busy store, however long
         self._collect_registrations()
         config.check_file()
         config.store_loader = self._stored_settings
@@ -133,6 +134,8 @@ class Queue:
             self._opening = True
             try:
                 store = self.storages[backend][0](db, self)
+                if self.patient:
+                    store.lock_timeout = None
                 store.init()
             finally:
                 self._opening = False

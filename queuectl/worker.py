@@ -210,8 +210,9 @@ class Worker:
         # Orphans of our commands (double forks, setsid children) become our children, not
         # init's, so a leftover is seen and killed when its attempt ends.
         _prctl(PR_SET_CHILD_SUBREAPER, 1)
+        self.queue.patient = True          # a worker waits out a locked store, however long
         store = self.queue.store
-        store.lock_timeout = None          # a worker waits out a locked store, however long
+        store.lock_timeout = None
         store.register_worker(self.info)
         listener = store.listener(self.info.id)
         job: Optional[Job] = None
@@ -428,9 +429,10 @@ class Pool:
 
     def run(self) -> int:
         _prctl(PR_SET_CHILD_SUBREAPER, 1)
-        queue, store = self.queue, self.queue.store
-        store.lock_timeout = None
-        store.register_worker(self.info)
+        queue = self.queue
+        queue.patient = True              # also for the store reopened after each fork
+        queue.store.lock_timeout = None
+        queue.store.register_worker(self.info)
         host = self.info.host
         recover(queue, host)
         wake_r, wake_w = os.pipe()
@@ -463,7 +465,7 @@ class Pool:
                 if not self._workers() and (self.stopping or self.burst):
                     break
                 if time.monotonic() >= next_tick:
-                    if not store.heartbeat_worker(self.info.id) and not self.stopping:
+                    if not queue.store.heartbeat_worker(self.info.id) and not self.stopping:
                         log("stop requested through the store; finishing running jobs")
                         self._begin_stop(force=False)
                     recover(queue, host)
@@ -476,7 +478,7 @@ class Pool:
                 if child["kind"] == "sources":
                     _kill(pid, signal.SIGTERM)
             self._wait_all()
-            store.remove_worker(self.info.id)
+            queue.store.remove_worker(self.info.id)
         return 0
 
     def config_tick(self) -> float:

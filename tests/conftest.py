@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -99,11 +100,58 @@ class Instance:
                 proc.wait()
 
 
+PG_URL = os.environ.get("QUEUECTL_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
+def require_pg() -> None:
+    """psycopg and a reachable server, or skip; under CI (CI=true) fail instead."""
+    def unavailable(reason: str):
+        if IN_CI:
+            pytest.fail(f"PostgreSQL is required under CI: {reason}")
+        pytest.skip(reason)
+
+    try:
+        import psycopg
+    except ImportError:
+        unavailable("psycopg is not installed (pip install 'queuectl[postgres]')")
+    try:
+        psycopg.connect(PG_URL, connect_timeout=3).close()
+    except Exception as exc:
+        unavailable(f"PostgreSQL at {PG_URL} is unreachable: {str(exc).strip().splitlines()[0]}")
+
+
+def pg_execute(sql: str, params=()) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(sql, params)
+
+
+def pytest_generate_tests(metafunc):
+    """Modules that set BOTH_BACKENDS = True run each `instance` test on SQLite and PostgreSQL."""
+    if getattr(metafunc.module, "BOTH_BACKENDS", False) and "instance" in metafunc.fixturenames:
+        metafunc.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+
+
 @pytest.fixture
-def instance(tmp_path):
-    inst = Instance(tmp_path, FAST_CONFIG)
+def backend(request):
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def instance(tmp_path, backend):
+    config = dict(FAST_CONFIG)
+    schema = None
+    if backend == "postgres":
+        require_pg()
+        schema = f"qt_{uuid.uuid4().hex[:12]}"
+        config.update({"db": PG_URL, "pg-schema": schema})
+    inst = Instance(tmp_path, config)
     yield inst
     inst.cleanup()
+    if schema:
+        pg_execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ import time
 from conftest import wait_until
 
 
+BOTH_BACKENDS = True      # every test here runs on SQLite and on PostgreSQL
+
 def test_two_pools_run_200_jobs_each_exactly_once(instance):
     ledger = instance.root / "ledger.txt"
     pools = [instance.start_pool(2), instance.start_pool(2)]

@@ -138,7 +138,8 @@ def test_four_hosts_run_every_job_once_across_a_server_restart(pg_instance):
     assert len(lines) == JOBS, f"{len(lines) - len(set(lines))} duplicate runs, {JOBS - len(set(lines))} missing"
     assert sorted(lines) == [f"j{i:04d}" for i in range(JOBS)]
     counts = inst.json("status")["counts"]
-    assert counts == {"pending": 0, "processing": 0, "completed": JOBS, "failed": 0, "dead": 0}
+    assert counts == {"pending": 0, "processing": 0, "completed": JOBS, "failed": 0, "dead": 0,
+                      "cancelled": 0}
     s = f'"{inst.schema}"'
     assert pg_execute(f"SELECT count(*), max(attempts) FROM {s}.jobs") == [(JOBS, 1)]
     hosts = dict(pg_execute(f"SELECT host, count(*) FROM {s}.attempts GROUP BY host"))

@@ -13,6 +13,8 @@ import pytest
 from conftest import QUEUECTL, wait_until
 
 
+BOTH_BACKENDS = True      # every test here runs on SQLite and on PostgreSQL
+
 def iso_to_epoch(text):
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 

@@ -5,7 +5,9 @@ default ``queuectl``), so several queues can share a database. psycopg 3 is impo
 only when this backend is used (``pip install 'queuectl[postgres]'``).
 
 * A claim is one ``UPDATE ... WHERE seq = (SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1)``:
-  workers never wait for each other's claims.
+  workers never wait for each other's claims. Only a queue with a concurrency limit is
+  claimed from under a per-queue lock (an advisory lock, see ``_claim``), since SKIP LOCKED
+  cannot count the jobs other transactions are claiming at the same moment.
 * Lease times come from the database clock; absolute times a client sends (``run_at``,
   attempt times) are shifted onto the database clock by the offset measured at the
   start of the transaction, so hosts with skewed clocks still agree.
@@ -38,11 +40,11 @@ from typing import Optional
 
 from queuectl import hookimpl
 from queuectl.config import Setting
-from queuectl.errors import Conflict, QueueError, SchemaError, StoreBusy
-from queuectl.models import DEAD, PROCESSING, Attempt, Job, Lease
+from queuectl.errors import Conflict, NotFound, QueueError, SchemaError, StoreBusy
+from queuectl.models import CANCELLED, COMPLETED, DEAD, PROCESSING, Attempt, Job, Lease
 from queuectl.store import Transition, WorkerInfo
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 HIST_STEPS = 4                  # duration histogram buckets per doubling, as in the SQLite store
 SCHEMA_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 RECONNECT_MAX_DELAY = 1.0       # seconds between reconnection attempts, at most
@@ -71,12 +73,22 @@ NOW = "extract(epoch FROM statement_timestamp())::float8"
 
 JOB_COLUMNS = ("id, command, state, attempts, tries, max_retries, priority, queue, executor, cwd, env, timeout, "
                "source, fields, created_at, updated_at, run_at, last_error, exit_code, lease_owner, lease_host, "
-               "lease_pid, lease_pid_start, lease_pgid, lease_expires, lease_token, run_id, started_at")
+               "lease_pid, lease_pid_start, lease_pgid, lease_expires, lease_token, run_id, started_at, "
+               "unique_key, after_ids, waiting_on, cancel_requested")
+N_JOB_COLUMNS = JOB_COLUMNS.count(",") + 1
 J_JOB_COLUMNS = ", ".join("j." + c.strip() for c in JOB_COLUMNS.split(","))
 ATTEMPT_COLUMNS = ("job_id, attempt, outcome, started_at, finished_at, exit_code, signal, error, stdout, stderr, "
                    "worker, host, pid")
 INSERT_COLUMNS = ("id, command, state, max_retries, priority, queue, executor, cwd, env, timeout, source, fields, "
-                  "created_at, updated_at, run_at")
+                  "created_at, updated_at, run_at, unique_key, after_ids")
+N_INSERT_COLUMNS = INSERT_COLUMNS.count(",") + 1
+ACTIVE = "('pending', 'failed', 'processing')"
+#: A job that may start now, as far as the job itself is concerned (its queue is checked apart).
+RUNNABLE = f"state IN ('pending', 'failed') AND waiting_on = 0 AND run_at <= {NOW}"
+CLAIM_ORDER = "ORDER BY priority DESC, run_at, seq"
+#: A queue row q with room for one more running job (counted by the statement's snapshot).
+UNDER_LIMIT = ("(q.concurrency IS NULL OR q.concurrency > (SELECT count(*) FROM {s}.jobs p "
+               "WHERE p.state = 'processing' AND p.queue = q.name))")
 
 
 def _striped(table: str, key_where: str, update: str, insert: str) -> str:
@@ -183,6 +195,31 @@ END $$""",
             FOR EACH STATEMENT EXECUTE FUNCTION {s}.jobs_count_delete()""",
         """CREATE TRIGGER jobs_count_update AFTER UPDATE OF state ON {s}.jobs FOR EACH ROW
             WHEN (OLD.state IS DISTINCT FROM NEW.state) EXECUTE FUNCTION {s}.jobs_count_update()""",
+    ],
+    # Scheduling and control, as in the SQLite store's version 2: dependencies, unique keys, cancel,
+    # queues with limits and pauses, recurring jobs.
+    2: [
+        "ALTER TABLE {s}.jobs ADD COLUMN unique_key text, ADD COLUMN after_ids text, "
+        "ADD COLUMN waiting_on integer NOT NULL DEFAULT 0, ADD COLUMN cancel_requested integer NOT NULL DEFAULT 0",
+        "DROP INDEX {s}.jobs_claim",
+        "CREATE INDEX jobs_claim ON {s}.jobs (priority DESC, run_at, seq) "
+        "WHERE state IN ('pending', 'failed') AND waiting_on = 0",
+        # Not in the SQLite schema: the best job of one queue without walking the others' (a limited
+        # queue's claim, the look at limited queues every claim makes, a worker's --queue list).
+        "CREATE INDEX jobs_claim_queue ON {s}.jobs (queue, priority DESC, run_at, seq) "
+        "WHERE state IN ('pending', 'failed') AND waiting_on = 0",
+        "CREATE UNIQUE INDEX jobs_unique_key ON {s}.jobs (unique_key) "
+        f"WHERE unique_key IS NOT NULL AND state IN {ACTIVE}",
+        "CREATE INDEX jobs_processing_queue ON {s}.jobs (queue) WHERE state = 'processing'",
+        "CREATE INDEX jobs_finished ON {s}.jobs (state, updated_at) WHERE state IN ('completed', 'dead', 'cancelled')",
+        # A satisfied dependency stays satisfied even if the job it named is purged later.
+        """CREATE TABLE {s}.job_deps (job_id text NOT NULL, dep_id text NOT NULL,
+            satisfied integer NOT NULL DEFAULT 0, PRIMARY KEY (job_id, dep_id))""",
+        "CREATE INDEX job_deps_waiting ON {s}.job_deps (dep_id) WHERE satisfied = 0",
+        "CREATE TABLE {s}.queues (name text PRIMARY KEY, concurrency integer, paused integer NOT NULL DEFAULT 0)",
+        # last_tick is a cron tick, compared exactly by fire_schedule: stored as given, never shifted.
+        """CREATE TABLE {s}.schedules (name text PRIMARY KEY, cron text NOT NULL, spec text NOT NULL,
+            missed text NOT NULL, last_tick double precision, created_at double precision NOT NULL)""",
     ],
 }
 
@@ -408,7 +445,10 @@ class PostgresStore:
         """
         cur = conn.cursor()
         before = time.time()
-        cur.execute("BEGIN; SELECT txid_current(), extract(epoch FROM clock_timestamp())::float8")
+        # READ COMMITTED whatever the server's default: a limited queue's claim counts its running
+        # jobs in a statement that starts after the queue's lock is held, so it must see fresh data.
+        cur.execute("BEGIN ISOLATION LEVEL READ COMMITTED; "
+                    "SELECT txid_current(), extract(epoch FROM clock_timestamp())::float8")
         after = time.time()
         cur.nextset()
         xid, db_now = cur.fetchone()
@@ -496,17 +536,20 @@ class PostgresStore:
     def _job(row) -> Job:
         (id_, command, state, attempts, tries, max_retries, priority, queue, executor, cwd, env, timeout,
          source, fields, created_at, updated_at, run_at, last_error, exit_code, owner, host, pid, pid_start,
-         pgid, expires, token, run_id, started_at) = row[:28]
+         pgid, expires, token, run_id, started_at, unique_key, after_ids, waiting_on,
+         cancel_requested) = row[:N_JOB_COLUMNS]
         lease = None
         if state == PROCESSING and owner is not None:
             lease = Lease(owner=owner, host=host, pid=pid, pid_start=pid_start, token=token, run_id=run_id,
                           expires=expires, pgid=pgid, started_at=started_at,
-                          expired=bool(row[28]) if len(row) > 28 else False)
+                          expired=bool(row[N_JOB_COLUMNS]) if len(row) > N_JOB_COLUMNS else False)
         return Job(id=id_, command=command, state=state, attempts=attempts, tries=tries,
                    max_retries=max_retries, priority=priority, queue=queue, executor=executor, cwd=cwd,
                    env=json.loads(env) if env else {}, timeout=timeout, source=source,
                    fields=json.loads(fields) if fields else {}, created_at=created_at, updated_at=updated_at,
-                   run_at=run_at, last_error=last_error, exit_code=exit_code, lease=lease)
+                   run_at=run_at, last_error=last_error, exit_code=exit_code, lease=lease,
+                   unique_key=unique_key, after=json.loads(after_ids) if after_ids else [],
+                   waiting_on=waiting_on, cancel_requested=bool(cancel_requested))
 
     @staticmethod
     def _attempt(row) -> Attempt:
@@ -517,34 +560,133 @@ class PostgresStore:
 
     # --- jobs ------------------------------------------------------------------------------------
 
-    def add_jobs(self, jobs: list[Job], receipt: Optional[dict] = None) -> None:
+    def add_jobs(self, jobs: list[Job], receipt: Optional[dict] = None) -> list[str]:
         def insert(tx: _Tx):
-            rows = [(j.id, j.command, j.state, j.max_retries, j.priority, j.queue, j.executor, j.cwd,
-                     json.dumps(j.env) if j.env else None, j.timeout, j.source,
-                     json.dumps(j.fields) if j.fields else None, tx.db_time(j.created_at),
-                     tx.db_time(j.updated_at), tx.db_time(j.run_at)) for j in jobs]
-            try:
-                if len(rows) == 1:      # one round trip; COPY takes two but wins from a few rows on
-                    tx.cur.execute(self.q(f"INSERT INTO {{s}}.jobs ({INSERT_COLUMNS}) VALUES "
-                                          f"({', '.join(['%s'] * 15)})"), rows[0])
-                else:
-                    with tx.cur.copy(self.q(f"COPY {{s}}.jobs ({INSERT_COLUMNS}) FROM STDIN")) as copy:
-                        for row in rows:
-                            copy.write_row(row)
-            except self.pg.errors.UniqueViolation:
-                raise _Duplicate() from None
+            ids = self._store_jobs(tx, jobs)
             if receipt is not None:
                 try:
                     tx.cur.execute(self.q(f"INSERT INTO {{s}}.receipts VALUES (%s, %s, %s, %s, {NOW})"),
-                                   (receipt["key"], receipt.get("name"), receipt.get("sha256"),
-                                    json.dumps([j.id for j in jobs])))
+                                   (receipt["key"], receipt.get("name"), receipt.get("sha256"), json.dumps(ids)))
                 except self.pg.errors.UniqueViolation:
                     raise Conflict(f"receipt {receipt['key']!r} is already recorded") from None
+            return ids
 
         try:
-            self._write(insert)
+            return self._write(insert)
         except _Duplicate:
             raise Conflict(self._duplicate_message(jobs)) from None
+
+    @staticmethod
+    def _row(tx: _Tx, j: Job) -> tuple:
+        return (j.id, j.command, j.state, j.max_retries, j.priority, j.queue, j.executor, j.cwd,
+                json.dumps(j.env) if j.env else None, j.timeout, j.source,
+                json.dumps(j.fields) if j.fields else None, tx.db_time(j.created_at),
+                tx.db_time(j.updated_at), tx.db_time(j.run_at), j.unique_key,
+                json.dumps(j.after) if j.after else None)
+
+    def _store_jobs(self, tx: _Tx, jobs: list[Job]) -> list[str]:
+        """Insert in order and link dependencies; returns the ids (a unique key's holder in place of its job).
+
+        Plain jobs go in bulk (COPY); a job with a unique key goes on its own, as it may find a holder.
+        """
+        ids, inserted, plain = [], set(), []
+        for job in jobs:
+            if job.unique_key is None:
+                plain.append(self._row(tx, job))
+                ids.append(job.id)
+                inserted.add(job.id)
+                continue
+            self._insert_rows(tx, plain)
+            plain = []
+            job_id = self._insert_unique(tx, job)
+            ids.append(job_id)
+            if job_id == job.id:
+                inserted.add(job.id)
+        self._insert_rows(tx, plain)
+        linked = [job for job in jobs if job.after and job.id in inserted]
+        if linked:
+            self._link_dependencies(tx, linked)
+        return ids
+
+    def _insert_rows(self, tx: _Tx, rows: list[tuple]) -> None:
+        try:
+            if len(rows) == 1:      # one round trip; COPY takes two but wins from a few rows on
+                tx.cur.execute(self.q(f"INSERT INTO {{s}}.jobs ({INSERT_COLUMNS}) VALUES "
+                                      f"({', '.join(['%s'] * N_INSERT_COLUMNS)})"), rows[0])
+            elif rows:
+                with tx.cur.copy(self.q(f"COPY {{s}}.jobs ({INSERT_COLUMNS}) FROM STDIN")) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+        except self.pg.errors.UniqueViolation:
+            raise _Duplicate() from None
+
+    def _insert_unique(self, tx: _Tx, job: Job) -> str:
+        """Insert a job with a unique key, or return the id of the active job that holds the key.
+
+        The unique index decides, so concurrent enqueues from any host agree: ON CONFLICT waits for a
+        holder being inserted by another transaction, then the holder is read by a new statement.
+        """
+        row = self._row(tx, job)
+        while True:
+            try:
+                done = tx.all(self.q(
+                    f"INSERT INTO {{s}}.jobs ({INSERT_COLUMNS}) VALUES ({', '.join(['%s'] * N_INSERT_COLUMNS)}) "
+                    f"ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN {ACTIVE} "
+                    f"DO NOTHING RETURNING id"), row)
+            except self.pg.errors.UniqueViolation:      # the id, not the key
+                raise _Duplicate() from None
+            if done:
+                return job.id
+            holder = tx.all(self.q(f"SELECT id FROM {{s}}.jobs WHERE unique_key = %s AND state IN {ACTIVE}"),
+                            (job.unique_key,))
+            if holder:
+                return holder[0][0]
+            # the holder finished between the two statements: the key is free again, try once more
+
+    def _link_dependencies(self, tx: _Tx, linked: list[Job]) -> None:
+        """Record what each new job waits for; a job with a dead or cancelled dependency is dead at once.
+
+        The dependencies are read FOR SHARE: a finish or cancel of one of them waits for this
+        transaction, so its settling (a new statement) sees these job_deps rows, and a finish already
+        under way is waited for and its outcome read here. Nothing can be settled twice or missed.
+        """
+        wanted = sorted({dep for job in linked for dep in job.after})
+        states = dict(tx.all(self.q("SELECT id, state FROM {s}.jobs WHERE id = ANY(%s::text[]) ORDER BY id FOR SHARE"),
+                             (wanted,)))
+        for job in linked:
+            for dep in job.after:
+                if dep not in states:
+                    raise NotFound(f"job {job.id!r} depends on {dep!r}, which does not exist")
+        # Dead at once: a dependency that ended dead or cancelled, or a job of this batch dead that way
+        # (whatever the order of the batch: a job may name one listed after it).
+        reason: dict[str, str] = {}
+        dependents: dict[str, list[str]] = {}
+        for job in linked:
+            for dep in job.after:
+                dependents.setdefault(dep, []).append(job.id)
+                if states[dep] in (DEAD, CANCELLED) and job.id not in reason:
+                    reason[job.id] = f"dependency {dep} ended {states[dep]}"
+        todo = list(reason)
+        while todo:
+            dead = todo.pop()
+            for child in dependents.get(dead, ()):
+                if child not in reason:
+                    reason[child] = f"dependency {dead} ended dead"
+                    todo.append(child)
+        pairs = [(job.id, dep, int(states[dep] == COMPLETED)) for job in linked for dep in dict.fromkeys(job.after)]
+        tx.cur.execute(self.q("INSERT INTO {s}.job_deps (job_id, dep_id, satisfied) "
+                              "SELECT * FROM unnest(%s::text[], %s::text[], %s::integer[])"),
+                       ([p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs]))
+        waiting = {}
+        for job_id, _, satisfied in pairs:
+            waiting[job_id] = waiting.get(job_id, 0) + (not satisfied)
+        changes = [(job_id, n, reason.get(job_id)) for job_id, n in waiting.items() if n or job_id in reason]
+        if changes:
+            tx.cur.execute(self.q(
+                "UPDATE {s}.jobs j SET waiting_on = v.n, state = CASE WHEN v.reason IS NULL THEN j.state "
+                "ELSE 'dead' END, last_error = COALESCE(v.reason, j.last_error) "
+                "FROM unnest(%s::text[], %s::integer[], %s::text[]) AS v(id, n, reason) WHERE j.id = v.id"),
+                ([c[0] for c in changes], [c[1] for c in changes], [c[2] for c in changes]))
 
     def _duplicate_message(self, jobs: list[Job]) -> str:
         existing = {r[0] for r in self._read("SELECT id FROM {s}.jobs WHERE id = ANY(%s)", ([j.id for j in jobs],))}
@@ -584,29 +726,106 @@ class PostgresStore:
 
     def retry_job(self, job_id: str, from_states) -> Job:
         def move(tx: _Tx):
-            rows = tx.all(self.q(f"UPDATE {{s}}.jobs SET state = 'pending', tries = 0, run_at = {NOW}, "
-                                 f"updated_at = {NOW} WHERE id = %s AND state = ANY(%s) RETURNING {JOB_COLUMNS}"),
-                          (job_id, list(from_states)))
-            if not rows:
-                state = tx.all(self.q("SELECT state FROM {s}.jobs WHERE id = %s"), (job_id,))
-                raise Conflict(f"job {job_id!r} is {state[0][0] if state else 'missing'}, "
+            row = tx.all(self.q("SELECT state FROM {s}.jobs WHERE id = %s FOR UPDATE"), (job_id,))
+            if not row or row[0][0] not in from_states:
+                raise Conflict(f"job {job_id!r} is {row[0][0] if row else 'missing'}, "
                                f"not {' or '.join(from_states)}")
+            blocker = tx.all(self.q(
+                "SELECT d.dep_id, j.state FROM {s}.job_deps d JOIN {s}.jobs j ON j.id = d.dep_id "
+                "WHERE d.job_id = %s AND d.satisfied = 0 AND j.state IN ('dead', 'cancelled') LIMIT 1"), (job_id,))
+            if blocker:
+                raise Conflict(f"job {job_id!r} waits for {blocker[0][0]!r}, which is {blocker[0][1]}: "
+                               f"retry that first")
+            try:
+                rows = tx.all(self.q(f"UPDATE {{s}}.jobs SET state = 'pending', tries = 0, run_at = {NOW}, "
+                                     f"updated_at = {NOW}, cancel_requested = 0 WHERE id = %s "
+                                     f"RETURNING {JOB_COLUMNS}"), (job_id,))
+            except self.pg.errors.UniqueViolation:
+                raise Conflict(f"job {job_id!r} cannot be retried: its unique key is held by another job") from None
             return self._job(rows[0])
         return self._write(move)
 
     # --- claiming and leases ---------------------------------------------------------------------
 
-    CLAIM = (f"UPDATE {{s}}.jobs j SET state = 'processing', attempts = attempts + 1, tries = tries + 1, "
-             f"lease_owner = %s, lease_host = %s, lease_pid = %s, lease_pid_start = %s, lease_pgid = NULL, "
-             f"lease_expires = {NOW} + %s, lease_token = lease_token + 1, "
-             f"run_id = replace(gen_random_uuid()::text, '-', ''), started_at = {NOW}, updated_at = {NOW} "
-             f"WHERE j.seq = (SELECT seq FROM {{s}}.jobs WHERE state IN ('pending', 'failed') AND run_at <= {NOW} "
-             f"ORDER BY priority DESC, run_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING {J_JOB_COLUMNS}")
+    CLAIM_SET = (f"state = 'processing', attempts = attempts + 1, tries = tries + 1, "
+                 f"lease_owner = %s, lease_host = %s, lease_pid = %s, lease_pid_start = %s, lease_pgid = NULL, "
+                 f"lease_expires = {NOW} + %s, lease_token = lease_token + 1, "
+                 f"run_id = replace(gen_random_uuid()::text, '-', ''), started_at = {NOW}, updated_at = {NOW}")
+
+    @staticmethod
+    def _claim_sql(only: bool) -> str:
+        """The claim: the best job of a queue without a limit, unless a limited queue's job comes first.
+
+        ``lim`` is the best runnable job among limited queues that are not paused and have room
+        (read without locking: only a hint); ``c`` the best among queues without a limit, locked
+        with SKIP LOCKED. ``c`` is claimed unless ``lim`` comes before it. The result is one row:
+        the queue of ``lim`` (to be claimed from under its lock, see _claim) or NULL, then the
+        claimed job's columns, or NULLs.
+        """
+        where_only = "AND queue = ANY(%s::text[]) " if only else ""
+        name_only = "AND q.name = ANY(%s::text[]) " if only else ""
+        return (
+            f"WITH lim AS (SELECT t.queue, t.priority, t.run_at, t.seq FROM {{s}}.queues q CROSS JOIN LATERAL "
+            f"(SELECT queue, priority, run_at, seq FROM {{s}}.jobs WHERE queue = q.name AND {RUNNABLE} "
+            f"{CLAIM_ORDER} LIMIT 1) t "
+            f"WHERE q.concurrency IS NOT NULL AND q.paused = 0 AND q.name <> ALL(%s::text[]) {name_only}"
+            f"AND {UNDER_LIMIT} ORDER BY t.priority DESC, t.run_at, t.seq LIMIT 1), "
+            f"c AS (SELECT seq, priority, run_at FROM {{s}}.jobs WHERE {RUNNABLE} {where_only}"
+            f"AND queue NOT IN (SELECT name FROM {{s}}.queues WHERE paused = 1 OR concurrency IS NOT NULL) "
+            f"{CLAIM_ORDER} LIMIT 1 FOR UPDATE SKIP LOCKED), "
+            f"u AS (UPDATE {{s}}.jobs j SET {PostgresStore.CLAIM_SET} FROM c WHERE j.seq = c.seq AND NOT EXISTS "
+            f"(SELECT 1 FROM lim WHERE (-lim.priority, lim.run_at, lim.seq) < (-c.priority, c.run_at, c.seq)) "
+            f"RETURNING {J_JOB_COLUMNS}) "
+            f"SELECT (SELECT queue FROM lim), u.* FROM (VALUES (1)) AS one (x) LEFT JOIN u ON true")
+
+    CLAIM_IN_QUEUE = (
+        f"UPDATE {{s}}.jobs j SET {CLAIM_SET} WHERE j.seq = (SELECT seq FROM {{s}}.jobs WHERE queue = %s "
+        f"AND {RUNNABLE} AND EXISTS (SELECT 1 FROM {{s}}.queues q WHERE q.name = %s AND q.paused = 0 "
+        f"AND {UNDER_LIMIT}) {CLAIM_ORDER} LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING {J_JOB_COLUMNS}")
 
     def _claim(self, tx: _Tx, worker: WorkerInfo, lease_timeout: float) -> Optional[Job]:
-        rows = tx.all(self.q(self.CLAIM), (worker.id, worker.host, worker.pid, worker.pid_start,
-                                          float(lease_timeout)))
-        return self._job(rows[0]) if rows else None
+        """Claim the next runnable job: one statement, unless a queue with a concurrency limit is next.
+
+        SKIP LOCKED keeps claims from waiting for each other, but a transaction cannot count
+        the jobs that others are claiming right now, so two claims could both see room for one
+        more. A limited queue is therefore claimed from under a lock of its own, taken in a
+        statement of its own (READ COMMITTED: the counting statement that follows starts after
+        every earlier holder committed, and sees their claims):
+
+        * an advisory lock, ``pg_advisory_xact_lock`` on a hash of schema and queue name, rather
+          than ``SELECT ... FOR UPDATE`` on the queue's row: it needs no row (nor a write to one),
+          never makes ``queue limit``/``queue pause`` or ``queue list`` wait behind a stream of
+          claims, and is released by COMMIT or ROLLBACK like any transaction lock, also when a
+          client dies (the server ends its session). A hash collision between two names only
+          makes their claims take turns.
+        * jobs of a limited queue are locked (and claimed) only by a holder of its lock, so its
+          jobs start in order; claims of unlimited queues never take it and never wait.
+        * no deadlock: the lock is taken last in a transaction (a claim, or a finish that claims
+          the next job), and its holder then waits for nothing (SKIP LOCKED, striped counters).
+        * a limit set while a claim is under way applies to the claims that follow, as lowering
+          a limit does not stop jobs already running.
+
+        When the limited queue turns out full (others got there first), it is left out and the
+        claim looks again, so the loop ends after at most one turn per limited queue.
+        """
+        queues = list(worker.queues) if getattr(worker, "queues", None) else None
+        lease = (worker.id, worker.host, worker.pid, worker.pid_start, float(lease_timeout))
+        sql = self.q(self._claim_sql(bool(queues)))
+        full: list[str] = []
+        while True:
+            params = (full, queues, queues, *lease) if queues else (full, *lease)
+            row = tx.all(sql, params)[0]
+            limited, job = row[0], row[1:]
+            if job[0] is not None:
+                return self._job(job)
+            if limited is None:
+                return None
+            tx.cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                           (f"queuectl queue {self.schema} {limited}",))
+            rows = tx.all(self.q(self.CLAIM_IN_QUEUE), (*lease, limited, limited))
+            if rows:
+                return self._job(rows[0])
+            full.append(limited)
 
     def claim(self, worker: WorkerInfo, lease_timeout: float) -> Optional[Job]:
         return self._write(lambda tx: self._claim(tx, worker, lease_timeout))
@@ -628,11 +847,42 @@ class PostgresStore:
                 (to.state, tx.db_time(to.run_at), to.error, attempt.exit_code, 0 if to.count_try else 1,
                  job_id, token))
             job = self._job(rows[0]) if rows else None
+            released = 0
             if job is not None:
                 self._record_attempt(tx, attempt)
+                released = self._settle_dependents(tx, job.id, job.state)
             following = self._claim(tx, claim_next, lease_timeout) if claim_next else None
-            return job, following
-        return self._write(record)
+            return job, following, released
+        job, following, released = self._write(record)
+        if released:
+            self.notify()               # dependents became runnable: wake idle workers
+        return job, following
+
+    def _settle_dependents(self, tx: _Tx, job_id: str, state: str) -> int:
+        """A completed job releases its dependents; a dead or cancelled one kills them, transitively.
+
+        Returns how many dependents became runnable. Dependents are locked in id order, so two
+        finishes that share dependents cannot deadlock.
+        """
+        if state == COMPLETED:
+            rows = tx.all(self.q(
+                "WITH d AS (UPDATE {s}.job_deps SET satisfied = 1 WHERE dep_id = %s AND satisfied = 0 "
+                "RETURNING job_id), "
+                "l AS (SELECT j.id FROM {s}.jobs j WHERE j.id IN (SELECT job_id FROM d) ORDER BY j.id FOR UPDATE) "
+                "UPDATE {s}.jobs j SET waiting_on = j.waiting_on - 1 FROM l WHERE j.id = l.id RETURNING j.waiting_on"),
+                (job_id,))
+            return sum(1 for (waiting,) in rows if waiting == 0)
+        if state in (DEAD, CANCELLED):
+            todo = [(job_id, state)]
+            while todo:
+                dep, how = todo.pop()
+                rows = tx.all(self.q(
+                    f"UPDATE {{s}}.jobs SET state = 'dead', last_error = %s, updated_at = {NOW} "
+                    f"WHERE state = 'pending' AND id IN "
+                    f"(SELECT job_id FROM {{s}}.job_deps WHERE dep_id = %s AND satisfied = 0) RETURNING id"),
+                    (f"dependency {dep} ended {how}", dep))
+                todo.extend((r[0], DEAD) for r in rows)
+        return 0
 
     def _record_attempt(self, tx: _Tx, a: Attempt) -> None:
         started, finished = tx.db_time(a.started_at), tx.db_time(a.finished_at)
@@ -651,14 +901,125 @@ class PostgresStore:
     def next_run_at(self) -> Optional[float]:
         # On this host's clock: the caller compares it with time.time().
         rows = self._read("SELECT MIN(run_at) - extract(epoch FROM clock_timestamp())::float8 "
-                          "FROM {s}.jobs WHERE state IN ('pending', 'failed')")
+                          "FROM {s}.jobs WHERE state IN ('pending', 'failed') AND waiting_on = 0")
         delay = rows[0][0] if rows else None
         return None if delay is None else time.time() + delay
 
-    def has_outstanding(self) -> bool:
-        rows = self._read("SELECT COALESCE(SUM(n), 0) FROM {s}.state_counts "
-                          "WHERE state IN ('pending', 'processing', 'failed')")
-        return rows[0][0] > 0
+    def has_outstanding(self, queues=None) -> bool:
+        """Work a --burst pool must wait for: a running job, a retry, or a job runnable now.
+
+        Jobs scheduled for later, held by a paused queue or waiting on such jobs do not count.
+        """
+        only = "AND queue = ANY(%s::text[]) " if queues else ""
+        live = f"AND queue NOT IN (SELECT name FROM {{s}}.queues WHERE paused = 1) {only}"
+        extra = [list(queues)] if queues else []
+        rows = self._read(
+            f"SELECT EXISTS (SELECT 1 FROM {{s}}.jobs WHERE state = 'processing' {only}) "
+            f"OR EXISTS (SELECT 1 FROM {{s}}.jobs WHERE state = 'failed' {live}) "
+            f"OR EXISTS (SELECT 1 FROM {{s}}.jobs WHERE state = 'pending' AND waiting_on = 0 "
+            f"AND run_at <= {NOW} {live})", extra * 3)
+        return bool(rows[0][0])
+
+    # --- control: cancel, queues, schedules, purge ----------------------------------------------------
+
+    def cancel_job(self, job_id: str) -> str:
+        """pending or failed -> cancelled at once; processing -> asks its worker to stop it."""
+        def cancel(tx: _Tx):
+            # FOR UPDATE: a claim under way is waited for (and then seen), a later one skips the row.
+            row = tx.all(self.q("SELECT state FROM {s}.jobs WHERE id = %s FOR UPDATE"), (job_id,))
+            if not row:
+                raise NotFound(f"no job with id {job_id!r}")
+            state = row[0][0]
+            if state == PROCESSING:
+                tx.cur.execute(self.q("UPDATE {s}.jobs SET cancel_requested = 1 WHERE id = %s"), (job_id,))
+                return "cancelling"
+            if state not in ("pending", "failed"):
+                raise Conflict(f"job {job_id!r} is {state}: nothing to cancel")
+            tx.cur.execute(self.q(f"UPDATE {{s}}.jobs SET state = 'cancelled', last_error = 'cancelled by user', "
+                                  f"updated_at = {NOW} WHERE id = %s"), (job_id,))
+            self._settle_dependents(tx, job_id, CANCELLED)
+            return CANCELLED
+        return self._write(cancel)
+
+    def cancel_requested(self, job_id: str, token: int) -> bool:
+        rows = self._read("SELECT cancel_requested FROM {s}.jobs WHERE id = %s AND lease_token = %s", (job_id, token))
+        return bool(rows and rows[0][0])
+
+    def set_queue(self, name: str, concurrency=..., paused=None) -> dict:
+        def change(tx: _Tx):
+            tx.cur.execute(self.q("INSERT INTO {s}.queues (name) VALUES (%s) ON CONFLICT (name) DO NOTHING"), (name,))
+            if concurrency is not ...:
+                tx.cur.execute(self.q("UPDATE {s}.queues SET concurrency = %s WHERE name = %s"), (concurrency, name))
+            if paused is not None:
+                tx.cur.execute(self.q("UPDATE {s}.queues SET paused = %s WHERE name = %s"), (int(paused), name))
+        self._write(change)
+        return next(q for q in self.queues() if q["name"] == name)
+
+    def queues(self) -> list[dict]:
+        rows = self._read(
+            "SELECT name, MAX(concurrency), MAX(paused), count(*) FILTER (WHERE state = 'pending'), "
+            "count(*) FILTER (WHERE state = 'processing') FROM ("
+            "SELECT name, concurrency, paused, NULL::text AS state FROM {s}.queues UNION ALL "
+            "SELECT queue, NULL, 0, state FROM {s}.jobs WHERE state IN ('pending', 'processing')) AS x "
+            'GROUP BY name ORDER BY name COLLATE "C"')
+        return [{"name": n, "concurrency": c, "paused": bool(p), "pending": int(pe), "processing": int(pr)}
+                for n, c, p, pe, pr in rows]
+
+    def add_schedule(self, name: str, cron: str, spec: dict, missed: str, last_tick: float,
+                     replace: bool = False) -> None:
+        def add(tx: _Tx):
+            upsert = (" ON CONFLICT (name) DO UPDATE SET cron = EXCLUDED.cron, spec = EXCLUDED.spec, "
+                      "missed = EXCLUDED.missed, last_tick = EXCLUDED.last_tick, created_at = EXCLUDED.created_at"
+                      if replace else "")
+            try:
+                tx.cur.execute(self.q(f"INSERT INTO {{s}}.schedules VALUES (%s, %s, %s, %s, %s, {NOW}){upsert}"),
+                               (name, cron, json.dumps(spec), missed, last_tick))
+            except self.pg.errors.UniqueViolation:
+                raise Conflict(f"a schedule named {name!r} already exists") from None
+        self._write(add)
+
+    def remove_schedule(self, name: str) -> bool:
+        def remove(tx: _Tx):
+            tx.cur.execute(self.q("DELETE FROM {s}.schedules WHERE name = %s"), (name,))
+            return tx.cur.rowcount == 1
+        return self._write(remove)
+
+    def schedules(self) -> list[dict]:
+        rows = self._read('SELECT name, cron, spec, missed, last_tick, created_at FROM {s}.schedules '
+                          'ORDER BY name COLLATE "C"')
+        return [{"name": n, "cron": c, "spec": json.loads(sp), "missed": m, "last_tick": lt, "created_at": ca}
+                for n, c, sp, m, lt, ca in rows]
+
+    def fire_schedule(self, name: str, last_tick: float, tick: float, jobs: list[Job]) -> bool:
+        """Advance a schedule from ``last_tick`` to ``tick`` and enqueue ``jobs``, once across all pools.
+
+        The compare-and-set and the insert are one transaction: a second pool's UPDATE waits for the
+        first's row lock, then finds last_tick moved (READ COMMITTED re-checks the row) and stores nothing.
+        """
+        def fire(tx: _Tx):
+            tx.cur.execute(self.q("UPDATE {s}.schedules SET last_tick = %s WHERE name = %s AND last_tick = %s"),
+                           (tick, name, last_tick))
+            moved = tx.cur.rowcount == 1
+            if moved and jobs:
+                self._store_jobs(tx, jobs)
+            return moved
+        try:
+            fired = self._write(fire)
+        except _Duplicate:
+            raise Conflict(self._duplicate_message(jobs)) from None
+        if fired and jobs:
+            self.notify()
+        return fired
+
+    def purge(self, states, before: float) -> int:
+        def purge(tx: _Tx):
+            ids = [r[0] for r in tx.all(self.q("DELETE FROM {s}.jobs WHERE state = ANY(%s::text[]) AND updated_at < %s "
+                                               "RETURNING id"), (list(states), tx.db_time(before)))]
+            if ids:
+                tx.cur.execute(self.q("DELETE FROM {s}.attempts WHERE job_id = ANY(%s::text[])"), (ids,))
+                tx.cur.execute(self.q("DELETE FROM {s}.job_deps WHERE job_id = ANY(%s::text[])"), (ids,))
+            return len(ids)
+        return self._write(purge)
 
     # --- settings --------------------------------------------------------------------------------
 
