@@ -11,9 +11,7 @@ tick; `skip` enqueues nothing for a tick more than `schedule-grace` seconds late
 """
 from __future__ import annotations
 
-import threading
 import time
-from datetime import datetime, timezone
 
 import click
 
@@ -34,6 +32,8 @@ def queuectl_register_settings(register):
 
 
 def _zone(queue):
+    from datetime import timezone
+
     name = queue.config.get("schedule-timezone")
     if name.upper() == "UTC":
         return timezone.utc
@@ -47,12 +47,16 @@ def _zone(queue):
 
 def latest_tick(cron: str, now: float, zone) -> float:
     """The most recent tick at or before ``now``."""
+    from datetime import datetime
+
     from croniter import croniter
 
     return croniter(cron, datetime.fromtimestamp(now + 0.001, zone)).get_prev(float)
 
 
 def next_tick(cron: str, after: float, zone) -> float:
+    from datetime import datetime
+
     from croniter import croniter
 
     return croniter(cron, datetime.fromtimestamp(after, zone)).get_next(float)
@@ -68,6 +72,8 @@ def check_cron(cron: str) -> str:
 
 def fire_due(queue, now: float) -> list[str]:
     """Enqueue the due tick of every schedule; returns the ids this call enqueued."""
+    from datetime import datetime, timezone
+
     zone, grace, fired = _zone(queue), queue.config.get("schedule-grace"), []
     for schedule in queue.store.schedules():
         due = next_tick(schedule["cron"], schedule["last_tick"], zone)
@@ -89,6 +95,8 @@ class ScheduleSource:
     """Checks for due ticks every `schedule-interval` seconds, in a thread of the sources process."""
 
     def __init__(self, queue):
+        import threading     # only in the pool's sources process
+
         self.queue = queue.clone()      # its own store connection: other sources run in other threads
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="queuectl-schedule", daemon=True)
