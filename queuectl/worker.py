@@ -350,7 +350,9 @@ class Worker:
         grace = self.config.get("kill-grace")
         began = time.monotonic()
         renewed_at = claimed_at          # the lease holds until at least renewed_at + lease_timeout
-        next_beat, pgid_saved = began, False
+        # The first renewal (which also records the process group) waits one tick: most jobs are
+        # over by then, and a write per job is a fifth of the worker's cost.
+        next_beat, pgid_saved = began + min(WATCH_TICK, beat), False
         next_cancel_check = began + CANCEL_CHECK
         while True:
             now = time.monotonic()
