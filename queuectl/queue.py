@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import sys
-import uuid
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -15,7 +14,7 @@ from .plugins import call_registrations, get_plugin_manager
 
 
 def new_job_id() -> str:
-    return uuid.uuid4().hex[:16]
+    return os.urandom(8).hex()        # 64 random bits, like the uuid4 prefix it replaces, at a quarter of the cost
 
 
 class Queue:
@@ -157,10 +156,14 @@ class Queue:
 
     # --- jobs ----------------------------------------------------------------------------
 
-    def build_job(self, spec: Any, source: Optional[str] = None) -> Job:
-        """Validate a job spec through the ingestion hooks and fill in defaults."""
+    def build_job(self, spec: Any, source: Optional[str] = None, defaults: Optional[dict] = None) -> Job:
+        """Validate a job spec through the ingestion hooks and fill in defaults.
+
+        ``defaults`` (from :meth:`job_defaults`) lets a batch look its defaults up once.
+        """
         if not isinstance(spec, dict):
             raise JobValidationError("a job must be a mapping of fields (a JSON object)")
+        defaults = defaults or self.job_defaults()
         fields = dict(spec)
         self.pm.hook.queuectl_validate_job(job=fields, queue=self)
         now = models.now()
@@ -169,13 +172,17 @@ class Queue:
         run_at = core.get("run_at") or now + (core.get("delay") or 0.0)
         return Job(
             id=core.get("id") or new_job_id(), command=core["command"], state=models.PENDING,
-            max_retries=self.config.get("max-retries") if max_retries is None else max_retries,
+            max_retries=defaults["max_retries"] if max_retries is None else max_retries,
             created_at=now, updated_at=now, run_at=run_at,
             priority=core.get("priority") or 0, queue=core.get("queue") or "default",
-            executor=core.get("executor") or "shell", cwd=core.get("cwd") or os.getcwd(),
+            executor=core.get("executor") or "shell", cwd=core.get("cwd") or defaults["cwd"],
             env=core.get("env") or {}, timeout=core.get("timeout"), source=source, fields=fields,
             unique_key=core.get("unique_key"), after=core.get("after") or [],
         )
+
+    def job_defaults(self) -> dict:
+        """What a job gets when it does not say: the current folder and the max-retries setting."""
+        return {"cwd": os.getcwd(), "max_retries": self.config.get("max-retries")}
 
     def enqueue(self, spec: Optional[dict] = None, source: Optional[str] = "python", **fields) -> str:
         """Enqueue one job; returns its id."""
@@ -187,7 +194,8 @@ class Queue:
 
         ``receipt`` is recorded with the jobs in the same transaction (see Store.add_jobs).
         """
-        jobs = [self.build_job(spec, source) for spec in specs]
+        defaults = self.job_defaults()
+        jobs = [self.build_job(spec, source, defaults) for spec in specs]
         check_no_cycle(jobs)
         if not jobs:
             return []
