@@ -6,7 +6,6 @@ mistake is one line and exit 2, an operational failure one line and exit 1.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Any, Iterable, Optional
 

@@ -35,6 +35,13 @@ class Transition:
     count_try: bool = True        # False: the attempt does not use up a retry (interrupted by shutdown)
 
 
+def blocked_message(job_id: str, dependency: str, state: str) -> str:
+    """Why a job cannot be retried: one of its dependencies can no longer complete."""
+    if state == "purged":
+        return f"job {job_id!r} waits for {dependency!r}, which was purged before it completed"
+    return f"job {job_id!r} waits for {dependency!r}, which is {state}: retry that first"
+
+
 class Listener(Protocol):
     def fileno(self) -> int: ...
     def drain(self) -> None: ...

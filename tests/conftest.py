@@ -104,8 +104,8 @@ PG_URL = os.environ.get("QUEUECTL_TEST_PG_URL", "postgresql://postgres@127.0.0.1
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
 
 
-def require_pg() -> None:
-    """psycopg and a reachable server, or skip; under CI (CI=true) fail instead."""
+def require_pg():
+    """psycopg and a reachable server, or skip; under CI (CI=true) fail instead. Returns psycopg."""
     def unavailable(reason: str):
         if IN_CI:
             pytest.fail(f"PostgreSQL is required under CI: {reason}")
@@ -119,13 +119,15 @@ def require_pg() -> None:
         psycopg.connect(PG_URL, connect_timeout=3).close()
     except Exception as exc:
         unavailable(f"PostgreSQL at {PG_URL} is unreachable: {str(exc).strip().splitlines()[0]}")
+    return psycopg
 
 
-def pg_execute(sql: str, params=()) -> None:
+def pg_execute(sql: str, params=()):
     import psycopg
 
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(sql, params)
+    with psycopg.connect(PG_URL, autocommit=True, connect_timeout=5) as conn:
+        cur = conn.execute(sql, params)
+        return cur.fetchall() if cur.description else None
 
 
 def pytest_generate_tests(metafunc):

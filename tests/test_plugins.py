@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import QUEUECTL, ROOT
+from conftest import ROOT
 
 CORE_MODULES = sorted(p for p in (ROOT / "queuectl").glob("*.py"))
 FORBIDDEN = {"sqlite3", "subprocess", "watchdog", "psycopg"}

@@ -16,10 +16,8 @@ import uuid
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import Instance, wait_until
+from conftest import IN_CI, PG_URL, Instance, pg_execute, require_pg, wait_until
 
-PG_URL = os.environ.get("QUEUECTL_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
 JOBS = 2000
 POOLS = 4
 
@@ -28,25 +26,6 @@ def pg_unavailable(reason: str):
     if IN_CI:
         pytest.fail(f"PostgreSQL is required under CI: {reason}")
     pytest.skip(reason)
-
-
-def require_pg():
-    try:
-        import psycopg
-    except ImportError:
-        pg_unavailable("psycopg is not installed (pip install 'queuectl[postgres]')")
-    try:
-        psycopg.connect(PG_URL, connect_timeout=3).close()
-    except psycopg.Error as exc:
-        pg_unavailable(f"PostgreSQL at {PG_URL} is unreachable: {str(exc).strip().splitlines()[0]}")
-
-
-def pg_execute(sql: str, params=()):
-    import psycopg
-
-    with psycopg.connect(PG_URL, autocommit=True, connect_timeout=5) as conn:
-        cur = conn.execute(sql, params)
-        return cur.fetchall() if cur.description else None
 
 
 def local_cluster() -> tuple[str, str]:

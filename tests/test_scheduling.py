@@ -4,9 +4,8 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 
 import pytest
 
@@ -119,7 +118,7 @@ def test_dependency_chain_runs_in_order(instance):
     ledger = instance.root / "chain.txt"
     a = instance.run("enqueue", "--command", f"sleep 0.3; echo a >> {ledger}", "--id", "a").stdout.strip()
     b = instance.run("enqueue", "--command", f"echo b >> {ledger}", "--after", a, "--id", "b").stdout.strip()
-    c = instance.run("enqueue", "--command", f"echo c >> {ledger}", "--after", "a,b", "--id", "c").stdout.strip()
+    c = instance.run("enqueue", "--command", f"echo c >> {ledger}", "--after", f"{a},{b}", "--id", "c").stdout.strip()
     assert instance.job(c)["waiting_on"] == 2 and instance.job(c)["after"] == ["a", "b"]
     instance.run("queue", "pause", "held")
     d = instance.run("enqueue", "--command", f"echo d >> {ledger}", "--after", "c", "--queue", "held").stdout.strip()

@@ -23,36 +23,9 @@ from queuectl.errors import Conflict, QueueError, SchemaError, StoreBusy
 from queuectl.models import Attempt, Job
 from queuectl.store import Transition, WorkerInfo
 
-PG_URL = os.environ.get("QUEUECTL_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
+from conftest import PG_URL, pg_execute, require_pg
+
 BACKENDS = ["sqlite", "postgres"]
-
-
-def pg_unavailable(reason: str):
-    if IN_CI:
-        pytest.fail(f"PostgreSQL is required under CI: {reason}")
-    pytest.skip(reason)
-
-
-def require_pg():
-    """psycopg and a reachable server, or skip (fail under CI)."""
-    try:
-        import psycopg
-    except ImportError:
-        pg_unavailable("psycopg is not installed (pip install 'queuectl[postgres]')")
-    try:
-        psycopg.connect(PG_URL, connect_timeout=3).close()
-    except psycopg.Error as exc:
-        pg_unavailable(f"PostgreSQL at {PG_URL} is unreachable: {str(exc).strip().splitlines()[0]}")
-    return psycopg
-
-
-def pg_execute(sql: str, params=()):
-    import psycopg
-
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        cur = conn.execute(sql, params)
-        return cur.fetchall() if cur.description else None
 
 
 class Backend:
@@ -568,11 +541,7 @@ def test_a_dead_or_cancelled_dependency_kills_its_dependents_transitively(store)
     assert store.get_job("after-cancel").state == "dead"
 
 
-def test_a_batch_dependent_of_a_job_that_is_dead_at_once_dies_too(backend, request):
-    if backend.kind == "sqlite":
-        # SQLiteStore._link_dependencies marks a job dead but not the batch's jobs linked before it
-        request.applymarker(pytest.mark.xfail(strict=True, reason="SQLite: dependents linked earlier "
-                                                                  "in the batch stay pending"))
+def test_a_batch_dependent_of_a_job_that_is_dead_at_once_dies_too(backend):
     store = backend.store()
     store.add_jobs([make_job("gone")])
     assert store.cancel_job("gone") == "cancelled"
@@ -986,3 +955,15 @@ def test_pg_lock_waits_honour_lock_timeout(pg):
         assert store.renew("locked", 0, 30) is False
         releaser.join()
     assert store.claim(worker(), 30).id == "locked"
+
+
+def test_retry_is_refused_when_a_dependency_was_purged(backend):
+    store = backend.store()
+    store.add_jobs([make_job("base")])
+    assert store.cancel_job("base") == "cancelled"
+    store.add_jobs([make_job("child", after=["base"])])
+    assert store.get_job("child").state == "dead"
+    assert store.purge(("cancelled",), time.time() + 60) == 1
+    with pytest.raises(Conflict, match="'base', which was purged before it completed"):
+        store.retry_job("child", ("dead",))
+    assert store.get_job("child").state == "dead"

@@ -42,7 +42,7 @@ from queuectl import hookimpl
 from queuectl.config import Setting
 from queuectl.errors import Conflict, NotFound, QueueError, SchemaError, StoreBusy
 from queuectl.models import CANCELLED, COMPLETED, DEAD, PROCESSING, Attempt, Job, Lease
-from queuectl.store import Transition, WorkerInfo
+from queuectl.store import Transition, WorkerInfo, blocked_message
 
 SCHEMA_VERSION = 2
 HIST_STEPS = 4                  # duration histogram buckets per doubling, as in the SQLite store
@@ -731,11 +731,11 @@ class PostgresStore:
                 raise Conflict(f"job {job_id!r} is {row[0][0] if row else 'missing'}, "
                                f"not {' or '.join(from_states)}")
             blocker = tx.all(self.q(
-                "SELECT d.dep_id, j.state FROM {s}.job_deps d JOIN {s}.jobs j ON j.id = d.dep_id "
-                "WHERE d.job_id = %s AND d.satisfied = 0 AND j.state IN ('dead', 'cancelled') LIMIT 1"), (job_id,))
+                "SELECT d.dep_id, COALESCE(j.state, 'purged') FROM {s}.job_deps d LEFT JOIN {s}.jobs j "
+                "ON j.id = d.dep_id WHERE d.job_id = %s AND d.satisfied = 0 "
+                "AND (j.state IS NULL OR j.state IN ('dead', 'cancelled')) LIMIT 1"), (job_id,))
             if blocker:
-                raise Conflict(f"job {job_id!r} waits for {blocker[0][0]!r}, which is {blocker[0][1]}: "
-                               f"retry that first")
+                raise Conflict(blocked_message(job_id, *blocker[0]))
             try:
                 rows = tx.all(self.q(f"UPDATE {{s}}.jobs SET state = 'pending', tries = 0, run_at = {NOW}, "
                                      f"updated_at = {NOW}, cancel_requested = 0 WHERE id = %s "

@@ -18,7 +18,7 @@ from queuectl import hookimpl
 from queuectl.config import Setting, choice
 from queuectl.errors import Conflict, NotFound, QueueError, SchemaError, StoreBusy
 from queuectl.models import CANCELLED, COMPLETED, DEAD, PROCESSING, Attempt, Job, Lease
-from queuectl.store import Transition, WorkerInfo
+from queuectl.store import Transition, WorkerInfo, blocked_message
 
 if TYPE_CHECKING:
     import socket       # imported where it is used: enqueue rarely needs it
@@ -290,10 +290,7 @@ class SQLiteStore:
 
     def add_jobs(self, jobs: list[Job], receipt: Optional[dict] = None) -> list[str]:
         def insert(conn):
-            ids = self._insert_jobs(conn, jobs)
-            for job in jobs:
-                if job.after and job.id in ids:
-                    self._link_dependencies(conn, job)
+            ids = self._store_jobs(conn, jobs)
             if receipt is not None:
                 try:
                     conn.execute("INSERT INTO receipts VALUES (?, ?, ?, ?, ?)",
@@ -302,11 +299,23 @@ class SQLiteStore:
                 except sqlite3.IntegrityError:
                     raise Conflict(f"receipt {receipt['key']!r} is already recorded") from None
             return ids
+        return self._write_jobs(insert, jobs)
+
+    def _write_jobs(self, fn, jobs: list[Job]):
         try:
-            return self._write(insert)
+            return self._write(fn)
         except sqlite3.IntegrityError:
             # Named after the rollback (a savepoint per batch would cost a fifth of bulk throughput).
             raise Conflict(self._retry(self._duplicate_message, self.conn, jobs)) from None
+
+    def _store_jobs(self, conn, jobs: list[Job]) -> list[str]:
+        """Insert jobs and link their dependencies; a job dead at once takes its dependents with it."""
+        ids = self._insert_jobs(conn, jobs)
+        stored = set(ids)
+        dead = [job.id for job in jobs if job.after and job.id in stored and self._link_dependencies(conn, job)]
+        for job_id in dead:
+            self._settle_dependents(conn, job_id, DEAD)
+        return ids
 
     def _insert_jobs(self, conn, jobs: list[Job]) -> list[str]:
         """Insert in order; plain jobs in bulk, a job with a unique key one at a time (it may exist).
@@ -332,7 +341,8 @@ class SQLiteStore:
                          (state, n, n))
         return ids
 
-    def _link_dependencies(self, conn, job: Job) -> None:
+    def _link_dependencies(self, conn, job: Job) -> bool:
+        """Record what ``job`` waits for; True when it is dead at once (a dependency is dead or cancelled)."""
         waiting, dead_reason = 0, None
         for dep in job.after:
             row = conn.execute("SELECT state FROM jobs WHERE id = ?", (dep,)).fetchone()
@@ -346,6 +356,7 @@ class SQLiteStore:
         conn.execute("UPDATE jobs SET waiting_on = ? WHERE id = ?", (waiting, job.id))
         if dead_reason:
             conn.execute("UPDATE jobs SET state = 'dead', last_error = ? WHERE id = ?", (dead_reason, job.id))
+        return dead_reason is not None
 
     def get_receipt(self, key: str) -> Optional[dict]:
         rows = self._read("SELECT key, name, sha256, job_ids, created_at FROM receipts WHERE key = ?", (key,))
@@ -389,11 +400,12 @@ class SQLiteStore:
             if row is None or row[0] not in from_states:
                 raise Conflict(f"job {job_id!r} is {row[0] if row else 'missing'}, not {' or '.join(from_states)}")
             blocker = conn.execute(
-                "SELECT d.dep_id, j.state FROM job_deps d JOIN jobs j ON j.id = d.dep_id "
-                "WHERE d.job_id = ? AND d.satisfied = 0 AND j.state IN ('dead', 'cancelled') LIMIT 1",
+                "SELECT d.dep_id, COALESCE(j.state, 'purged') FROM job_deps d LEFT JOIN jobs j ON j.id = d.dep_id "
+                "WHERE d.job_id = ? AND d.satisfied = 0 AND (j.state IS NULL OR j.state IN ('dead', 'cancelled')) "
+                "LIMIT 1",
                 (job_id,)).fetchone()
             if blocker:
-                raise Conflict(f"job {job_id!r} waits for {blocker[0]!r}, which is {blocker[1]}: retry that first")
+                raise Conflict(blocked_message(job_id, *blocker))
             now = time.time()
             try:
                 rows = conn.execute(
@@ -575,9 +587,9 @@ class SQLiteStore:
             moved = conn.execute("UPDATE schedules SET last_tick = ? WHERE name = ? AND last_tick = ?",
                                  (tick, name, last_tick)).rowcount
             if moved:
-                self._insert_jobs(conn, jobs)
+                self._store_jobs(conn, jobs)
             return bool(moved)
-        fired = self._write(fire)
+        fired = self._write_jobs(fire, jobs)
         if fired and jobs:
             self.notify()
         return fired
