@@ -452,14 +452,16 @@ class SQLiteStore:
                 f"UPDATE jobs SET state = ?, run_at = ?, last_error = ?, exit_code = ?, tries = tries - ?, "
                 f"updated_at = ?, lease_owner = NULL, lease_host = NULL, lease_pid = NULL, lease_pid_start = NULL, "
                 f"lease_pgid = NULL, lease_expires = NULL, run_id = NULL "
-                f"WHERE id = ? AND lease_token = ? AND state = 'processing' RETURNING {JOB_COLUMNS}",
+                f"WHERE id = ? AND lease_token = ? AND state = 'processing' RETURNING {JOB_COLUMNS}, "
+                f"EXISTS (SELECT 1 FROM job_deps WHERE dep_id = jobs.id AND satisfied = 0)",
                 (to.state, to.run_at, to.error, attempt.exit_code, 0 if to.count_try else 1, time.time(),
                  job_id, token)).fetchall()
-            job = self._job(rows[0]) if rows else None
+            job = self._job(rows[0][:N_JOB_COLUMNS]) if rows else None
             released = 0
             if job is not None:
                 self._record_attempt(conn, attempt)
-                released = self._settle_dependents(conn, job.id, job.state)
+                if rows[0][N_JOB_COLUMNS]:      # only jobs that others wait for: most have none
+                    released = self._settle_dependents(conn, job.id, job.state)
             following = self._claim(conn, claim_next, lease_timeout) if claim_next else None
             return job, following, released
         job, following, released = self._write(record)
