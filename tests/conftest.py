@@ -38,6 +38,32 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, message
         time.sleep(interval)
 
 
+def pids_with_env(*entries: str) -> list[int]:
+    """Live processes whose environment holds every one of ``entries`` (e.g. QUEUECTL_JOB_ID=abc)."""
+    needles = [b"\0" + e.encode() + b"\0" for e in entries]
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as fh:
+                env = b"\0" + fh.read() + b"\0"
+        except OSError:
+            continue
+        if all(n in env for n in needles):
+            found.append(int(name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 class Instance:
     """A queuectl instance in a temporary folder: config.yaml, store, plugins folder."""
 

@@ -17,38 +17,13 @@ import sys
 import time
 
 
-from conftest import FAST_CONFIG, wait_until
+from conftest import FAST_CONFIG, alive, pids_with_env, wait_until
 
 # --- helpers: processes as the kernel sees them -------------------------------------------
 
 
-def pids_with_env(entry: str) -> list[int]:
-    """Live processes whose environment holds ``entry`` (e.g. QUEUECTL_JOB_ID=abc)."""
-    needle = b"\0" + entry.encode() + b"\0"
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as fh:
-                if needle in b"\0" + fh.read() + b"\0":
-                    found.append(int(name))
-        except OSError:
-            continue
-    return found
-
-
 def job_pids(job_id: str) -> list[int]:
     return pids_with_env(f"QUEUECTL_JOB_ID={job_id}")
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def children(pid: int) -> list[int]:

@@ -13,37 +13,12 @@ import time
 
 import pytest
 
-from conftest import FAST_CONFIG, wait_until
-
-
-def pids_with_env(*entries: str) -> list[int]:
-    """Live processes whose environment holds every one of ``entries``."""
-    needles = [b"\0" + e.encode() + b"\0" for e in entries]
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as fh:
-                env = b"\0" + fh.read() + b"\0"
-        except OSError:
-            continue
-        if all(n in env for n in needles):
-            found.append(int(name))
-    return found
+from conftest import FAST_CONFIG, alive, pids_with_env, wait_until
 
 
 def attempt_pids(job_id: str, attempt=None) -> list[int]:
     entries = [f"QUEUECTL_JOB_ID={job_id}"] + ([f"QUEUECTL_ATTEMPT={attempt}"] if attempt is not None else [])
     return pids_with_env(*entries)
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 # A tree that tries every way out: a setsid child in its own session, a double fork

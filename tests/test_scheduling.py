@@ -1,7 +1,6 @@
 """Scheduling and control through real workers: priorities, delays, queues, dependencies, unique keys,
 cancel, pause, recurring jobs, exit-code policy, retry and purge."""
 import json
-import os
 import signal
 import subprocess
 import time
@@ -9,7 +8,7 @@ from datetime import datetime
 
 import pytest
 
-from conftest import QUEUECTL, wait_until
+from conftest import QUEUECTL, alive, wait_until
 
 
 BOTH_BACKENDS = True      # every test here runs on SQLite and on PostgreSQL
@@ -207,9 +206,7 @@ def test_cancel_pending_and_running_process_tree(instance):
     job = instance.wait_for_state(running, "cancelled", timeout=30)
     assert job["history"][-1]["outcome"] == "cancelled"
     for pid in map(int, ledger_lines(pids)):
-        wait_until(lambda: not os.path.exists(f"/proc/{pid}") or
-                   open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] == "Z", timeout=10,
-                   message=f"process {pid} gone")
+        wait_until(lambda: not alive(pid), timeout=10, message=f"process {pid} gone")
     assert instance.job(dependent)["state"] == "dead"
     assert instance.job(pending)["state"] == "cancelled"
     instance.run("queue", "resume", "later")

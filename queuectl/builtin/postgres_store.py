@@ -30,7 +30,6 @@ only when this backend is used (``pip install 'queuectl[postgres]'``).
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import select
@@ -41,11 +40,13 @@ from typing import Optional
 from queuectl import hookimpl
 from queuectl.config import Setting
 from queuectl.errors import Conflict, NotFound, QueueError, SchemaError, StoreBusy
-from queuectl.models import CANCELLED, COMPLETED, DEAD, PROCESSING, Attempt, Job, Lease
+from queuectl.models import CANCELLED, COMPLETED, DEAD, PROCESSING, Attempt, Job
+from queuectl.builtin._rows import (
+    ATTEMPT_COLUMNS, JOB_COLUMNS, N_JOB_COLUMNS, attempt_from_row, bucket, job_from_row, percentile,
+)
 from queuectl.store import Transition, WorkerInfo, blocked_message
 
 SCHEMA_VERSION = 2
-HIST_STEPS = 4                  # duration histogram buckets per doubling, as in the SQLite store
 SCHEMA_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 RECONNECT_MAX_DELAY = 1.0       # seconds between reconnection attempts, at most
 LISTENER_RETRY = 0.5            # seconds between reconnection attempts of an idle worker's LISTEN connection
@@ -71,14 +72,7 @@ PERMANENT_MARKERS = ("does not exist", "authentication failed", "no password sup
 # The database clock, as epoch seconds. statement_timestamp() is stable within a statement.
 NOW = "extract(epoch FROM statement_timestamp())::float8"
 
-JOB_COLUMNS = ("id, command, state, attempts, tries, max_retries, priority, queue, executor, cwd, env, timeout, "
-               "source, fields, created_at, updated_at, run_at, last_error, exit_code, lease_owner, lease_host, "
-               "lease_pid, lease_pid_start, lease_pgid, lease_expires, lease_token, run_id, started_at, "
-               "unique_key, after_ids, waiting_on, cancel_requested")
-N_JOB_COLUMNS = JOB_COLUMNS.count(",") + 1
 J_JOB_COLUMNS = ", ".join("j." + c.strip() for c in JOB_COLUMNS.split(","))
-ATTEMPT_COLUMNS = ("job_id, attempt, outcome, started_at, finished_at, exit_code, signal, error, stdout, stderr, "
-                   "worker, host, pid")
 INSERT_COLUMNS = ("id, command, state, max_retries, priority, queue, executor, cwd, env, timeout, source, fields, "
                   "created_at, updated_at, run_at, unique_key, after_ids")
 N_INSERT_COLUMNS = INSERT_COLUMNS.count(",") + 1
@@ -261,25 +255,6 @@ def _psycopg():
     if not log.handlers:        # its "error ignored" warnings after a lost connection are ours to report
         log.addHandler(logging.NullHandler())
     return psycopg
-
-
-def _bucket(duration: float) -> int:
-    return int(math.floor(math.log2(max(duration, 1e-6) * 1e6) * HIST_STEPS))
-
-
-def _bucket_value(bucket: int) -> float:
-    return 2 ** ((bucket + 0.5) / HIST_STEPS) / 1e6
-
-
-def _percentile(hist, total: int, q: float) -> Optional[float]:
-    if not total:
-        return None
-    target, seen = q * total, 0
-    for bucket, n in hist:
-        seen += n
-        if seen >= target:
-            return round(_bucket_value(bucket), 6)
-    return round(_bucket_value(hist[-1][0]), 6) if hist else None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -532,31 +507,8 @@ class PostgresStore:
 
     # --- rows ----------------------------------------------------------------------------------
 
-    @staticmethod
-    def _job(row) -> Job:
-        (id_, command, state, attempts, tries, max_retries, priority, queue, executor, cwd, env, timeout,
-         source, fields, created_at, updated_at, run_at, last_error, exit_code, owner, host, pid, pid_start,
-         pgid, expires, token, run_id, started_at, unique_key, after_ids, waiting_on,
-         cancel_requested) = row[:N_JOB_COLUMNS]
-        lease = None
-        if state == PROCESSING and owner is not None:
-            lease = Lease(owner=owner, host=host, pid=pid, pid_start=pid_start, token=token, run_id=run_id,
-                          expires=expires, pgid=pgid, started_at=started_at,
-                          expired=bool(row[N_JOB_COLUMNS]) if len(row) > N_JOB_COLUMNS else False)
-        return Job(id=id_, command=command, state=state, attempts=attempts, tries=tries,
-                   max_retries=max_retries, priority=priority, queue=queue, executor=executor, cwd=cwd,
-                   env=json.loads(env) if env else {}, timeout=timeout, source=source,
-                   fields=json.loads(fields) if fields else {}, created_at=created_at, updated_at=updated_at,
-                   run_at=run_at, last_error=last_error, exit_code=exit_code, lease=lease,
-                   unique_key=unique_key, after=json.loads(after_ids) if after_ids else [],
-                   waiting_on=waiting_on, cancel_requested=bool(cancel_requested))
-
-    @staticmethod
-    def _attempt(row) -> Attempt:
-        (job_id, attempt, outcome, started, finished, exit_code, sig, error, out, err, worker, host, pid) = row
-        return Attempt(job_id=job_id, attempt=attempt, outcome=outcome, started_at=started, finished_at=finished,
-                       exit_code=exit_code, signal=sig, error=error, stdout=bytes(out or b""),
-                       stderr=bytes(err or b""), worker=worker, host=host, pid=pid)
+    _job = staticmethod(job_from_row)
+    _attempt = staticmethod(attempt_from_row)
 
     # --- jobs ------------------------------------------------------------------------------------
 
@@ -894,7 +846,7 @@ class PostgresStore:
             f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)) "
             f"SELECT {{s}}.record_run(%s, %s, %s, %s, %s)"),
             (a.job_id, a.attempt, a.outcome, started, finished, a.exit_code, a.signal, a.error, a.stdout,
-             a.stderr, a.worker, a.host, a.pid, _bucket(a.duration), 0 if a.ok else 1, a.duration,
+             a.stderr, a.worker, a.host, a.pid, bucket(a.duration), 0 if a.ok else 1, a.duration,
              started, finished))
 
     def leases(self) -> list[Job]:
@@ -1091,7 +1043,7 @@ class PostgresStore:
         return {
             "total_runs": total, "failed_runs": failed,
             "avg_duration": total_duration / total if total else None,
-            "p50_duration": _percentile(hist, total, 0.50), "p95_duration": _percentile(hist, total, 0.95),
+            "p50_duration": percentile(hist, total, 0.50), "p95_duration": percentile(hist, total, 0.95),
             "dead_jobs": counts.get(DEAD, 0), "completed_jobs": counts.get("completed", 0),
             "throughput": total / span if span > 0 else None,
             "throughput_1m": recent / 60.0,

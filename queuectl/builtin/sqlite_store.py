@@ -6,7 +6,6 @@ Idle workers are woken through Unix datagram sockets in a folder beside the stor
 from __future__ import annotations
 
 import json
-import math
 import os
 import sqlite3
 import sys
@@ -17,26 +16,21 @@ from typing import TYPE_CHECKING, Optional
 from queuectl import hookimpl
 from queuectl.config import Setting, choice
 from queuectl.errors import Conflict, NotFound, QueueError, SchemaError, StoreBusy
-from queuectl.models import CANCELLED, COMPLETED, DEAD, PROCESSING, Attempt, Job, Lease
+from queuectl.models import CANCELLED, COMPLETED, DEAD, PROCESSING, Attempt, Job
+from queuectl.builtin._rows import (
+    ATTEMPT_COLUMNS, JOB_COLUMNS, N_JOB_COLUMNS, attempt_from_row, bucket, job_from_row, percentile,
+)
 from queuectl.store import Transition, WorkerInfo, blocked_message
 
 if TYPE_CHECKING:
     import socket       # imported where it is used: enqueue rarely needs it
 
 SCHEMA_VERSION = 2
-HIST_STEPS = 4          # duration histogram buckets per doubling (about 19% wide)
 
-JOB_COLUMNS = ("id, command, state, attempts, tries, max_retries, priority, queue, executor, cwd, env, timeout, "
-               "source, fields, created_at, updated_at, run_at, last_error, exit_code, lease_owner, lease_host, "
-               "lease_pid, lease_pid_start, lease_pgid, lease_expires, lease_token, run_id, started_at, "
-               "unique_key, after_ids, waiting_on, cancel_requested")
-N_JOB_COLUMNS = JOB_COLUMNS.count(",") + 1
 ACTIVE = "('pending', 'failed', 'processing')"
 # Queues whose jobs may not start now: paused, or at their concurrency limit (counted across all hosts).
 BLOCKED_QUEUES = ("SELECT q.name FROM queues q WHERE q.paused = 1 OR (q.concurrency IS NOT NULL AND "
                   "q.concurrency <= (SELECT COUNT(*) FROM jobs p WHERE p.state = 'processing' AND p.queue = q.name))")
-ATTEMPT_COLUMNS = ("job_id, attempt, outcome, started_at, finished_at, exit_code, signal, error, stdout, stderr, "
-                   "worker, host, pid")
 
 MIGRATIONS = {
     1: [
@@ -123,14 +117,6 @@ def queuectl_register_settings(register):
     register(Setting("durability", "normal", choice("normal", "full"),
                      "normal: survives a crash of any process; full: every acknowledged write survives "
                      "power loss (synchronous=FULL).", file_only=True))
-
-
-def _bucket(duration: float) -> int:
-    return int(math.floor(math.log2(max(duration, 1e-6) * 1e6) * HIST_STEPS))
-
-
-def _bucket_value(bucket: int) -> float:
-    return 2 ** ((bucket + 0.5) / HIST_STEPS) / 1e6
 
 
 class SQLiteStore:
@@ -249,31 +235,8 @@ class SQLiteStore:
 
     # --- rows --------------------------------------------------------------------------------
 
-    @staticmethod
-    def _job(row) -> Job:
-        (id_, command, state, attempts, tries, max_retries, priority, queue, executor, cwd, env, timeout,
-         source, fields, created_at, updated_at, run_at, last_error, exit_code, owner, host, pid, pid_start,
-         pgid, expires, token, run_id, started_at, unique_key, after_ids, waiting_on,
-         cancel_requested) = row[:N_JOB_COLUMNS]
-        lease = None
-        if state == PROCESSING and owner is not None:
-            lease = Lease(owner=owner, host=host, pid=pid, pid_start=pid_start, token=token, run_id=run_id,
-                          expires=expires, pgid=pgid, started_at=started_at,
-                          expired=bool(row[N_JOB_COLUMNS]) if len(row) > N_JOB_COLUMNS else False)
-        return Job(id=id_, command=command, state=state, attempts=attempts, tries=tries,
-                   max_retries=max_retries, priority=priority, queue=queue, executor=executor, cwd=cwd,
-                   env=json.loads(env) if env else {}, timeout=timeout, source=source,
-                   fields=json.loads(fields) if fields else {}, created_at=created_at, updated_at=updated_at,
-                   run_at=run_at, last_error=last_error, exit_code=exit_code, lease=lease,
-                   unique_key=unique_key, after=json.loads(after_ids) if after_ids else [],
-                   waiting_on=waiting_on, cancel_requested=bool(cancel_requested))
-
-    @staticmethod
-    def _attempt(row) -> Attempt:
-        (job_id, attempt, outcome, started, finished, exit_code, sig, error, out, err, worker, host, pid) = row
-        return Attempt(job_id=job_id, attempt=attempt, outcome=outcome, started_at=started, finished_at=finished,
-                       exit_code=exit_code, signal=sig, error=error, stdout=bytes(out or b""),
-                       stderr=bytes(err or b""), worker=worker, host=host, pid=pid)
+    _job = staticmethod(job_from_row)
+    _attempt = staticmethod(attempt_from_row)
 
     # --- jobs ----------------------------------------------------------------------------------
 
@@ -493,7 +456,7 @@ class SQLiteStore:
                      (a.job_id, a.attempt, a.outcome, a.started_at, a.finished_at, a.exit_code, a.signal,
                       a.error, a.stdout, a.stderr, a.worker, a.host, a.pid))
         conn.execute("INSERT INTO duration_hist VALUES (?, 1) ON CONFLICT(bucket) DO UPDATE SET n = n + 1",
-                     (_bucket(a.duration),))
+                     (bucket(a.duration),))
         conn.execute("UPDATE run_stats SET total_runs = total_runs + 1, failed_runs = failed_runs + ?, "
                      "total_duration = total_duration + ?, first_started = MIN(COALESCE(first_started, ?), ?), "
                      "last_finished = MAX(COALESCE(last_finished, ?), ?) WHERE id = 1",
@@ -666,7 +629,7 @@ class SQLiteStore:
         return {
             "total_runs": total, "failed_runs": failed,
             "avg_duration": total_duration / total if total else None,
-            "p50_duration": _percentile(hist, total, 0.50), "p95_duration": _percentile(hist, total, 0.95),
+            "p50_duration": percentile(hist, total, 0.50), "p95_duration": percentile(hist, total, 0.95),
             "dead_jobs": counts.get(DEAD, 0), "completed_jobs": counts.get("completed", 0),
             "throughput": total / span if span > 0 else None,
             "throughput_1m": recent / 60.0,
@@ -705,17 +668,6 @@ class SQLiteStore:
         if len(path.encode()) > 100:
             return None                   # too long for a socket address: rely on the poll
         return WakeSocket(path)
-
-
-def _percentile(hist, total: int, q: float) -> Optional[float]:
-    if not total:
-        return None
-    target, seen = q * total, 0
-    for bucket, n in hist:
-        seen += n
-        if seen >= target:
-            return round(_bucket_value(bucket), 6)
-    return round(_bucket_value(hist[-1][0]), 6) if hist else None
 
 
 class WakeSocket:
