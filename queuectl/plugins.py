@@ -41,8 +41,22 @@ def check_trusted(path: Path) -> None:
         raise PluginError(f"cannot read plugins path {path}: {exc.strerror}") from None
     if info.st_uid not in (os.geteuid(), 0):
         raise PluginError(f"refusing plugins path {path}: it is owned by another user (uid {info.st_uid})")
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+    if info.st_mode & stat.S_IWOTH or (info.st_mode & stat.S_IWGRP and not private_group(info.st_gid)):
         raise PluginError(f"refusing plugins path {path}: other users can write it (run: chmod go-w {path})")
+
+
+def private_group(gid: int) -> bool:
+    """True when no user but us is in group ``gid`` (a user-private group, as umask 002 systems use)."""
+    import grp
+    import pwd
+
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    try:
+        members = set(grp.getgrgid(gid).gr_mem) - {me}
+    except KeyError:
+        return False
+    others = [u.pw_name for u in pwd.getpwall() if u.pw_gid == gid and u.pw_name != me]
+    return gid == os.getegid() and not members and not others
 
 
 def load_plugins_dir(pm: pluggy.PluginManager, folder: Path) -> list[str]:

@@ -228,3 +228,22 @@ def test_repository_example_plugin_writes_the_audit_log(instance):
     assert len(entries) == 1
     assert entries[0]["job_id"] == job_id and entries[0]["exit_code"] == 3 and entries[0]["state"] == "dead"
     assert "audit-log" in instance.run("status").stdout
+
+
+def test_group_writable_plugin_is_refused_unless_the_group_is_ours_alone(instance):
+    import grp
+    import pwd
+
+    path = write_plugin(instance, "shared", "x = 1\n")
+    path.chmod(0o664)
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    gid = os.getegid()
+    private = not (set(grp.getgrgid(gid).gr_mem) - {me}) and \
+        not [u for u in pwd.getpwall() if u.pw_gid == gid and u.pw_name != me]
+    proc = instance.run("list", check=False)
+    assert proc.returncode == (0 if private else 1), proc.stderr     # umask 002 on a user-private group
+    if os.geteuid() != 0:
+        return                                                        # changing a file's group needs root
+    os.chown(path, -1, 65534)                                         # a group we are not alone in
+    proc = instance.run("list", check=False)
+    assert proc.returncode == 1 and "other users can write it" in proc.stderr
