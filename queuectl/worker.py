@@ -133,6 +133,19 @@ def record(queue, job: Job, attempt: Attempt, claim_next: Optional[WorkerInfo] =
     return stored, following
 
 
+def prune_workers(queue, host: str) -> int:
+    """Forget the rows of workers and pools on this host whose process is gone.
+
+    Rows of other hosts are left alone: only their own host can tell for sure, and removing a
+    live pool's row would hide it from `worker stop`.
+    """
+    gone = [w["id"] for w in queue.store.workers()
+            if w["host"] == host and not pid_alive(w["pid"], w["pid_start"])]
+    for worker_id in gone:
+        queue.store.remove_worker(worker_id)
+    return len(gone)
+
+
 def recover(queue, host: str, lost_owner: Optional[str] = None) -> int:
     """Make jobs of lost workers runnable again, as a failed "worker lost" attempt.
 
@@ -471,6 +484,7 @@ class Pool:
                         log("stop requested through the store; finishing running jobs")
                         self._begin_stop(force=False)
                     recover(queue, host)
+                    prune_workers(queue, host)
                     tick = self.config_tick()
                     next_tick = time.monotonic() + tick
                 self._replace()

@@ -172,3 +172,17 @@ def test_burst_waits_for_a_pending_retry(instance):
     assert instance.start_pool(2, "--burst").wait(timeout=60) == 0
     job = instance.job(job_id)
     assert job["state"] == "completed" and job["attempts"] == 3
+
+
+def test_status_forgets_workers_of_a_killed_pool(instance):
+    dead = instance.start_pool(2)
+    wait_until(lambda: len([w for w in instance.json("status")["workers"] if w["kind"] == "worker"]) == 2,
+               message="2 workers")
+    os.killpg(dead.pid, signal.SIGKILL)
+    dead.wait()
+    live = instance.start_pool(1)
+    wait_until(lambda: {w["pool_id"] for w in instance.json("status")["workers"] if w["kind"] == "worker"} ==
+               {w["id"] for w in instance.json("status")["workers"] if w["kind"] == "pool"}
+               and len(instance.json("status")["workers"]) == 2, message="only the live pool and its worker")
+    live.send_signal(signal.SIGTERM)
+    assert live.wait(timeout=30) == 0
