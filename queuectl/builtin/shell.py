@@ -124,7 +124,7 @@ def _pgid(pid: int) -> Optional[int]:
 
 
 def kill_run(run_id: str, grace: float, spare: Optional[int] = None, termed_group: Optional[int] = None,
-             pause=None) -> int:
+             pause=None, adopted: bool = False) -> int:
     """SIGTERM every process of the attempt, SIGKILL what is left after ``grace``; return how many.
 
     Processes are found by the attempt's environment tag, again and again until none is
@@ -132,6 +132,10 @@ def kill_run(run_id: str, grace: float, spare: Optional[int] = None, termed_grou
     ``spare`` is a child that its owner reaps itself (the command's leader, which
     subprocess waits for); ``termed_group`` got SIGTERM through its group already;
     ``pause(seconds)`` replaces sleeping (the worker keeps reading the command's output).
+    ``adopted``: the caller is the worker that ran the attempt, so every live child of it
+    other than ``spare`` belongs to the attempt too (the worker is a subreaper and starts
+    nothing else). That catches a process whose environment cannot be read for the instant
+    it spends in exec.
     """
     pause = pause or time.sleep
     victims: set[int] = set()
@@ -139,6 +143,8 @@ def kill_run(run_id: str, grace: float, spare: Optional[int] = None, termed_grou
     give_up = deadline + 10.0          # a process stuck in the kernel cannot be helped
     while True:
         pids = tagged_processes(run_id)
+        if adopted:
+            pids = sorted(set(pids) | {pid for pid in children() if pid != spare and not _zombie(pid)})
         if not pids:
             break
         now = time.monotonic()
@@ -157,6 +163,14 @@ def kill_run(run_id: str, grace: float, spare: Optional[int] = None, termed_grou
         reap(victims - {spare})
     reap(victims - {spare})
     return len(victims)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except OSError:
+        return True
 
 
 def has_leftovers(pgid: int) -> bool:
@@ -241,7 +255,8 @@ class ShellRun:
         while self._pipes_open() and time.monotonic() < drain_until:
             self._pump(drain_until - time.monotonic())
         if self._pipes_open() or has_leftovers(self.pgid):
-            kill_run(self.run_id, 0, spare=self.pid, pause=self._pause)   # nothing of an attempt outlives it
+            # nothing of an attempt outlives it
+            kill_run(self.run_id, 0, spare=self.pid, pause=self._pause, adopted=True)
             give_up = time.monotonic() + 2.0
             while self._pipes_open() and time.monotonic() < give_up:
                 self._pump(0.1)
@@ -273,7 +288,7 @@ class ShellRun:
                 termed = self.pgid
             except OSError:
                 pass
-        kill_run(self.run_id, grace, spare=self.pid, termed_group=termed, pause=self._pause)
+        kill_run(self.run_id, grace, spare=self.pid, termed_group=termed, pause=self._pause, adopted=True)
         while self.proc.poll() is None:               # a leader that shed the tag (exec with a clean env)
             try:
                 os.killpg(self.pgid, signal.SIGKILL)
