@@ -63,3 +63,17 @@ def percentile(hist, total: int, q: float) -> Optional[float]:
         if seen >= target:
             return round(bucket_value(index), 6)
     return round(bucket_value(hist[-1][0]), 6) if hist else None
+
+
+def stats_summary(total: int, failed: int, total_duration: float, first: Optional[float], last: Optional[float],
+                  hist, recent: int, counts: dict) -> dict:
+    """What `queuectl stats` reports, from the counters a store keeps current."""
+    span = (last - first) if first is not None and last is not None else 0.0
+    return {
+        "total_runs": total, "failed_runs": failed,
+        "avg_duration": total_duration / total if total else None,
+        "p50_duration": percentile(hist, total, 0.50), "p95_duration": percentile(hist, total, 0.95),
+        "dead_jobs": counts.get("dead", 0), "completed_jobs": counts.get("completed", 0),
+        "throughput": total / span if span > 0 else None,
+        "throughput_1m": recent / 60.0,
+    }

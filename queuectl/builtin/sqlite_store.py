@@ -18,7 +18,7 @@ from queuectl.config import Setting, choice
 from queuectl.errors import Conflict, NotFound, QueueError, SchemaError, StoreBusy
 from queuectl.models import CANCELLED, COMPLETED, DEAD, PROCESSING, Attempt, Job
 from queuectl.builtin._rows import (
-    ATTEMPT_COLUMNS, JOB_COLUMNS, N_JOB_COLUMNS, attempt_from_row, bucket, job_from_row, percentile,
+    ATTEMPT_COLUMNS, JOB_COLUMNS, N_JOB_COLUMNS, attempt_from_row, bucket, job_from_row, stats_summary,
 )
 from queuectl.store import Transition, WorkerInfo, blocked_message
 
@@ -625,15 +625,7 @@ class SQLiteStore:
         hist = self._read("SELECT bucket, n FROM duration_hist ORDER BY bucket")
         recent = self._read("SELECT COUNT(*) FROM attempts WHERE finished_at >= ?", (time.time() - 60,))[0][0]
         counts = self.counts()
-        span = (last - first) if first is not None and last is not None else 0.0
-        return {
-            "total_runs": total, "failed_runs": failed,
-            "avg_duration": total_duration / total if total else None,
-            "p50_duration": percentile(hist, total, 0.50), "p95_duration": percentile(hist, total, 0.95),
-            "dead_jobs": counts.get(DEAD, 0), "completed_jobs": counts.get("completed", 0),
-            "throughput": total / span if span > 0 else None,
-            "throughput_1m": recent / 60.0,
-        }
+        return stats_summary(total, failed, total_duration, first, last, hist, recent, counts)
 
     # --- wake-ups --------------------------------------------------------------------------------------
 
