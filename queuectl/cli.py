@@ -12,32 +12,11 @@ from typing import Any, Iterable, Optional
 import click
 
 from . import models
+from .command import (App, emit_json, fmt_seconds, get_queue, job_options, pass_app, render_jobs, short,
+                      spec_from_options, table, integer_flag)
 from .errors import QueueError, UsageError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-
-
-class App:
-    """Per-invocation state: the global options and the lazily opened queue."""
-
-    def __init__(self, config: Optional[str], db: Optional[str], plugins_dir: Optional[str]):
-        self.options = {"config": config, "db": db, "plugins_dir": plugins_dir}
-        self._queue = None
-
-    @property
-    def queue(self):
-        if self._queue is None:
-            from .queue import Queue
-
-            self._queue = Queue.open(**self.options)
-        return self._queue
-
-
-pass_app = click.make_pass_decorator(App)
-
-
-def get_queue():
-    return click.get_current_context().find_object(App).queue
 
 
 class QueuectlGroup(click.Group):
@@ -76,44 +55,6 @@ class QueuectlGroup(click.Group):
         return sorted(names)
 
 
-# --- rendering ------------------------------------------------------------------------------
-
-
-def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
-
-
-def table(rows: Iterable[dict], columns: list[str]) -> None:
-    rows = [{c: "" if r.get(c) is None else str(r.get(c)) for c in columns} for r in rows]
-    widths = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in columns}
-    click.echo("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
-    for row in rows:
-        click.echo("  ".join(row[c].ljust(widths[c]) for c in columns).rstrip())
-
-
-def short(text: Optional[str], width: int = 48) -> str:
-    text = (text or "").replace("\n", " ")
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def render_jobs(jobs, as_json: bool) -> None:
-    if as_json:
-        emit_json([job.to_dict() for job in jobs])
-        return
-    now = models.now()
-    later = any(j.run_at > now and j.state in models.RUNNABLE_STATES for j in jobs)
-    columns = ["id", "state", "attempts", "max_retries", "updated"] + (["runnable_at"] if later else []) + \
-        ["command", "last_error"]
-    table(({"id": j.id, "state": j.state, "attempts": j.attempts, "max_retries": j.max_retries,
-            "updated": models.iso(j.updated_at), "command": short(j.command), "last_error": short(j.last_error, 40),
-            "runnable_at": models.iso(j.run_at) if j.state in models.RUNNABLE_STATES else None}
-           for j in jobs), columns)
-
-
-def fmt_seconds(value: Optional[float]) -> str:
-    return "-" if value is None else f"{value:.3f}s"
-
-
 # --- commands ---------------------------------------------------------------------------------
 
 
@@ -138,16 +79,6 @@ def init(app):
     click.echo(f"store ready: {store.describe()['location']}")
 
 
-def _parse_env(pairs: tuple) -> dict:
-    env = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise UsageError(f"--env expects KEY=VALUE, got {pair!r}")
-        key, value = pair.split("=", 1)
-        env[key] = value
-    return env
-
-
 def _read_jobs(source) -> list:
     """JSON lines, or one JSON array, from a file or stdin."""
     text = source.read()
@@ -166,57 +97,6 @@ def _read_jobs(source) -> list:
             except json.JSONDecodeError as exc:
                 raise UsageError(f"line {number}: malformed JSON: {exc}") from None
     return jobs
-
-
-JOB_OPTIONS = (
-    click.option("-c", "--command", "command", help="Shell command to run."),
-    click.option("--id", "id", help="Job id (default: generated)."),
-    click.option("--max-retries", "max_retries", type=str, help="Retries after the first attempt."),
-    click.option("--timeout", type=float, help="Seconds before the job is stopped and counted as failed."),
-    click.option("--cwd", help="Working folder (default: the current one)."),
-    click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment variable (repeatable)."),
-    click.option("--executor", help="Executor plugin to run the job with (default: shell)."),
-    click.option("--priority", type=str, help="Higher runs first (-100..100, default 0)."),
-    click.option("--queue", "queue", help="Queue name (default: default)."),
-    click.option("--delay", help="Run no earlier than this from now: 90, 30s, 10m, 2h, 1d."),
-    click.option("--run-at", "run_at", help="Run no earlier than this time: 2026-12-01T02:00:00Z."),
-    click.option("--after", help="Run after these jobs complete: ID[,ID...]."),
-    click.option("--unique-key", "unique_key", help="While a job with this key is pending, failed or processing, "
-                 "enqueueing returns its id instead."),
-    click.option("--backoff-base", "backoff_base", type=str, help="This job's backoff base."),
-    click.option("--retry-on", "retry_on", help="Exit codes that are retried (others go to the DLQ): 75,69."),
-    click.option("--dead-on", "dead_on", help="Exit codes that go to the DLQ at once: 64."),
-)
-
-
-def job_options(func):
-    """The options that describe a job, shared by `enqueue` and plugins such as `schedule add`."""
-    for option in reversed(JOB_OPTIONS):
-        func = option(func)
-    return func
-
-
-def _integer_flag(name: str, value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise UsageError(f"--{name.replace('_', '-')} must be an integer, got {value!r}") from None
-
-
-def spec_from_options(options: dict) -> dict:
-    """Job fields from the JOB_OPTIONS values that were given (the validator checks the rest)."""
-    spec = {k: v for k, v in options.items() if v not in (None, ())}
-    for name in ("max_retries", "priority"):
-        if name in spec:
-            spec[name] = _integer_flag(name, spec[name])
-    if "backoff_base" in spec:
-        try:
-            spec["backoff_base"] = float(spec["backoff_base"])
-        except ValueError:
-            raise UsageError(f"--backoff-base must be a number, got {spec['backoff_base']!r}") from None
-    if "env" in spec:
-        spec["env"] = _parse_env(spec["env"])
-    return spec
 
 
 @cli.command()
@@ -312,7 +192,7 @@ def queue_limit(name, limit):
     if limit.lower() in ("none", "unlimited"):
         value = None
     else:
-        value = _integer_flag("limit", limit)
+        value = integer_flag("limit", limit)
         if value < 1:
             raise UsageError("a queue limit must be at least 1 (use 'queuectl queue pause' to stop a queue)")
     row = get_queue().set_queue(name, concurrency=value)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import select
 import signal
-import socket
 import sys
 import time
 import traceback
@@ -20,11 +19,10 @@ from typing import Optional
 from . import models
 from .errors import QueueError
 from .executor import RunContext
+from .process import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, host_id, pid_alive, pid_start_time, prctl
 from .models import Attempt, ExecResult, Job
 from .store import Transition, WorkerInfo
 
-PR_SET_PDEATHSIG = 1
-PR_SET_CHILD_SUBREAPER = 36
 WATCH_TICK = 0.25      # how often a running job checks for signals, heartbeats and its timeout
 CANCEL_CHECK = 0.5     # how often a running job asks the store whether it was cancelled
 # Self-fencing. A lease taken at monotonic time T is good by the store's clock until at least
@@ -40,56 +38,6 @@ RENEW_WAIT_MAX = 2.0   # one renewal's wait for a locked store, so signals and t
 
 def log(message: str) -> None:
     print(f"queuectl: {message}", file=sys.stderr, flush=True)
-
-
-# --- processes -------------------------------------------------------------------------------
-
-
-def _prctl(option: int, value: int) -> bool:
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    return libc.prctl(option, value, 0, 0, 0) == 0
-
-
-def _proc_stat(pid: int) -> Optional[list]:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            data = fh.read()
-    except OSError:
-        return None
-    return data[data.rindex(b")") + 2:].split()
-
-
-def pid_start_time(pid: int) -> Optional[int]:
-    """The process start time in clock ticks since boot: pid plus this defeats pid reuse."""
-    fields = _proc_stat(pid)
-    return int(fields[19]) if fields else None
-
-
-def pid_alive(pid: Optional[int], start: Optional[int]) -> bool:
-    """Is this process (pid and start time) still running? A zombie is not: in a container whose
-    init does not collect orphans, a dead worker can stay a zombie for good."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    fields = _proc_stat(pid)
-    if fields is None:
-        return not os.path.isdir("/proc/self")       # no /proc (not Linux): the signal probe decides
-    if fields[0] in (b"Z", b"X"):
-        return False
-    return start is None or int(fields[19]) == start
-
-
-def host_id(queue) -> str:
-    return queue.config.get("host-id") or socket.gethostname()
 
 
 def new_info(queue, kind: str, pool_id: Optional[str] = None) -> WorkerInfo:
@@ -222,7 +170,7 @@ class Worker:
     def run(self) -> int:
         # Orphans of our commands (double forks, setsid children) become our children, not
         # init's, so a leftover is seen and killed when its attempt ends.
-        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
         self.queue.patient = True          # a worker waits out a locked store, however long
         store = self.queue.store
         store.lock_timeout = None
@@ -443,7 +391,7 @@ class Pool:
         self.signals += 1
 
     def run(self) -> int:
-        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
         queue = self.queue
         queue.patient = True              # also for the store reopened after each fork
         queue.store.lock_timeout = None
@@ -569,7 +517,7 @@ class Pool:
             for fd in self._wake_fds:
                 os.close(fd)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+            prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
             if kind == "worker":
                 worker.install_signals()
                 worker.info.pid = os.getpid()

@@ -247,3 +247,18 @@ def test_group_writable_plugin_is_refused_unless_the_group_is_ours_alone(instanc
     os.chown(path, -1, 65534)                                         # a group we are not alone in
     proc = instance.run("list", check=False)
     assert proc.returncode == 1 and "other users can write it" in proc.stderr
+
+
+def test_builtins_use_the_plugin_surface_not_the_cli_or_worker():
+    """Built-in plugins are ordinary plugins: they use queuectl.command and queuectl.process, the
+    documented surface, never the CLI's or the worker's internals."""
+    offenders = {}
+    for path in sorted((ROOT / "queuectl" / "builtin").glob("*.py")) + sorted((ROOT / "plugins").glob("*.py")):
+        modules = {node.module for node in ast.walk(ast.parse(path.read_text()))
+                   if isinstance(node, ast.ImportFrom) and node.module}
+        modules |= {alias.name for node in ast.walk(ast.parse(path.read_text()))
+                    if isinstance(node, ast.Import) for alias in node.names}
+        bad = modules & {"queuectl.cli", "queuectl.worker"}
+        if bad:
+            offenders[path.name] = bad
+    assert offenders == {}

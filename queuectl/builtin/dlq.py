@@ -10,7 +10,7 @@ from queuectl.models import DEAD, parse_time
 
 @hookimpl
 def queuectl_register_commands(cli):
-    from queuectl.cli import get_queue, render_jobs
+    from queuectl.command import get_queue, render_jobs
 
     @cli.group()
     def dlq():

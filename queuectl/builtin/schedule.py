@@ -124,7 +124,7 @@ def queuectl_job_sources(queue, options):
 
 @hookimpl
 def queuectl_register_commands(cli):
-    from queuectl.cli import emit_json, get_queue, job_options, spec_from_options, table
+    from queuectl.command import emit_json, get_queue, job_options, spec_from_options, table
     from queuectl.models import iso
 
     @cli.group()

@@ -82,7 +82,7 @@ def _preflight(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     with one line and exit 2 before any process forks (the sources process could only log it)."""
     other = "no_spool" if param.name == "spool" else "spool"
     if other in ctx.params:      # click runs both callbacks; act in the second, when both are known
-        from queuectl.cli import get_queue
+        from queuectl.command import get_queue
 
         given = dict(ctx.params, **{param.name: value})
         folder = chosen_folder(get_queue(), given["spool"], given["no_spool"])
@@ -221,7 +221,7 @@ class Drop:
 
     @classmethod
     def new(cls, host: str, name: str) -> "Drop":
-        from queuectl.worker import pid_start_time
+        from queuectl.process import pid_start_time
 
         drop_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + os.urandom(6).hex()
         pid = os.getpid()
@@ -407,7 +407,7 @@ class Spool:
     """Claims, reads, enqueues and files away the drops of one folder, one at a time."""
 
     def __init__(self, queue, folder: Path, verbose: bool = False):
-        from queuectl.worker import host_id
+        from queuectl.process import host_id
 
         self.queue = queue
         self.folder = Path(folder)
@@ -499,7 +499,7 @@ class Spool:
 
     def resume(self) -> None:
         """Finish files that a dead process claimed: file them if their receipt exists, else ingest them."""
-        from queuectl.worker import pid_alive
+        from queuectl.process import pid_alive
 
         for claim in sorted(os.listdir(self.work)):
             drop = Drop.parse(claim)
@@ -712,7 +712,7 @@ def schedule(observer, handler, folder: str, recursive: bool) -> None:
 
 @hookimpl
 def queuectl_register_commands(cli):
-    from queuectl.cli import emit_json, get_queue
+    from queuectl.command import emit_json, get_queue
 
     def folder_of(queue, folder: Optional[str]) -> Path:
         path = chosen_folder(queue, folder)
