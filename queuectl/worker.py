@@ -82,16 +82,8 @@ def record(queue, job: Job, attempt: Attempt, claim_next: Optional[WorkerInfo] =
 
 
 def prune_workers(queue, host: str) -> int:
-    """Forget the rows of workers and pools on this host whose process is gone.
-
-    Rows of other hosts are left alone: only their own host can tell for sure, and removing a
-    live pool's row would hide it from `worker stop`.
-    """
-    gone = [w["id"] for w in queue.store.workers()
-            if w["host"] == host and not pid_alive(w["pid"], w["pid_start"])]
-    for worker_id in gone:
-        queue.store.remove_worker(worker_id)
-    return len(gone)
+    """Forget the rows of workers and pools on this host whose process is gone (see Queue)."""
+    return queue.forget_dead_workers(host)
 
 
 def recover(queue, host: str, lost_owner: Optional[str] = None) -> int:

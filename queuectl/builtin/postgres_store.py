@@ -42,7 +42,8 @@ from queuectl.config import Setting
 from queuectl.errors import Conflict, NotFound, QueueError, SchemaError, StoreBusy
 from queuectl.models import CANCELLED, COMPLETED, DEAD, PROCESSING, Attempt, Job
 from queuectl.builtin._rows import (
-    ATTEMPT_COLUMNS, JOB_COLUMNS, N_JOB_COLUMNS, attempt_from_row, bucket, job_from_row, stats_summary,
+    ATTEMPT_COLUMNS, JOB_COLUMNS, N_JOB_COLUMNS, attempt_from_row, bucket, job_from_row, settings_from_rows,
+    stats_summary,
 )
 from queuectl.store import Transition, WorkerInfo, blocked_message
 
@@ -979,7 +980,7 @@ class PostgresStore:
     # --- settings --------------------------------------------------------------------------------
 
     def get_settings(self) -> dict:
-        return {k: json.loads(v) for k, v in self._read("SELECT key, value FROM {s}.settings")}
+        return settings_from_rows(self._read("SELECT key, value FROM {s}.settings"))
 
     def set_setting(self, key, value) -> None:
         self._auto("INSERT INTO {s}.settings VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",

@@ -16,7 +16,7 @@ import time
 from typing import Optional
 
 from queuectl import hookimpl
-from queuectl.config import Setting, integer
+from queuectl.config import Setting, between
 from queuectl.models import EXITED, SUCCEEDED, ExecResult
 
 TAG = b"QUEUECTL_RUN_ID="
@@ -31,7 +31,7 @@ def queuectl_register_executors(register):
 
 @hookimpl
 def queuectl_register_settings(register):
-    register(Setting("output-cap", 1048576, integer(64),
+    register(Setting("output-cap", 1048576, between(64, 2 ** 30, integer=True),
                      "Bytes of stdout and of stderr kept per attempt: half from the start, half from the end."))
 
 

@@ -27,8 +27,9 @@ from typing import Any, Optional
 import click
 
 from queuectl import hookimpl
-from queuectl.config import Setting, choice, integer, number, text
-from queuectl.errors import Conflict, JobValidationError, QueueError, UsageError
+from queuectl.config import Setting, between, choice, seconds, text
+from queuectl.errors import Conflict, JobValidationError, NotFound, QueueError, UsageError
+from queuectl.models import MAX_INTERVAL
 
 SUBFOLDERS = ("work", "done", "rejected")
 IGNORED_NAMES = {"readme", "readme.md", "readme.txt"}
@@ -58,11 +59,11 @@ class Rejected(Exception):
 def queuectl_register_settings(register):
     register(Setting("spool", None, text, "Spool folder that `worker start` and `spool watch` ingest job files "
                      "from (default: spool/ beside config.yaml, when that folder exists).", file_only=True, path=True))
-    register(Setting("spool-settle", 2.0, number(0.0), "Seconds a job file written in place must stay unchanged "
+    register(Setting("spool-settle", 2.0, seconds(0.0, MAX_INTERVAL), "Seconds a job file written in place must stay unchanged "
                      "before it is read, when no rename or close event says it is complete."))
-    register(Setting("spool-rescan", 10.0, number(0.05), "Seconds between full rescans of the spool folder "
+    register(Setting("spool-rescan", 10.0, seconds(0.05, MAX_INTERVAL), "Seconds between full rescans of the spool folder "
                      "(they catch files whose events were missed)."))
-    register(Setting("spool-max-size", 1048576, integer(1), "Largest job file accepted, in bytes."))
+    register(Setting("spool-max-size", 1048576, between(1, 2 ** 30, integer=True), "Largest job file accepted, in bytes."))
     register(Setting("spool-observer", "native", choice("native", "polling", "off"), "File events: native "
                      "(inotify on Linux), polling (for network filesystems), off (periodic rescans only)."))
 
@@ -307,6 +308,16 @@ def parse_job_file(queue, name: str, data: bytes) -> list:
     return specs
 
 
+def transient(exc: BaseException) -> bool:
+    """True for a failure of the store rather than of the file (busy, unreachable, out of space),
+    which a later rescan retries; anything the file's content caused is final."""
+    if isinstance(exc, (UsageError, Conflict, NotFound)):
+        return False
+    if isinstance(exc, (QueueError, OSError)):
+        return True
+    return type(exc).__name__ in ("OperationalError", "InterfaceError")     # DB-API: connection or disk
+
+
 def which(index: int, total: int) -> str:
     return "" if total == 1 else f"job {index + 1} of {total}: "
 
@@ -522,6 +533,11 @@ class Spool:
         except Rejected as exc:
             self.reject(drop, str(exc))
             return
+        except Exception as exc:         # whatever this one file makes go wrong, the folder keeps flowing
+            if transient(exc):
+                raise                    # the store is away or busy: the rescan retries the file
+            self.reject(drop, f"refused: {type(exc).__name__}: {exc}")
+            return
         if os.environ.get(CRASH_AFTER_INSERT) == "1":
             os._exit(CRASH_EXIT)
         self.file(drop, "done")
@@ -543,6 +559,8 @@ class Spool:
         except Conflict as exc:
             if self.queue.store.get_receipt(drop.key) is not None:
                 return []                # a racing resumer stored this very drop first
+            raise Rejected(str(exc)) from None
+        except (UsageError, NotFound) as exc:
             raise Rejected(str(exc)) from None
 
     def locate(self, specs: list, exc: JobValidationError) -> str:

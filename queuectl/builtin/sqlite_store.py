@@ -18,7 +18,8 @@ from queuectl.config import Setting, choice
 from queuectl.errors import Conflict, NotFound, QueueError, SchemaError, StoreBusy
 from queuectl.models import CANCELLED, COMPLETED, DEAD, PROCESSING, Attempt, Job
 from queuectl.builtin._rows import (
-    ATTEMPT_COLUMNS, JOB_COLUMNS, N_JOB_COLUMNS, attempt_from_row, bucket, job_from_row, stats_summary,
+    ATTEMPT_COLUMNS, JOB_COLUMNS, N_JOB_COLUMNS, attempt_from_row, bucket, job_from_row, settings_from_rows,
+    stats_summary,
 )
 from queuectl.store import Transition, WorkerInfo, blocked_message
 
@@ -575,7 +576,7 @@ class SQLiteStore:
     # --- settings --------------------------------------------------------------------------------
 
     def get_settings(self) -> dict:
-        return {k: json.loads(v) for k, v in self._read("SELECT key, value FROM settings")}
+        return settings_from_rows(self._read("SELECT key, value FROM settings"))
 
     def set_setting(self, key, value) -> None:
         self._write(lambda c: c.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, json.dumps(value))))
