@@ -50,6 +50,7 @@ from queuectl.store import Transition, WorkerInfo, blocked_message
 SCHEMA_VERSION = 2
 SCHEMA_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 RECONNECT_MAX_DELAY = 1.0       # seconds between reconnection attempts, at most
+COMMAND_OUTAGE = 3.0            # a one-shot command gives up on an unreachable server after this (workers never)
 LISTENER_RETRY = 0.5            # seconds between reconnection attempts of an idle worker's LISTEN connection
 
 #: libpq settings used unless the URL gives its own: bounded connects, a dead server found in
@@ -381,13 +382,14 @@ class PostgresStore:
                 if not locked and self._permanent(exc):
                     raise QueueError(f"store {self.location}: {_first_line(exc)}") from None
                 waited = time.monotonic() - start
-                if self.lock_timeout is not None and waited >= self.lock_timeout:
+                limit = self._give_up_after(locked)
+                if limit is not None and waited >= limit:
                     if locked:
                         raise StoreBusy(f"the store {self.location} stayed locked by another process "
                                         f"for {waited:.0f} s") from None
                     raise QueueError(f"store {self.location} unavailable for {waited:.0f} s: "
                                      f"{_first_line(exc)}") from None
-                if waited > 1 and not warned:
+                if waited > 1 and not warned and limit is None:     # a command says it once, failing
                     what = "is locked by another process; waiting" if locked else \
                         f"unavailable ({_first_line(exc)}); retrying"
                     print(f"queuectl: store {self.location} {what}", file=sys.stderr, flush=True)
@@ -395,13 +397,20 @@ class PostgresStore:
                 import random
 
                 pause = delay * random.uniform(0.5, 1.0)
-                if self.lock_timeout is not None:
-                    pause = min(pause, max(0.0, self.lock_timeout - waited))
+                if limit is not None:
+                    pause = min(pause, max(0.0, limit - waited))
                 time.sleep(pause)
                 delay = min(delay * 2, RECONNECT_MAX_DELAY)
             except self.pg.Error as exc:
                 self._rollback_quietly()
                 raise QueueError(f"store {self.location}: {_first_line(exc)}") from None
+
+    def _give_up_after(self, locked: bool) -> Optional[float]:
+        """Seconds a call retries: workers (lock_timeout None) for ever; a command waits out a lock for
+        lock-timeout but an outage for only a few seconds, so a refused connection fails promptly."""
+        if self.lock_timeout is None:
+            return None
+        return self.lock_timeout if locked else min(self.lock_timeout, COMMAND_OUTAGE)
 
     def _rollback_quietly(self) -> None:
         conn = self._conn

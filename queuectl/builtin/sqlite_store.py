@@ -175,7 +175,7 @@ class SQLiteStore:
                 if self.lock_timeout is not None and waited >= self.lock_timeout:
                     raise StoreBusy(f"the store {self.path} stayed locked by another process "
                                     f"for {waited:.0f} s") from None
-                if waited > 2 and not warned:
+                if waited > 2 and not warned and self.lock_timeout is None:      # a command says it once, failing
                     print(f"queuectl: store {self.path} is locked by another process; waiting", file=sys.stderr)
                     warned = True
                 time.sleep(delay)
