@@ -14,7 +14,7 @@ import click
 from . import models
 from .command import (App, Duration, Integer, emit_json, fmt_seconds, get_queue, job_options, pass_app,
                       render_jobs, short, spec_from_options, table, integer_flag)
-from .errors import QueueError, UsageError
+from .errors import JobValidationError, QueueError, UsageError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -79,8 +79,9 @@ def init(app):
     click.echo(f"store ready: {store.describe()['location']}")
 
 
-def _read_jobs(source) -> list:
-    """JSON lines, or one JSON array, from a file or stdin (read as bytes: errors name the line)."""
+def _read_jobs(source) -> tuple[list, list]:
+    """JSON lines, or one JSON array, from a file or stdin (read as bytes: errors name the line);
+    returns the jobs and where each one is ("line 3", "job 3 of the array")."""
     data = source.read()
     lines = data.splitlines()
     for number, line in enumerate(lines, 1):
@@ -90,9 +91,24 @@ def _read_jobs(source) -> list:
             raise UsageError(f"line {number}: not UTF-8 text (byte {exc.start + 1} of the line)") from None
     text = data.decode("utf-8")
     if text.lstrip().startswith("["):
-        return strict_json(text, "malformed JSON")
-    return [strict_json(line, f"line {number}: malformed JSON")
-            for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+        jobs = strict_json(text, "malformed JSON")       # starts with "[": a list once parsed
+        return jobs, [f"job {n} of the array" for n in range(1, len(jobs) + 1)]
+    numbered = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    jobs = [strict_json(line, f"line {n}: malformed JSON") for n, line in numbered]
+    return jobs, [f"line {n}" for n, _ in numbered]
+
+
+def _enqueue_file(queue, specs: list, where: list) -> list:
+    """Enqueue a file's jobs; a refused one is named by its line."""
+    try:
+        return queue.enqueue_many(specs, source="file")
+    except JobValidationError as exc:
+        for spec, place in zip(specs, where):
+            try:
+                queue.build_job(spec)
+            except JobValidationError as error:
+                raise JobValidationError(f"{place}: {error}") from None
+        raise
 
 
 def _refuse_constant(name: str):
@@ -129,7 +145,10 @@ def enqueue(job_json, jobs_file, **options):
     if jobs_file is not None:
         if job_json is not None:
             raise UsageError("give either a JSON job or --file, not both")
-        specs, source = [dict(spec, **flags) if isinstance(spec, dict) else spec for spec in _read_jobs(jobs_file)], "file"
+        specs, where = _read_jobs(jobs_file)
+        specs = [dict(spec, **flags) if isinstance(spec, dict) else spec for spec in specs]
+        click.echo("\n".join(_enqueue_file(get_queue(), specs, where)))
+        return
     elif job_json is not None:
         spec = strict_json(job_json, "malformed JSON job")
         if not isinstance(spec, dict):

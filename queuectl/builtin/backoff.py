@@ -40,7 +40,8 @@ def base(value) -> float:
 def queuectl_register_settings(register):
     register(Setting("backoff-base", 2.0, base, "Retry n waits backoff-scale * backoff-base ** n seconds."))
     register(Setting("backoff-max", 3600.0, seconds(0.0), "Upper bound of one retry delay, in seconds."))
-    register(Setting("backoff-scale", 1.0, between(0, 1e6), "Multiplies every delay (tests use 0.05 for fast retries)."))
+    register(Setting("backoff-scale", 1.0, between(0, 1e6),
+                     "Multiplies every delay (tests use 0.05 for fast retries)."))
     register(Setting("backoff-jitter", 0.0, between(0, 1), "Spread each delay randomly by up to this fraction "
                      "(0.2: +-20%), so failed jobs do not retry in lockstep."))
     register(Setting("retry-exit-codes", [], exit_codes, "If set, only these exit codes are retried."))

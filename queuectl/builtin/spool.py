@@ -59,11 +59,14 @@ class Rejected(Exception):
 def queuectl_register_settings(register):
     register(Setting("spool", None, text, "Spool folder that `worker start` and `spool watch` ingest job files "
                      "from (default: spool/ beside config.yaml, when that folder exists).", file_only=True, path=True))
-    register(Setting("spool-settle", 2.0, seconds(0.0, MAX_INTERVAL), "Seconds a job file written in place must stay unchanged "
+    register(Setting("spool-settle", 2.0, seconds(0.0, MAX_INTERVAL),
+                     "Seconds a job file written in place must stay unchanged "
                      "before it is read, when no rename or close event says it is complete."))
-    register(Setting("spool-rescan", 10.0, seconds(0.05, MAX_INTERVAL), "Seconds between full rescans of the spool folder "
+    register(Setting("spool-rescan", 10.0, seconds(0.05, MAX_INTERVAL),
+                     "Seconds between full rescans of the spool folder "
                      "(they catch files whose events were missed)."))
-    register(Setting("spool-max-size", 1048576, between(1, 2 ** 30, integer=True), "Largest job file accepted, in bytes."))
+    register(Setting("spool-max-size", 1048576, between(1, 2 ** 30, integer=True),
+                     "Largest job file accepted, in bytes."))
     register(Setting("spool-observer", "native", choice("native", "polling", "off"), "File events: native "
                      "(inotify on Linux), polling (for network filesystems), off (periodic rescans only)."))
 
