@@ -709,9 +709,11 @@ class PostgresStore:
 
     # --- claiming and leases ---------------------------------------------------------------------
 
-    CLAIM_SET = (f"state = 'processing', attempts = attempts + 1, tries = tries + 1, "
+    # LEAST: a counter written near the column's limit by another tool must not make every claim fail.
+    CLAIM_SET = (f"state = 'processing', attempts = LEAST(attempts, 2147483646) + 1, "
+                 f"tries = LEAST(tries, 2147483646) + 1, "
                  f"lease_owner = %s, lease_host = %s, lease_pid = %s, lease_pid_start = %s, lease_pgid = NULL, "
-                 f"lease_expires = {NOW} + %s, lease_token = lease_token + 1, "
+                 f"lease_expires = {NOW} + %s, lease_token = LEAST(lease_token, 9223372036854775806) + 1, "
                  f"run_id = replace(gen_random_uuid()::text, '-', ''), started_at = {NOW}, updated_at = {NOW}")
 
     @staticmethod
@@ -803,7 +805,8 @@ class PostgresStore:
         def record(tx: _Tx):
             rows = tx.all(self.q(
                 f"UPDATE {{s}}.jobs SET state = %s, run_at = %s, last_error = %s, exit_code = %s, "
-                f"tries = tries - %s, updated_at = {NOW}, lease_owner = NULL, lease_host = NULL, lease_pid = NULL, "
+                f"tries = GREATEST(tries, -2147483647) - %s, updated_at = {NOW}, lease_owner = NULL, "
+                f"lease_host = NULL, lease_pid = NULL, "
                 f"lease_pid_start = NULL, lease_pgid = NULL, lease_expires = NULL, run_id = NULL "
                 f"WHERE id = %s AND lease_token = %s AND state = 'processing' RETURNING {JOB_COLUMNS}, "
                 # whether anything waits for it: most jobs have no dependents, and skip a round trip
