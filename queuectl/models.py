@@ -46,7 +46,8 @@ MAX_SECONDS = 10 * 365 * 86400          # the longest delay, timeout, age or bac
 MAX_INTERVAL = 3600.0                   # the longest poll or check interval: one hour
 MAX_WAIT = 86400.0                      # the longest lease, kill grace or lock wait: one day
 MAX_TIME = 253402300799.0               # 9999-12-31T23:59:59Z, the last second every platform renders
-#: Longest command, env value or cwd in bytes: Linux's limit for one exec argument (MAX_ARG_STRLEN).
+#: Linux's limit for one exec argument (MAX_ARG_STRLEN), its terminating NUL included: a command,
+#: env value or cwd must be shorter.
 MAX_ARG_BYTES = 131072
 
 

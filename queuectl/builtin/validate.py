@@ -11,7 +11,9 @@ from queuectl.models import (INPUT_FIELDS, MAX_ARG_BYTES, PROTECTED_FIELDS, QUEU
                              parse_time)
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
-MAX_ENV_BYTES = 1048576           # all of a job's variables together, well under the exec limit
+# All of a job's variables together: a quarter of the exec limit (ARG_MAX), which the worker's own
+# environment and the command share.
+MAX_ENV_BYTES = min(1048576, (os.sysconf("SC_ARG_MAX") if hasattr(os, "sysconf") else 262144) // 4)
 MAX_UNIQUE_KEY = 1024
 
 
@@ -30,8 +32,8 @@ def check_text(name: str, value: str, limit: int = MAX_ARG_BYTES) -> str:
         size = len(value.encode("utf-8"))
     except UnicodeEncodeError:
         raise JobValidationError(f"{name} is not valid Unicode (it holds a lone surrogate)") from None
-    if size > limit:
-        raise JobValidationError(f"{name} is {size} bytes, longer than the {limit} bytes a process can be given")
+    if size >= limit:                  # the limit counts the terminating NUL
+        raise JobValidationError(f"{name} is {size} bytes, longer than the {limit - 1} bytes a process can be given")
     return value
 
 
