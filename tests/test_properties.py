@@ -223,9 +223,10 @@ class World:
         if rejected and not trace:
             self.counts["generated"] += 1
             self.counts["refused clearly"] += 1
-            if self.snapshot() != before:
+            after = self.snapshot()
+            if after != before:
                 self.counts["harmed"] += 1
-                self.failures.append((name, "rejected, yet the jobs changed"))
+                self.failures.append((name, raw[:300], "rejected, yet the jobs changed", before, after))
             return
         self.judge(name, code, err, trace, before)
 
