@@ -193,6 +193,23 @@ def test_spool_file_the_store_refuses_is_rejected_and_the_folder_flows(instance)
     assert len(rejected) == 3 and not list((spool / "work").iterdir())
 
 
+def test_spool_file_the_store_itself_refuses_is_rejected_and_the_folder_flows(instance):
+    # A plugin's field check lets through a value the store cannot write (a set is not JSON):
+    # the store raises something no validator named, and the file still ends in rejected/.
+    (instance.plugins / "tags.py").write_text(
+        "from queuectl import hookimpl\n\n\n@hookimpl\ndef queuectl_register_job_fields(register):\n"
+        "    register('tags', check=lambda value: set(value), help='Tags.')\n")
+    spool = instance.root / "spool"
+    spool.mkdir()
+    _spool_drop(spool, "a-tags.yaml", "command: 'true'\ntags: [x]\n")
+    _spool_drop(spool, "b-fine.yaml", "command: echo fine\n")
+    counts = json.loads(instance.run("spool", "scan", "--json").stdout)
+    assert counts == dict(counts, jobs=1, rejected=1)
+    (error,) = (spool / "rejected").glob("*.error")
+    assert "a-tags.yaml: refused: TypeError" in error.read_text()
+    assert [j["command"] for j in instance.json("list")] == ["echo fine"]
+
+
 def test_python_api_refuses_bad_input_with_queue_errors(tmp_path):
     from queuectl import Queue
     from queuectl.errors import QueueError

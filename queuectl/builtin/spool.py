@@ -28,7 +28,7 @@ import click
 
 from queuectl import hookimpl
 from queuectl.config import Setting, between, choice, seconds, text
-from queuectl.errors import Conflict, JobValidationError, NotFound, QueueError, UsageError
+from queuectl.errors import Conflict, JobValidationError, NotFound, QueueError, StoreBusy, UsageError
 from queuectl.models import MAX_INTERVAL
 
 SUBFOLDERS = ("work", "done", "rejected")
@@ -312,13 +312,10 @@ def parse_job_file(queue, name: str, data: bytes) -> list:
 
 
 def transient(exc: BaseException) -> bool:
-    """True for a failure of the store rather than of the file (busy, unreachable, out of space),
-    which a later rescan retries; anything the file's content caused is final."""
-    if isinstance(exc, (UsageError, Conflict, NotFound)):
-        return False
-    if isinstance(exc, (QueueError, OSError)):
-        return True
-    return type(exc).__name__ in ("OperationalError", "InterfaceError")     # DB-API: connection or disk
+    """True for a failure that is surely the store's (locked, out of space, a file system error),
+    which a later rescan retries. Anything else is the file's when the store still answers."""
+    text = str(exc).lower()
+    return isinstance(exc, (StoreBusy, OSError)) or "disk is full" in text or "no space" in text
 
 
 def which(index: int, total: int) -> str:
@@ -537,9 +534,10 @@ class Spool:
             self.reject(drop, str(exc))
             return
         except Exception as exc:         # whatever this one file makes go wrong, the folder keeps flowing
-            if transient(exc):
-                raise                    # the store is away or busy: the rescan retries the file
-            self.reject(drop, f"refused: {type(exc).__name__}: {exc}")
+            if transient(exc) or not self.store_answers():
+                raise                    # the store is away, busy or full: the rescan retries the file
+            self.reject(drop, f"refused: {exc}" if isinstance(exc, QueueError) else
+                        f"refused: {type(exc).__name__}: {exc}")
             return
         if os.environ.get(CRASH_AFTER_INSERT) == "1":
             os._exit(CRASH_EXIT)
@@ -550,6 +548,14 @@ class Spool:
         self.counts["jobs"] += len(ids)
         if self.verbose:
             log(f"{drop.label}: {len(ids)} job(s) {' '.join(ids)}")
+
+    def store_answers(self) -> bool:
+        """Whether the store still reads: if so, the error was this file's, not the store's."""
+        try:
+            self.queue.store.get_receipt("")
+            return True
+        except Exception:
+            return False
 
     def enqueue(self, drop: Drop, specs: list, data: bytes) -> list:
         import hashlib
