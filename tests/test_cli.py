@@ -30,7 +30,7 @@ def test_enqueue_many_from_stdin_is_all_or_nothing(instance):
     assert len(ids) == 50 and len(instance.json("list")) == 50
     bad = lines + "\n" + json.dumps({"command": ""})
     proc = instance.run("enqueue", "--file", "-", input=bad, check=False)
-    assert proc.returncode == 2 and proc.stderr.strip() == "queuectl: error: command is empty"
+    assert proc.returncode == 2 and proc.stderr.strip() == "queuectl: error: line 51: command is empty"
     assert len(instance.json("list")) == 50
 
 
