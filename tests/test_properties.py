@@ -7,8 +7,9 @@ settings are exactly as before), or it was accepted and ``list --json`` (parsed 
 NaN/Infinity), ``show``, ``status``, ``stats`` and a ``--burst`` worker (a real subprocess) all
 still work. The CLI runs in-process through ``queuectl.cli.main`` to keep the test quick.
 
-Sizes: QUEUECTL_PROPERTY_EXAMPLES (default 3, to stay well under a minute) examples per way and backend. A bigger run, with
-its counts printed at the end (and written as JSON to $QUEUECTL_PROPERTY_REPORT if set):
+Sizes: QUEUECTL_PROPERTY_EXAMPLES (default 3, to stay well under a minute) examples per way and
+backend. A bigger run, with its counts printed at the end (and written as JSON to
+$QUEUECTL_PROPERTY_REPORT if set):
 
     QUEUECTL_PROPERTY_EXAMPLES=60 .venv/bin/python -m pytest -q -s tests/test_properties.py
 
