@@ -43,7 +43,8 @@ NASTY = ["", " ", "0", "-1", "1", "3", "0.5", "10m", "1h30m", "90", "2d", "inf",
          "1e-309", "99999999999999999999999", "-99999999999999999999", "9223372036854775808",
          "2026-12-01T02:00:00Z", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59+00:00", "99999-01-01T00:00:00Z",
          "\x00", "\ud800", "a\x00b", "x" * 140_000, "0 0 30 2 *", "* * * * *", "none", "true", "Europe/Paris",
-         "Mars/Base", "/tmp", "/no/such/dir", "75,69", "256", "-3", "null", "[]", "{}", "[" * 5000, "\x1b]52;c;QQ==\x07"]
+         "Mars/Base", "/tmp", "/no/such/dir", "75,69", "256", "-3", "null", "[]", "{}", "[" * 5000,
+         "\x1b]52;c;QQ==\x07"]
 SETTING_KEYS = ["max-retries", "poll-interval", "lease-timeout", "heartbeat-interval", "recovery-interval",
                 "timeout", "kill-grace", "lock-timeout", "backoff-base", "backoff-max", "backoff-scale",
                 "backoff-jitter", "retry-exit-codes", "dead-exit-codes", "schedule-missed", "schedule-grace",
