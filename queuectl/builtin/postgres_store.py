@@ -51,6 +51,9 @@ SCHEMA_VERSION = 2
 SCHEMA_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 RECONNECT_MAX_DELAY = 1.0       # seconds between reconnection attempts, at most
 COMMAND_OUTAGE = 3.0            # a one-shot command gives up on an unreachable server after this (workers never)
+#: Connection failures that say no server is there at all (as opposed to a busy or restarting one).
+UNREACHABLE_MARKERS = ("Connection refused", "No such file or directory", "could not translate host name",
+                       "Network is unreachable", "No route to host")
 LISTENER_RETRY = 0.5            # seconds between reconnection attempts of an idle worker's LISTEN connection
 
 #: libpq settings used unless the URL gives its own: bounded connects, a dead server found in
@@ -382,7 +385,7 @@ class PostgresStore:
                 if not locked and self._permanent(exc):
                     raise QueueError(f"store {self.location}: {_first_line(exc)}") from None
                 waited = time.monotonic() - start
-                limit = self._give_up_after(locked)
+                limit = self._give_up_after(locked, exc)
                 if limit is not None and waited >= limit:
                     if locked:
                         raise StoreBusy(f"the store {self.location} stayed locked by another process "
@@ -405,12 +408,14 @@ class PostgresStore:
                 self._rollback_quietly()
                 raise QueueError(f"store {self.location}: {_first_line(exc)}") from None
 
-    def _give_up_after(self, locked: bool) -> Optional[float]:
-        """Seconds a call retries: workers (lock_timeout None) for ever; a command waits out a lock for
-        lock-timeout but an outage for only a few seconds, so a refused connection fails promptly."""
+    def _give_up_after(self, locked: bool, exc: BaseException) -> Optional[float]:
+        """Seconds a call retries: workers (lock_timeout None) for ever; a command waits out a lock or
+        a busy server for lock-timeout, but no server at all for only a few seconds."""
         if self.lock_timeout is None:
             return None
-        return self.lock_timeout if locked else min(self.lock_timeout, COMMAND_OUTAGE)
+        if not locked and any(marker in str(exc) for marker in UNREACHABLE_MARKERS):
+            return min(self.lock_timeout, COMMAND_OUTAGE)
+        return self.lock_timeout
 
     def _rollback_quietly(self) -> None:
         conn = self._conn
