@@ -27,7 +27,7 @@ import click
 
 from queuectl import hookimpl
 from queuectl.config import Setting, default_data_dir, integer, number, string_list, text
-from queuectl.errors import PluginError
+from queuectl.errors import PluginError, QueueError
 from queuectl.models import COMPLETED, DEAD, FAILED, iso, now
 from queuectl.plugins import call_registrations
 
@@ -376,7 +376,7 @@ class Deliverer:
         return True
 
     def failed(self, path: Path, delivery: dict, notifier: Optional[Notifier], exc: Exception) -> None:
-        error = str(exc) if isinstance(exc, DeliveryError) else f"{type(exc).__name__}: {exc}"
+        error = str(exc) if isinstance(exc, (DeliveryError, QueueError)) else f"{type(exc).__name__}: {exc}"
         delivery["tries"] = tries = delivery.get("tries", 0) + 1
         delivery["last_error"] = error
         what = f"{delivery.get('channel')} delivery of {event_label(delivery['event'])}"
