@@ -134,9 +134,10 @@ def test_delivery_survives_the_death_of_the_whole_pool(instance, receiver):
     assert [(d["event"], d["job"], d["state"]) for d in pending] == [("job.dead", job, "pending")]
     server.release.set()
     instance.start_pool(1)
-    wait_until(lambda: server.delivered(), 60, message="redelivery by the next pool")
-    assert [e["job"]["id"] for e in server.delivered()] == [job]
+    wait_until(lambda: len(server.requests) == 2, 60, message="redelivery by the next pool")
+    assert [e["job"]["id"] for e in server.delivered()] == [job, job]     # the first answer reached no one
     assert {r["delivery"] for r in server.requests} == {pending[0]["delivery"]}
+    wait_until(lambda: instance.json("notify", "list") == [], 10, message="an empty outbox")
 
 
 def test_a_webhook_that_keeps_failing_is_given_up_and_sent_by_hand(instance, receiver):
@@ -193,3 +194,32 @@ def test_bad_notify_settings_are_one_line_errors(instance):
     assert bad.returncode == 2 and bad.stderr.startswith("queuectl: error:") and len(bad.stderr.splitlines()) == 1
     bad = instance.run("config", "set", "webhook-events", "completed,exploded", check=False)
     assert bad.returncode == 2 and "unknown event 'exploded'" in bad.stderr
+
+
+def test_a_killed_delivery_process_is_started_again_and_resends(instance, receiver):
+    server = receiver()
+    server.release.clear()
+    configure(instance, **{"webhook-url": server.url, "webhook-timeout": 120})
+    job = instance.enqueue("true")
+    pool = instance.start_pool(1)
+    wait_until(lambda: server.requests, 60, message="the event to reach the server")
+    [sender] = _sources_processes(instance, pool)
+    os.kill(sender, signal.SIGKILL)             # the sources process dies mid-delivery; the pool lives
+    server.release.set()
+    wait_until(lambda: len(server.requests) == 2, 60, message="redelivery by a new sources process")
+    assert [e["job"]["id"] for e in server.delivered()] == [job, job]
+    assert len({r["delivery"] for r in server.requests}) == 1
+    wait_until(lambda: instance.json("notify", "list") == [], 10, message="an empty outbox")
+    assert len(_sources_processes(instance, pool)) == 1
+    assert len(_children(pool.pid)) == 2        # one worker and the new sources process, not two workers
+
+
+def _sources_processes(instance, pool):
+    """Children of the pool that are not workers."""
+    workers = {w["pid"] for w in instance.json("status")["workers"]}
+    return [pid for pid in _children(pool.pid) if pid not in workers]
+
+
+def _children(pid):
+    with open(f"/proc/{pid}/task/{pid}/children") as fh:
+        return [int(p) for p in fh.read().split()]
