@@ -56,7 +56,13 @@ class Task:
         """``module:function``, as the worker imports it."""
         module = self.func.__module__
         if module == "__main__":            # a script: the worker imports it by its file name
-            module = os.path.splitext(os.path.basename(sys.modules["__main__"].__file__))[0]
+            path = getattr(sys.modules["__main__"], "__file__", None)
+            if not path:
+                from queuectl import UsageError
+
+                raise UsageError(f"{self.func.__name__} is defined interactively: define a task in a module "
+                                 f"so that a worker can import it")
+            module = os.path.splitext(os.path.basename(path))[0]
         return f"{module}:{self.func.__qualname__}"
 
     def delay(self, *args, **kwargs) -> str:

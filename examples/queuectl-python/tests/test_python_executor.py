@@ -115,3 +115,24 @@ def test_python_jobs_are_validated_when_enqueued(instance):
     bad = instance.run("enqueue", json.dumps({"command": "m:f", "executor": "python", "kwargs": [1]}), check=False)
     assert bad.returncode == 2 and "kwargs: expected a JSON object" in bad.stderr
     assert instance.json("list") == []
+
+
+def test_a_task_of_a_script_is_imported_by_its_file_name(instance):
+    (instance.root / "nightly.py").write_text(textwrap.dedent('''
+        import sys
+        from queuectl_python import task
+
+        @task
+        def report(code):
+            print("report ran")
+            sys.exit(code)
+
+        if __name__ == "__main__":
+            print(report.delay(3))
+    '''))
+    job_id = instance.python("import runpy; runpy.run_path('nightly.py', run_name='__main__')").strip()
+    assert instance.json("show", job_id)["command"] == "nightly:report"
+    instance.start_pool()
+    job = instance.wait_for_state(job_id, "dead", "completed")
+    assert (job["state"], job["exit_code"]) == ("dead", 3)
+    assert instance.json("logs", job_id)[-1]["stdout"] == "report ran\n"
