@@ -13,7 +13,6 @@ Channels are notifiers, registered through ``queuectl_register_notifiers``: this
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import sys
@@ -21,7 +20,6 @@ import time
 import weakref
 from pathlib import Path
 from typing import Any, Callable, Optional
-from urllib.parse import urlsplit
 
 import click
 
@@ -54,6 +52,8 @@ def event_names(value: Any) -> list:
 
 
 def http_url(value: Any) -> str:
+    from urllib.parse import urlsplit
+
     url = text(value).strip()
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -125,6 +125,7 @@ def event_name(event: dict) -> str:
 
 def signature(secret: str, body: bytes) -> str:
     """The X-Queuectl-Signature value: ``sha256=`` and the hex HMAC-SHA256 of the exact body."""
+    import hashlib
     import hmac
 
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
@@ -220,6 +221,8 @@ def outbox_folder(queue) -> Path:
     if "://" not in db:
         path = Path(db)
         return path.parent / f".{path.name}.notify"
+    import hashlib
+
     try:
         schema = queue.config.get("pg-schema")
     except Exception:
@@ -276,6 +279,8 @@ class Outbox:
     # The wake-up is a datagram to an abstract Unix socket named after the folder: no path length
     # limit, nothing left on disk; a lost datagram only costs the one-second poll.
     def address(self) -> str:
+        import hashlib
+
         return "\0queuectl-notify-" + hashlib.sha256(str(self.folder.resolve()).encode()).hexdigest()[:24]
 
     def wake(self) -> None:
