@@ -433,16 +433,22 @@ class DeliverySource:
                     continue
                 if listener is None:
                     listener = self._listen()
-                _, _, next_due = deliverer.deliver_due()
-                self._sleep(listener, next_due)
-            deliverer.deliver_due()                    # what became due while stopping
-        except Exception as exc:                      # never take the sources process down
-            log(f"delivery stopped: {type(exc).__name__}: {exc}")
+                self._sleep(listener, self._pass(deliverer))
+            self._pass(deliverer)                      # what became due while stopping
         finally:
             deliverer.unlock()
             if listener is not None:
                 listener.close()
             self.queue.close()
+
+    def _pass(self, deliverer: Deliverer) -> float:
+        """One pass over the outbox; seconds until the next. A failing pass (the store is down, the
+        folder unreadable) is logged and tried again: the thread never gives up."""
+        try:
+            return deliverer.deliver_due()[2]
+        except Exception as exc:
+            log(f"delivery pass failed: {type(exc).__name__}: {exc}; trying again in 1 s")
+            return 1.0
 
     def _listen(self):
         if not sys.platform.startswith("linux"):
