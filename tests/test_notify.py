@@ -223,3 +223,20 @@ def _sources_processes(instance, pool):
 def _children(pid):
     with open(f"/proc/{pid}/task/{pid}/children") as fh:
         return [int(p) for p in fh.read().split()]
+
+
+def test_a_damaged_outbox_file_is_set_aside_and_the_rest_delivered(instance, receiver):
+    server = receiver()
+    configure(instance, **{"webhook-url": server.url})
+    outbox = instance.root / ".queue.db.notify"
+    if instance.config["db"] != "queue.db":
+        outbox = instance.root / "outbox"
+        configure(instance, **{"webhook-url": server.url, "notify-outbox": str(outbox)})
+    job = instance.enqueue("true")
+    instance.run("worker", "start", "--burst")      # the last pass on the way out sends the event
+    assert [e["job"]["id"] for e in server.delivered()] == [job]
+    (outbox / "00000000000000000001-evt_x.webhook.json").write_text("{not json")
+    sent = instance.run("notify", "send")
+    assert "0 sent, 0 failed" in sent.stderr and "is not a readable delivery" in sent.stderr
+    assert (outbox / "failed" / "00000000000000000001-evt_x.webhook.json").exists()
+    assert instance.json("notify", "list") == []

@@ -326,6 +326,7 @@ class Deliverer:
         self.queue = queue
         self.box = box
         self.lock_fd: Optional[int] = None
+        self.not_before: dict = {}        # path -> when it is due again
 
     def lock(self, wait: bool = False) -> bool:
         import fcntl
@@ -347,23 +348,40 @@ class Deliverer:
             self.lock_fd = None
 
     def deliver_due(self, everything: bool = False) -> tuple:
-        """Deliver each due file once; return (sent, failed, seconds until the next one is due)."""
+        """Deliver each due file once; return (sent, failed, seconds until the next one is due).
+
+        When each waiting file is due again is remembered, so a long backlog behind a dead
+        endpoint is not read again on every wake-up."""
         sent = failed = 0
         next_due = 1.0
-        for path in self.box.pending():
-            delivery = self.box.read(path)
-            if delivery is None:
-                continue
-            wait = delivery.get("next_at", 0) - time.time()
+        pending = self.box.pending()
+        live = set(pending)
+        self.not_before = {p: t for p, t in self.not_before.items() if p in live}
+        for path in pending:
+            wait = self.not_before.get(path, 0.0) - time.time()
+            delivery = None if wait > 0 and not everything else self.box.read(path)
+            if delivery is not None:
+                wait = delivery.get("next_at", 0) - time.time()
             if wait > 0 and not everything:
+                self.not_before[path] = time.time() + wait
                 next_due = min(next_due, wait)
-                continue
-            if self.attempt(path, delivery):
+            elif delivery is None:
+                self.set_aside(path)
+            elif self.attempt(path, delivery):
                 sent += 1
             else:
                 failed += 1
+                self.not_before[path] = delivery["next_at"]
                 next_due = min(next_due, max(0.0, delivery["next_at"] - time.time()))
         return sent, failed, next_due
+
+    def set_aside(self, path: Path) -> None:
+        """A file that is not a delivery (damaged, or put there by hand) goes to failed/, once."""
+        try:
+            os.replace(path, self.box.failed / path.name)
+        except FileNotFoundError:
+            return                       # delivered meanwhile by `notify send`
+        log(f"{path.name} is not a readable delivery; moved to {self.box.failed}")
 
     def attempt(self, path: Path, delivery: dict) -> bool:
         """One try of one delivery: done (file removed), rescheduled with backoff, or given up."""
@@ -421,7 +439,8 @@ class DeliverySource:
     def stop(self) -> None:
         self.stopping.set()
         os.write(self.stop_w, b"!")
-        self.thread.join(self.queue.config.get("webhook-timeout") + self.queue.config.get("callback-timeout") + 5)
+        # bounded: what a delivery in flight may take; a file not done by then stays for the next pool
+        self.thread.join(max(self.queue.config.get("webhook-timeout"), self.queue.config.get("callback-timeout")) + 1)
 
     def run(self) -> None:
         deliverer = Deliverer(self.queue, self.box)
