@@ -475,8 +475,16 @@ class Pool:
                     self._respawn_at = time.monotonic() + self._respawn_delay
                 if not (self.stopping or (self.burst and clean)):
                     self._missing = getattr(self, "_missing", 0) + 1
+            elif child["kind"] == "sources" and not self.stopping:
+                log(f"job source process {pid} died; starting another")
+                self._sources_due = time.monotonic() + 1.0     # one that dies at once must not spin
 
     def _replace(self) -> None:
+        # A lost sources process is started again: the spool, schedules and notification deliveries live there.
+        sources_due = getattr(self, "_sources_due", None)
+        if sources_due is not None and not self.stopping and time.monotonic() >= sources_due:
+            self._sources_due = None
+            self._spawn("sources")
         missing = getattr(self, "_missing", 0)
         if self.stopping or not missing or time.monotonic() < self._respawn_at:
             return

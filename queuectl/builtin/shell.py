@@ -298,17 +298,33 @@ class ShellRun:
         return self._collect(outcome, reason)
 
 
-class ShellExecutor:
-    """Runs ``/bin/sh -c COMMAND`` with stdin from /dev/null and output captured through pipes."""
+class ProcessExecutor:
+    """Runs ``argv(job, ctx)`` as an attempt with every guarantee of a shell job: its own session,
+    the ``QUEUECTL_RUN_ID`` tag, output captured within ``output-cap``, timeout and cancel stopping
+    the whole process tree, nothing of it outliving the attempt, a crash recorded as a signal.
+
+    Part of the plugin surface (docs/hooks.md): an executor plugin subclasses it and defines
+    ``argv``, so it reuses this process machinery instead of copying it.
+    """
+
+    def argv(self, job, ctx) -> list:
+        raise NotImplementedError
 
     def start(self, job, ctx) -> ShellRun:
         env = dict(os.environ)
         env.update(job.env)
         env.update(ctx.env)
-        proc = subprocess.Popen(["/bin/sh", "-c", job.command], stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(self.argv(job, ctx), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=job.cwd, env=env,
                                 start_new_session=True)
         return ShellRun(proc, ctx.run_id, ctx.config.get("output-cap"))
 
     def reap(self, job, lease) -> int:
         return kill_run(lease.run_id, 0) if lease.run_id else 0
+
+
+class ShellExecutor(ProcessExecutor):
+    """Runs ``/bin/sh -c COMMAND`` with stdin from /dev/null and output captured through pipes."""
+
+    def argv(self, job, ctx) -> list:
+        return ["/bin/sh", "-c", job.command]
