@@ -29,6 +29,7 @@ BUILTINS = (
     ("dlq", "queuectl.builtin.dlq"),
     ("spool", "queuectl.builtin.spool"),
     ("schedule", "queuectl.builtin.schedule"),
+    ("watch", "queuectl.builtin.watch"),
 )
 ENTRY_POINT_GROUP = "queuectl"
 
