@@ -825,7 +825,7 @@ def test_a_version_1_store_is_migrated(backend):
     backend.raw("INSERT INTO {s}jobs (id, command, state, max_retries, created_at, updated_at, run_at) "
                 "VALUES ('v1-job', 'true', 'pending', 3, 1, 1, 1)")
     store = backend.store()
-    assert store.describe()["schema_version"] == 2
+    assert store.describe()["schema_version"] == 3
     job = store.get_job("v1-job")
     assert (job.state, job.unique_key, job.after, job.waiting_on, job.cancel_requested) == \
            ("pending", None, [], 0, False)
