@@ -23,7 +23,11 @@ from queuectl.output import truncation_marker
 TAG = b"QUEUECTL_RUN_ID="
 CHUNK = 65536
 EXIT_DRAIN = 0.1      # seconds to wait for pipes to close after the command exits
-LIVE_INTERVAL = 0.1   # output is handed to the store at most this often (a burst waits, a lone line does not)
+# Live output is handed to the store once the command has been quiet for LIVE_QUIET (so a line printed in
+# two writes goes out whole) or its oldest unsent byte is LIVE_INTERVAL old, never twice within LIVE_GAP.
+LIVE_QUIET = 0.005
+LIVE_INTERVAL = 0.1
+LIVE_GAP = 0.05
 LIVE_PIECE = 65536    # largest stored chunk, so trimming the middle of a long output keeps the store near the cap
 
 
@@ -89,8 +93,8 @@ class CappedBuffer:
 class LiveOutput:
     """Hands what a running command prints to ``sink`` (the store), batched.
 
-    A write after a quiet spell goes out at once, so a follower sees a lone line promptly;
-    during a burst at most one write per LIVE_INTERVAL. A command that prints nothing costs
+    A lone line goes out within LIVE_QUIET; a steady stream once per LIVE_INTERVAL; at most one
+    write per LIVE_GAP whatever the output looks like. A command that prints nothing costs
     nothing. Only what the cap keeps is sent, so the store holds about ``output-cap`` per stream.
     """
 
@@ -98,16 +102,25 @@ class LiveOutput:
         self.sink = sink
         self.buffers = buffers        # stream name -> CappedBuffer
         self.sent = {name: 0 for name in buffers}
-        self.last = 0.0
+        self.totals = 0               # bytes read so far, to see new output arrive
+        self.first = self.latest = self.last = 0.0   # first unsent byte, latest byte, last write
 
-    def pending(self) -> bool:
-        return any(buf.total > self.sent[name] for name, buf in self.buffers.items())
+    def _seen(self, now: float) -> bool:
+        """Note new output; True while some is unsent."""
+        total = sum(buf.total for buf in self.buffers.values())
+        if total != self.totals:
+            if self.totals == sum(self.sent.values()):
+                self.first = now
+            self.totals, self.latest = total, now
+        return total > sum(self.sent.values())
 
     def due_in(self) -> Optional[float]:
         """Seconds until unsent output is due, or None when nothing waits."""
-        if not self.pending():
+        now = time.monotonic()
+        if not self._seen(now):
             return None
-        return max(0.0, self.last + LIVE_INTERVAL - time.monotonic())
+        due = max(min(self.latest + LIVE_QUIET, self.first + LIVE_INTERVAL), self.last + LIVE_GAP)
+        return max(0.0, due - now)
 
     def flush(self, force: bool = False) -> None:
         due = self.due_in()
@@ -118,6 +131,7 @@ class LiveOutput:
         self.last = time.monotonic()
         if self.sink(chunks, keep):   # refused (a busy store): the same output is offered again next time
             self.sent = {name: buf.total for name, buf in self.buffers.items()}
+        self.first = self.last
 
 
 def tagged_processes(run_id: str) -> list[int]:
