@@ -349,14 +349,15 @@ def attempt_header(entry: dict) -> str:
 def follow_logs(queue, job_id: str, only: Optional[str]) -> int:
     """``logs --follow``: job output to stdout (its stderr to stderr, unless one stream is picked), exactly
     as printed when piped; a header line per attempt on stderr. Returns the exit code, like `wait`."""
-    sinks = {"stdout": sys.stdout, "stderr": sys.stdout if only else sys.stderr}
+    sinks = {name: OutputWriter(sys.stdout if only or name == "stdout" else sys.stderr)
+             for name in ("stdout", "stderr")}
     try:
         for event in queue.follow(job_id):
             kind = event[0]
             if kind == "attempt":
                 click.echo(f"=== attempt {event[1]}" + (" (running)" if event[2] is None else ""), err=True)
             elif kind == "output" and only in (None, event[1]):
-                write_output(sinks[event[1]], event[2])
+                sinks[event[1]].write(event[2])
             elif kind == "ended" and event[2] is not None:
                 click.echo(attempt_header(event[2]), err=True)
             elif kind == "done":
@@ -367,14 +368,23 @@ def follow_logs(queue, job_id: str, only: Optional[str]) -> int:
     return EXIT_OK
 
 
-def write_output(stream, data: bytes) -> None:
-    """Job output as it came when piped; escaped on a terminal."""
-    if stream.isatty():
-        stream.write(for_terminal(data.decode("utf-8", "replace"), stream))
-    else:
-        stream.flush()
-        stream.buffer.write(data)
-    stream.flush()
+class OutputWriter:
+    """Job output as it came when piped; decoded (a character split between chunks kept whole) and
+    escaped on a terminal."""
+
+    def __init__(self, stream):
+        import codecs
+
+        self.stream = stream
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def write(self, data: bytes) -> None:
+        if self.stream.isatty():
+            self.stream.write(for_terminal(self.decoder.decode(data), self.stream))
+        else:
+            self.stream.flush()
+            self.stream.buffer.write(data)
+        self.stream.flush()
 
 
 @cli.command()

@@ -225,12 +225,11 @@ class Queue:
         """Every attempt as a dict; the running one (``running`` true) with the output it printed so far."""
         from . import output
 
-        job = self.get(job_id)
-        live = output.running_attempt(self, job)
-        if live is not None and attempt in (None, live["attempt"]):
-            done = self.store.attempts(job_id, attempt) if attempt is None else []
-            return [dict(a.to_dict(), running=False) for a in done] + [live]
-        return [dict(a, running=False) for a in (a.to_dict() for a in self.attempts(job_id, attempt))]
+        live = output.running_attempt(self, self.get(job_id))
+        if live is not None and attempt == live["attempt"]:
+            return [live]
+        entries = [dict(a.to_dict(), running=False) for a in self.attempts(job_id, attempt)]
+        return entries + ([live] if live is not None and attempt is None else [])
 
     def output_since(self, job_id: str, attempt: int, cursor: int = 0) -> tuple[list[dict], int]:
         """Chunks of an attempt's live output stored after ``cursor`` (0: from the start), and the new cursor.
