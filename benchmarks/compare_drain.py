@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--trials", type=int, default=8)
     args = parser.parse_args()
-    trees = {"base": args.base, "new": args.new}
+    trees = {"base": os.path.abspath(args.base), "new": os.path.abspath(args.new)}
     rates: dict = {name: [] for name in trees}
     cpu: dict = {name: [] for name in trees}
     for trial in range(args.trials):
