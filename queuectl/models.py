@@ -31,7 +31,8 @@ OUTCOMES = (SUCCEEDED, EXITED, TIMED_OUT, WORKER_LOST, INTERRUPTED, START_ERROR,
 
 #: Fields a job may be given on the way in (plugins may declare more).
 INPUT_FIELDS = ("id", "command", "max_retries", "timeout", "cwd", "env", "executor", "priority", "queue",
-                "delay", "run_at", "after", "unique_key")
+                "delay", "run_at", "after", "unique_key",
+                "labels", "argv")
 #: Fields only queuectl sets.
 PROTECTED_FIELDS = ("state", "attempts", "created_at", "updated_at")
 QUEUE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -92,6 +93,9 @@ class Job:
     after: list = dataclasses.field(default_factory=list)     # ids of jobs this one waits for
     waiting_on: int = 0       # how many of them have not completed yet
     cancel_requested: bool = False
+    labels: dict = dataclasses.field(default_factory=dict)   # KEY=VALUE tags, shown in `list`, filterable
+    argv: Optional[list] = None   # run without a shell (command is then its shell-quoted form, for display)
+    edits: list = dataclasses.field(default_factory=list)    # `queuectl edit`: when, and the values before
     last_error: Optional[str] = None
     exit_code: Optional[int] = None
     lease: Optional[Lease] = None
@@ -108,6 +112,8 @@ class Job:
             "retries_left": max(0, self.max_retries + 1 - self.tries) if self.state != "completed" else 0,
             "last_error": self.last_error, "exit_code": self.exit_code,
             "worker": None,
+            "labels": dict(self.labels), "argv": list(self.argv) if self.argv is not None else None,
+            "edits": [dict(e) for e in self.edits],
         }
         if self.lease is not None:
             out["worker"] = {"id": self.lease.owner, "host": self.lease.host, "pid": self.lease.pid,

@@ -10,7 +10,8 @@ from queuectl.models import PROCESSING, Attempt, Job, Lease
 JOB_COLUMNS = ("id, command, state, attempts, tries, max_retries, priority, queue, executor, cwd, env, timeout, "
                "source, fields, created_at, updated_at, run_at, last_error, exit_code, lease_owner, lease_host, "
                "lease_pid, lease_pid_start, lease_pgid, lease_expires, lease_token, run_id, started_at, "
-               "unique_key, after_ids, waiting_on, cancel_requested")
+               "unique_key, after_ids, waiting_on, cancel_requested, "
+               "labels, argv, edits")
 N_JOB_COLUMNS = JOB_COLUMNS.count(",") + 1
 ATTEMPT_COLUMNS = ("job_id, attempt, outcome, started_at, finished_at, exit_code, signal, error, stdout, stderr, "
                    "worker, host, pid")
@@ -22,7 +23,7 @@ def job_from_row(row) -> Job:
     (id_, command, state, attempts, tries, max_retries, priority, queue, executor, cwd, env, timeout,
      source, fields, created_at, updated_at, run_at, last_error, exit_code, owner, host, pid, pid_start,
      pgid, expires, token, run_id, started_at, unique_key, after_ids, waiting_on,
-     cancel_requested) = row[:N_JOB_COLUMNS]
+     cancel_requested, labels, argv, edits) = row[:N_JOB_COLUMNS]
     lease = None
     if state == PROCESSING and owner is not None:
         lease = Lease(owner=owner, host=host, pid=pid, pid_start=pid_start, token=token, run_id=run_id,
@@ -34,7 +35,9 @@ def job_from_row(row) -> Job:
                fields=json.loads(fields) if fields else {}, created_at=created_at, updated_at=updated_at,
                run_at=run_at, last_error=last_error, exit_code=exit_code, lease=lease,
                unique_key=unique_key, after=json.loads(after_ids) if after_ids else [],
-               waiting_on=waiting_on, cancel_requested=bool(cancel_requested))
+               waiting_on=waiting_on, cancel_requested=bool(cancel_requested),
+               labels=json.loads(labels) if labels else {}, argv=json.loads(argv) if argv else None,
+               edits=json.loads(edits) if edits else [])
 
 
 def attempt_from_row(row) -> Attempt:
@@ -77,3 +80,49 @@ def stats_summary(total: int, failed: int, total_duration: float, first: Optiona
         "throughput": total / span if span > 0 else None,
         "throughput_1m": recent / 60.0,
     }
+
+
+#: Job fields `queuectl edit` may change, as (field, column) pairs.
+EDITABLE_FIELDS = ("command", "argv", "env", "cwd", "timeout", "labels")
+
+
+def edit_values(job: Job, changes: dict, edit: dict) -> list:
+    """Column values for an edit: every editable field (changed or kept) and the history with ``edit`` added."""
+    merged = {f: changes.get(f, getattr(job, f)) for f in EDITABLE_FIELDS}
+    return [merged["command"], json.dumps(merged["argv"]) if merged["argv"] is not None else None,
+            json.dumps(merged["env"]) if merged["env"] else None, merged["cwd"], merged["timeout"],
+            json.dumps(merged["labels"]) if merged["labels"] else None, json.dumps(job.edits + [edit])]
+
+
+EDIT_SET = "command = {m}, argv = {m}, env = {m}, cwd = {m}, timeout = {m}, labels = {m}, edits = {m}"
+
+
+def like_pattern(text: str) -> str:
+    """A LIKE pattern matching ``text`` literally (escape character: backslash)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def job_filters(mark: str, label_clause, grep_op: str, state=None, queue=None, labels=None, grep=None,
+                since=None) -> tuple[str, list]:
+    """The WHERE clause of `list` and its parameters, for either SQL backend.
+
+    ``mark`` is the placeholder; ``label_clause(key, value)`` gives one label's condition and params.
+    """
+    clauses, params = [], []
+    if state:
+        clauses.append(f"state = {mark}")
+        params.append(state)
+    if queue:
+        clauses.append(f"queue = {mark}")
+        params.append(queue)
+    for key, value in (labels or {}).items():
+        clause, extra = label_clause(key, value)
+        clauses.append(clause)
+        params.extend(extra)
+    if grep:
+        clauses.append(f"command {grep_op} {mark} ESCAPE '\\'")
+        params.append(f"%{like_pattern(grep)}%")
+    if since is not None:
+        clauses.append(f"created_at >= {mark}")
+        params.append(since)
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", params

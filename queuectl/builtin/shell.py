@@ -299,13 +299,16 @@ class ShellRun:
 
 
 class ShellExecutor:
-    """Runs ``/bin/sh -c COMMAND`` with stdin from /dev/null and output captured through pipes."""
+    """Runs ``/bin/sh -c COMMAND`` (or a job's argv, without a shell) with stdin from /dev/null and output
+    captured through pipes."""
 
     def start(self, job, ctx) -> ShellRun:
         env = dict(os.environ)
         env.update(job.env)
         env.update(ctx.env)
-        proc = subprocess.Popen(["/bin/sh", "-c", job.command], stdin=subprocess.DEVNULL,
+        # An argv job (`enqueue -- CMD ARG...`) runs without a shell: its arguments stay literal.
+        args = list(job.argv) if job.argv else ["/bin/sh", "-c", job.command]
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=job.cwd, env=env,
                                 start_new_session=True)
         return ShellRun(proc, ctx.run_id, ctx.config.get("output-cap"))

@@ -18,7 +18,6 @@ import queue as queue_module
 import re
 import signal
 import stat
-import sys
 import threading
 import time
 from pathlib import Path
@@ -44,7 +43,9 @@ _warned: set = set()        # folders already warned about; inherited by a pool'
 
 
 def log(message: str) -> None:
-    print(f"queuectl: spool: {message}", file=sys.stderr, flush=True)
+    from queuectl.screen import log as diagnostic     # timestamped in a `worker start -v` pool
+
+    diagnostic(message, "spool")
 
 
 class Rejected(Exception):
