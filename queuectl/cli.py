@@ -13,10 +13,10 @@ from typing import Any, Optional
 import click
 
 from . import models
-from .command import (App, complete_job_ids, complete_queues, emit_json, fmt_seconds, get_queue, integer_flag,
+from .command import (App, complete_job_ids, complete_queues, echo, emit_json, fmt_seconds, get_queue, integer_flag,
                       job_options, labels_text, parse_pairs, parse_since, pass_app, render_jobs, spec_from_options,
                       table)
-from .errors import QueueError, UsageError
+from .errors import NotFound, QueueError, UsageError
 from .queue import RETRYABLE
 from .screen import COLOR_MODES, human_duration, set_color_mode, state_text, when
 from .term import for_terminal
@@ -181,6 +181,14 @@ def _enqueue_specs(words: tuple, jobs_file, argv: Optional[list], flags: dict) -
     return [flags], "cli"
 
 
+def _dependency(queue, ref: str) -> str:
+    """An --after id given as a prefix; one that matches nothing is left for the store to name."""
+    try:
+        return queue.resolve(ref)
+    except NotFound:
+        return ref
+
+
 @cli.command(cls=ArgvCommand)
 @click.argument("job", nargs=-1, metavar="[JSON|COMMAND]")
 @click.option("-f", "--file", "jobs_file", type=click.File("r"), help="Read many jobs, JSON lines or a JSON array "
@@ -204,7 +212,7 @@ def enqueue(job, jobs_file, **options):
     flags = spec_from_options(options)
     queue = get_queue()
     if "after" in flags and jobs_file is None:
-        flags["after"] = [queue.resolve(ref.strip()) for ref in flags["after"].split(",") if ref.strip()]
+        flags["after"] = [_dependency(queue, ref.strip()) for ref in flags["after"].split(",") if ref.strip()]
     specs, source = _enqueue_specs(job, jobs_file, given_argv(), flags)
     ids = queue.enqueue_many(specs, source=source)
     click.echo("\n".join(ids))          # one write: a bulk enqueue prints 100,000 ids
@@ -497,7 +505,7 @@ def status(as_json):
     if data.get("ignored_config"):
         click.echo(f"         ({data['ignored_config']} is not queuectl's: none of its keys is a queuectl setting)")
     click.echo(f"store:   {store['backend']} {store['location']} (schema {store['schema_version']})")
-    click.echo("jobs:    " + "  ".join(f"{state_text(state)} {n}" for state, n in data["counts"].items()))
+    echo("jobs:    " + "  ".join(f"{state_text(state)} {n}" for state, n in data["counts"].items()))
     for section, values in data["plugins"].items():
         click.echo(f"{section + ':':9}" + "  ".join(f"{k} {v}" for k, v in values.items()))
     workers = [w for w in data["workers"] if w["kind"] == "worker"]
@@ -558,7 +566,7 @@ def show(job_id, as_json):
         emit_json(dict(job.to_dict(), history=[a.to_dict() for a in attempts]))
         return
     for key, value in _show_fields(job):
-        click.echo(f"{key + ':':14} {value}")
+        echo(f"{key + ':':14} {value}")
     for edit in job.edits:
         before = ", ".join(f"{k} was {json.dumps(v)}" for k, v in edit["before"].items()) or "no change"
         click.echo(for_terminal(f"{'edited:':14} {when(_epoch(edit['at']), exact=True)}: {before}"))

@@ -24,12 +24,12 @@ import click
 
 from . import models
 from .errors import QueueError, UsageError
-from .screen import format_table, human_duration, state_text, when
+from .screen import format_table, human_duration, state_text, use_color, when
 from .term import for_terminal
 
 __all__ = ["get_queue", "emit_json", "table", "render_jobs", "short", "fmt_seconds", "job_options",
            "spec_from_options", "integer_flag", "UsageError", "QueueError",
-           "when", "human_duration", "state_text", "for_terminal", "parse_since", "parse_pairs",
+           "echo", "when", "human_duration", "state_text", "for_terminal", "parse_since", "parse_pairs",
            "complete_job_ids", "complete_queues", "complete_schedules"]
 
 
@@ -68,7 +68,12 @@ def table(rows: Iterable[dict], columns: list[str], styles: Optional[dict] = Non
     """Rows of dicts as a table: fitted to the terminal's width (free texts cut with …) and states
     in color on a terminal; plain and whole-width in a pipe. See queuectl.screen."""
     lines = format_table(rows, columns, styles=styles)
-    click.echo("\n".join(lines))
+    echo("\n".join(lines))
+
+
+def echo(text: str) -> None:
+    """A line to stdout; with --color always its colors survive a pipe (click strips them otherwise)."""
+    click.echo(text, color=True if use_color() else None)
 
 
 def short(text: Optional[str], width: int = 48) -> str:

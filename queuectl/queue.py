@@ -228,7 +228,9 @@ class Queue:
 
         An exact id always wins; an ambiguous prefix is refused with the candidates it matches.
         """
-        if not isinstance(ref, str) or not ref.strip():
+        if isinstance(ref, str):
+            ref = ref.strip().rstrip("…")     # an id copied from a table cut to the terminal's width
+        if not isinstance(ref, str) or not ref:
             raise UsageError("a job id cannot be empty")
         find = getattr(self.store, "find_ids", None)
         if find is None:                 # a backend without prefix search: exact ids only

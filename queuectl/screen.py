@@ -29,8 +29,13 @@ _mode: Optional[str] = None
 # SGR codes per state: green done, red dead, yellow failed (a retry is due), cyan running.
 STATE_COLORS = {"pending": "", "processing": "36", "completed": "32", "failed": "33", "dead": "31;1",
                 "cancelled": "2", "cancelling": "2"}
-#: Free-text columns that give way first when a table is wider than the terminal.
-FLEX_COLUMNS = ("command", "last_error", "error", "labels", "job")
+#: Columns that shrink when a table is wider than the terminal, with the width each keeps at least:
+#: free texts first, then ids (a cut id is still a prefix that every command takes).
+FLEX_COLUMNS = {"command": 12, "last_error": 8, "error": 8, "labels": 8, "job": 10, "id": 10}
+FIRST_TIER = ("command", "last_error", "error", "labels")
+SECOND_TIER = ("id", "job")
+#: Optional columns left out, in this order, when even the shrunk table is too wide.
+DROP_ORDER = ("due", "queue", "labels", "up", "error", "last_error")
 PIPE_TEXT_MAX = 120     # a free text in a pipe is cut here too, so that one row stays one line
 
 
@@ -156,31 +161,41 @@ def _cell(value, tty: bool) -> str:
     return escape_controls(text) if tty else text
 
 
-def _widths(rows: list[dict], columns: list[str], limit: Optional[int], flex: Iterable[str]) -> dict:
-    """Natural widths, then the flexible columns shrunk (widest first) until the row fits ``limit``."""
-    widths = {c: max([len(c)] + [cell_width(r[c]) for r in rows]) for c in columns}
+def _widths(rows: list[dict], columns: list[str], limit: Optional[int], flex: dict) -> dict:
+    """Natural widths; then, to fit ``limit``, free texts shrink (widest first, down to their floor),
+    then ids, then the optional columns of DROP_ORDER go, then columns from the right."""
+    widths = {c: max([cell_width(c)] + [cell_width(r[c]) for r in rows]) for c in columns}
     if limit is None:
         return widths
-    flexible = [c for c in columns if c in flex]
-    excess = sum(widths.values()) + 2 * (len(columns) - 1) - limit
-    while excess > 0 and flexible:
-        widest = max(flexible, key=lambda c: widths[c])
-        floor = max(len(widest), 6)
-        if widths[widest] <= floor:
-            flexible.remove(widest)
-            continue
-        second = max([widths[c] for c in flexible if c != widest] + [floor])
-        cut = min(excess, widths[widest] - max(second, floor) or 1, widths[widest] - floor)
-        widths[widest] -= cut
-        excess -= cut
-    while excess > 0 and len(widths) > 1:       # fixed columns alone are too wide: drop from the right
-        last = list(widths)[-1]
-        excess -= widths.pop(last) + 2
+
+    def excess() -> int:
+        return sum(widths.values()) + 2 * (len(widths) - 1) - limit
+
+    def shrink(tier) -> None:
+        shrinkable = [c for c in widths if c in flex and c in tier]
+        while excess() > 0 and shrinkable:
+            widest = max(shrinkable, key=lambda c: widths[c])
+            if widths[widest] <= flex[widest]:
+                shrinkable.remove(widest)
+                continue
+            second = max([widths[c] for c in shrinkable if c != widest] + [flex[widest]])
+            widths[widest] -= max(1, min(excess(), widths[widest] - second))
+
+    def drop(names) -> None:
+        for column in names:
+            if excess() > 0 and column in widths and len(widths) > 1:
+                del widths[column]
+
+    shrink(FIRST_TIER)
+    drop(DROP_ORDER[:2])
+    shrink(SECOND_TIER)
+    drop(DROP_ORDER[2:])
+    drop(list(reversed(list(widths))))
     return widths
 
 
 def format_table(rows: Iterable[dict], columns: list[str], stream: Optional[TextIO] = None,
-                 flex: Iterable[str] = FLEX_COLUMNS, styles: Optional[dict[str, Callable[[str], str]]] = None
+                 flex: Optional[dict] = None, styles: Optional[dict[str, Callable[[str], str]]] = None
                  ) -> list[str]:
     """The lines of a table: fitted and colored on a terminal, plain in a pipe.
 
@@ -189,11 +204,12 @@ def format_table(rows: Iterable[dict], columns: list[str], stream: Optional[Text
     """
     tty = is_terminal(stream)
     limit = terminal_width(stream)
+    flex = FLEX_COLUMNS if flex is None else flex
     cells = [{c: _cell(r.get(c), tty) for c in columns} for r in rows]
     if limit is None:
         for row in cells:
             for c in columns:
-                if c in flex:
+                if c in FIRST_TIER:
                     row[c] = fit(row[c], PIPE_TEXT_MAX)
     widths = _widths(cells, columns, limit, flex)
     columns = [c for c in columns if c in widths]
