@@ -81,7 +81,7 @@ def test_list_filters_and_last(instance):
     assert ids(instance, "--grep", "BACKUP") == ["a1", "a4"]            # case-insensitive, argv jobs too
     assert ids(instance, "--grep", "%_D") == ["a3"]                     # LIKE wildcards are literal
     assert ids(instance, "--grep", "0%_") == ["a3"] and ids(instance, "--grep", "_") == ["a3"]
-    assert ids(instance, "--since", "1s") == ["a4"]
+    assert ids(instance, "--since", "1h") == ["a1", "a2", "a3", "a4"]     # a duration counts back from now
     assert ids(instance, "--since", time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(cut)) + "Z") == ["a4"]
     assert ids(instance, "--last", "2") == ["a3", "a4"]                 # the newest two, oldest first
     assert ids(instance, "--limit", "2") == ["a1", "a2"]
@@ -187,9 +187,9 @@ def test_a_running_or_completed_job_cannot_be_edited(instance):
     instance.wait_for_state("runs", "processing")
     instance.wait_for_state("done", "completed")
     for job_id, state in (("runs", "processing"), ("done", "completed")):
-        proc = instance.run("edit", job_id, "--command", "true", check=False)
+        proc = instance.run("edit", job_id, "--command", "echo edited", check=False)
         assert proc.returncode == 1 and f"is {state}" in proc.stderr
-        assert instance.job(job_id)["edits"] == [] and instance.job(job_id)["command"] != "true"
+        assert instance.job(job_id)["edits"] == [] and instance.job(job_id)["command"] != "echo edited"
     instance.run("cancel", "runs")
     instance.wait_for_state("runs", "cancelled")
     assert instance.run("edit", "runs", "--command", "true").returncode == 0

@@ -254,7 +254,7 @@ def test_retry_completed_job_and_dlq_retry_all_with_filters(instance):
     assert instance.run("dlq", "retry", "--all", "--exit-code", "4").stdout.strip() == f"{b} pending"
     assert instance.job(a)["state"] == "dead" and instance.job(b)["state"] == "pending"
     bad = instance.run("dlq", "retry", "--all", "--since", "yesterday", check=False)
-    assert bad.returncode == 2 and "not an ISO-8601 time" in bad.stderr
+    assert bad.returncode == 2 and "--since expects a duration (10m, 2h, 1d) or an ISO-8601 time" in bad.stderr
 
 
 def test_purge_by_state_and_age(instance):
