@@ -17,7 +17,6 @@ from .command import (App, complete_job_ids, complete_queues, echo, emit_json, f
                       job_options, labels_text, parse_pairs, parse_since, pass_app, render_jobs, spec_from_options,
                       table)
 from .errors import NotFound, QueueError, UsageError
-from .queue import RETRYABLE
 from .screen import COLOR_MODES, human_duration, set_color_mode, state_text, when
 from .term import for_terminal
 
@@ -325,6 +324,8 @@ def retry(job_ids, **options):
       queuectl retry 3f2a 9c1e
       queuectl retry 3f2a --command "make report FAST=1"
     """
+    from .queue import RETRYABLE
+
     queue = get_queue()
     argv = given_argv()
     for ref in job_ids:

@@ -18,7 +18,7 @@ import time
 import unicodedata
 from typing import Callable, Iterable, Optional, TextIO
 
-from .term import escape_controls, is_terminal
+from .term import for_terminal, is_terminal
 
 __all__ = ["COLOR_MODES", "set_color_mode", "use_color", "paint", "state_text", "terminal_width", "fit",
            "cell_width", "human_duration", "relative_time", "local_time", "when", "format_table"]
@@ -31,8 +31,8 @@ STATE_COLORS = {"pending": "", "processing": "36", "completed": "32", "failed": 
                 "cancelled": "2", "cancelling": "2"}
 #: Columns that shrink when a table is wider than the terminal, with the width each keeps at least:
 #: free texts first, then ids (a cut id is still a prefix that every command takes).
-FLEX_COLUMNS = {"command": 12, "last_error": 8, "error": 8, "labels": 8, "job": 10, "id": 10}
-FIRST_TIER = ("command", "last_error", "error", "labels")
+FLEX_COLUMNS = {"command": 12, "last_error": 8, "error": 8, "labels": 8, "value": 12, "job": 10, "id": 10}
+FIRST_TIER = ("command", "last_error", "error", "labels", "value")
 SECOND_TIER = ("id", "job")
 #: Optional columns left out, in this order, when even the shrunk table is too wide.
 DROP_ORDER = ("due", "queue", "labels", "up", "error", "last_error")
@@ -155,10 +155,10 @@ def when(ts: Optional[float], stream: Optional[TextIO] = None, exact: bool = Fal
 # --- tables ---------------------------------------------------------------------------------------
 
 
-def _cell(value, tty: bool) -> str:
+def _cell(value, stream: Optional[TextIO]) -> str:
+    """One line of text for a cell; job text is escaped on a terminal (queuectl.term)."""
     text = "" if value is None else str(value)
-    text = text.replace("\r\n", " ").replace("\n", " ").replace("\t", " ")
-    return escape_controls(text) if tty else text
+    return for_terminal(text.replace("\r\n", " ").replace("\n", " ").replace("\t", " "), stream)
 
 
 def _widths(rows: list[dict], columns: list[str], limit: Optional[int], flex: dict) -> dict:
@@ -202,10 +202,9 @@ def format_table(rows: Iterable[dict], columns: list[str], stream: Optional[Text
     A column named ``state`` is colored by its value; ``styles`` maps other columns to a
     function from the cell's text to an SGR code. Every cell is escaped on a terminal.
     """
-    tty = is_terminal(stream)
     limit = terminal_width(stream)
     flex = FLEX_COLUMNS if flex is None else flex
-    cells = [{c: _cell(r.get(c), tty) for c in columns} for r in rows]
+    cells = [{c: _cell(r.get(c), stream) for c in columns} for r in rows]
     if limit is None:
         for row in cells:
             for c in columns:

@@ -17,7 +17,7 @@ import unicodedata
 
 import pytest
 
-from conftest import QUEUECTL, wait_until
+from conftest import QUEUECTL
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 LONG = "echo " + "a-very-long-argument " * 12
@@ -27,8 +27,8 @@ def run_pty(instance, *args, cols: int = 80, env: dict | None = None, timeout: f
     """Run queuectl on a real pseudo-terminal of ``cols`` columns; returns what it printed."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, cols, 0, 0))
-    full_env = {**instance.env, "TERM": "xterm-256color", **(env or {})}
-    full_env.pop("NO_COLOR", None) if "NO_COLOR" not in (env or {}) else None
+    full_env = {k: v for k, v in instance.env.items() if k != "NO_COLOR"}
+    full_env.update({"TERM": "xterm-256color", **(env or {})})
     proc = subprocess.Popen([*QUEUECTL, *map(str, args)], stdin=slave, stdout=slave, stderr=slave,
                             cwd=instance.root, env=full_env, close_fds=True)
     os.close(slave)
