@@ -13,7 +13,7 @@ from typing import Any, Optional
 import click
 
 from . import models
-from .command import (App, complete_job_ids, complete_queues, echo, emit_json, fmt_seconds, get_queue, integer_flag,
+from .command import (App, attempts_text, complete_job_ids, complete_queues, echo, emit_json, fmt_seconds, get_queue, integer_flag,
                       job_options, labels_text, parse_pairs, parse_since, pass_app, render_jobs, spec_from_options,
                       table)
 from .errors import NotFound, QueueError, UsageError
@@ -71,6 +71,9 @@ class ArgvCommand(click.Command):
             ctx.meta["queuectl.argv"] = args[at + 1:]
             args = args[:at]
         return super().parse_args(ctx, args)
+
+    def collect_usage_pieces(self, ctx):
+        return super().collect_usage_pieces(ctx) + ["[-- PROGRAM ARG...]"]
 
 
 def given_argv() -> Optional[list]:
@@ -236,7 +239,7 @@ EDIT_OPTIONS = (
     click.option("-c", "--command", "command", help="The new shell command (an argv job becomes a shell job)."),
     click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Set a variable (repeatable)."),
     click.option("--unset-env", multiple=True, metavar="KEY", help="Remove a variable (repeatable)."),
-    click.option("--cwd", help="The new working folder."),
+    click.option("--cwd", metavar="DIR", help="The new working folder."),
     click.option("--timeout", metavar="DURATION", help="The new timeout (90, 10m, 1h30m), or 'none'."),
     click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Set a label (repeatable)."),
     click.option("--unset-label", multiple=True, metavar="KEY", help="Remove a label (repeatable)."),
@@ -260,11 +263,10 @@ def edit_changes(job, options: dict, argv: Optional[list]) -> dict:
         if not argv:
             raise UsageError("nothing after --: give the program to run and its arguments")
         changes["argv"] = argv
-    for field, set_opt, unset_opt in (("env", "env", "unset_env"), ("labels", "labels", "unset_label")):
-        if options.get(set_opt) or options.get(unset_opt):
-            value = dict(getattr(job, field), **parse_pairs(f"--{set_opt[:-1] if field == 'labels' else set_opt}",
-                                                            options.get(set_opt) or ()))
-            for key in options.get(unset_opt) or ():
+    for field, flag, unset in (("env", "--env", "unset_env"), ("labels", "--label", "unset_label")):
+        if options.get(field) or options.get(unset):
+            value = dict(getattr(job, field), **parse_pairs(flag, options.get(field) or ()))
+            for key in options.get(unset) or ():
                 value.pop(key, None)
             changes[field] = value
     if options.get("cwd") is not None:
@@ -585,7 +587,7 @@ TIME_FIELDS = ("created_at", "updated_at", "run_at")
 def _show_fields(job):
     """(name, text) of each field that has a value: times local and relative on a terminal, texts escaped."""
     data = job.to_dict()
-    data["attempts"] = f"{job.attempts} (runs allowed: {job.attempts - job.tries + job.max_retries + 1})"
+    data["attempts"] = attempts_text(job)
     for key, value in data.items():
         if value in (None, {}, "", []) or key == "edits":
             continue

@@ -36,7 +36,7 @@ __all__ = ["get_queue", "emit_json", "table", "render_jobs", "short", "fmt_secon
 class App:
     """Per-invocation state: the global options and the lazily opened queue."""
 
-    def __init__(self, config: Optional[str], db: Optional[str], plugins_dir: Optional[str], **_ignored):
+    def __init__(self, config: Optional[str], db: Optional[str], plugins_dir: Optional[str]):
         self.options = {"config": config, "db": db, "plugins_dir": plugins_dir}
         self._queue = None
 
