@@ -837,6 +837,7 @@ def test_a_version_1_store_is_migrated(backend):
     job = store.get_job("v1-job")
     assert (job.state, job.unique_key, job.after, job.waiting_on, job.cancel_requested) == \
            ("pending", None, [], 0, False)
+    assert (job.labels, job.argv, job.edits) == ({}, None, [])          # schema 3's columns, read as empty
     assert store.claim(worker(), 30).id == "v1-job"
     assert store.add_jobs([make_job("v2-job", after=["v1-job"], unique_key="u")]) == ["v2-job"]
 
