@@ -171,7 +171,7 @@ def test_retry_with_a_new_command_and_argv_edit(instance):
     instance.run("worker", "start", "--burst")
     assert instance.run("retry", "j", "--", "echo", "$(argv)").stdout == "j pending\n"
     job = instance.job("j")
-    assert job["argv"] == ["echo", "$(argv)"] and len(job["edits"]) == 1 and job["retries_left"] == 1
+    assert job["argv"] == ["echo", "$(argv)"] and len(job["edits"]) == 1 and job["retries_left"] == 0
     instance.run("worker", "start", "--burst")
     assert instance.json("logs", "j")[-1]["stdout"] == "$(argv)\n"
     assert instance.run("retry", "j", "--command", "echo back to $((1 + 1))").stdout == "j pending\n"
