@@ -48,8 +48,9 @@ def integer(minimum: Optional[int] = None, maximum: Optional[int] = None):
     return between(-INT64_MAX if minimum is None else minimum, INT64_MAX if maximum is None else maximum, True)
 
 
-def number(minimum: Optional[float] = None, allow_zero: bool = True, maximum: float = 1e15):
-    """A finite number in [minimum, maximum] (plugins' settings; the core's use :func:`seconds`)."""
+def number(minimum: Optional[float] = None, allow_zero: bool = True, maximum: float = 1e6):
+    """A finite number in [minimum, maximum] (plugins' settings; the core's use :func:`seconds`). The
+    default bound keeps a value used as a timeout below what select/epoll take (about 24 days)."""
     return between(-maximum if minimum is None else minimum, maximum, low_open=not allow_zero and minimum == 0)
 
 

@@ -359,8 +359,9 @@ class Queue:
 
     def retry(self, job_id: str, states: tuple = (models.DEAD,)) -> Job:
         """Dead (or another finished state) -> pending with a fresh retry budget; the history stays."""
-        states = tuple([states] if isinstance(states, str) else states)
-        if not states or any(state not in models.FINISHED_STATES for state in states):
+        states = (states,) if isinstance(states, str) else states
+        if not isinstance(states, (list, tuple, set, frozenset)) or not states or \
+                any(state not in models.FINISHED_STATES for state in states):
             raise UsageError(f"only finished jobs can be retried ({', '.join(models.FINISHED_STATES)})")
         job_id = self.get(job_id).id
         job = self.store.retry_job(job_id, states)
@@ -387,7 +388,7 @@ class Queue:
 
     def purge(self, states: Iterable[str], older_than: float) -> int:
         """Delete finished jobs last updated more than ``older_than`` seconds ago (0 to ten years)."""
-        if isinstance(states, str) or not hasattr(states, "__iter__"):
+        if not isinstance(states, (list, tuple, set, frozenset)):
             raise UsageError("states must be a list of finished states")
         states = tuple(states)
         if not states:

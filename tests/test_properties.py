@@ -74,6 +74,15 @@ def strict_loads(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
+def environment_text(value: str) -> bool:
+    """What a process environment can hold: no NUL, and bytes (surrogate escapes at most)."""
+    try:
+        value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in value
+
+
 class World:
     """One store and config, driven in-process; workers are real processes."""
 
@@ -299,7 +308,7 @@ class World:
 
     def way_environment(self, data) -> None:
         key = data.draw(st.sampled_from(SETTING_KEYS + ["lock-timeout", "disable-plugins"]))
-        value = data.draw(nasty_text.filter(lambda v: "\x00" not in v))
+        value = data.draw(nasty_text.filter(environment_text))
         env = {"QUEUECTL_" + key.upper().replace("-", "_"): value}
         self.run_cli(["list"], env=env, before=self.snapshot())
 

@@ -24,9 +24,9 @@ from typing import Any, Callable, Optional
 import click
 
 from queuectl import hookimpl
-from queuectl.config import Setting, default_data_dir, integer, number, string_list, text
+from queuectl.config import Setting, default_data_dir, integer, seconds, string_list, text
 from queuectl.errors import PluginError, QueueError
-from queuectl.models import COMPLETED, DEAD, FAILED, iso, now
+from queuectl.models import COMPLETED, DEAD, FAILED, MAX_INTERVAL, MAX_WAIT, iso, now
 from queuectl.plugins import call_registrations
 
 EVENTS = ("completed", "retry", "dead")
@@ -66,13 +66,17 @@ def queuectl_register_settings(register):
     for event, key in CALLBACKS.items():
         register(Setting(key, None, text, f"Shell command run when a job {'is retried' if event == 'retry' else event.replace('dead', 'dies')}"
                          " (job fields in QUEUECTL_* variables)."))
-    register(Setting("callback-timeout", 30.0, number(0.1), "Seconds a callback may run before it is killed."))
+    register(Setting("callback-timeout", 30.0, seconds(0.1, MAX_WAIT),
+                     "Seconds a callback may run before it is killed."))
     register(Setting("webhook-url", None, http_url, "URL that receives a JSON POST for each job event."))
     register(Setting("webhook-events", list(EVENTS), event_names, "Events sent to webhook-url: completed, retry, dead."))
     register(Setting("webhook-secret", None, text, "Key of the X-Queuectl-Signature header (HMAC-SHA256 of the body)."))
-    register(Setting("webhook-timeout", 10.0, number(0.1), "Seconds to wait for a webhook's answer."))
-    register(Setting("notify-retries", 5, integer(0), "Retries of a failed delivery (webhooks, plugin notifiers)."))
-    register(Setting("notify-backoff", 1.0, number(0.001), "Seconds before a delivery's first retry; doubles each time."))
+    register(Setting("webhook-timeout", 10.0, seconds(0.1, MAX_WAIT),
+                     "Seconds to wait for a webhook's answer."))
+    register(Setting("notify-retries", 5, integer(0, 1000),
+                     "Retries of a failed delivery (webhooks, plugin notifiers)."))
+    register(Setting("notify-backoff", 1.0, seconds(0.001, MAX_INTERVAL),
+                     "Seconds before a delivery's first retry; doubles each time."))
     register(Setting("notify-outbox", None, text, "Folder of pending deliveries (default: beside the store).",
                      file_only=True, path=True))
 

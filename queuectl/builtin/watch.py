@@ -14,7 +14,7 @@ from typing import Optional
 import click
 
 from queuectl import hookimpl, models
-from queuectl.command import EXIT_TIMEOUT, QueueError, UsageError, exit_for_states, get_queue
+from queuectl.command import EXIT_TIMEOUT, Duration, Number, QueueError, UsageError, exit_for_states, get_queue
 from queuectl.term import escape_controls
 
 WAIT_POLL = 0.25            # seconds between looks at the jobs being waited for
@@ -36,7 +36,7 @@ def queuectl_register_commands(cli):
 @click.argument("job_ids", nargs=-1)
 @click.option("--queue", "queue_name", help="Every job of this queue not finished yet.")
 @click.option("--all", "everything", is_flag=True, help="Every job not finished yet.")
-@click.option("--timeout", help="Give up after this long: 90, 30s, 10m, 1h (exit 4).")
+@click.option("--timeout", type=Duration(), help="Give up after this long: 90, 30s, 10m, 1h (exit 4).")
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs' final states as JSON.")
 def wait(job_ids, queue_name, everything, timeout, as_json):
     """Block until the jobs are completed, dead or cancelled (a job waiting for a retry is not).
@@ -201,7 +201,8 @@ def fmt_eta(seconds: Optional[float]) -> str:
 
 
 @click.command()
-@click.option("--interval", default=TOP_REFRESH, type=click.FloatRange(min=0.1), show_default=True,
+@click.option("--interval", default=TOP_REFRESH, type=Number(models.Range(0.1, models.MAX_INTERVAL)),
+              show_default=True,
               help="Seconds between refreshes.")
 def top(interval):
     """A live view of the queue: jobs per state and queue, throughput, workers, latest failures (q quits)."""
