@@ -7,6 +7,7 @@ expires by the store's clock.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import select
 import signal
@@ -16,7 +17,7 @@ import traceback
 import uuid
 from typing import Optional
 
-from . import models
+from . import models, watchdog
 from .errors import QueueError
 from .executor import RunContext
 from .process import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, host_id, pid_alive, pid_start_time, prctl
@@ -148,6 +149,7 @@ class Worker:
         self._next_beat = 0.0
         self._next_refresh = 0.0
         self._claimed_at = time.monotonic()
+        self._watchdog: Optional[int] = None    # write end of the watchdog's pipe
 
     def _on_signal(self, signum, frame) -> None:
         if self.stopping:
@@ -168,6 +170,8 @@ class Worker:
         return self.config.get("lease-timeout")
 
     def run(self) -> int:
+        # Before becoming a subreaper: the watchdog must not be one of our children.
+        self._watchdog = watchdog.start(self.queue)
         # Orphans of our commands (double forks, setsid children) become our children, not
         # init's, so a leftover is seen and killed when its attempt ends.
         prctl(PR_SET_CHILD_SUBREAPER, 1)
@@ -292,10 +296,14 @@ class Worker:
         env = {"QUEUECTL_JOB_ID": job.id, "QUEUECTL_ATTEMPT": str(attempt_no), "QUEUECTL_RUN_ID": job.lease.run_id}
         try:
             executor = self.queue.executor(job.executor)
+            watchdog.watch(self._watchdog, job)
             run = executor.start(job, RunContext(attempt_no, job.lease.run_id, env, self.config))
         except (OSError, ValueError, QueueError) as exc:
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             return ExecResult(models.START_ERROR, error=f"could not start: {detail}")
+        if getattr(run, "pgid", None):
+            started = dataclasses.replace(job, lease=dataclasses.replace(job.lease, pgid=run.pgid))
+            watchdog.watch(self._watchdog, started)     # now with the group, for a kill in one call
         return self._watch(job, run, claimed_at)
 
     def _watch(self, job: Job, run, claimed_at: float) -> ExecResult:
