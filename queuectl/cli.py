@@ -12,7 +12,7 @@ from typing import Any, Iterable, Optional
 import click
 
 from . import models
-from .command import (App, emit_json, fmt_seconds, get_queue, job_options, pass_app, render_jobs, short,
+from .command import (App, read_command, emit_json, fmt_seconds, get_queue, job_options, pass_app, render_jobs, short,
                       spec_from_options, table, integer_flag)
 from .errors import QueueError, UsageError
 
@@ -401,6 +401,11 @@ def plugins(as_json):
         click.echo(f"{entry['name']} ({entry['origin']})")
         for hook in entry["hooks"]:
             click.echo(f"  {hook}")
+
+
+# Commands that only read never create a store: `--db tyop.db list` is an error, not a new empty queue.
+for _read in (status, list_jobs, show, logs, stats, queue_list, config_get, config_list):
+    read_command(_read)
 
 
 def main(argv: Optional[list] = None) -> None:

@@ -21,7 +21,7 @@ import click
 from . import models
 from .errors import QueueError, UsageError
 
-__all__ = ["get_queue", "emit_json", "table", "render_jobs", "short", "fmt_seconds", "job_options",
+__all__ = ["get_queue", "read_command", "emit_json", "table", "render_jobs", "short", "fmt_seconds", "job_options",
            "spec_from_options", "integer_flag", "UsageError", "QueueError"]
 
 
@@ -38,7 +38,21 @@ class App:
             from .queue import Queue
 
             self._queue = Queue.open(**self.options)
+        # Decided by the command that uses the queue (plugin commands are resolved through it first).
+        self._queue.create_store = not reads_only(click.get_current_context(silent=True))
         return self._queue
+
+
+def reads_only(ctx) -> bool:
+    """Does the running command only read? Such a command never creates a store (see ``read_command``)."""
+    return bool(ctx is not None and getattr(ctx.command, "reads_only", False))
+
+
+def read_command(command):
+    """Mark a click command as one that only reads: on a missing store it fails instead of creating one
+    (so a typo in --db is an error, not a new empty queue). Returns the command."""
+    command.reads_only = True
+    return command
 
 
 pass_app = click.make_pass_decorator(App)

@@ -18,7 +18,7 @@ import uuid
 from typing import Optional
 
 from . import models, watchdog
-from .errors import QueueError
+from .errors import QueueError, StoreReplaced
 from .executor import RunContext
 from .process import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, host_id, pid_alive, pid_start_time, prctl
 from .models import Attempt, ExecResult, Job
@@ -414,43 +414,53 @@ class Pool:
         signal.set_wakeup_fd(wake_w)
         self._wake_fds = (wake_r, wake_w)
         try:
-            if queue.pm.hook.queuectl_job_sources.get_hookimpls():
-                self._spawn("sources")
-            for _ in range(self.count):
-                self._spawn("worker")
-            handled = 0
-            tick = self.config_tick()
-            next_tick = time.monotonic() + tick
-            while True:
-                select.select([wake_r], [], [], max(0.0, min(next_tick, self._respawn_at or next_tick)
-                                                    - time.monotonic()))
-                try:
-                    while os.read(wake_r, 512):
-                        pass
-                except OSError:
-                    pass
-                while handled < self.signals:
-                    handled += 1
-                    self._begin_stop(force=handled > 1)
-                self._reap(host)
-                if not self._workers() and (self.stopping or self.burst):
-                    break
-                if time.monotonic() >= next_tick:
-                    if not queue.store.heartbeat_worker(self.info.id) and not self.stopping:
-                        log("stop requested through the store; finishing running jobs")
-                        self._begin_stop(force=False)
-                    recover(queue, host)
-                    prune_workers(queue, host)
-                    tick = self.config_tick()
-                    next_tick = time.monotonic() + tick
-                self._replace()
+            return self._supervise(queue, host, wake_r)
+        except StoreReplaced as exc:
+            log(f"error: {exc}")
+            self._begin_stop(force=False)
+            return 1
         finally:
             signal.set_wakeup_fd(-1)
             for pid, child in list(self.children.items()):
                 if child["kind"] == "sources":
                     _kill(pid, signal.SIGTERM)
             self._wait_all()
-            queue.store.remove_worker(self.info.id)
+            try:
+                queue.store.remove_worker(self.info.id)
+            except StoreReplaced:
+                pass
+
+    def _supervise(self, queue, host: str, wake_r: int) -> int:
+        if queue.pm.hook.queuectl_job_sources.get_hookimpls():
+            self._spawn("sources")
+        for _ in range(self.count):
+            self._spawn("worker")
+        handled = 0
+        tick = self.config_tick()
+        next_tick = time.monotonic() + tick
+        while True:
+            select.select([wake_r], [], [], max(0.0, min(next_tick, self._respawn_at or next_tick)
+                                                - time.monotonic()))
+            try:
+                while os.read(wake_r, 512):
+                    pass
+            except OSError:
+                pass
+            while handled < self.signals:
+                handled += 1
+                self._begin_stop(force=handled > 1)
+            self._reap(host)
+            if not self._workers() and (self.stopping or self.burst):
+                break
+            if time.monotonic() >= next_tick:
+                if not queue.store.heartbeat_worker(self.info.id) and not self.stopping:
+                    log("stop requested through the store; finishing running jobs")
+                    self._begin_stop(force=False)
+                recover(queue, host)
+                prune_workers(queue, host)
+                tick = self.config_tick()
+                next_tick = time.monotonic() + tick
+            self._replace()
         return 0
 
     def config_tick(self) -> float:
@@ -535,6 +545,10 @@ class Pool:
                 code = worker.run()
             else:
                 code = run_sources(self.queue, self.options)
+        except StoreReplaced:
+            pass                          # the pool says so, once
+        except QueueError as exc:         # a damaged or unusable store: one line, and the pool decides
+            log(f"error: {kind} {os.getpid()}: {exc}")
         except BaseException:
             traceback.print_exc()
         finally:

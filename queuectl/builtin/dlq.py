@@ -10,12 +10,13 @@ from queuectl.models import DEAD, parse_time
 
 @hookimpl
 def queuectl_register_commands(cli):
-    from queuectl.command import get_queue, render_jobs
+    from queuectl.command import get_queue, read_command, render_jobs
 
     @cli.group()
     def dlq():
         """The dead letter queue: jobs that spent their retries."""
 
+    @read_command
     @dlq.command("list")
     @click.option("--limit", type=click.IntRange(min=0), help="At most this many jobs.")
     @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of jobs.")

@@ -17,7 +17,7 @@ import click
 
 from queuectl import hookimpl
 from queuectl.config import Setting, choice, number, text
-from queuectl.errors import NotFound, UsageError
+from queuectl.errors import NotFound, StoreReplaced, UsageError
 
 MISSED = ("once", "skip")
 
@@ -112,6 +112,8 @@ class ScheduleSource:
         while not self.stopping.is_set():
             try:
                 fire_due(self.queue, time.time())
+            except StoreReplaced:
+                return                     # the pool says so and stops
             except Exception as exc:       # a bad schedule must not stop the others next time
                 click.echo(f"queuectl: schedules: {type(exc).__name__}: {exc}", err=True)
             self.stopping.wait(self.queue.config.get("schedule-interval"))
@@ -124,7 +126,7 @@ def queuectl_job_sources(queue, options):
 
 @hookimpl
 def queuectl_register_commands(cli):
-    from queuectl.command import emit_json, get_queue, job_options, spec_from_options, table
+    from queuectl.command import emit_json, get_queue, job_options, read_command, spec_from_options, table
     from queuectl.models import iso
 
     @cli.group()
@@ -154,6 +156,7 @@ def queuectl_register_commands(cli):
         queue.store.add_schedule(name, cron, spec, missed or queue.config.get("schedule-missed"), start, replace)
         click.echo(f"{name}: next at {iso(next_tick(cron, now, _zone(queue)))}")
 
+    @read_command
     @schedule.command("list")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     def schedule_list(as_json):
