@@ -12,9 +12,10 @@ from typing import Any, Iterable, Optional
 import click
 
 from . import models
-from .command import (App, read_command, emit_json, fmt_seconds, get_queue, job_options, pass_app, render_jobs, short,
+from .command import (App, emit_json, fmt_seconds, get_queue, job_options, pass_app, read_command, render_jobs, short,
                       spec_from_options, table, integer_flag)
 from .errors import QueueError, UsageError
+from .term import for_terminal, write_output
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -300,7 +301,8 @@ def show(job_id, as_json):
         return
     for key, value in job.to_dict().items():
         if value not in (None, {}, ""):
-            click.echo(f"{key + ':':14} {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+            value = json.dumps(value) if isinstance(value, (dict, list)) else value
+            click.echo(f"{key + ':':14} {for_terminal(str(value))}")
     if attempts:
         click.echo("")
         table(({"attempt": a.attempt, "outcome": a.outcome, "exit": a.exit_code if a.signal is None else
@@ -313,20 +315,23 @@ def show(job_id, as_json):
 @click.argument("job_id")
 @click.option("--attempt", type=int, help="Only this attempt (from 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def logs(job_id, attempt, as_json):
+@click.option("--raw", is_flag=True, help="On a terminal too, print output exactly as stored (escapes act).")
+def logs(job_id, attempt, as_json, raw):
     """Output, exit code, duration and time of each attempt of a job."""
-    entries = get_queue().logs(job_id, attempt)
+    queue = get_queue()
     if as_json:
-        emit_json(entries)
+        emit_json(queue.logs(job_id, attempt))
         return
-    for entry in entries:
+    for record in queue.attempts(job_id, attempt):
+        entry = record.to_dict()
         how = f"exit {entry['exit_code']}" if entry["signal"] is None else f"signal {entry['signal']}"
-        click.echo(f"=== attempt {entry['attempt']}: {entry['outcome']} ({how}) at {entry['created_at']} "
-                   f"in {entry['duration']:.3f}s" + (f": {entry['error']}" if entry["error"] else ""))
-        for stream in ("stdout", "stderr"):
-            if entry[stream]:
+        click.echo(for_terminal(f"=== attempt {entry['attempt']}: {entry['outcome']} ({how}) at "
+                                f"{entry['created_at']} in {entry['duration']:.3f}s" +
+                                (f": {entry['error']}" if entry["error"] else ""), raw=raw))
+        for stream, data in (("stdout", record.stdout), ("stderr", record.stderr)):
+            if data:
                 click.echo(f"--- {stream}")
-                click.echo(entry[stream].rstrip("\n"))
+                write_output(data, raw=raw)     # piped: the stored bytes exactly
 
 
 @cli.command()

@@ -20,6 +20,7 @@ import click
 
 from . import models
 from .errors import QueueError, UsageError
+from .term import for_terminal
 
 __all__ = ["get_queue", "read_command", "emit_json", "table", "render_jobs", "short", "fmt_seconds", "job_options",
            "spec_from_options", "integer_flag", "UsageError", "QueueError"]
@@ -71,7 +72,8 @@ def emit_json(data: Any) -> None:
 
 
 def table(rows: Iterable[dict], columns: list[str]) -> None:
-    rows = [{c: "" if r.get(c) is None else str(r.get(c)) for c in columns} for r in rows]
+    # Cells hold job text (commands, errors, names): escaped on a terminal, exact in a pipe.
+    rows = [{c: "" if r.get(c) is None else for_terminal(str(r.get(c))) for c in columns} for r in rows]
     widths = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in columns}
     click.echo("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
     for row in rows:

@@ -23,6 +23,7 @@ from .executor import RunContext
 from .process import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, host_id, pid_alive, pid_start_time, prctl
 from .models import Attempt, ExecResult, Job
 from .store import Transition, WorkerInfo
+from .term import for_terminal
 
 WATCH_TICK = 0.25      # how often a running job checks for signals, heartbeats and its timeout
 CANCEL_CHECK = 0.5     # how often a running job asks the store whether it was cancelled
@@ -38,7 +39,8 @@ RENEW_WAIT_MAX = 2.0   # one renewal's wait for a locked store, so signals and t
 
 
 def log(message: str) -> None:
-    print(f"queuectl: {message}", file=sys.stderr, flush=True)
+    # Messages carry job text (ids, errors): escaped on a terminal.
+    print(f"queuectl: {for_terminal(message, sys.stderr)}", file=sys.stderr, flush=True)
 
 
 def new_info(queue, kind: str, pool_id: Optional[str] = None) -> WorkerInfo:

@@ -29,6 +29,7 @@ import click
 from queuectl import hookimpl
 from queuectl.config import Setting, choice, integer, number, text
 from queuectl.errors import Conflict, JobValidationError, QueueError, UsageError
+from queuectl.term import for_terminal
 
 SUBFOLDERS = ("work", "done", "rejected")
 IGNORED_NAMES = {"readme", "readme.md", "readme.txt"}
@@ -44,7 +45,8 @@ _warned: set = set()        # folders already warned about; inherited by a pool'
 
 
 def log(message: str) -> None:
-    print(f"queuectl: spool: {message}", file=sys.stderr, flush=True)
+    # File names and reasons come from whoever drops files: escaped on a terminal.
+    print(f"queuectl: spool: {for_terminal(message, sys.stderr)}", file=sys.stderr, flush=True)
 
 
 class Rejected(Exception):
@@ -286,6 +288,8 @@ def check_open_file(info: os.stat_result, cap: int) -> None:
         raise Rejected(not_regular(info.st_mode))
     if info.st_uid not in (os.geteuid(), 0):
         raise Rejected(f"owned by another user (uid {info.st_uid}); it was not read")
+    if info.st_nlink > 1:       # a hard link to someone else's file (say /etc/shadow) passes the owner check
+        raise Rejected(f"has {info.st_nlink} hard links; only a file with one link is read, it was not read")
     if info.st_size > cap:
         raise Rejected(f"{info.st_size} bytes, larger than spool-max-size ({cap} bytes); it was not read")
 
