@@ -158,6 +158,7 @@ class SQLiteStore:
         self._conn: Optional[sqlite3.Connection] = None
         self._identity: Optional[tuple] = None       # (st_dev, st_ino) of the file opened
         self._identity_checked = 0.0
+        self.disk_full = False                       # said so already (once per episode)
         self._notify_sock: Optional[socket.socket] = None
 
     # --- connection and transactions ------------------------------------------------------
@@ -216,29 +217,46 @@ class SQLiteStore:
         conn.execute("PRAGMA busy_timeout=0")
 
     def _retry(self, fn, *args):
-        """Wait out "database is locked" instead of failing; workers wait forever, commands lock-timeout."""
+        """Wait out "database is locked" instead of failing; workers wait forever, commands lock-timeout.
+
+        A full disk is waited out the same way by workers and pools (patient: lock_timeout None), so a
+        finished result is recorded once there is space again; a command fails at once. Each failed
+        transaction was rolled back, so nothing partial is left either way.
+        """
         start = time.monotonic()
         delay, warned = 0.0001, False
         while True:
             try:
-                return fn(*args)
+                result = fn(*args)
+                self.disk_full = False
+                return result
             except sqlite3.OperationalError as exc:
                 message = str(exc)
+                if "full" in message:
+                    if self.lock_timeout is not None:
+                        raise QueueError(f"cannot write the store {self.path}: the disk is full; "
+                                         f"nothing was changed") from None
+                    if not self.disk_full:       # one line per episode, however many calls wait
+                        print(f"queuectl: store {self.path}: the disk is full; waiting for space "
+                              f"(retrying every second)", file=sys.stderr)
+                        self.disk_full = True
+                    time.sleep(1.0)
+                    continue
                 if "locked" not in message and "busy" not in message:
                     raise QueueError(f"store {self.path}: {message}") from None
             except sqlite3.DatabaseError as exc:   # garbage in the file: "database disk image is malformed"
                 if type(exc) is not sqlite3.DatabaseError:
                     raise                          # a constraint (IntegrityError): the caller's to name
                 raise QueueError(f"the store {self.path} is damaged ({exc}); restore it from a backup") from None
-                waited = time.monotonic() - start
-                if self.lock_timeout is not None and waited >= self.lock_timeout:
-                    raise StoreBusy(f"the store {self.path} stayed locked by another process "
-                                    f"for {waited:.0f} s") from None
-                if waited > 2 and not warned:
-                    print(f"queuectl: store {self.path} is locked by another process; waiting", file=sys.stderr)
-                    warned = True
-                time.sleep(delay)
-                delay = min(delay * 2, 0.1)
+            waited = time.monotonic() - start
+            if self.lock_timeout is not None and waited >= self.lock_timeout:
+                raise StoreBusy(f"the store {self.path} stayed locked by another process "
+                                f"for {waited:.0f} s") from None
+            if waited > 2 and not warned:
+                print(f"queuectl: store {self.path} is locked by another process; waiting", file=sys.stderr)
+                warned = True
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
     def _write(self, fn, *args):
         def attempt():
