@@ -204,6 +204,9 @@ class Worker:
             if listener is not None:
                 listener.close()
             store.remove_worker(self.info.id)
+            if self._watchdog is not None:
+                os.close(self._watchdog)     # the watchdog sweeps the last attempt (nothing left) and exits
+                self._watchdog = None
         return 0
 
     def _housekeeping(self) -> None:

@@ -15,6 +15,8 @@ import random
 import signal
 import time
 
+import pytest
+
 from conftest import alive, pids_with_env, wait_until
 
 BOTH_BACKENDS = True
@@ -49,11 +51,16 @@ def start_escaped(instance, queue, marks):
     return job_id, pool, lease, tree
 
 
-def assert_tree_dies_and_job_ends_once(instance, job_id, tree, marks) -> float:
+def tree_death(tree) -> float:
+    """Seconds until every process of ``tree`` is gone."""
     killed = time.monotonic()
     wait_until(lambda: not any(alive(p) for p in tree), timeout=10, interval=0.005,
                message="the command's whole tree to die")
-    took = time.monotonic() - killed
+    return time.monotonic() - killed
+
+
+def assert_tree_dies_and_job_ends_once(instance, job_id, tree, marks) -> float:
+    took = tree_death(tree)
     time.sleep(3.5)                           # past the moment the escaped grandchild would have finished
     assert not marks.exists(), "the killed attempt's grandchild ran to its end"
     pool = instance.start_pool(1)
@@ -65,40 +72,38 @@ def assert_tree_dies_and_job_ends_once(instance, job_id, tree, marks) -> float:
     return took
 
 
-def test_whole_group_sigkill_kills_the_setsid_grandchild(instance):
+@pytest.fixture
+def escaped(instance):
+    """A pool of one running a job whose work is in a setsid'd grandchild: (job id, pool, lease, tree, marks)."""
     marks = instance.root / "marks"
     queue = open_queue(instance)
     try:
-        job_id, pool, lease, tree = start_escaped(instance, queue, marks)
-        os.killpg(pool.pid, signal.SIGKILL)   # pool and workers at once; no pool is left to recover
-        pool.wait(timeout=30)
-        took = assert_tree_dies_and_job_ends_once(instance, job_id, tree, marks)
-        assert "its watchdog killed" in (instance.root / "pool.log").read_text()
-        print(f"\nwhole group SIGKILLed: the command's tree was gone {took * 1000:.0f} ms later")
+        yield (*start_escaped(instance, queue, marks), marks)
     finally:
         queue.close()
 
 
-def test_worker_only_sigkill_kills_the_setsid_grandchild(instance):
-    marks = instance.root / "marks"
-    queue = open_queue(instance)
+def test_whole_group_sigkill_kills_the_setsid_grandchild(instance, escaped):
+    job_id, pool, lease, tree, marks = escaped
+    os.killpg(pool.pid, signal.SIGKILL)       # pool and workers at once; no pool is left to recover
+    pool.wait(timeout=30)
+    took = assert_tree_dies_and_job_ends_once(instance, job_id, tree, marks)
+    assert "its watchdog killed" in (instance.root / "pool.log").read_text()
+    print(f"\nwhole group SIGKILLed: the command's tree was gone {took * 1000:.0f} ms later")
+
+
+def test_worker_only_sigkill_kills_the_setsid_grandchild(instance, escaped):
+    job_id, pool, lease, tree, marks = escaped
+    os.killpg(pool.pid, signal.SIGSTOP)       # the pool cannot help: only the watchdog can act
+    os.kill(lease.pid, signal.SIGKILL)
     try:
-        job_id, pool, lease, tree = start_escaped(instance, queue, marks)
-        os.killpg(pool.pid, signal.SIGSTOP)   # the pool cannot help: only the watchdog can act
-        os.kill(lease.pid, signal.SIGKILL)
-        try:
-            killed = time.monotonic()
-            wait_until(lambda: not any(alive(p) for p in tree), timeout=10, interval=0.005,
-                       message="the command's whole tree to die")
-            took = time.monotonic() - killed
-        finally:
-            os.killpg(pool.pid, signal.SIGCONT)
-        os.killpg(pool.pid, signal.SIGKILL)
-        pool.wait(timeout=30)
-        assert_tree_dies_and_job_ends_once(instance, job_id, tree, marks)
-        print(f"\nworker alone SIGKILLed (pool frozen): tree gone {took * 1000:.0f} ms later")
+        took = tree_death(tree)
     finally:
-        queue.close()
+        os.killpg(pool.pid, signal.SIGCONT)
+    os.killpg(pool.pid, signal.SIGKILL)
+    pool.wait(timeout=30)
+    assert_tree_dies_and_job_ends_once(instance, job_id, tree, marks)
+    print(f"\nworker alone SIGKILLed (pool frozen): tree gone {took * 1000:.0f} ms later")
 
 
 def test_pool_only_sigkill_lets_the_worker_finish_its_job_once(instance):
