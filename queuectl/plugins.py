@@ -28,6 +28,8 @@ BUILTINS = (
     ("dlq", "queuectl.builtin.dlq"),
     ("spool", "queuectl.builtin.spool"),
     ("schedule", "queuectl.builtin.schedule"),
+    ("notify", "queuectl.builtin.notify"),
+    ("watch", "queuectl.builtin.watch"),
 )
 ENTRY_POINT_GROUP = "queuectl"
 

