@@ -32,8 +32,9 @@ def queuectl_attempt_finished(job, attempt, queue):
         "duration": round(attempt.duration, 6), "state": job.state, "error": attempt.error,
         "host": attempt.host, "pid": attempt.pid,
     })
-    # One write with O_APPEND: lines from concurrent workers never interleave.
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    # One write with O_APPEND: lines from concurrent workers never interleave. O_NOFOLLOW: a symlink
+    # planted at the path (say to ~/.bashrc) is refused, not appended to.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, (line + "\n").encode())
     finally:

@@ -15,10 +15,10 @@ import click
 from . import models
 from .command import (App, Duration, Integer, attempts_text, complete_job_ids, complete_queues, echo, emit_json,
                       exit_for_states, fmt_seconds, get_queue, integer_flag, job_options, labels_text, parse_pairs,
-                      parse_since, pass_app, render_jobs, spec_from_options, table)
+                      parse_since, pass_app, read_command, render_jobs, spec_from_options, table)
 from .errors import JobValidationError, NotFound, QueueError, UsageError
 from .screen import COLOR_MODES, human_duration, set_color_mode, state_text, when
-from .term import for_terminal
+from .term import for_terminal, write_output
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -645,7 +645,8 @@ def _outcome_style(outcome: str) -> str:
 @click.option("--stdout", "only", flag_value="stdout", help="Only the job's stdout.")
 @click.option("--stderr", "only", flag_value="stderr", help="Only the job's stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def logs(job_id, attempt, follow, only, as_json):
+@click.option("--raw", is_flag=True, help="On a terminal too, print output exactly as stored (escapes act).")
+def logs(job_id, attempt, follow, only, as_json, raw):
     """Output, exit code, duration and time of each attempt of a job (the running one so far).
 
     \b
@@ -658,16 +659,22 @@ def logs(job_id, attempt, follow, only, as_json):
         if as_json or attempt is not None:
             raise UsageError("--follow cannot be combined with --json or --attempt")
         raise click.exceptions.Exit(follow_logs(get_queue(), job_id, only))
-    entries = get_queue().logs(job_id, attempt)
+    queue = get_queue()
+    entries = queue.logs(job_id, attempt)
     if as_json:
         emit_json(entries)
         return
+    stored = {a.attempt: a for a in queue.attempts(job_id, attempt)}     # finished attempts, as bytes
     for entry in entries:
-        click.echo(attempt_header(entry))
+        click.echo(for_terminal(attempt_header(entry), raw=raw))
         for stream in (only,) if only else ("stdout", "stderr"):
             if entry[stream]:
                 click.echo(f"--- {stream}")
-                click.echo(for_terminal(entry[stream].rstrip("\n")))
+                record = stored.get(entry["attempt"])
+                if record is not None and not entry.get("running"):
+                    write_output(getattr(record, stream), raw=raw)     # piped: the stored bytes exactly
+                else:
+                    click.echo(for_terminal(entry[stream].rstrip("\n"), raw=raw))
 
 
 def attempt_header(entry: dict) -> str:
@@ -846,6 +853,11 @@ def completion(shell):
 
     script = get_completion_class(shell)(cli, {}, "queuectl", "_QUEUECTL_COMPLETE").source()
     click.echo(script)
+
+
+# Commands that only read never create a store: `--db tyop.db list` is an error, not a new empty queue.
+for _read in (status, list_jobs, show, logs, stats, queue_list, config_get, config_list):
+    read_command(_read)
 
 
 def main(argv: Optional[list] = None) -> None:

@@ -29,7 +29,7 @@ from .errors import QueueError, UsageError
 from .screen import format_table, human_duration, state_text, use_color, when
 from .term import for_terminal
 
-__all__ = ["get_queue", "emit_json", "table", "render_jobs", "short", "fmt_seconds", "job_options",
+__all__ = ["get_queue", "read_command", "emit_json", "table", "render_jobs", "short", "fmt_seconds", "job_options",
            "spec_from_options", "integer_flag", "Duration", "Integer", "Number", "DURATION", "UsageError",
            "QueueError", "EXIT_NOT_COMPLETED", "EXIT_TIMEOUT", "exit_for_states",
            "echo", "when", "human_duration", "state_text", "for_terminal", "parse_since", "parse_pairs",
@@ -59,7 +59,21 @@ class App:
             from .queue import Queue
 
             self._queue = Queue.open(**self.options)
+        # Decided by the command that uses the queue (plugin commands are resolved through it first).
+        self._queue.create_store = not reads_only(click.get_current_context(silent=True))
         return self._queue
+
+
+def reads_only(ctx) -> bool:
+    """Does the running command only read? Such a command never creates a store (see ``read_command``)."""
+    return bool(ctx is not None and getattr(ctx.command, "reads_only", False))
+
+
+def read_command(command):
+    """Mark a click command as one that only reads: on a missing store it fails instead of creating one
+    (so a typo in --db is an error, not a new empty queue). Returns the command."""
+    command.reads_only = True
+    return command
 
 
 pass_app = click.make_pass_decorator(App)

@@ -318,7 +318,8 @@ class Config:
         elif source != "default":
             value = self._parse(setting, value, f"{source} value")
             if setting.path and source == "file" and value and "://" not in value:
-                value = str((self.base_dir / os.path.expanduser(value)).resolve())
+                # abspath, not resolve(): a symlink at the path stays one, so O_NOFOLLOW can refuse it
+                value = os.path.abspath(self.base_dir / os.path.expanduser(value))
             elif setting.path and value and "://" not in value:
                 value = os.path.abspath(os.path.expanduser(value))
         return value, source

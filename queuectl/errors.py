@@ -35,3 +35,11 @@ class SchemaError(QueueError):
 
 class PluginError(QueueError):
     """A plugin could not be loaded or registered something twice."""
+
+
+class StoreReplaced(QueueError):
+    """The store file was deleted or replaced while this process used it."""
+
+
+class StoreMissing(QueueError):
+    """A command that only reads found no store (it never creates one)."""

@@ -6,7 +6,6 @@ can be blocked by name (``disable-plugins``) and replaced by a third-party plugi
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import stat
 import sys
@@ -41,10 +40,29 @@ def check_trusted(path: Path) -> None:
         info = os.stat(path)
     except OSError as exc:
         raise PluginError(f"cannot read plugins path {path}: {exc.strerror}") from None
+    trusted(path, info)
+
+
+def trusted(path: Path, info: os.stat_result) -> None:
     if info.st_uid not in (os.geteuid(), 0):
         raise PluginError(f"refusing plugins path {path}: it is owned by another user (uid {info.st_uid})")
     if info.st_mode & stat.S_IWOTH or (info.st_mode & stat.S_IWGRP and not private_group(info.st_gid)):
         raise PluginError(f"refusing plugins path {path}: other users can write it (run: chmod go-w {path})")
+
+
+def read_trusted(path: Path) -> bytes:
+    """The source of a plugin file, read through the same descriptor whose owner and mode were checked
+    (no window for a swap between check and read; a symlink is refused)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise PluginError(f"cannot read plugin {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise PluginError(f"refusing plugin {path}: it is not a regular file")
+        trusted(path, info)
+        return fh.read()
 
 
 def private_group(gid: int) -> bool:
@@ -71,13 +89,15 @@ def load_plugins_dir(pm: pluggy.PluginManager, folder: Path) -> list[str]:
         name = path.stem
         if pm.is_blocked(name):
             continue
-        check_trusted(path)
+        source = read_trusted(path)
         module_name = f"queuectl_local_plugins.{name}"
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(spec)
+        module = ModuleType(module_name)
+        module.__file__ = str(path)
         try:
             sys.modules[module_name] = module
-            spec.loader.exec_module(module)
+            # Compiled from the source we just checked, never from __pycache__ (which someone else
+            # might write) and without writing bytecode there (umask 000 would make it 0777).
+            exec(compile(source, str(path), "exec", dont_inherit=True), module.__dict__)
         except Exception as exc:  # a broken plugin is the user's to fix: say which and why
             sys.modules.pop(module_name, None)
             raise PluginError(f"plugin {path} failed to load: {type(exc).__name__}: {exc}") from None

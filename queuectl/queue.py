@@ -8,7 +8,7 @@ from typing import Any, Iterable, Optional
 
 from . import models
 from .config import Config, Setting
-from .errors import JobValidationError, NotFound, PluginError, QueueError, UsageError
+from .errors import JobValidationError, NotFound, PluginError, QueueError, StoreMissing, UsageError
 from .models import Attempt, Job
 from .plugins import call_registrations, get_plugin_manager
 
@@ -36,6 +36,7 @@ class Queue:
         self._store = None
         self._opening = False
         self.patient = False          # True in workers and pools: wait out a busy store, however long
+        self.create_store = True      # False for read commands: a missing store is an error, not a new one
         self._collect_registrations()
         config.check_file()
         config.check_env()
@@ -44,7 +45,10 @@ class Queue:
     def _stored_settings(self) -> Optional[dict]:
         if self._opening:
             return None               # settings read while the store opens come from elsewhere
-        return self.store.get_settings()
+        try:
+            return self.store.get_settings()
+        except StoreMissing:
+            return None               # a read command on no store: nothing is stored (and nothing created)
 
     @classmethod
     def open(cls, config: Optional[str] = None, db: Optional[str] = None, plugins_dir: Optional[str] = None,

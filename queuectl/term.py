@@ -11,7 +11,7 @@ import re
 import sys
 from typing import Optional, TextIO
 
-__all__ = ["is_terminal", "escape_controls", "for_terminal"]
+__all__ = ["is_terminal", "escape_controls", "for_terminal", "write_output"]
 
 # C0 controls but tab and newline, DEL, and the C1 range (which some terminals obey as CSI/OSC).
 _CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -39,3 +39,19 @@ def for_terminal(text: str, stream: Optional[TextIO] = None, raw: bool = False) 
     if raw or not text or not is_terminal(stream):
         return text
     return escape_controls(text)
+
+
+def write_output(data: bytes, stream: Optional[TextIO] = None, raw: bool = False) -> None:
+    """A job's stored output: the exact bytes into a pipe or file (even if not UTF-8), escaped text
+    on a terminal (unless ``raw``). A newline is added when the output does not end with one."""
+    stream = sys.stdout if stream is None else stream
+    end = b"" if data.endswith(b"\n") else b"\n"
+    if raw or not is_terminal(stream):
+        stream.flush()
+        target = getattr(stream, "buffer", None)
+        if target is not None:
+            target.write(data + end)
+            target.flush()
+            return
+    stream.write(for_terminal((data + end).decode("utf-8", "replace"), stream, raw))
+    stream.flush()

@@ -7,6 +7,7 @@ expires by the store's clock.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import select
 import signal
@@ -16,13 +17,14 @@ import traceback
 import uuid
 from typing import Optional
 
-from . import models
-from .errors import QueueError
+from . import models, watchdog
+from .errors import QueueError, StoreReplaced
 from .executor import RunContext
 from .output import expire_live_output, live_output_sink
 from .process import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, host_id, pid_alive, pid_start_time, prctl
 from .models import Attempt, ExecResult, Job
 from .store import Transition, WorkerInfo
+from .term import for_terminal
 
 WATCH_TICK = 0.25      # how often a running job checks for signals, heartbeats and its timeout
 CANCEL_CHECK = 0.5     # how often a running job asks the store whether it was cancelled
@@ -40,7 +42,8 @@ RENEW_WAIT_MAX = 2.0   # one renewal's wait for a locked store, so signals and t
 def log(message: str) -> None:
     from .screen import log as diagnostic     # timestamped (stdlib logging) under `worker start -v`
 
-    diagnostic(message)
+    # Messages carry job text (ids, errors): escaped on a terminal.
+    diagnostic(for_terminal(message, sys.stderr))
 
 
 def new_info(queue, kind: str, pool_id: Optional[str] = None) -> WorkerInfo:
@@ -143,6 +146,7 @@ class Worker:
         self._next_beat = 0.0
         self._next_refresh = 0.0
         self._claimed_at = time.monotonic()
+        self._watchdog: Optional[int] = None    # write end of the watchdog's pipe
 
     def _on_signal(self, signum, frame) -> None:
         if self.stopping:
@@ -163,6 +167,8 @@ class Worker:
         return self.config.get("lease-timeout")
 
     def run(self) -> int:
+        # Before becoming a subreaper: the watchdog must not be one of our children.
+        self._watchdog = watchdog.start(self.queue)
         # Orphans of our commands (double forks, setsid children) become our children, not
         # init's, so a leftover is seen and killed when its attempt ends.
         prctl(PR_SET_CHILD_SUBREAPER, 1)
@@ -193,6 +199,9 @@ class Worker:
             if listener is not None:
                 listener.close()
             store.remove_worker(self.info.id)
+            if self._watchdog is not None:
+                os.close(self._watchdog)     # the watchdog sweeps the last attempt (nothing left) and exits
+                self._watchdog = None
         return 0
 
     def _housekeeping(self) -> None:
@@ -292,11 +301,15 @@ class Worker:
         env = {"QUEUECTL_JOB_ID": job.id, "QUEUECTL_ATTEMPT": str(attempt_no), "QUEUECTL_RUN_ID": job.lease.run_id}
         try:
             executor = self.queue.executor(job.executor)
+            watchdog.watch(self._watchdog, job)
             run = executor.start(job, RunContext(attempt_no, job.lease.run_id, env, self.config,
                                                  output=live_output_sink(self.queue.store, job.id, attempt_no)))
         except (OSError, ValueError, QueueError) as exc:
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             return ExecResult(models.START_ERROR, error=f"could not start: {detail}")
+        if getattr(run, "pgid", None):
+            started = dataclasses.replace(job, lease=dataclasses.replace(job.lease, pgid=run.pgid))
+            watchdog.watch(self._watchdog, started)     # now with the group, for a kill in one call
         return self._watch(job, run, claimed_at)
 
     def _watch(self, job: Job, run, claimed_at: float) -> ExecResult:
@@ -411,43 +424,53 @@ class Pool:
         signal.set_wakeup_fd(wake_w)
         self._wake_fds = (wake_r, wake_w)
         try:
-            if queue.pm.hook.queuectl_job_sources.get_hookimpls():
-                self._spawn("sources")
-            for _ in range(self.count):
-                self._spawn("worker")
-            handled = 0
-            tick = self.config_tick()
-            next_tick = time.monotonic() + tick
-            while True:
-                select.select([wake_r], [], [], max(0.0, min(next_tick, self._respawn_at or next_tick)
-                                                    - time.monotonic()))
-                try:
-                    while os.read(wake_r, 512):
-                        pass
-                except OSError:
-                    pass
-                while handled < self.signals:
-                    handled += 1
-                    self._begin_stop(force=handled > 1)
-                self._reap(host)
-                if not self._workers() and (self.stopping or self.burst):
-                    break
-                if time.monotonic() >= next_tick:
-                    if not queue.store.heartbeat_worker(self.info.id) and not self.stopping:
-                        self._begin_stop(force=False, why="stop requested through the store")
-                    recover(queue, host)
-                    prune_workers(queue, host)
-                    expire_live_output(queue.store)
-                    tick = self.config_tick()
-                    next_tick = time.monotonic() + tick
-                self._replace()
+            return self._supervise(queue, host, wake_r)
+        except StoreReplaced as exc:
+            log(f"error: {exc}")
+            self._begin_stop(force=False)
+            return 1
         finally:
             signal.set_wakeup_fd(-1)
             for pid, child in list(self.children.items()):
                 if child["kind"] == "sources":
                     _kill(pid, signal.SIGTERM)
             self._wait_all()
-            queue.store.remove_worker(self.info.id)
+            try:
+                queue.store.remove_worker(self.info.id)
+            except StoreReplaced:
+                pass
+
+    def _supervise(self, queue, host: str, wake_r: int) -> int:
+        if queue.pm.hook.queuectl_job_sources.get_hookimpls():
+            self._spawn("sources")
+        for _ in range(self.count):
+            self._spawn("worker")
+        handled = 0
+        tick = self.config_tick()
+        next_tick = time.monotonic() + tick
+        while True:
+            select.select([wake_r], [], [], max(0.0, min(next_tick, self._respawn_at or next_tick)
+                                                - time.monotonic()))
+            try:
+                while os.read(wake_r, 512):
+                    pass
+            except OSError:
+                pass
+            while handled < self.signals:
+                handled += 1
+                self._begin_stop(force=handled > 1)
+            self._reap(host)
+            if not self._workers() and (self.stopping or self.burst):
+                break
+            if time.monotonic() >= next_tick:
+                if not queue.store.heartbeat_worker(self.info.id) and not self.stopping:
+                    self._begin_stop(force=False, why="stop requested through the store")
+                recover(queue, host)
+                prune_workers(queue, host)
+                expire_live_output(queue.store)
+                tick = self.config_tick()
+                next_tick = time.monotonic() + tick
+            self._replace()
         return 0
 
     def config_tick(self) -> float:
@@ -567,6 +590,10 @@ class Pool:
                 code = worker.run()
             else:
                 code = run_sources(self.queue, self.options)
+        except StoreReplaced:
+            pass                          # the pool says so, once
+        except QueueError as exc:         # a damaged or unusable store: one line, and the pool decides
+            log(f"error: {kind} {os.getpid()}: {exc}")
         except BaseException:
             traceback.print_exc()
         finally:

@@ -328,6 +328,11 @@ def subreaper(on: bool) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(36, 1 if on else 0, 0, 0, 0)
 
 
+def watchdog_pids(pool_pid: int) -> list[int]:
+    """Workers' watchdogs: adopted by the pool, in process groups of their own."""
+    return [pid for pid in children(pool_pid) if os.getpgid(pid) == pid]
+
+
 def state(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/stat") as fh:
@@ -338,6 +343,9 @@ def state(pid: int) -> str:
 
 def test_whole_pool_sigkilled_next_pool_kills_the_orphan_and_reruns(instance):
     """At default timings: the orphan of a dead pool is killed before its job runs again.
+
+    The workers' watchdogs (which would kill the command at once) are killed first, so this is
+    the last line of defence: the next pool's sweep by the attempt's tag.
 
     The test adopts the dead pool's processes and leaves the worker a zombie, as an init
     that does not collect orphans would (common in containers): a zombie is not alive.
@@ -353,6 +361,8 @@ def test_whole_pool_sigkilled_next_pool_kills_the_orphan_and_reruns(instance):
         lease = wait_for_lease(queue, job_id)
         orphans = job_pids(job_id)
         assert orphans
+        for pid in watchdog_pids(pool.pid):            # as if the host's processes died but the command's
+            os.kill(pid, signal.SIGKILL)
         kill_group(pool)                               # pool and workers die; the command, in its own session, lives
         wait_until(lambda: state(lease.pid) == "Z", timeout=10, message="the worker to be an uncollected zombie")
         assert any(alive(p) for p in orphans), "the command outlived its pool"

@@ -12,6 +12,7 @@ BOTH_BACKENDS = True      # every test here runs on SQLite and on PostgreSQL
 
 def test_two_pools_run_200_jobs_each_exactly_once(instance):
     ledger = instance.root / "ledger.txt"
+    instance.run("init")                       # status/list are read commands: they never create the store
     pools = [instance.start_pool(2), instance.start_pool(2)]
     wait_until(lambda: len([w for w in instance.json("status")["workers"] if w["kind"] == "worker"]) == 4,
                message="4 workers registered")
@@ -122,6 +123,7 @@ def test_signal_death_and_missing_command_are_failures(instance):
 
 
 def test_config_set_reaches_running_workers(instance):
+    instance.run("init")                       # status/list are read commands: they never create the store
     pool = instance.start_pool(1)
     wait_until(lambda: instance.json("status")["workers"], message="pool up")
     instance.run("config", "set", "backoff-scale", "100")
@@ -152,6 +154,7 @@ def test_data_survives_a_restart(instance):
 
 
 def test_pool_replaces_a_worker_that_dies(instance):
+    instance.run("init")                       # status/list are read commands: they never create the store
     pool = instance.start_pool(2)
     workers = wait_until(lambda: [w for w in instance.json("status")["workers"] if w["kind"] == "worker"]
                          if len([w for w in instance.json("status")["workers"] if w["kind"] == "worker"]) == 2
@@ -175,6 +178,7 @@ def test_burst_waits_for_a_pending_retry(instance):
 
 
 def test_status_forgets_workers_of_a_killed_pool(instance):
+    instance.run("init")                       # status/list are read commands: they never create the store
     dead = instance.start_pool(2)
     wait_until(lambda: len([w for w in instance.json("status")["workers"] if w["kind"] == "worker"]) == 2,
                message="2 workers")

@@ -168,6 +168,7 @@ def test_a_failing_reporter_never_fails_the_job(instance):
 
 
 def test_plugins_folder_writable_by_others_is_refused(instance):
+    instance.run("init")                       # list is a read command: it never creates the store
     path = write_plugin(instance, "harmless", "x = 1\n")
     path.chmod(0o666)
     proc = instance.run("list", check=False)
@@ -231,6 +232,7 @@ def test_repository_example_plugin_writes_the_audit_log(instance):
 
 
 def test_group_writable_plugin_is_refused_unless_the_group_is_ours_alone(instance):
+    instance.run("init")                       # list is a read command: it never creates the store
     import grp
     import pwd
 

@@ -167,6 +167,7 @@ def test_dead_dependency_kills_dependents_which_are_retryable(instance):
     (["--id", "self", "--after", "self"], "cannot depend on itself"),
 ])
 def test_bad_scheduling_values_are_one_clear_error(instance, args, message):
+    instance.run("init")                       # status/list are read commands: they never create the store
     proc = instance.run("enqueue", "--command", "true", *args, check=False)
     assert proc.returncode == (1 if "nosuchjob" in args else 2) and len(proc.stderr.splitlines()) == 1, proc.stderr
     assert message in proc.stderr
@@ -174,6 +175,7 @@ def test_bad_scheduling_values_are_one_clear_error(instance, args, message):
 
 
 def test_a_cycle_in_one_batch_is_refused(instance):
+    instance.run("init")                       # status/list are read commands: they never create the store
     batch = [{"id": "x", "command": "true", "after": ["y"]}, {"id": "y", "command": "true", "after": ["x"]}]
     proc = instance.run("enqueue", "--file", "-", input=json.dumps(batch), check=False)
     assert proc.returncode == 2 and "dependency cycle: x -> y -> x" in proc.stderr

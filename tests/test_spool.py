@@ -82,6 +82,7 @@ def test_500_files_dropped_while_a_pool_runs_make_exactly_500_jobs(instance, spo
 
 
 def test_files_present_at_start_are_ingested_and_status_shows_the_spool(instance, spool):
+    instance.run("init")                       # status is a read command: it never creates the store
     drop(spool, "one.yaml", "command: echo one\n")
     drop(spool, "many.yaml", "jobs:\n  - command: echo a\n  - {command: echo b, max_retries: 0}\n")
     leftovers = ["README.md", ".hidden.yaml", "edit.yaml~", ".#edit.yaml", ".edit.yaml.swp", "part.yaml.tmp"]

@@ -10,7 +10,7 @@ from queuectl.models import DEAD, RANGES
 
 @hookimpl
 def queuectl_register_commands(cli):
-    from queuectl.command import Integer, complete_job_ids, get_queue, parse_since, render_jobs
+    from queuectl.command import Integer, complete_job_ids, get_queue, parse_since, read_command, render_jobs
 
     @cli.group()
     def dlq():
@@ -22,6 +22,7 @@ def queuectl_register_commands(cli):
           queuectl dlq retry --all --exit-code 75
         """
 
+    @read_command
     @dlq.command("list")
     @click.option("--limit", type=Integer(), help="At most this many jobs.")
     @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of jobs.")

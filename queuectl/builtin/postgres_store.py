@@ -39,7 +39,7 @@ from typing import Optional
 
 from queuectl import hookimpl
 from queuectl.config import Setting
-from queuectl.errors import Conflict, NotFound, QueueError, SchemaError, StoreBusy
+from queuectl.errors import Conflict, NotFound, QueueError, SchemaError, StoreBusy, StoreMissing
 from queuectl.models import CANCELLED, COMPLETED, DEAD, PROCESSING, Attempt, Job
 from queuectl.builtin._rows import (
     ATTEMPT_COLUMNS, EDIT_SET, JOB_COLUMNS, N_JOB_COLUMNS, attempt_from_row, bucket, edit_values, job_filters,
@@ -512,8 +512,12 @@ class PostgresStore:
                 return None
             return int(row[0]) if row else 0
 
-        if self._run(version, write=False) == SCHEMA_VERSION:
+        found = self._run(version, write=False)
+        if found == SCHEMA_VERSION:
             return
+        if found is None and not self.queue.create_store:
+            raise StoreMissing(f"no store at {self.location} (check --db and pg-schema; "
+                             f"'queuectl init' creates one)")
         self._write(self._migrate)
 
     def _migrate(self, tx: _Tx) -> None:

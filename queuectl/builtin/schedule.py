@@ -18,7 +18,7 @@ import click
 
 from queuectl import hookimpl
 from queuectl.config import Setting, choice, seconds
-from queuectl.errors import NotFound, UsageError
+from queuectl.errors import NotFound, StoreReplaced, UsageError
 from queuectl.models import MAX_INTERVAL, iso
 
 MISSED = ("once", "skip")
@@ -151,6 +151,8 @@ class ScheduleSource:
         while not self.stopping.is_set():
             try:
                 fire_due(self.queue, time.time())
+            except StoreReplaced:
+                return                     # the pool says so and stops
             except Exception as exc:       # a bad schedule must not stop the others next time
                 click.echo(f"queuectl: schedules: {type(exc).__name__}: {exc}", err=True)
             self.stopping.wait(self.queue.config.get("schedule-interval"))
@@ -163,7 +165,8 @@ def queuectl_job_sources(queue, options):
 
 @hookimpl
 def queuectl_register_commands(cli):
-    from queuectl.command import complete_schedules, emit_json, get_queue, job_options, spec_from_options, table, when
+    from queuectl.command import (complete_schedules, emit_json, get_queue, job_options, read_command,
+                                  spec_from_options, table, when)
 
     @cli.group()
     def schedule():
@@ -202,6 +205,7 @@ def queuectl_register_commands(cli):
         queue.store.add_schedule(name, cron, spec, missed or queue.config.get("schedule-missed"), start, replace)
         click.echo(f"{name}: next at {iso(next_tick(cron, now, _zone(queue)))}")
 
+    @read_command
     @schedule.command("list")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     def schedule_list(as_json):

@@ -18,6 +18,7 @@ import queue as queue_module
 import re
 import signal
 import stat
+import sys
 import threading
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ from queuectl import hookimpl
 from queuectl.config import Setting, between, choice, seconds, text
 from queuectl.errors import Conflict, JobValidationError, NotFound, QueueError, StoreBusy, UsageError
 from queuectl.models import MAX_INTERVAL
+from queuectl.term import for_terminal
 
 SUBFOLDERS = ("work", "done", "rejected")
 IGNORED_NAMES = {"readme", "readme.md", "readme.txt"}
@@ -46,7 +48,8 @@ _warned: set = set()        # folders already warned about; inherited by a pool'
 def log(message: str) -> None:
     from queuectl.screen import log as diagnostic     # timestamped in a `worker start -v` pool
 
-    diagnostic(message, "spool")
+    # File names and reasons come from whoever drops files: escaped on a terminal.
+    diagnostic(for_terminal(message, sys.stderr), "spool")
 
 
 class Rejected(Exception):
@@ -291,6 +294,8 @@ def check_open_file(info: os.stat_result, cap: int) -> None:
         raise Rejected(not_regular(info.st_mode))
     if info.st_uid not in (os.geteuid(), 0):
         raise Rejected(f"owned by another user (uid {info.st_uid}); it was not read")
+    if info.st_nlink > 1:       # a hard link to someone else's file (say /etc/shadow) passes the owner check
+        raise Rejected(f"has {info.st_nlink} hard links; only a file with one link is read, it was not read")
     if info.st_size > cap:
         raise Rejected(f"{info.st_size} bytes, larger than spool-max-size ({cap} bytes); it was not read")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,8 @@ from typing import TYPE_CHECKING, Optional
 
 from queuectl import hookimpl
 from queuectl.config import Setting, choice
-from queuectl.errors import Conflict, NotFound, QueueError, SchemaError, StoreBusy
+from queuectl.plugins import private_group
+from queuectl.errors import Conflict, NotFound, QueueError, SchemaError, StoreBusy, StoreMissing, StoreReplaced
 from queuectl.models import CANCELLED, COMPLETED, DEAD, PROCESSING, Attempt, Job
 from queuectl.builtin._rows import (
     ATTEMPT_COLUMNS, EDIT_SET, JOB_COLUMNS, N_JOB_COLUMNS, attempt_from_row, bucket, edit_values, job_filters,
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     import socket       # imported where it is used: enqueue rarely needs it
 
 SCHEMA_VERSION = 4
+IDENTITY_CHECK = 1.0      # seconds between checks that the store file was not deleted or replaced
 
 ACTIVE = "('pending', 'failed', 'processing')"
 # Queues whose jobs may not start now: paused, or at their concurrency limit (counted across all hosts).
@@ -140,6 +143,30 @@ def queuectl_register_settings(register):
                      "power loss (synchronous=FULL).", file_only=True))
 
 
+def check_store_file(path: Path) -> tuple:
+    """Refuse a store (or its -wal/-shm) that another user owns or can write: whoever writes the
+    store decides what our workers run. Root is held to this too. Returns the store's identity."""
+    identity = None
+    for name in (str(path), f"{path}-wal", f"{path}-shm"):
+        try:
+            info = os.stat(name)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise QueueError(f"cannot use the store {name}: {exc.strerror}") from None
+        if not stat.S_ISREG(info.st_mode):
+            raise QueueError(f"refusing the store {name}: it is not a regular file")
+        if info.st_uid != os.geteuid():
+            raise QueueError(f"refusing the store {name}: it is owned by another user (uid {info.st_uid})")
+        if info.st_mode & stat.S_IWOTH or (info.st_mode & stat.S_IWGRP and not private_group(info.st_gid)):
+            raise QueueError(f"refusing the store {name}: other users can write it (run: chmod go-w {name})")
+        if identity is None:
+            identity = (info.st_dev, info.st_ino)
+    if identity is None:
+        raise QueueError(f"no store at {path}")
+    return identity
+
+
 class SQLiteStore:
     def __init__(self, url: str, queue):
         path = url[len("sqlite://"):] if url.startswith("sqlite://") else url
@@ -150,6 +177,9 @@ class SQLiteStore:
         self.durability = queue.config.get("durability")
         self.wake_dir = self.path.parent / f".{self.path.name}.wake"
         self._conn: Optional[sqlite3.Connection] = None
+        self._identity: Optional[tuple] = None       # (st_dev, st_ino) of the file opened
+        self._identity_checked = 0.0
+        self.disk_full = False                       # said so already (once per episode)
         self._notify_sock: Optional[socket.socket] = None
 
     # --- connection and transactions ------------------------------------------------------
@@ -159,11 +189,21 @@ class SQLiteStore:
         if self._conn is None:
             if not self.path.parent.is_dir():
                 raise QueueError(f"the folder of the store {self.path} does not exist")
-            if not self.path.exists():
+            if not os.path.lexists(self.path):
+                if not self.queue.create_store:
+                    raise StoreMissing(f"no store at {self.path} (check --db; 'queuectl init' creates one)")
                 try:
-                    os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+                    os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+                except FileExistsError:
+                    pass                    # another process created it meanwhile: checked below
                 except OSError as exc:
                     raise QueueError(f"cannot create the store {self.path}: {exc.strerror}") from None
+            self._identity = check_store_file(self.path)
+            known = getattr(self.queue, "store_identity", None)   # kept across reopenings (a pool's forks)
+            if known is not None and known != self._identity:
+                raise StoreReplaced(f"the store {self.path} was replaced by another file while in use; "
+                                    f"stopping (restart against the store now at that path)")
+            self.queue.store_identity = self._identity
             try:
                 conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=1.0,
                                        check_same_thread=False)
@@ -171,7 +211,24 @@ class SQLiteStore:
             except sqlite3.DatabaseError as exc:
                 raise QueueError(f"cannot open the store {self.path}: {exc}") from None
             self._conn = conn
+            self._identity_checked = time.monotonic()
+        elif time.monotonic() - self._identity_checked >= IDENTITY_CHECK:
+            self._check_identity()
         return self._conn
+
+    def _check_identity(self) -> None:
+        """Is the file at our path still the one we opened? A store deleted or replaced under us
+        would split the queue in two (we would go on writing to the old file)."""
+        self._identity_checked = time.monotonic()
+        try:
+            info = os.stat(self.path)
+            now = (info.st_dev, info.st_ino)
+        except OSError:
+            now = None
+        if now != self._identity:
+            what = "deleted" if now is None else "replaced by another file"
+            raise StoreReplaced(f"the store {self.path} was {what} while in use; "
+                                f"stopping (restart against the store now at that path)")
 
     def _setup(self, conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA journal_mode=WAL")
@@ -181,25 +238,46 @@ class SQLiteStore:
         conn.execute("PRAGMA busy_timeout=0")
 
     def _retry(self, fn, *args):
-        """Wait out "database is locked" instead of failing; workers wait forever, commands lock-timeout."""
+        """Wait out "database is locked" instead of failing; workers wait forever, commands lock-timeout.
+
+        A full disk is waited out the same way by workers and pools (patient: lock_timeout None), so a
+        finished result is recorded once there is space again; a command fails at once. Each failed
+        transaction was rolled back, so nothing partial is left either way.
+        """
         start = time.monotonic()
         delay, warned = 0.0001, False
         while True:
             try:
-                return fn(*args)
+                result = fn(*args)
+                self.disk_full = False
+                return result
             except sqlite3.OperationalError as exc:
                 message = str(exc)
+                if "full" in message:
+                    if self.lock_timeout is not None:
+                        raise QueueError(f"cannot write the store {self.path}: the disk is full; "
+                                         f"nothing was changed") from None
+                    if not self.disk_full:       # one line per episode, however many calls wait
+                        print(f"queuectl: store {self.path}: the disk is full; waiting for space "
+                              f"(retrying every second)", file=sys.stderr)
+                        self.disk_full = True
+                    time.sleep(1.0)
+                    continue
                 if "locked" not in message and "busy" not in message:
                     raise QueueError(f"store {self.path}: {message}") from None
-                waited = time.monotonic() - start
-                if self.lock_timeout is not None and waited >= self.lock_timeout:
-                    raise StoreBusy(f"the store {self.path} stayed locked by another process "
-                                    f"for {waited:.0f} s") from None
-                if waited > 2 and not warned and self.lock_timeout is None:      # a command says it once, failing
-                    print(f"queuectl: store {self.path} is locked by another process; waiting", file=sys.stderr)
-                    warned = True
-                time.sleep(delay)
-                delay = min(delay * 2, 0.1)
+            except sqlite3.DatabaseError as exc:   # garbage in the file: "database disk image is malformed"
+                if type(exc) is not sqlite3.DatabaseError:
+                    raise                          # a constraint (IntegrityError): the caller's to name
+                raise QueueError(f"the store {self.path} is damaged ({exc}); restore it from a backup") from None
+            waited = time.monotonic() - start
+            if self.lock_timeout is not None and waited >= self.lock_timeout:
+                raise StoreBusy(f"the store {self.path} stayed locked by another process "
+                                f"for {waited:.0f} s") from None
+            if waited > 2 and not warned and self.lock_timeout is None:      # a command says it once, failing
+                print(f"queuectl: store {self.path} is locked by another process; waiting", file=sys.stderr)
+                warned = True
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
     def _write(self, fn, *args):
         def attempt():
