@@ -14,7 +14,8 @@ from typing import Optional
 import click
 
 from queuectl import hookimpl, models
-from queuectl.command import EXIT_TIMEOUT, Duration, Number, QueueError, UsageError, exit_for_states, get_queue
+from queuectl.command import EXIT_TIMEOUT, Duration, Number, QueueError, UsageError, exit_for_states, get_queue,
+                              read_command
 from queuectl.term import escape_controls
 
 WAIT_POLL = 0.25            # seconds between looks at the jobs being waited for
@@ -25,8 +26,8 @@ TOP_REFRESH = 1.0
 
 @hookimpl
 def queuectl_register_commands(cli):
-    cli.add_command(wait)
-    cli.add_command(top)
+    cli.add_command(read_command(wait))      # reads only: a mistyped --db is an error, not a new store
+    cli.add_command(read_command(top))
 
 
 # --- wait ------------------------------------------------------------------------------------------
