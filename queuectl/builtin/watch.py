@@ -14,8 +14,8 @@ from typing import Optional
 import click
 
 from queuectl import hookimpl, models
-from queuectl.command import EXIT_TIMEOUT, Duration, Number, QueueError, UsageError, exit_for_states, get_queue,
-                              read_command
+from queuectl.command import (EXIT_TIMEOUT, Duration, Number, QueueError, UsageError, exit_for_states, get_queue,
+                              read_command)
 from queuectl.term import escape_controls
 
 WAIT_POLL = 0.25            # seconds between looks at the jobs being waited for
