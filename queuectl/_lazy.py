@@ -231,12 +231,19 @@ def lazy_command(loader: Loader, name: str, fields: dict):
 
 
 def _forwarder(loader: Loader, hook: str, args: list) -> Callable:
-    """A function with the hook's own argument names that imports the module and calls its hook."""
+    """A function with the hook's own argument names that imports the module and calls its hook.
+
+    pluggy passes the arguments in that order; after the first call the real function is called
+    directly (a validator runs once per job of a bulk enqueue).
+    """
+    def first_call(*values):
+        real[0] = getattr(loader.module, hook)
+        return real[0](*values)
+
+    real = [first_call]
     params = ", ".join(args)
-    source = (f"def {hook}({params}):\n"
-              f"    return getattr(loader.module, {hook!r})({', '.join(f'{a}={a}' for a in args)})\n")
-    scope = {"loader": loader}
-    exec(source, scope)      # noqa: S102 - the names come from our own hook specs, checked by pluggy
+    scope = {"real": real}
+    exec(f"def {hook}({params}):\n    return real[0]({params})\n", scope)   # noqa: S102 - names from our specs
     return scope[hook]
 
 

@@ -230,7 +230,14 @@ def run_cli(tmp_path, *args, env=None):
     return proc.stdout, set(json.loads(modules.replace("'", '"')))
 
 
+def wait_for_settled_package():
+    """The manifest is cached only once the package's files are SETTLE seconds old (just edited: wait)."""
+    newest = max(max(p[0], p[1]) for _path, p in _lazy.package_fingerprint()) / 1e9
+    time.sleep(max(0.0, newest + _cache.SETTLE + 0.1 - time.time()))
+
+
 def test_commands_import_only_the_built_ins_they_use(tmp_path, private_cache):
+    wait_for_settled_package()
     _out, first = run_cli(tmp_path, "enqueue", "-c", "true")      # empty cache: every built-in, as before
     assert {m for _n, m in plugins.BUILTINS} <= first
     assert cache_files(private_cache, "builtins")
