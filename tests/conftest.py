@@ -42,6 +42,17 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, message
         time.sleep(interval)
 
 
+def startup_slack(instance: "Instance") -> float:
+    """Seconds one `queuectl status` takes on this machine right now, three times over.
+
+    A bound on a recovery that includes starting processes is written as ``expected + slack``,
+    so a loaded machine gets a bound in proportion to its speed instead of a flaky test.
+    """
+    started = time.monotonic()
+    instance.run("status")
+    return 3 * (time.monotonic() - started)
+
+
 def pids_with_env(*entries: str) -> list[int]:
     """Live processes whose environment holds every one of ``entries`` (e.g. QUEUECTL_JOB_ID=abc)."""
     needles = [b"\0" + e.encode() + b"\0" for e in entries]

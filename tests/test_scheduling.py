@@ -35,7 +35,11 @@ def test_delayed_job_does_not_start_early_and_is_listed_with_its_time(instance):
     job_id = instance.run("enqueue", "--command", "date +%s.%N", "--delay", "2s").stdout.strip()
     listed = instance.json("list", "--state", "pending")[0]
     assert listed["id"] == job_id and iso_to_epoch(listed["run_at"]) >= enqueued + 1.9
-    assert "RUNNABLE_AT" in instance.run("list").stdout
+    # The table shows when a job becomes runnable while that is still ahead: an hour, so that a slow
+    # machine cannot reach it before `list` runs (the 2 s job may be runnable by then).
+    later = instance.run("enqueue", "--command", "true", "--delay", "1h").stdout.strip()
+    table = instance.run("list").stdout
+    assert "RUNNABLE_AT" in table and later in table
     pool = instance.start_pool(1)
     job = instance.wait_for_state(job_id, "completed", timeout=60)
     started = float(job["history"][0]["stdout"])
@@ -100,12 +104,14 @@ def test_pause_and_resume(instance):
 
 
 def test_pause_lets_running_jobs_finish(instance):
-    started = instance.root / "started"
-    first = instance.enqueue(f"touch {started}; sleep 1", queue="q")
+    started, release = instance.root / "started", instance.root / "release"
+    # The first job runs until the queue is paused, however long the pause command takes.
+    first = instance.enqueue(f"touch {started}; while [ ! -e {release} ]; do sleep 0.05; done", queue="q")
     second = instance.enqueue("true", queue="q")
     pool = instance.start_pool(1)
     wait_until(started.exists, message="first job running")
     instance.run("queue", "pause", "q")
+    release.touch()
     instance.wait_for_state(first, "completed")
     time.sleep(0.5)
     assert instance.job(second)["state"] == "pending"
