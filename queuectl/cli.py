@@ -12,9 +12,9 @@ from typing import Any, Iterable, Optional
 import click
 
 from . import models
-from .command import (App, emit_json, fmt_seconds, get_queue, job_options, pass_app, render_jobs, short,
-                      spec_from_options, table, integer_flag)
-from .errors import QueueError, UsageError
+from .command import (App, Duration, Integer, emit_json, fmt_seconds, get_queue, job_options, pass_app,
+                      render_jobs, short, spec_from_options, table, integer_flag)
+from .errors import JobValidationError, QueueError, UsageError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -87,29 +87,57 @@ def init(app):
     click.echo(f"store ready: {store.describe()['location']}")
 
 
-def _read_jobs(source) -> list:
-    """JSON lines, or one JSON array, from a file or stdin."""
-    text = source.read()
-    stripped = text.lstrip()
-    if stripped.startswith("["):
+def _read_jobs(source) -> tuple[list, list]:
+    """JSON lines, or one JSON array, from a file or stdin (read as bytes: errors name the line);
+    returns the jobs and where each one is ("line 3", "job 3 of the array")."""
+    data = source.read()
+    lines = data.splitlines()
+    for number, line in enumerate(lines, 1):
         try:
-            jobs = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"malformed JSON: {exc}") from None
-        return jobs
-    jobs = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
+            line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"line {number}: not UTF-8 text (byte {exc.start + 1} of the line)") from None
+    text = data.decode("utf-8")
+    if text.lstrip().startswith("["):
+        jobs = strict_json(text, "malformed JSON")       # starts with "[": a list once parsed
+        return jobs, [f"job {n} of the array" for n in range(1, len(jobs) + 1)]
+    numbered = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    jobs = [strict_json(line, f"line {n}: malformed JSON") for n, line in numbered]
+    return jobs, [f"line {n}" for n, _ in numbered]
+
+
+def _enqueue_file(queue, specs: list, where: list) -> list:
+    """Enqueue a file's jobs; a refused one is named by its line."""
+    try:
+        return queue.enqueue_many(specs, source="file")
+    except JobValidationError as exc:
+        for spec, place in zip(specs, where):
             try:
-                jobs.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"line {number}: malformed JSON: {exc}") from None
-    return jobs
+                queue.build_job(spec)
+            except JobValidationError as error:
+                raise JobValidationError(f"{place}: {error}") from None
+        raise
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_json(text: str, what: str) -> Any:
+    """json.loads without NaN/Infinity, with one UsageError for every way a text can fail to be JSON."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{what}: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError as exc:            # NaN/Infinity, or an integer of thousands of digits
+        raise UsageError(f"{what}: {exc}") from None
+    except RecursionError:
+        raise UsageError(f"{what}: nested too deeply") from None
 
 
 @cli.command()
 @click.argument("job_json", required=False, metavar="[JSON]")
-@click.option("-f", "--file", "jobs_file", type=click.File("r"), help="Read many jobs, JSON lines or a JSON array "
+@click.option("-f", "--file", "jobs_file", type=click.File("rb"), help="Read many jobs, JSON lines or a JSON array "
               "('-' for stdin); all are enqueued or none.")
 @job_options
 def enqueue(job_json, jobs_file, **options):
@@ -125,12 +153,12 @@ def enqueue(job_json, jobs_file, **options):
     if jobs_file is not None:
         if job_json is not None:
             raise UsageError("give either a JSON job or --file, not both")
-        specs, source = [dict(spec, **flags) if isinstance(spec, dict) else spec for spec in _read_jobs(jobs_file)], "file"
+        specs, where = _read_jobs(jobs_file)
+        specs = [dict(spec, **flags) if isinstance(spec, dict) else spec for spec in specs]
+        click.echo("\n".join(_enqueue_file(get_queue(), specs, where)))
+        return
     elif job_json is not None:
-        try:
-            spec = json.loads(job_json)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"malformed JSON job: {exc.msg} at column {exc.colno}") from None
+        spec = strict_json(job_json, "malformed JSON job")
         if not isinstance(spec, dict):
             raise UsageError("the JSON job must be an object, like '{\"command\": \"echo hi\"}'")
         specs, source = [dict(spec, **flags)], "cli"
@@ -164,14 +192,11 @@ def retry(job_ids):
 @cli.command()
 @click.option("--state", "states", multiple=True, required=True,
               type=click.Choice(models.FINISHED_STATES), help="Purge jobs in this state (repeatable).")
-@click.option("--older-than", required=True, help="Only jobs last updated longer ago than this: 7d, 12h, 30m.")
+@click.option("--older-than", required=True, type=Duration(models.RANGES["age"]),
+              help="Only jobs last updated longer ago than this: 7d, 12h, 30m.")
 def purge(states, older_than):
     """Delete finished jobs and their attempts (dependencies they satisfied stay satisfied)."""
-    try:
-        age = models.parse_duration(older_than)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    count = get_queue().purge(states, age)
+    count = get_queue().purge(states, older_than)
     click.echo(f"purged {count} job(s)")
 
 
@@ -200,9 +225,7 @@ def queue_limit(name, limit):
     if limit.lower() in ("none", "unlimited"):
         value = None
     else:
-        value = integer_flag("limit", limit)
-        if value < 1:
-            raise UsageError("a queue limit must be at least 1 (use 'queuectl queue pause' to stop a queue)")
+        value = integer_flag("limit", limit, models.RANGES["concurrency"])
     row = get_queue().set_queue(name, concurrency=value)
     click.echo(f"{name}: limit {row['concurrency'] or 'none'}")
 
@@ -236,7 +259,7 @@ def worker():
 
 
 @worker.command("start")
-@click.option("-n", "--count", default=1, show_default=True, type=click.IntRange(min=1),
+@click.option("-n", "--count", default=1, show_default=True, type=Integer(models.RANGES["workers"]),
               help="Worker processes in this pool.")
 @click.option("--burst", is_flag=True, help="Exit 0 once nothing is runnable, processing or waiting for a retry.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every attempt to stderr.")
@@ -261,7 +284,7 @@ def worker_start(count, burst, verbose, queues, **options):
 def worker_stop():
     """Ask every running pool that shares this store to finish its jobs and exit."""
     count = get_queue().request_stop()
-    click.echo(f"stop requested for {count} pool(s)")
+    click.echo(f"stop requested for {count} pool(s)" if count else "no pool is running")
 
 
 @cli.command()
@@ -287,8 +310,8 @@ def status(as_json):
 
 @cli.command("list")
 @click.option("--state", help="Only jobs in this state (pending, processing, completed, failed, dead, cancelled).")
-@click.option("--limit", type=click.IntRange(min=0), help="At most this many jobs.")
-@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many jobs.")
+@click.option("--limit", type=Integer(), help="At most this many jobs.")
+@click.option("--offset", type=Integer(), default=0, help="Skip this many jobs.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of jobs.")
 def list_jobs(state, limit, offset, as_json):
     """List jobs in enqueue order."""
@@ -319,7 +342,7 @@ def show(job_id, as_json):
 
 @cli.command()
 @click.argument("job_id")
-@click.option("--attempt", type=int, help="Only this attempt (from 1).")
+@click.option("--attempt", type=Integer(models.RANGES["attempt"]), help="Only this attempt (from 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def logs(job_id, attempt, as_json):
     """Output, exit code, duration and time of each attempt of a job."""

@@ -7,6 +7,8 @@
   core commands print it.
 - ``job_options`` and ``spec_from_options(options)``: the options that describe a job, as
   ``enqueue`` has them, and the job fields they give.
+- ``Duration``, ``Integer``, ``Number`` (and ``DURATION``): click option types bounded by a
+  ``models.Range``, shown as DURATION / INTEGER / NUMBER; ``Duration`` takes 90, 10m or 1h30m.
 - ``UsageError`` (exit 2) and ``QueueError`` (exit 1): raise them for one error line.
 
 These names are the stable contract described in docs/hooks.md; anything else may change.
@@ -22,7 +24,8 @@ from . import models
 from .errors import QueueError, UsageError
 
 __all__ = ["get_queue", "emit_json", "table", "render_jobs", "short", "fmt_seconds", "job_options",
-           "spec_from_options", "integer_flag", "UsageError", "QueueError"]
+           "spec_from_options", "integer_flag", "Duration", "Integer", "Number", "DURATION", "UsageError",
+           "QueueError"]
 
 
 class App:
@@ -53,7 +56,23 @@ def get_queue():
 
 
 def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    """Strict JSON (RFC 8259): never Infinity or NaN, which jq and browsers refuse; such a value,
+    should one reach here despite the ranges, is printed as null."""
+    try:
+        text = json.dumps(data, indent=2, default=str, allow_nan=False)
+    except ValueError:
+        text = json.dumps(_finite(data), indent=2, default=str, allow_nan=False)
+    click.echo(text)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return models.finite(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def table(rows: Iterable[dict], columns: list[str]) -> None:
@@ -84,6 +103,7 @@ def render_jobs(jobs, as_json: bool) -> None:
 
 
 def fmt_seconds(value: Optional[float]) -> str:
+    value = models.finite(value)
     return "-" if value is None else f"{value:.3f}s"
 
 
@@ -97,22 +117,70 @@ def _parse_env(pairs: tuple) -> dict:
     return env
 
 
+# --- option types: the ranges of models.RANGES, on the command line -----------------------------
+
+
+class Duration(click.ParamType):
+    """A span of time: 90, 30s, 10m, 1h30m, 1d, within ``limit`` (a models.Range of seconds)."""
+
+    name = "duration"
+
+    def __init__(self, limit: models.Range = models.RANGES["delay"]):
+        self.limit = limit
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            return value
+        try:
+            return self.limit.check(models.parse_duration(value, self.limit.high))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class Integer(click.ParamType):
+    """An integer within a models.Range (by default anything a 64-bit store column holds)."""
+
+    name = "integer"
+
+    def __init__(self, limit: models.Range = models.RANGES["count"]):
+        self.limit = limit
+
+    def convert(self, value, param, ctx):
+        try:
+            return self.limit.check(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class Number(Integer):
+    """A finite number within a models.Range."""
+
+    name = "number"
+
+
+DURATION = Duration()
+
+
 JOB_OPTIONS = (
     click.option("-c", "--command", "command", help="Shell command to run."),
     click.option("--id", "id", help="Job id (default: generated)."),
-    click.option("--max-retries", "max_retries", type=str, help="Retries after the first attempt."),
-    click.option("--timeout", type=float, help="Seconds before the job is stopped and counted as failed."),
+    click.option("--max-retries", "max_retries", type=Integer(models.RANGES["max_retries"]),
+                 help="Retries after the first attempt (0-1000)."),
+    click.option("--timeout", type=Duration(models.RANGES["timeout"]),
+                 help="Time before the job is stopped and counted as failed: 90, 10m, 1h30m."),
     click.option("--cwd", help="Working folder (default: the current one)."),
     click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment variable (repeatable)."),
     click.option("--executor", help="Executor plugin to run the job with (default: shell)."),
-    click.option("--priority", type=str, help="Higher runs first (-100..100, default 0)."),
+    click.option("--priority", type=Integer(models.RANGES["priority"]),
+                 help="Higher runs first (-100..100, default 0)."),
     click.option("--queue", "queue", help="Queue name (default: default)."),
-    click.option("--delay", help="Run no earlier than this from now: 90, 30s, 10m, 2h, 1d."),
+    click.option("--delay", type=DURATION, help="Run no earlier than this from now: 90, 30s, 10m, 2h, 1d."),
     click.option("--run-at", "run_at", help="Run no earlier than this time: 2026-12-01T02:00:00Z."),
     click.option("--after", help="Run after these jobs complete: ID[,ID...]."),
     click.option("--unique-key", "unique_key", help="While a job with this key is pending, failed or processing, "
                  "enqueueing returns its id instead."),
-    click.option("--backoff-base", "backoff_base", type=str, help="This job's backoff base."),
+    click.option("--backoff-base", "backoff_base", type=Number(models.RANGES["backoff_base"]),
+                 help="This job's backoff base (1-1000)."),
     click.option("--retry-on", "retry_on", help="Exit codes that are retried (others go to the DLQ): 75,69."),
     click.option("--dead-on", "dead_on", help="Exit codes that go to the DLQ at once: 64."),
 )
@@ -125,25 +193,17 @@ def job_options(func):
     return func
 
 
-def integer_flag(name: str, value: str) -> int:
-    """An integer option given as text, or a UsageError naming the option."""
+def integer_flag(name: str, value: str, limit: models.Range = models.RANGES["count"]) -> int:
+    """An integer option given as text, within ``limit``, or a UsageError naming the option."""
     try:
-        return int(value)
-    except ValueError:
-        raise UsageError(f"--{name.replace('_', '-')} must be an integer, got {value!r}") from None
+        return limit.check(value, f"--{name.replace('_', '-')}")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def spec_from_options(options: dict) -> dict:
     """Job fields from the JOB_OPTIONS values that were given (the validator checks the rest)."""
     spec = {k: v for k, v in options.items() if v not in (None, ())}
-    for name in ("max_retries", "priority"):
-        if name in spec:
-            spec[name] = integer_flag(name, spec[name])
-    if "backoff_base" in spec:
-        try:
-            spec["backoff_base"] = float(spec["backoff_base"])
-        except ValueError:
-            raise UsageError(f"--backoff-base must be a number, got {spec['backoff_base']!r}") from None
     if "env" in spec:
         spec["env"] = _parse_env(spec["env"])
     return spec

@@ -31,6 +31,7 @@ class Queue:
         self.patient = False          # True in workers and pools: wait out a busy store, however long
         self._collect_registrations()
         config.check_file()
+        config.check_env()
         config.store_loader = self._stored_settings
 
     def _stored_settings(self) -> Optional[dict]:
@@ -186,6 +187,8 @@ class Queue:
 
     def enqueue(self, spec: Optional[dict] = None, source: Optional[str] = "python", **fields) -> str:
         """Enqueue one job; returns its id."""
+        if spec is not None and not isinstance(spec, dict):
+            raise JobValidationError("a job must be a mapping of fields (a JSON object)")
         return self.enqueue_many([dict(spec or {}, **fields)], source=source)[0]
 
     def enqueue_many(self, specs: Iterable[dict], source: Optional[str] = "python",
@@ -194,6 +197,10 @@ class Queue:
 
         ``receipt`` is recorded with the jobs in the same transaction (see Store.add_jobs).
         """
+        if isinstance(specs, (str, bytes, dict)) or not hasattr(specs, "__iter__"):
+            raise JobValidationError(f"enqueue_many takes a list of jobs, got {type(specs).__name__}")
+        if source is not None and not isinstance(source, str):
+            raise UsageError(f"source must be a string, got {type(source).__name__}")
         defaults = self.job_defaults()
         jobs = [self.build_job(spec, source, defaults) for spec in specs]
         check_no_cycle(jobs)
@@ -204,7 +211,7 @@ class Queue:
         return ids
 
     def get(self, job_id: str) -> Job:
-        job = self.store.get_job(job_id)
+        job = self.store.get_job(_job_id(job_id))
         if job is None:
             raise NotFound(f"no job with id {job_id!r}")
         return job
@@ -212,10 +219,12 @@ class Queue:
     def list(self, state: Optional[str] = None, limit: Optional[int] = None, offset: int = 0) -> list[Job]:
         if state is not None and state not in models.STATES:
             raise UsageError(f"unknown state {state!r} (one of: {', '.join(models.STATES)})")
-        return self.store.list_jobs(state, limit, offset)
+        limit = None if limit is None else _in_range("count", limit, "limit")
+        return self.store.list_jobs(state, limit, _in_range("count", offset, "offset"))
 
     def attempts(self, job_id: str, attempt: Optional[int] = None) -> list[Attempt]:
         self.get(job_id)
+        attempt = None if attempt is None else _in_range("attempt", attempt, "attempt")
         found = self.store.attempts(job_id, attempt)
         if attempt is not None and not found:
             raise NotFound(f"job {job_id!r} has no attempt {attempt}")
@@ -226,6 +235,9 @@ class Queue:
 
     def retry(self, job_id: str, states: tuple = (models.DEAD,)) -> Job:
         """Dead (or another finished state) -> pending with a fresh retry budget; the history stays."""
+        states = tuple([states] if isinstance(states, str) else states)
+        if not states or any(state not in models.FINISHED_STATES for state in states):
+            raise UsageError(f"only finished jobs can be retried ({', '.join(models.FINISHED_STATES)})")
         self.get(job_id)
         job = self.store.retry_job(job_id, states)
         self.store.notify()
@@ -233,11 +245,15 @@ class Queue:
 
     def cancel(self, job_id: str) -> str:
         """A pending job never runs; a running job's processes are stopped by its worker."""
-        return self.store.cancel_job(job_id)
+        return self.store.cancel_job(_job_id(job_id))
 
     def set_queue(self, name: str, concurrency=..., paused: Optional[bool] = None) -> dict:
-        if not models.QUEUE_PATTERN.match(name):
+        if not isinstance(name, str) or not models.QUEUE_PATTERN.match(name):
             raise UsageError(f"queue name {name!r} is not valid")
+        if concurrency is not ... and concurrency is not None:
+            concurrency = _in_range("concurrency", concurrency, "a queue limit")
+        if paused is not None and not isinstance(paused, bool):
+            raise UsageError(f"paused must be True or False, got {paused!r}")
         row = self.store.set_queue(name, concurrency=concurrency, paused=paused)
         self.store.notify()
         return row
@@ -246,7 +262,18 @@ class Queue:
         return self.store.queues()
 
     def purge(self, states: Iterable[str], older_than: float) -> int:
+        """Delete finished jobs last updated more than ``older_than`` seconds ago (0 to ten years)."""
+        if isinstance(states, str) or not hasattr(states, "__iter__"):
+            raise UsageError("states must be a list of finished states")
         states = tuple(states)
+        if not states:
+            raise UsageError("give at least one state to purge")
+        if isinstance(older_than, str):
+            try:
+                older_than = models.parse_duration(older_than)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+        older_than = _in_range("age", older_than, "older_than")
         for state in states:
             if state not in models.FINISHED_STATES:
                 raise UsageError(f"only finished jobs can be purged ({', '.join(models.FINISHED_STATES)}), "
@@ -265,16 +292,44 @@ class Queue:
         return self.store.workers()
 
     def request_stop(self) -> int:
+        """Ask every live pool to stop; returns how many were asked (0: no pool is running)."""
+        self.forget_dead_workers()
         count = self.store.request_stop()
         self.store.notify()
         return count
+
+    def _dead_workers(self, host: Optional[str] = None) -> tuple[list, list]:
+        """(live rows, ids of dead rows): a row on this host whose process is gone is dead (a pool
+        killed whole leaves its rows behind); other hosts' rows count as live, only they can tell."""
+        from .process import host_id, pid_alive
+
+        host = host or host_id(self)
+        live, dead = [], []
+        for row in self.store.workers():
+            gone = row["host"] == host and not pid_alive(row["pid"], row["pid_start"])
+            if gone:
+                dead.append(row["id"])
+            else:
+                live.append(row)
+        return live, dead
+
+    def live_workers(self) -> list[dict]:
+        """Worker and pool rows, without those of dead processes on this host (a read: nothing is removed)."""
+        return self._dead_workers()[0]
+
+    def forget_dead_workers(self, host: Optional[str] = None) -> int:
+        """Remove the rows of dead workers and pools on this host; returns how many."""
+        dead = self._dead_workers(host)[1]
+        for worker_id in dead:
+            self.store.remove_worker(worker_id)
+        return len(dead)
 
     def status(self) -> dict:
         return {
             "config_file": str(self.config.path) if self.config.path else None,
             "store": self.store.describe(),
             "counts": self.counts(),
-            "workers": self.workers(),
+            "workers": self.live_workers(),
             "plugins": self.plugin_status(),
         }
 
@@ -287,6 +342,7 @@ class Queue:
     # --- settings --------------------------------------------------------------------------
 
     def config_set(self, key: str, value: Any) -> Any:
+        """Store a setting after its parser accepted it (the same check as config.yaml and the environment)."""
         setting = self.config.setting(key)
         if setting.file_only:
             raise UsageError(f"{setting.name} can only be set in config.yaml "
@@ -301,6 +357,19 @@ class Queue:
         removed = self.store.unset_setting(setting.name)
         self.config.refresh()
         return removed
+
+
+def _in_range(kind: str, value: Any, name: str) -> Any:
+    try:
+        return models.RANGES[kind].check(value, name)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _job_id(job_id: Any) -> str:
+    if not isinstance(job_id, str) or not job_id or "\0" in job_id or len(job_id) > 1024:
+        raise UsageError(f"not a job id: {job_id!r}"[:120])
+    return job_id
 
 
 def check_no_cycle(jobs: list[Job]) -> None:

@@ -82,16 +82,8 @@ def record(queue, job: Job, attempt: Attempt, claim_next: Optional[WorkerInfo] =
 
 
 def prune_workers(queue, host: str) -> int:
-    """Forget the rows of workers and pools on this host whose process is gone.
-
-    Rows of other hosts are left alone: only their own host can tell for sure, and removing a
-    live pool's row would hide it from `worker stop`.
-    """
-    gone = [w["id"] for w in queue.store.workers()
-            if w["host"] == host and not pid_alive(w["pid"], w["pid_start"])]
-    for worker_id in gone:
-        queue.store.remove_worker(worker_id)
-    return len(gone)
+    """Forget the rows of workers and pools on this host whose process is gone (see Queue)."""
+    return queue.forget_dead_workers(host)
 
 
 def recover(queue, host: str, lost_owner: Optional[str] = None) -> int:
@@ -483,8 +475,16 @@ class Pool:
                     self._respawn_at = time.monotonic() + self._respawn_delay
                 if not (self.stopping or (self.burst and clean)):
                     self._missing = getattr(self, "_missing", 0) + 1
+            elif child["kind"] == "sources" and not self.stopping:
+                log(f"job source process {pid} died; starting another")
+                self._sources_due = time.monotonic() + 1.0     # one that dies at once must not spin
 
     def _replace(self) -> None:
+        # A lost sources process is started again: the spool, schedules and notification deliveries live there.
+        sources_due = getattr(self, "_sources_due", None)
+        if sources_due is not None and not self.stopping and time.monotonic() >= sources_due:
+            self._sources_due = None
+            self._spawn("sources")
         missing = getattr(self, "_missing", 0)
         if self.stopping or not missing or time.monotonic() < self._respawn_at:
             return

@@ -160,15 +160,15 @@ def test_dead_dependency_kills_dependents_which_are_retryable(instance):
 
 @pytest.mark.parametrize("args,message", [
     (["--after", "nosuchjob"], "depends on 'nosuchjob', which does not exist"),     # exit 1, like any unknown id
-    (["--priority", "-101"], "priority must be between -100 and 100"),
-    (["--priority", "high"], "--priority must be an integer"),
+    (["--priority", "-101"], "'--priority': must be an integer from -100 to 100"),
+    (["--priority", "high"], "'--priority': must be an integer"),
     (["--delay", "soon"], "not a duration"),
     (["--delay", "-5"], "not a duration"),
     (["--run-at", "tomorrow"], "not an ISO-8601 time"),
     (["--run-at", "2026-12-01T02:00:00"], "has no zone"),
     (["--delay", "5s", "--run-at", "2026-12-01T02:00:00Z"], "either delay or run_at"),
     (["--retry-on", "75,x"], "not an exit code"),
-    (["--backoff-base", "0.5"], "must be at least 1.0"),
+    (["--backoff-base", "0.5"], "must be a number from 1 to 1000"),
     (["--id", "self", "--after", "self"], "cannot depend on itself"),
 ])
 def test_bad_scheduling_values_are_one_clear_error(instance, args, message):

@@ -5,19 +5,19 @@ import click
 
 from queuectl import hookimpl
 from queuectl.errors import UsageError
-from queuectl.models import DEAD, parse_time
+from queuectl.models import DEAD, RANGES, parse_time
 
 
 @hookimpl
 def queuectl_register_commands(cli):
-    from queuectl.command import get_queue, render_jobs
+    from queuectl.command import Integer, get_queue, render_jobs
 
     @cli.group()
     def dlq():
         """The dead letter queue: jobs that spent their retries."""
 
     @dlq.command("list")
-    @click.option("--limit", type=click.IntRange(min=0), help="At most this many jobs.")
+    @click.option("--limit", type=Integer(), help="At most this many jobs.")
     @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of jobs.")
     def dlq_list(limit, as_json):
         """Dead jobs, oldest first."""
@@ -26,7 +26,8 @@ def queuectl_register_commands(cli):
     @dlq.command("retry")
     @click.argument("job_ids", nargs=-1)
     @click.option("--all", "everything", is_flag=True, help="Every dead job (narrow it with the filters).")
-    @click.option("--exit-code", type=int, help="With --all: only jobs whose last exit code is this.")
+    @click.option("--exit-code", type=Integer(RANGES["exit_code"]),
+                  help="With --all: only jobs whose last exit code is this (0-255).")
     @click.option("--since", help="With --all: only jobs that died at or after this time (ISO-8601 with zone).")
     @click.option("--dry-run", is_flag=True, help="Print what would be retried; change nothing.")
     def dlq_retry(job_ids, everything, exit_code, since, dry_run):

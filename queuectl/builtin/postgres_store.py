@@ -42,13 +42,18 @@ from queuectl.config import Setting
 from queuectl.errors import Conflict, NotFound, QueueError, SchemaError, StoreBusy
 from queuectl.models import CANCELLED, COMPLETED, DEAD, PROCESSING, Attempt, Job
 from queuectl.builtin._rows import (
-    ATTEMPT_COLUMNS, JOB_COLUMNS, N_JOB_COLUMNS, attempt_from_row, bucket, job_from_row, stats_summary,
+    ATTEMPT_COLUMNS, JOB_COLUMNS, N_JOB_COLUMNS, attempt_from_row, bucket, job_from_row, settings_from_rows,
+    stats_summary,
 )
 from queuectl.store import Transition, WorkerInfo, blocked_message
 
 SCHEMA_VERSION = 2
 SCHEMA_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 RECONNECT_MAX_DELAY = 1.0       # seconds between reconnection attempts, at most
+COMMAND_OUTAGE = 3.0            # a one-shot command gives up on an unreachable server after this (workers never)
+#: Connection failures that say no server is there at all (as opposed to a busy or restarting one).
+UNREACHABLE_MARKERS = ("Connection refused", "No such file or directory", "could not translate host name",
+                       "Network is unreachable", "No route to host")
 LISTENER_RETRY = 0.5            # seconds between reconnection attempts of an idle worker's LISTEN connection
 
 #: libpq settings used unless the URL gives its own: bounded connects, a dead server found in
@@ -380,13 +385,14 @@ class PostgresStore:
                 if not locked and self._permanent(exc):
                     raise QueueError(f"store {self.location}: {_first_line(exc)}") from None
                 waited = time.monotonic() - start
-                if self.lock_timeout is not None and waited >= self.lock_timeout:
+                limit = self._give_up_after(locked, exc)
+                if limit is not None and waited >= limit:
                     if locked:
                         raise StoreBusy(f"the store {self.location} stayed locked by another process "
                                         f"for {waited:.0f} s") from None
                     raise QueueError(f"store {self.location} unavailable for {waited:.0f} s: "
                                      f"{_first_line(exc)}") from None
-                if waited > 1 and not warned:
+                if waited > 1 and not warned and limit is None:     # a command says it once, failing
                     what = "is locked by another process; waiting" if locked else \
                         f"unavailable ({_first_line(exc)}); retrying"
                     print(f"queuectl: store {self.location} {what}", file=sys.stderr, flush=True)
@@ -394,13 +400,22 @@ class PostgresStore:
                 import random
 
                 pause = delay * random.uniform(0.5, 1.0)
-                if self.lock_timeout is not None:
-                    pause = min(pause, max(0.0, self.lock_timeout - waited))
+                if limit is not None:
+                    pause = min(pause, max(0.0, limit - waited))
                 time.sleep(pause)
                 delay = min(delay * 2, RECONNECT_MAX_DELAY)
             except self.pg.Error as exc:
                 self._rollback_quietly()
                 raise QueueError(f"store {self.location}: {_first_line(exc)}") from None
+
+    def _give_up_after(self, locked: bool, exc: BaseException) -> Optional[float]:
+        """Seconds a call retries: workers (lock_timeout None) for ever; a command waits out a lock or
+        a busy server for lock-timeout, but no server at all for only a few seconds."""
+        if self.lock_timeout is None:
+            return None
+        if not locked and any(marker in str(exc) for marker in UNREACHABLE_MARKERS):
+            return min(self.lock_timeout, COMMAND_OUTAGE)
+        return self.lock_timeout
 
     def _rollback_quietly(self) -> None:
         conn = self._conn
@@ -699,9 +714,11 @@ class PostgresStore:
 
     # --- claiming and leases ---------------------------------------------------------------------
 
-    CLAIM_SET = (f"state = 'processing', attempts = attempts + 1, tries = tries + 1, "
+    # LEAST: a counter written near the column's limit by another tool must not make every claim fail.
+    CLAIM_SET = (f"state = 'processing', attempts = LEAST(attempts, 2147483646) + 1, "
+                 f"tries = LEAST(tries, 2147483646) + 1, "
                  f"lease_owner = %s, lease_host = %s, lease_pid = %s, lease_pid_start = %s, lease_pgid = NULL, "
-                 f"lease_expires = {NOW} + %s, lease_token = lease_token + 1, "
+                 f"lease_expires = {NOW} + %s, lease_token = LEAST(lease_token, 9223372036854775806) + 1, "
                  f"run_id = replace(gen_random_uuid()::text, '-', ''), started_at = {NOW}, updated_at = {NOW}")
 
     @staticmethod
@@ -793,7 +810,8 @@ class PostgresStore:
         def record(tx: _Tx):
             rows = tx.all(self.q(
                 f"UPDATE {{s}}.jobs SET state = %s, run_at = %s, last_error = %s, exit_code = %s, "
-                f"tries = tries - %s, updated_at = {NOW}, lease_owner = NULL, lease_host = NULL, lease_pid = NULL, "
+                f"tries = GREATEST(tries, -2147483647) - %s, updated_at = {NOW}, lease_owner = NULL, "
+                f"lease_host = NULL, lease_pid = NULL, "
                 f"lease_pid_start = NULL, lease_pgid = NULL, lease_expires = NULL, run_id = NULL "
                 f"WHERE id = %s AND lease_token = %s AND state = 'processing' RETURNING {JOB_COLUMNS}, "
                 # whether anything waits for it: most jobs have no dependents, and skip a round trip
@@ -979,7 +997,7 @@ class PostgresStore:
     # --- settings --------------------------------------------------------------------------------
 
     def get_settings(self) -> dict:
-        return {k: json.loads(v) for k, v in self._read("SELECT key, value FROM {s}.settings")}
+        return settings_from_rows(self._read("SELECT key, value FROM {s}.settings"))
 
     def set_setting(self, key, value) -> None:
         self._auto("INSERT INTO {s}.settings VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",

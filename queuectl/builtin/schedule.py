@@ -16,8 +16,9 @@ import time
 import click
 
 from queuectl import hookimpl
-from queuectl.config import Setting, choice, number, text
+from queuectl.config import Setting, choice, seconds
 from queuectl.errors import NotFound, UsageError
+from queuectl.models import MAX_INTERVAL, iso
 
 MISSED = ("once", "skip")
 
@@ -26,9 +27,25 @@ MISSED = ("once", "skip")
 def queuectl_register_settings(register):
     register(Setting("schedule-missed", "once", choice(*MISSED),
                      "Default policy for ticks missed while no pool ran: once (run the latest) or skip."))
-    register(Setting("schedule-grace", 60.0, number(0.0), "A tick later than this many seconds counts as missed."))
-    register(Setting("schedule-timezone", "UTC", text, "Time zone of cron expressions (IANA name)."))
-    register(Setting("schedule-interval", 1.0, number(0.01), "Seconds between checks for due ticks."))
+    register(Setting("schedule-grace", 60.0, seconds(0.0), "A tick later than this many seconds counts as missed."))
+    register(Setting("schedule-timezone", "UTC", time_zone, "Time zone of cron expressions (IANA name)."))
+    register(Setting("schedule-interval", 1.0, seconds(0.01, MAX_INTERVAL), "Seconds between checks for due ticks."))
+
+
+def time_zone(value) -> str:
+    """An IANA time zone name that this machine knows (or UTC)."""
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        raise ValueError(f"expected a time zone name such as Europe/Paris, got {value!r}")
+    name = value.strip()
+    if name.upper() == "UTC":
+        return "UTC"
+    from zoneinfo import ZoneInfo
+
+    try:
+        ZoneInfo(name)
+    except Exception:          # ZoneInfoNotFoundError, ValueError for odd paths, OSError for odd files
+        raise ValueError(f"unknown time zone {name!r}") from None
+    return name
 
 
 def _zone(queue):
@@ -37,11 +54,11 @@ def _zone(queue):
     name = queue.config.get("schedule-timezone")
     if name.upper() == "UTC":
         return timezone.utc
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+    from zoneinfo import ZoneInfo
 
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except Exception:          # a value stored by another tool: time_zone() refuses it anywhere else
         raise UsageError(f"unknown time zone {name!r} in schedule-timezone") from None
 
 
@@ -63,11 +80,29 @@ def next_tick(cron: str, after: float, zone) -> float:
 
 
 def check_cron(cron: str) -> str:
+    """A cron expression that parses and fires at least once from now (``0 0 30 2 *`` never does)."""
+    from datetime import datetime, timezone
+
     from croniter import croniter
 
-    if not croniter.is_valid(cron):
-        raise UsageError(f"not a valid cron expression: {cron!r}")
+    try:
+        valid = len(cron) <= 256 and "\0" not in cron and croniter.is_valid(cron)
+    except Exception:            # croniter's own errors for odd text
+        valid = False
+    if not valid:
+        raise UsageError(f"not a valid cron expression: {cron[:80]!r}")
+    try:
+        croniter(cron, datetime.now(timezone.utc)).get_next(float)
+    except Exception:            # CroniterBadDateError after searching years ahead
+        raise UsageError(f"cron expression {cron!r} never fires") from None
     return cron
+
+
+def _next_run(schedule: dict, zone):
+    try:
+        return iso(next_tick(schedule["cron"], max(schedule["last_tick"], time.time()), zone))
+    except Exception:            # a cron that never fires (stored by another tool): no next run
+        return None
 
 
 def fire_due(queue, now: float) -> list[str]:
@@ -76,10 +111,13 @@ def fire_due(queue, now: float) -> list[str]:
 
     zone, grace, fired = _zone(queue), queue.config.get("schedule-grace"), []
     for schedule in queue.store.schedules():
-        due = next_tick(schedule["cron"], schedule["last_tick"], zone)
-        if due > now:
+        try:
+            due = next_tick(schedule["cron"], schedule["last_tick"], zone)
+            tick = latest_tick(schedule["cron"], now, zone) if due <= now else None
+        except Exception:        # a cron stored by another tool that never fires: skip it, fire the others
             continue
-        tick = latest_tick(schedule["cron"], now, zone)
+        if tick is None:
+            continue
         late = now - tick > grace
         jobs = []
         if not (late and schedule["missed"] == "skip"):
@@ -125,7 +163,6 @@ def queuectl_job_sources(queue, options):
 @hookimpl
 def queuectl_register_commands(cli):
     from queuectl.command import emit_json, get_queue, job_options, spec_from_options, table
-    from queuectl.models import iso
 
     @cli.group()
     def schedule():
@@ -160,7 +197,7 @@ def queuectl_register_commands(cli):
         """Schedules with their next tick."""
         queue = get_queue()
         zone = _zone(queue)
-        rows = [dict(s, next_run=iso(next_tick(s["cron"], max(s["last_tick"], time.time()), zone)),
+        rows = [dict(s, next_run=_next_run(s, zone),
                      last_tick=iso(s["last_tick"]), created_at=iso(s["created_at"]))
                 for s in queue.store.schedules()]
         if as_json:

@@ -18,7 +18,8 @@ from queuectl.config import Setting, choice
 from queuectl.errors import Conflict, NotFound, QueueError, SchemaError, StoreBusy
 from queuectl.models import CANCELLED, COMPLETED, DEAD, PROCESSING, Attempt, Job
 from queuectl.builtin._rows import (
-    ATTEMPT_COLUMNS, JOB_COLUMNS, N_JOB_COLUMNS, attempt_from_row, bucket, job_from_row, stats_summary,
+    ATTEMPT_COLUMNS, JOB_COLUMNS, N_JOB_COLUMNS, attempt_from_row, bucket, job_from_row, settings_from_rows,
+    stats_summary,
 )
 from queuectl.store import Transition, WorkerInfo, blocked_message
 
@@ -174,7 +175,7 @@ class SQLiteStore:
                 if self.lock_timeout is not None and waited >= self.lock_timeout:
                     raise StoreBusy(f"the store {self.path} stayed locked by another process "
                                     f"for {waited:.0f} s") from None
-                if waited > 2 and not warned:
+                if waited > 2 and not warned and self.lock_timeout is None:      # a command says it once, failing
                     print(f"queuectl: store {self.path} is locked by another process; waiting", file=sys.stderr)
                     warned = True
                 time.sleep(delay)
@@ -575,7 +576,7 @@ class SQLiteStore:
     # --- settings --------------------------------------------------------------------------------
 
     def get_settings(self) -> dict:
-        return {k: json.loads(v) for k, v in self._read("SELECT key, value FROM settings")}
+        return settings_from_rows(self._read("SELECT key, value FROM settings"))
 
     def set_setting(self, key, value) -> None:
         self._write(lambda c: c.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, json.dumps(value))))
