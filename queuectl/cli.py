@@ -12,9 +12,10 @@ from typing import Any, Iterable, Optional
 import click
 
 from . import models
-from .command import (App, Duration, Integer, emit_json, fmt_seconds, get_queue, job_options, pass_app,
-                      render_jobs, short, spec_from_options, table, integer_flag)
+from .command import (App, Duration, Integer, emit_json, exit_for_states, fmt_seconds, get_queue, job_options,
+                      pass_app, render_jobs, short, spec_from_options, table, integer_flag)
 from .errors import JobValidationError, QueueError, UsageError
+from .term import for_terminal
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -343,21 +344,78 @@ def show(job_id, as_json):
 @cli.command()
 @click.argument("job_id")
 @click.option("--attempt", type=Integer(models.RANGES["attempt"]), help="Only this attempt (from 1).")
+@click.option("-f", "--follow", is_flag=True, help="Stream the output as it is produced, across retries, until "
+              "the job is terminal; exit like `wait`.")
+@click.option("--stdout", "only", flag_value="stdout", help="Only the job's stdout.")
+@click.option("--stderr", "only", flag_value="stderr", help="Only the job's stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def logs(job_id, attempt, as_json):
-    """Output, exit code, duration and time of each attempt of a job."""
+def logs(job_id, attempt, follow, only, as_json):
+    """Output, exit code, duration and time of each attempt of a job (the running one so far)."""
+    if follow:
+        if as_json or attempt is not None:
+            raise UsageError("--follow cannot be combined with --json or --attempt")
+        raise click.exceptions.Exit(follow_logs(get_queue(), job_id, only))
     entries = get_queue().logs(job_id, attempt)
     if as_json:
         emit_json(entries)
         return
     for entry in entries:
-        how = f"exit {entry['exit_code']}" if entry["signal"] is None else f"signal {entry['signal']}"
-        click.echo(f"=== attempt {entry['attempt']}: {entry['outcome']} ({how}) at {entry['created_at']} "
-                   f"in {entry['duration']:.3f}s" + (f": {entry['error']}" if entry["error"] else ""))
-        for stream in ("stdout", "stderr"):
+        click.echo(attempt_header(entry))
+        for stream in (only,) if only else ("stdout", "stderr"):
             if entry[stream]:
                 click.echo(f"--- {stream}")
-                click.echo(entry[stream].rstrip("\n"))
+                click.echo(for_terminal(entry[stream].rstrip("\n")))
+
+
+def attempt_header(entry: dict) -> str:
+    """``=== attempt N: ...``: how it ended, or that it is still running."""
+    if entry.get("running"):
+        return (f"=== attempt {entry['attempt']}: running since {entry['created_at']} "
+                f"({entry['duration']:.1f}s so far) on {entry['host']}")
+    how = f"exit {entry['exit_code']}" if entry["signal"] is None else f"signal {entry['signal']}"
+    return (f"=== attempt {entry['attempt']}: {entry['outcome']} ({how}) at {entry['created_at']} "
+            f"in {entry['duration']:.3f}s" + (f": {for_terminal(entry['error'])}" if entry["error"] else ""))
+
+
+def follow_logs(queue, job_id: str, only: Optional[str]) -> int:
+    """``logs --follow``: job output to stdout (its stderr to stderr, unless one stream is picked), exactly
+    as printed when piped; a header line per attempt on stderr. Returns the exit code, like `wait`."""
+    sinks = {name: OutputWriter(sys.stdout if only or name == "stdout" else sys.stderr)
+             for name in ("stdout", "stderr")}
+    try:
+        for event in queue.follow(job_id):
+            kind = event[0]
+            if kind == "attempt":
+                click.echo(f"=== attempt {event[1]}" + (" (running)" if event[2] is None else ""), err=True)
+            elif kind == "output" and only in (None, event[1]):
+                sinks[event[1]].write(event[2])
+            elif kind == "ended" and event[2] is not None:
+                click.echo(attempt_header(event[2]), err=True)
+            elif kind == "done":
+                click.echo(f"=== job {job_id} is {event[1].state}", err=True)
+                return exit_for_states([event[1].state])
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_OK
+
+
+class OutputWriter:
+    """Job output as it came when piped; decoded (a character split between chunks kept whole) and
+    escaped on a terminal."""
+
+    def __init__(self, stream):
+        import codecs
+
+        self.stream = stream
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def write(self, data: bytes) -> None:
+        if self.stream.isatty():
+            self.stream.write(for_terminal(self.decoder.decode(data), self.stream))
+        else:
+            self.stream.flush()
+            self.stream.buffer.write(data)
+        self.stream.flush()
 
 
 @cli.command()
@@ -437,7 +495,9 @@ def plugins(as_json):
 def main(argv: Optional[list] = None) -> None:
     """Entry point: one line on stderr and exit 1 or 2 for every error a user can cause."""
     try:
-        cli.main(args=argv, prog_name="queuectl", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="queuectl", standalone_mode=False)
+        if isinstance(code, int) and not isinstance(code, bool):
+            sys.exit(code)            # ctx.exit(N) / click Exit(N): click returns N outside standalone mode
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:

@@ -25,7 +25,17 @@ from .errors import QueueError, UsageError
 
 __all__ = ["get_queue", "emit_json", "table", "render_jobs", "short", "fmt_seconds", "job_options",
            "spec_from_options", "integer_flag", "Duration", "Integer", "Number", "DURATION", "UsageError",
-           "QueueError"]
+           "QueueError", "EXIT_NOT_COMPLETED", "EXIT_TIMEOUT", "exit_for_states"]
+
+
+#: Exit codes of commands that wait for jobs (`wait`, `logs --follow`), besides 0 (all completed).
+EXIT_NOT_COMPLETED = 3      # a job ended dead or cancelled
+EXIT_TIMEOUT = 4            # --timeout passed first
+
+
+def exit_for_states(states) -> int:
+    """0 when every job completed, else EXIT_NOT_COMPLETED."""
+    return 0 if all(state == models.COMPLETED for state in states) else EXIT_NOT_COMPLETED
 
 
 class App:

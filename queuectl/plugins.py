@@ -30,6 +30,7 @@ BUILTINS = (
     ("spool", "queuectl.builtin.spool"),
     ("schedule", "queuectl.builtin.schedule"),
     ("notify", "queuectl.builtin.notify"),
+    ("watch", "queuectl.builtin.watch"),
 )
 ENTRY_POINT_GROUP = "queuectl"
 

@@ -231,7 +231,37 @@ class Queue:
         return found
 
     def logs(self, job_id: str, attempt: Optional[int] = None) -> list[dict]:
-        return [a.to_dict() for a in self.attempts(job_id, attempt)]
+        """Every attempt as a dict; the running one (``running`` true) with the output it printed so far."""
+        from . import output
+
+        live = output.running_attempt(self, self.get(job_id))
+        if live is not None and attempt == live["attempt"]:
+            return [live]
+        entries = [dict(a.to_dict(), running=False) for a in self.attempts(job_id, attempt)]
+        return entries + ([live] if live is not None and attempt is None else [])
+
+    def output_since(self, job_id: str, attempt: int, cursor: int = 0) -> tuple[list[dict], int]:
+        """Chunks of an attempt's live output stored after ``cursor`` (0: from the start), and the new cursor.
+
+        Each chunk: ``stream``, ``offset`` (bytes of that stream before it) and ``data`` (bytes). A gap
+        between one chunk's end and the next one's offset is output the cap dropped. Chunks are kept
+        while the attempt runs and for a minute after.
+        """
+        from . import output
+
+        self.get(job_id)
+        if not output.supported(self.store):
+            return [], cursor
+        rows = self.store.output_chunks(job_id, attempt, cursor)
+        return ([{"stream": stream, "offset": offset, "data": data} for _, stream, offset, data in rows],
+                rows[-1][0] if rows else cursor)
+
+    def follow(self, job_id: str):
+        """Events of a job's output as it is produced, until the job is terminal (see queuectl.output.follow)."""
+        from . import output
+
+        self.get(job_id)
+        return output.follow(self, job_id)
 
     def retry(self, job_id: str, states: tuple = (models.DEAD,)) -> Job:
         """Dead (or another finished state) -> pending with a fresh retry budget; the history stays."""
@@ -290,6 +320,13 @@ class Queue:
 
     def workers(self) -> list[dict]:
         return self.store.workers()
+
+    def latest_failures(self, limit: int = 5) -> list[Job]:
+        """Failed (waiting for a retry) and dead jobs, the most recently changed first."""
+        if not hasattr(self.store, "recent_jobs"):
+            return []
+        found = [job for state in (models.FAILED, models.DEAD) for job in self.store.recent_jobs(state, limit)]
+        return sorted(found, key=lambda job: job.updated_at, reverse=True)[:limit]
 
     def request_stop(self) -> int:
         """Ask every live pool to stop; returns how many were asked (0: no pool is running)."""

@@ -168,6 +168,23 @@ class Store(Protocol):
     def request_stop(self, host: Optional[str] = None) -> int:
         """Ask every registered pool (on ``host``, or everywhere) to stop; returns how many."""
 
+    # live output (optional: a backend without these shows output when the attempt ends)
+    def append_output(self, job_id: str, attempt: int, chunks: list, keep: dict) -> None:
+        """Store chunks ``[(stream, offset, bytes)]`` of a running attempt; for each ``keep[stream] =
+        (head_end, window)`` delete that stream's chunks lying wholly between the two offsets (the cap)."""
+
+    def output_chunks(self, job_id: str, attempt: int, after: int = 0) -> list:
+        """Chunks ``(seq, stream, offset, bytes)`` of an attempt with ``seq > after``, in the order stored."""
+
+    def expire_output(self, older_than: float) -> int:
+        """Delete chunks older than ``older_than`` seconds of attempts no longer running; return how many."""
+
+    def output_listener(self) -> Optional[Listener]:
+        """A handle that becomes ready when output is stored; None: followers poll ``output_chunks``."""
+
+    def recent_jobs(self, state: str, limit: int) -> list[Job]:
+        """The jobs of ``state`` changed last, newest first (optional; for `top`)."""
+
     # statistics
     def stats(self) -> dict:
         """total_runs, failed_runs, avg_duration, p50/p95 duration, dead_jobs, throughput."""

@@ -19,6 +19,7 @@ from typing import Optional
 from . import models
 from .errors import QueueError
 from .executor import RunContext
+from .output import expire_live_output, live_output_sink
 from .process import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, host_id, pid_alive, pid_start_time, prctl
 from .models import Attempt, ExecResult, Job
 from .store import Transition, WorkerInfo
@@ -284,7 +285,8 @@ class Worker:
         env = {"QUEUECTL_JOB_ID": job.id, "QUEUECTL_ATTEMPT": str(attempt_no), "QUEUECTL_RUN_ID": job.lease.run_id}
         try:
             executor = self.queue.executor(job.executor)
-            run = executor.start(job, RunContext(attempt_no, job.lease.run_id, env, self.config))
+            run = executor.start(job, RunContext(attempt_no, job.lease.run_id, env, self.config,
+                                                 output=live_output_sink(self.queue.store, job.id, attempt_no)))
         except (OSError, ValueError, QueueError) as exc:
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             return ExecResult(models.START_ERROR, error=f"could not start: {detail}")
@@ -425,6 +427,7 @@ class Pool:
                         self._begin_stop(force=False)
                     recover(queue, host)
                     prune_workers(queue, host)
+                    expire_live_output(queue.store)
                     tick = self.config_tick()
                     next_tick = time.monotonic() + tick
                 self._replace()

@@ -135,8 +135,8 @@ def test_init_is_idempotent_and_described(backend):
     store.init()
     info = store.describe()
     assert info["backend"] in ("sqlite", "postgresql")
-    assert info["schema_version"] == 2
-    assert backend.store().describe()["schema_version"] == 2      # a second handle finds it ready
+    assert info["schema_version"] == 3
+    assert backend.store().describe()["schema_version"] == 3      # a second handle finds it ready
 
 
 def test_newer_schema_is_refused(backend):
@@ -825,7 +825,7 @@ def test_a_version_1_store_is_migrated(backend):
     backend.raw("INSERT INTO {s}jobs (id, command, state, max_retries, created_at, updated_at, run_at) "
                 "VALUES ('v1-job', 'true', 'pending', 3, 1, 1, 1)")
     store = backend.store()
-    assert store.describe()["schema_version"] == 2
+    assert store.describe()["schema_version"] == 3
     job = store.get_job("v1-job")
     assert (job.state, job.unique_key, job.after, job.waiting_on, job.cancel_requested) == \
            ("pending", None, [], 0, False)
@@ -967,3 +967,46 @@ def test_retry_is_refused_when_a_dependency_was_purged(backend):
     with pytest.raises(Conflict, match="'base', which was purged before it completed"):
         store.retry_job("child", ("dead",))
     assert store.get_job("child").state == "dead"
+
+
+# --- live output -----------------------------------------------------------------------------------
+
+
+def test_live_output_chunks_trim_and_expire(backend):
+    store = backend.store()
+    store.add_jobs([make_job("live")])
+    job = store.claim(worker(), 30)
+    store.append_output("live", job.attempts, [("stdout", 0, b"head"), ("stderr", 0, b"E")],
+                        {"stdout": (4, 4), "stderr": (1, 1)})
+    first = store.output_chunks("live", job.attempts, 0)
+    assert [(s, o, d) for _, s, o, d in first] == [("stdout", 0, b"head"), ("stderr", 0, b"E")]
+    # the cap: the head is 4 bytes; the tail now starts at 10, so the chunk at 4..8 is dropped, 8..12 kept
+    store.append_output("live", job.attempts, [("stdout", 4, b"mid1"), ("stdout", 8, b"tail")],
+                        {"stdout": (4, 4)})
+    store.append_output("live", job.attempts, [("stdout", 12, b"end")], {"stdout": (4, 10)})
+    later = store.output_chunks("live", job.attempts, first[-1][0])
+    assert [(o, d) for _, _, o, d in later] == [(8, b"tail"), (12, b"end")]
+    assert later[0][0] > first[-1][0]                    # the cursor only moves forward
+    assert store.expire_output(0.0) == 0                 # the attempt still runs: nothing expires
+    run(store, job)
+    assert len(store.output_chunks("live", job.attempts, 0)) == 4     # kept for followers a while
+    assert store.expire_output(3600) == 0
+    time.sleep(0.05)
+    assert store.expire_output(0.01) == 4
+    assert store.output_chunks("live", job.attempts, 0) == []
+
+
+def test_output_listener_wakes_on_output(backend):
+    store = backend.store()
+    listener = store.output_listener()
+    if listener is None:
+        assert backend.kind == "sqlite"                  # SQLite followers poll an indexed read
+        return
+    try:
+        listener.drain()
+        store.add_jobs([make_job("loud")])
+        job = store.claim(worker(), 30)
+        backend.store().append_output("loud", job.attempts, [("stdout", 0, b"x")], {"stdout": (1, 1)})
+        assert ready(listener, 2.0)
+    finally:
+        listener.close()

@@ -47,7 +47,7 @@ from queuectl.builtin._rows import (
 )
 from queuectl.store import Transition, WorkerInfo, blocked_message
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 RECONNECT_MAX_DELAY = 1.0       # seconds between reconnection attempts, at most
 COMMAND_OUTAGE = 3.0            # a one-shot command gives up on an unreachable server after this (workers never)
@@ -220,6 +220,14 @@ END $$""",
         """CREATE TABLE {s}.schedules (name text PRIMARY KEY, cron text NOT NULL, spec text NOT NULL,
             missed text NOT NULL, last_tick double precision, created_at double precision NOT NULL)""",
     ],
+    # Live output: what a running attempt printed so far, in chunks (see queuectl/output.py).
+    3: [
+        """CREATE TABLE {s}.output_chunks (seq bigserial PRIMARY KEY, job_id text NOT NULL,
+            attempt integer NOT NULL, stream text NOT NULL, "offset" bigint NOT NULL, data bytea NOT NULL,
+            written_at double precision NOT NULL)""",
+        "CREATE INDEX output_chunks_attempt ON {s}.output_chunks (job_id, attempt, seq)",
+        "CREATE INDEX output_chunks_written ON {s}.output_chunks (written_at)",
+    ],
 }
 
 
@@ -311,6 +319,7 @@ class PostgresStore:
         self.schema = queue.config.get("pg-schema")
         self.s = f'"{self.schema}"'
         self.channel = f'"queuectl_wake_{self.schema}"'
+        self.output_channel = f"queuectl_output_{self.schema}"      # NOTIFY on every stored chunk of output
         self.location = f"{redact(self.conninfo)} (pg-schema {self.schema})"
         self.lock_timeout: Optional[float] = queue.config.get("lock-timeout")
         try:
@@ -683,6 +692,11 @@ class PostgresStore:
     def counts(self) -> dict:
         return {state: int(n) for state, n in self._read("SELECT state, sum(n) FROM {s}.state_counts GROUP BY state")}
 
+    def recent_jobs(self, state: str, limit: int) -> list[Job]:
+        """The jobs of one state changed last, newest first."""
+        return [self._job(r) for r in self._read(
+            f"SELECT {JOB_COLUMNS} FROM {{s}}.jobs WHERE state = %s ORDER BY updated_at DESC LIMIT %s", (state, limit))]
+
     def attempts(self, job_id: str, attempt=None) -> list[Attempt]:
         sql = f"SELECT {ATTEMPT_COLUMNS} FROM {{s}}.attempts WHERE job_id = %s"
         params = [job_id]
@@ -991,8 +1005,42 @@ class PostgresStore:
             if ids:
                 tx.cur.execute(self.q("DELETE FROM {s}.attempts WHERE job_id = ANY(%s::text[])"), (ids,))
                 tx.cur.execute(self.q("DELETE FROM {s}.job_deps WHERE job_id = ANY(%s::text[])"), (ids,))
+                tx.cur.execute(self.q("DELETE FROM {s}.output_chunks WHERE job_id = ANY(%s::text[])"), (ids,))
             return len(ids)
         return self._write(purge)
+
+    # --- live output -----------------------------------------------------------------------------
+
+    def append_output(self, job_id: str, attempt: int, chunks: list, keep: dict) -> None:
+        def append(tx: _Tx):
+            tx.cur.executemany(self.q(
+                f'INSERT INTO {{s}}.output_chunks (job_id, attempt, stream, "offset", data, written_at) '
+                f"VALUES (%s, %s, %s, %s, %s, {NOW})"),
+                [(job_id, attempt, stream, offset, data) for stream, offset, data in chunks])
+            for stream, (head_end, window) in keep.items():
+                if window > head_end:     # the middle of a long output is not kept (the cap)
+                    tx.cur.execute(self.q(
+                        'DELETE FROM {s}.output_chunks WHERE job_id = %s AND attempt = %s AND stream = %s '
+                        'AND "offset" >= %s AND "offset" + length(data) <= %s'),
+                        (job_id, attempt, stream, head_end, window))
+            tx.cur.execute("SELECT pg_notify(%s, %s)", (self.output_channel, job_id))   # sent at COMMIT
+        self._write(append)
+
+    def output_chunks(self, job_id: str, attempt: int, after: int = 0) -> list:
+        return [(seq, stream, offset, bytes(data)) for seq, stream, offset, data in self._read(
+            'SELECT seq, stream, "offset", data FROM {s}.output_chunks WHERE job_id = %s AND attempt = %s '
+            "AND seq > %s ORDER BY seq", (job_id, attempt, after))]
+
+    EXPIRED_OUTPUT = (f"FROM {{s}}.output_chunks c WHERE c.written_at < {NOW} - %s AND NOT EXISTS (SELECT 1 "
+                      f"FROM {{s}}.jobs j WHERE j.id = c.job_id AND j.state = 'processing' AND j.attempts = c.attempt)")
+
+    def expire_output(self, older_than: float) -> int:
+        if not self._read(f"SELECT 1 {self.EXPIRED_OUTPUT} LIMIT 1", (older_than,)):
+            return 0                      # a read: most calls find nothing
+        return self._auto(f"DELETE {self.EXPIRED_OUTPUT}", (older_than,)).rowcount
+
+    def output_listener(self):
+        return PGListener(self, f'"{self.output_channel}"')
 
     # --- settings --------------------------------------------------------------------------------
 
@@ -1080,8 +1128,9 @@ class PGListener:
     ready once, so the worker looks for work it may have missed while not listening.
     """
 
-    def __init__(self, store: PostgresStore):
+    def __init__(self, store: PostgresStore, channel: Optional[str] = None):
         self.store = store
+        self.channel = channel or store.channel
         self.conn = None
         self._r, self._w = os.pipe()
         os.set_blocking(self._r, False)
@@ -1096,7 +1145,7 @@ class PGListener:
         try:
             conn = self.store.connect()
             conn.add_notice_handler(self._on_notice)
-            conn.execute(f"LISTEN {self.store.channel}")
+            conn.execute(f"LISTEN {self.channel}")
         except self.store.pg.Error:
             if conn is not None:
                 conn.close()

@@ -26,7 +26,7 @@ from queuectl.store import Transition, WorkerInfo, blocked_message
 if TYPE_CHECKING:
     import socket       # imported where it is used: enqueue rarely needs it
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 ACTIVE = "('pending', 'failed', 'processing')"
 # Queues whose jobs may not start now: paused, or at their concurrency limit (counted across all hosts).
@@ -104,6 +104,14 @@ MIGRATIONS = {
             missed TEXT NOT NULL, last_tick REAL, created_at REAL NOT NULL)""",
         # New jobs are counted once per batch by add_jobs: a row trigger was half of bulk enqueue's cost.
         "DROP TRIGGER jobs_count_insert",
+    ],
+    # Live output: what a running attempt printed so far, in chunks (see queuectl/output.py).
+    3: [
+        """CREATE TABLE output_chunks (seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL,
+            attempt INTEGER NOT NULL, stream TEXT NOT NULL, offset INTEGER NOT NULL, data BLOB NOT NULL,
+            written_at REAL NOT NULL)""",
+        "CREATE INDEX output_chunks_attempt ON output_chunks(job_id, attempt, seq)",
+        "CREATE INDEX output_chunks_written ON output_chunks(written_at)",
     ],
 }
 
@@ -350,6 +358,11 @@ class SQLiteStore:
     def counts(self) -> dict:
         return {state: n for state, n in self._read("SELECT state, n FROM state_counts")}
 
+    def recent_jobs(self, state: str, limit: int) -> list[Job]:
+        """The jobs of one state changed last, newest first."""
+        return [self._job(r) for r in self._read(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = ? ORDER BY updated_at DESC LIMIT ?", (state, limit))]
+
     def attempts(self, job_id: str, attempt=None) -> list[Attempt]:
         sql = f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE job_id = ?"
         params = [job_id]
@@ -570,8 +583,40 @@ class SQLiteStore:
                 marks = ",".join("?" * len(chunk))
                 conn.execute(f"DELETE FROM attempts WHERE job_id IN ({marks})", chunk)
                 conn.execute(f"DELETE FROM job_deps WHERE job_id IN ({marks})", chunk)
+                conn.execute(f"DELETE FROM output_chunks WHERE job_id IN ({marks})", chunk)
             return len(ids)
         return self._write(purge)
+
+    # --- live output -----------------------------------------------------------------------------
+
+    def append_output(self, job_id: str, attempt: int, chunks: list, keep: dict) -> None:
+        def append(conn):
+            now = time.time()
+            conn.executemany("INSERT INTO output_chunks (job_id, attempt, stream, offset, data, written_at) "
+                             "VALUES (?, ?, ?, ?, ?, ?)",
+                             [(job_id, attempt, stream, offset, data, now) for stream, offset, data in chunks])
+            for stream, (head_end, window) in keep.items():
+                if window > head_end:     # the middle of a long output is not kept (the cap)
+                    conn.execute("DELETE FROM output_chunks WHERE job_id = ? AND attempt = ? AND stream = ? "
+                                 "AND offset >= ? AND offset + length(data) <= ?",
+                                 (job_id, attempt, stream, head_end, window))
+        self._write(append)
+
+    def output_chunks(self, job_id: str, attempt: int, after: int = 0) -> list:
+        return self._read("SELECT seq, stream, offset, data FROM output_chunks WHERE job_id = ? AND attempt = ? "
+                          "AND seq > ? ORDER BY seq", (job_id, attempt, after))
+
+    EXPIRED_OUTPUT = ("FROM output_chunks WHERE written_at < ? AND NOT EXISTS (SELECT 1 FROM jobs j WHERE "
+                      "j.id = output_chunks.job_id AND j.state = 'processing' AND j.attempts = output_chunks.attempt)")
+
+    def expire_output(self, older_than: float) -> int:
+        before = time.time() - older_than
+        if not self._read(f"SELECT 1 {self.EXPIRED_OUTPUT} LIMIT 1", (before,)):
+            return 0                      # a read: most calls find nothing and take no write lock
+        return self._write(lambda c: c.execute(f"DELETE {self.EXPIRED_OUTPUT}", (before,)).rowcount)
+
+    def output_listener(self):
+        return None                       # followers poll output_chunks (one indexed read)
 
     # --- settings --------------------------------------------------------------------------------
 
