@@ -124,13 +124,13 @@ def default_data_dir() -> Path:
     return Path(base) / "queuectl"
 
 
-def find_config_file(explicit: Optional[str] = None, env=os.environ) -> Optional[Path]:
+def find_config_file(explicit: Optional[str] = None, env=os.environ, skip_local: bool = False) -> Optional[Path]:
     """--config / QUEUECTL_CONFIG, else ./config.yaml, else the user's config file."""
     chosen = explicit or env.get("QUEUECTL_CONFIG")
     if chosen:
         return Path(chosen)
     local = Path("config.yaml")
-    if local.is_file():
+    if not skip_local and local.is_file():
         return local.resolve()
     xdg = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     user = Path(xdg) / "queuectl" / "config.yaml"
@@ -233,14 +233,24 @@ class Config:
         self.settings: dict[str, Setting] = {}
         self.store_loader: Optional[Callable[[], dict]] = None
         self._store_values: Optional[dict] = None
+        self.implicit_local = False           # found as ./config.yaml, not named by --config or $QUEUECTL_CONFIG
+        self.ignored_path: Optional[Path] = None   # a ./config.yaml passed over as another tool's
         for setting in CORE_SETTINGS:
             self.register(setting)
 
     @classmethod
-    def load(cls, config_path: Optional[str] = None, flags: Optional[dict] = None, env=None) -> "Config":
+    def load(cls, config_path: Optional[str] = None, flags: Optional[dict] = None, env=None,
+             skip_local: bool = False) -> "Config":
         env = os.environ if env is None else env
-        path = find_config_file(config_path, env)
-        return cls(path, read_config_file(path), flags, env)
+        path = find_config_file(config_path, env, skip_local)
+        cfg = cls(path, read_config_file(path), flags, env)
+        cfg.implicit_local = bool(path) and not (config_path or env.get("QUEUECTL_CONFIG"))
+        cfg.implicit_local = cfg.implicit_local and path == Path("config.yaml").resolve()
+        return cfg
+
+    def maybe_foreign(self) -> bool:
+        """An implicit ./config.yaml with keys, none of them a core setting: perhaps another tool's."""
+        return self.implicit_local and bool(self.file_data) and not set(self.file_data) & set(self.settings)
 
     @property
     def base_dir(self) -> Path:

@@ -32,7 +32,8 @@ OUTCOMES = (SUCCEEDED, EXITED, TIMED_OUT, WORKER_LOST, INTERRUPTED, START_ERROR,
 
 #: Fields a job may be given on the way in (plugins may declare more).
 INPUT_FIELDS = ("id", "command", "max_retries", "timeout", "cwd", "env", "executor", "priority", "queue",
-                "delay", "run_at", "after", "unique_key")
+                "delay", "run_at", "after", "unique_key",
+                "labels", "argv")
 #: Fields only queuectl sets.
 PROTECTED_FIELDS = ("state", "attempts", "created_at", "updated_at")
 QUEUE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -113,6 +114,7 @@ RANGES = {
     "concurrency": Range(1, 1_000_000, integer=True),
     "workers": Range(1, 1024, integer=True),
     "count": Range(0, INT64_MAX, integer=True),         # --limit, --offset
+    "last": Range(1, INT64_MAX, integer=True),          # list --last
     "attempt": Range(1, INT64_MAX, integer=True),
     "age": Range(0, MAX_SECONDS),                       # purge --older-than
     # settings
@@ -185,6 +187,9 @@ class Job:
     after: list = dataclasses.field(default_factory=list)     # ids of jobs this one waits for
     waiting_on: int = 0       # how many of them have not completed yet
     cancel_requested: bool = False
+    labels: dict = dataclasses.field(default_factory=dict)   # KEY=VALUE tags, shown in `list`, filterable
+    argv: Optional[list] = None   # run without a shell (command is then its shell-quoted form, for display)
+    edits: list = dataclasses.field(default_factory=list)    # `queuectl edit`: when, and the values before
     last_error: Optional[str] = None
     exit_code: Optional[int] = None
     lease: Optional[Lease] = None
@@ -208,6 +213,8 @@ class Job:
             "retries_left": self.retries_left,
             "last_error": self.last_error, "exit_code": self.exit_code,
             "worker": None,
+            "labels": dict(self.labels), "argv": list(self.argv) if self.argv is not None else None,
+            "edits": [dict(e) for e in self.edits],
         }
         if self.lease is not None:
             out["worker"] = {"id": self.lease.owner, "host": self.lease.host, "pid": self.lease.pid,

@@ -13,6 +13,13 @@ from .models import Attempt, Job
 from .plugins import call_registrations, get_plugin_manager
 
 
+AMBIGUOUS_SHOWN = 10            # candidates named when a job id prefix is ambiguous
+#: Fields `queuectl edit` changes, and the states a job may be edited in (it is not running).
+EDITABLE = ("command", "argv", "env", "cwd", "timeout", "labels")
+EDITABLE_STATES = (models.PENDING, models.FAILED, models.DEAD, models.CANCELLED)
+RETRYABLE = (models.COMPLETED, models.DEAD, models.CANCELLED)
+
+
 def new_job_id() -> str:
     return os.urandom(8).hex()        # 64 random bits, like the uuid4 prefix it replaces, at a quarter of the cost
 
@@ -46,6 +53,18 @@ class Queue:
         flags = dict(flags or {})
         flags.update({"db": db, "plugins-dir": plugins_dir})
         cfg = Config.load(config, flags, env)
+        if cfg.maybe_foreign():
+            # A ./config.yaml none of whose keys queuectl or an installed plugin knows is another
+            # tool's (a web app's "name:"): pass it over, and do not load plugins/ beside it.
+            fallback = cls._build(Config.load(config, flags, env, skip_local=True), plugins)
+            if not set(cfg.file_data) & set(fallback.config.settings):
+                fallback.config.ignored_path = cfg.path
+                return fallback
+            fallback.close()
+        return cls._build(cfg, plugins)
+
+    @classmethod
+    def _build(cls, cfg: Config, plugins: Iterable[tuple[str, Any]]) -> "Queue":
         plugins_folder = cfg.get("plugins-dir")
         if plugins_folder is None and cfg.path is not None and (cfg.base_dir / "plugins").is_dir():
             plugins_folder = str(cfg.base_dir / "plugins")
@@ -179,6 +198,7 @@ class Queue:
             executor=core.get("executor") or "shell", cwd=core.get("cwd") or defaults["cwd"],
             env=core.get("env") or {}, timeout=core.get("timeout"), source=source, fields=fields,
             unique_key=core.get("unique_key"), after=core.get("after") or [],
+            labels=core.get("labels") or {}, argv=core.get("argv"),
         )
 
     def job_defaults(self) -> dict:
@@ -210,20 +230,94 @@ class Queue:
         self.store.notify()
         return ids
 
+    def resolve(self, ref: str) -> str:
+        """The id of the job that ``ref`` names: an id, or a unique prefix of one (as git takes commits).
+
+        An exact id always wins; an ambiguous prefix is refused with the candidates it matches.
+        """
+        if isinstance(ref, str):
+            ref = ref.strip().rstrip("…")     # an id copied from a table cut to the terminal's width
+        if isinstance(ref, str) and not ref:
+            raise UsageError("a job id cannot be empty")
+        ref = _job_id(ref)
+        find = getattr(self.store, "find_ids", None)
+        if find is None:                 # a backend without prefix search: exact ids only
+            return ref
+        ids = find(ref, AMBIGUOUS_SHOWN + 1)
+        if ref in ids or len(ids) == 1:
+            return ref if ref in ids else ids[0]
+        if not ids:
+            raise NotFound(f"no job with id {ref!r}")
+        more = ", ..." if len(ids) > AMBIGUOUS_SHOWN else ""
+        raise UsageError(f"job id prefix {ref!r} is ambiguous: {', '.join(ids[:AMBIGUOUS_SHOWN])}{more}")
+
     def get(self, job_id: str) -> Job:
-        job = self.store.get_job(_job_id(job_id))
+        """A job by its id or a unique prefix of it."""
+        job = self.store.get_job(self.resolve(job_id))
         if job is None:
             raise NotFound(f"no job with id {job_id!r}")
         return job
 
-    def list(self, state: Optional[str] = None, limit: Optional[int] = None, offset: int = 0) -> list[Job]:
+    def list(self, state: Optional[str] = None, limit: Optional[int] = None, offset: int = 0, *,
+             queue: Optional[str] = None, labels: Optional[dict] = None, grep: Optional[str] = None,
+             since: Optional[float] = None, last: Optional[int] = None) -> list[Job]:
+        """Jobs in enqueue order; ``last``: only the newest N. Filters: see Store.list_jobs."""
         if state is not None and state not in models.STATES:
             raise UsageError(f"unknown state {state!r} (one of: {', '.join(models.STATES)})")
         limit = None if limit is None else _in_range("count", limit, "limit")
-        return self.store.list_jobs(state, limit, _in_range("count", offset, "offset"))
+        offset = _in_range("count", offset, "offset")
+        last = None if last is None else _in_range("count", last, "last")
+        since = None if since is None else _in_range("run_at", since, "since")
+        if queue is not None and (not isinstance(queue, str) or not models.QUEUE_PATTERN.match(queue)):
+            raise UsageError(f"queue name {queue!r} is not valid")
+        if last is not None and (limit is not None or offset):
+            raise UsageError("give --last, or --limit/--offset, not both")
+        filters = {k: v for k, v in (("queue", queue), ("labels", labels), ("grep", grep), ("since", since))
+                   if v not in (None, {}, "")}
+        if last is not None:
+            filters["newest"] = True
+            limit = last
+        return self.store.list_jobs(state, limit, offset, **filters)
+
+    def edit(self, job_id: str, changes: dict, retry: bool = False) -> Job:
+        """Change the command, argv, env, cwd, timeout or labels of a job that is not running.
+
+        Pending, failed, dead and cancelled jobs may be edited; with ``retry`` the job (completed,
+        dead or cancelled) is also run again, in the same transaction. The values before are kept
+        in the job's ``edits`` and its attempts stay.
+        """
+        job = self.get(job_id)
+        unknown = sorted(set(changes) - set(EDITABLE))
+        if unknown:
+            raise UsageError(f"{unknown[0]!r} cannot be edited (only {', '.join(EDITABLE)})")
+        checked = self._check_edit(job, changes)
+        before = {k: getattr(job, k) for k in checked if getattr(job, k) != checked[k]}
+        edit = {"at": models.iso(models.now()), "before": before}
+        retry_from = RETRYABLE if retry else None
+        edited = self.store.edit_job(job.id, RETRYABLE if retry else EDITABLE_STATES, checked, edit, retry_from)
+        if retry or edited.state == models.PENDING:
+            self.store.notify()
+        return edited
+
+    def _check_edit(self, job: Job, changes: dict) -> dict:
+        """The full new values, checked by the validators as a job with them would be.
+
+        A new command runs by the shell, a new argv without one; env and labels replace the old ones.
+        """
+        if "command" in changes:
+            spec = {"command": changes["command"]}
+        elif changes.get("argv") is not None:
+            spec = {"argv": changes["argv"]}
+        else:
+            spec = {"argv": job.argv} if job.argv is not None else {"command": job.command}
+        spec.update({k: changes[k] for k in ("env", "cwd", "timeout", "labels") if changes.get(k) is not None})
+        self.pm.hook.queuectl_validate_job(job=spec, queue=self)
+        checked = {"command": spec["command"], "argv": spec.get("argv")}
+        checked.update({k: spec.get(k) for k in ("env", "cwd", "timeout", "labels") if k in changes})
+        return checked
 
     def attempts(self, job_id: str, attempt: Optional[int] = None) -> list[Attempt]:
-        self.get(job_id)
+        job_id = self.get(job_id).id
         attempt = None if attempt is None else _in_range("attempt", attempt, "attempt")
         found = self.store.attempts(job_id, attempt)
         if attempt is not None and not found:
@@ -268,14 +362,14 @@ class Queue:
         states = tuple([states] if isinstance(states, str) else states)
         if not states or any(state not in models.FINISHED_STATES for state in states):
             raise UsageError(f"only finished jobs can be retried ({', '.join(models.FINISHED_STATES)})")
-        self.get(job_id)
+        job_id = self.get(job_id).id
         job = self.store.retry_job(job_id, states)
         self.store.notify()
         return job
 
     def cancel(self, job_id: str) -> str:
         """A pending job never runs; a running job's processes are stopped by its worker."""
-        return self.store.cancel_job(_job_id(job_id))
+        return self.store.cancel_job(self.resolve(job_id))
 
     def set_queue(self, name: str, concurrency=..., paused: Optional[bool] = None) -> dict:
         if not isinstance(name, str) or not models.QUEUE_PATTERN.match(name):
@@ -362,13 +456,27 @@ class Queue:
         return len(dead)
 
     def status(self) -> dict:
-        return {
+        """What `status` shows; times are ISO-8601 UTC, as everywhere in JSON."""
+        data = {
             "config_file": str(self.config.path) if self.config.path else None,
             "store": self.store.describe(),
             "counts": self.counts(),
-            "workers": self.live_workers(),
+            "workers": [dict(w, started_at=models.iso(w["started_at"]), heartbeat_at=models.iso(w["heartbeat_at"]))
+                        for w in self.live_workers()],
+            "running": self.running(),
             "plugins": self.plugin_status(),
         }
+        if getattr(self.config, "ignored_path", None):
+            data["ignored_config"] = str(self.config.ignored_path)
+        return data
+
+    def running(self) -> list[dict]:
+        """Jobs being run now: id, command, queue, worker, host, pid, started_at and elapsed seconds."""
+        now = models.now()
+        return [{"id": j.id, "command": j.command, "queue": j.queue, "worker": j.lease.owner, "host": j.lease.host,
+                 "pid": j.lease.pid, "started_at": models.iso(j.lease.started_at),
+                 "elapsed": round(max(0.0, now - j.lease.started_at), 3) if j.lease.started_at else None}
+                for j in self.store.leases() if j.lease is not None]
 
     def plugin_status(self) -> dict:
         sections = {}

@@ -79,8 +79,25 @@ class Store(Protocol):
 
     def get_job(self, job_id: str) -> Optional[Job]: ...
 
-    def list_jobs(self, state: Optional[str] = None, limit: Optional[int] = None, offset: int = 0) -> list[Job]:
-        """Jobs in enqueue order, optionally of one state."""
+    def list_jobs(self, state: Optional[str] = None, limit: Optional[int] = None, offset: int = 0,
+                  newest: bool = False, **filters) -> list[Job]:
+        """Jobs in enqueue order, optionally of one state.
+
+        ``newest``: the last ``limit`` jobs (still returned in enqueue order). Filters, given only
+        when set: ``queue`` (a name), ``labels`` ({key: value, or None for "has the key"}, all must
+        match), ``grep`` (a case-insensitive substring of the command), ``since`` (enqueued at or
+        after, epoch seconds).
+        """
+
+    def find_ids(self, prefix: str, limit: int) -> list[str]:
+        """Up to ``limit`` job ids that start with ``prefix``, in id order."""
+
+    def edit_job(self, job_id: str, from_states: tuple, changes: dict, edit: dict,
+                 retry_from: Optional[tuple] = None) -> Job:
+        """Change the fields in ``changes`` (command, argv, env, cwd, timeout, labels) of a job in one
+        of ``from_states`` and append ``edit`` to its history; with ``retry_from``, also retry it as
+        retry_job does, in the same transaction. Conflict in another state.
+        """
 
     def counts(self) -> dict[str, int]:
         """Jobs per state, kept up to date by the store instead of counted on demand."""

@@ -38,7 +38,9 @@ RENEW_WAIT_MAX = 2.0   # one renewal's wait for a locked store, so signals and t
 
 
 def log(message: str) -> None:
-    print(f"queuectl: {message}", file=sys.stderr, flush=True)
+    from .screen import log as diagnostic     # timestamped (stdlib logging) under `worker start -v`
+
+    diagnostic(message)
 
 
 def new_info(queue, kind: str, pool_id: Optional[str] = None) -> WorkerInfo:
@@ -229,7 +231,12 @@ class Worker:
         self._claimed_at = time.monotonic()
         stored, following = record(self.queue, job, attempt, claim_next, self.lease_timeout)
         if self.verbose and stored is not None:
-            log(f"job {job.id} attempt {attempt_no}: {attempt.outcome} in {attempt.duration:.3f}s -> {stored.state}")
+            from .screen import human_duration
+
+            how = f"signal {attempt.signal}" if attempt.signal is not None else f"exit {attempt.exit_code}"
+            dead = f": {stored.last_error}" if stored.state == models.DEAD else ""    # the one dead-job line
+            log(f"job {job.id} attempt {attempt_no}: {attempt.outcome} ({how}) in "
+                f"{human_duration(attempt.duration)} -> {stored.state}{dead}")
         elif stored is not None and stored.state == models.DEAD:
             log(f"job {job.id} is dead after {stored.attempts} attempt(s): {stored.last_error}")
         if following is None and self.burst:
@@ -391,6 +398,10 @@ class Pool:
         queue.store.lock_timeout = None
         queue.store.register_worker(self.info)
         host = self.info.host
+        from .screen import setup_logging
+
+        setup_logging(self.verbose)
+        log(self.banner())
         recover(queue, host)
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
@@ -423,8 +434,7 @@ class Pool:
                     break
                 if time.monotonic() >= next_tick:
                     if not queue.store.heartbeat_worker(self.info.id) and not self.stopping:
-                        log("stop requested through the store; finishing running jobs")
-                        self._begin_stop(force=False)
+                        self._begin_stop(force=False, why="stop requested through the store")
                     recover(queue, host)
                     prune_workers(queue, host)
                     expire_live_output(queue.store)
@@ -447,12 +457,39 @@ class Pool:
     def _workers(self) -> list[int]:
         return [pid for pid, c in self.children.items() if c["kind"] == "worker"]
 
-    def _begin_stop(self, force: bool) -> None:
+    def banner(self) -> str:
+        """One line: the pool's pid, its workers, its store and what else feeds it (the spool)."""
+        store = self.queue.store.describe()
+        parts = [f"pool {os.getpid()} started: {self.count} worker(s)", f"store {store['backend']} {store['location']}"]
+        if self.queues:
+            parts.append(f"queues {','.join(self.queues)}")
+        for name, values in self.queue.plugin_status().items():
+            # a section's folder, unless the section's own worker option overrides it (--spool DIR, --no-spool)
+            if self.options.get(f"no_{name}"):
+                continue
+            folder = self.options.get(name) or (values or {}).get("folder")
+            if folder:
+                parts.append(f"{name} {os.path.abspath(os.path.expanduser(folder))}")
+        return ", ".join(parts)
+
+    def running_jobs(self) -> int:
+        """Jobs that this pool's workers hold now."""
+        try:
+            mine = {w["id"] for w in self.queue.store.workers() if w.get("pool_id") == self.info.id}
+            return sum(1 for job in self.queue.store.leases() if job.lease and job.lease.owner in mine)
+        except QueueError:
+            return 0
+
+    def _begin_stop(self, force: bool, why: str = "stopping") -> None:
+        first = not self.stopping
         self.stopping = True
+        running = self.running_jobs() if first or force else 0
         for pid in self.children:
             _kill(pid, signal.SIGTERM)
         if force:
-            log("second signal: stopping running jobs")
+            log(f"second signal: stopping {running} running job(s); they will be retried")
+        elif first:
+            log(f"{why}: finishing {running} running job(s); press Ctrl-C again to stop them")
 
     def _reap(self, host: str) -> None:
         while True:

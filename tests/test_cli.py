@@ -54,7 +54,7 @@ BAD_INPUTS = [
     (["logs", "missing"], 1, "no job with id 'missing'"),
     (["dlq", "retry", "missing"], 1, "no job with id 'missing'"),
     (["dlq", "retry", "dup"], 1, "job 'dup' is pending, not dead"),
-    (["list", "--state", "sleeping"], 2, "unknown state 'sleeping'"),
+    (["list", "--state", "sleeping"], 2, "'sleeping' is not one of 'pending'"),
     (["worker", "start", "--count", "0"], 2, "must be an integer from 1 to 1024"),
     (["config", "set", "colour", "red"], 2, "unknown config key 'colour'"),
     (["config", "get", "colour"], 2, "unknown config key 'colour'"),

@@ -220,12 +220,23 @@ def test_wait_exit_codes(instance):
 
 
 def test_wait_all_and_queue_with_json(instance):
-    ids = [instance.enqueue("true", queue="batch") for _ in range(3)]
+    # The batch is held until `wait --queue` has taken its jobs (its bar shows 0/3), so it waits for all
+    # three whatever the machine's speed; the job of another queue is not waited for.
+    ids = [instance.enqueue(BLOCK.format(name="go"), queue="batch") for _ in range(3)]
     other = instance.enqueue(BLOCK.format(name="release"))
     instance.start_pool(2)
-    data = json.loads(instance.run("wait", "--queue", "batch", "--json").stdout)
-    assert data["done"] == {job_id: "completed" for job_id in ids} and data["timed_out"] is False
+    pid, master = spawn_pty(instance, "wait", "--queue", "batch")
+    try:
+        read_until(master, b"0/3")
+        (instance.root / "go").touch()
+        screen = read_until(master, b"3/3 finished")
+        assert exit_status(pid) == 0
+    finally:
+        os.close(master)
+    assert b"0 not completed" in screen
     assert instance.job(other)["state"] in ("pending", "processing")
+    data = json.loads(instance.run("wait", *ids, "--json").stdout)
+    assert data["done"] == {job_id: "completed" for job_id in ids} and data["timed_out"] is False
     (instance.root / "release").touch()
     assert instance.run("wait", "--all").returncode == 0
     assert instance.job(other)["state"] == "completed"

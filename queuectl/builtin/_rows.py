@@ -10,7 +10,8 @@ from queuectl.models import INT64_MAX, MAX_SECONDS, PROCESSING, Attempt, Job, Le
 JOB_COLUMNS = ("id, command, state, attempts, tries, max_retries, priority, queue, executor, cwd, env, timeout, "
                "source, fields, created_at, updated_at, run_at, last_error, exit_code, lease_owner, lease_host, "
                "lease_pid, lease_pid_start, lease_pgid, lease_expires, lease_token, run_id, started_at, "
-               "unique_key, after_ids, waiting_on, cancel_requested")
+               "unique_key, after_ids, waiting_on, cancel_requested, "
+               "labels, argv, edits")
 N_JOB_COLUMNS = JOB_COLUMNS.count(",") + 1
 ATTEMPT_COLUMNS = ("job_id, attempt, outcome, started_at, finished_at, exit_code, signal, error, stdout, stderr, "
                    "worker, host, pid")
@@ -59,7 +60,7 @@ def job_from_row(row) -> Job:
     (id_, command, state, attempts, tries, max_retries, priority, queue, executor, cwd, env, timeout,
      source, fields, created_at, updated_at, run_at, last_error, exit_code, owner, host, pid, pid_start,
      pgid, expires, token, run_id, started_at, unique_key, after_ids, waiting_on,
-     cancel_requested) = row[:N_JOB_COLUMNS]
+     cancel_requested, labels, argv, edits) = row[:N_JOB_COLUMNS]
     lease = None
     if state == PROCESSING and owner is not None:
         lease = Lease(owner=_text(owner), host=_text(host, ""), pid=_int(pid), pid_start=_int(pid_start, None),
@@ -73,7 +74,9 @@ def job_from_row(row) -> Job:
                created_at=finite(created_at, 0.0), updated_at=finite(updated_at, 0.0), run_at=finite(run_at, 0.0),
                last_error=_text(last_error), exit_code=_int(exit_code, None), lease=lease,
                unique_key=_text(unique_key), after=[_text(a) for a in _json(after_ids, list)],
-               waiting_on=_int(waiting_on), cancel_requested=bool(_int(cancel_requested)))
+               waiting_on=_int(waiting_on), cancel_requested=bool(_int(cancel_requested)),
+               labels={_text(k): _text(v) for k, v in _json(labels, dict).items()},
+               argv=[_text(a) for a in _json(argv, list)] or None, edits=_json(edits, list))
 
 
 def _bytes(value) -> bytes:
@@ -141,3 +144,49 @@ def stats_summary(total: int, failed: int, total_duration: float, first: Optiona
         "throughput": finite(total / span) if span > 0 else None,
         "throughput_1m": _int(recent) / 60.0,
     }
+
+
+#: Job fields `queuectl edit` may change, as (field, column) pairs.
+EDITABLE_FIELDS = ("command", "argv", "env", "cwd", "timeout", "labels")
+
+
+def edit_values(job: Job, changes: dict, edit: dict) -> list:
+    """Column values for an edit: every editable field (changed or kept) and the history with ``edit`` added."""
+    merged = {f: changes.get(f, getattr(job, f)) for f in EDITABLE_FIELDS}
+    return [merged["command"], json.dumps(merged["argv"]) if merged["argv"] is not None else None,
+            json.dumps(merged["env"]) if merged["env"] else None, merged["cwd"], merged["timeout"],
+            json.dumps(merged["labels"]) if merged["labels"] else None, json.dumps(job.edits + [edit])]
+
+
+EDIT_SET = "command = {m}, argv = {m}, env = {m}, cwd = {m}, timeout = {m}, labels = {m}, edits = {m}"
+
+
+def like_pattern(text: str) -> str:
+    """A LIKE pattern matching ``text`` literally (escape character: backslash)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def job_filters(mark: str, label_clause, grep_op: str, state=None, queue=None, labels=None, grep=None,
+                since=None) -> tuple[str, list]:
+    """The WHERE clause of `list` and its parameters, for either SQL backend.
+
+    ``mark`` is the placeholder; ``label_clause(key, value)`` gives one label's condition and params.
+    """
+    clauses, params = [], []
+    if state:
+        clauses.append(f"state = {mark}")
+        params.append(state)
+    if queue:
+        clauses.append(f"queue = {mark}")
+        params.append(queue)
+    for key, value in (labels or {}).items():
+        clause, extra = label_clause(key, value)
+        clauses.append(clause)
+        params.extend(extra)
+    if grep:
+        clauses.append(f"command {grep_op} {mark} ESCAPE '\\'")
+        params.append(f"%{like_pattern(grep)}%")
+    if since is not None:
+        clauses.append(f"created_at >= {mark}")
+        params.append(since)
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", params

@@ -42,12 +42,12 @@ from queuectl.config import Setting
 from queuectl.errors import Conflict, NotFound, QueueError, SchemaError, StoreBusy
 from queuectl.models import CANCELLED, COMPLETED, DEAD, PROCESSING, Attempt, Job
 from queuectl.builtin._rows import (
-    ATTEMPT_COLUMNS, JOB_COLUMNS, N_JOB_COLUMNS, attempt_from_row, bucket, job_from_row, settings_from_rows,
-    stats_summary,
+    ATTEMPT_COLUMNS, EDIT_SET, JOB_COLUMNS, N_JOB_COLUMNS, attempt_from_row, bucket, edit_values, job_filters,
+    job_from_row, like_pattern, settings_from_rows, stats_summary,
 )
 from queuectl.store import Transition, WorkerInfo, blocked_message
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 RECONNECT_MAX_DELAY = 1.0       # seconds between reconnection attempts, at most
 COMMAND_OUTAGE = 3.0            # a one-shot command gives up on an unreachable server after this (workers never)
@@ -79,7 +79,7 @@ NOW = "extract(epoch FROM statement_timestamp())::float8"
 
 J_JOB_COLUMNS = ", ".join("j." + c.strip() for c in JOB_COLUMNS.split(","))
 INSERT_COLUMNS = ("id, command, state, max_retries, priority, queue, executor, cwd, env, timeout, source, fields, "
-                  "created_at, updated_at, run_at, unique_key, after_ids")
+                  "created_at, updated_at, run_at, unique_key, after_ids, labels, argv")
 N_INSERT_COLUMNS = INSERT_COLUMNS.count(",") + 1
 ACTIVE = "('pending', 'failed', 'processing')"
 #: A job that may start now, as far as the job itself is concerned (its queue is checked apart).
@@ -227,6 +227,17 @@ END $$""",
             written_at double precision NOT NULL)""",
         "CREATE INDEX output_chunks_attempt ON {s}.output_chunks (job_id, attempt, seq)",
         "CREATE INDEX output_chunks_written ON {s}.output_chunks (written_at)",
+    ],
+    # Issue 13, the command line, as in the SQLite store's version 4: labels, argv jobs, edit history,
+    # and indexes for `list`'s filters and for id prefixes.
+    4: [
+        "ALTER TABLE {s}.jobs ADD COLUMN labels text, ADD COLUMN argv text, ADD COLUMN edits text",
+        # `list --label K=V` is `labels::jsonb @> '{"K": "V"}'`, answered by this index.
+        "CREATE INDEX jobs_labels ON {s}.jobs USING gin ((labels::jsonb))",
+        "CREATE INDEX jobs_queue ON {s}.jobs (queue, seq)",
+        "CREATE INDEX jobs_created ON {s}.jobs (created_at)",
+        # Byte order whatever the database's collation, so `id LIKE 'ab%'` is a range on it.
+        "CREATE INDEX jobs_id_prefix ON {s}.jobs (id text_pattern_ops)",
     ],
 }
 
@@ -558,7 +569,8 @@ class PostgresStore:
                 json.dumps(j.env) if j.env else None, j.timeout, j.source,
                 json.dumps(j.fields) if j.fields else None, tx.db_time(j.created_at),
                 tx.db_time(j.updated_at), tx.db_time(j.run_at), j.unique_key,
-                json.dumps(j.after) if j.after else None)
+                json.dumps(j.after) if j.after else None,
+                json.dumps(j.labels) if j.labels else None, json.dumps(j.argv) if j.argv is not None else None)
 
     def _store_jobs(self, tx: _Tx, jobs: list[Job]) -> list[str]:
         """Insert in order and link dependencies; returns the ids (a unique key's holder in place of its job).
@@ -684,10 +696,37 @@ class PostgresStore:
         rows = self._read(f"SELECT {JOB_COLUMNS} FROM {{s}}.jobs WHERE id = %s", (job_id,))
         return self._job(rows[0]) if rows else None
 
-    def list_jobs(self, state=None, limit=None, offset=0) -> list[Job]:
-        where, params = ("WHERE state = %s", [state]) if state else ("", [])
-        sql = f"SELECT {JOB_COLUMNS} FROM {{s}}.jobs {where} ORDER BY seq LIMIT %s OFFSET %s"
-        return [self._job(r) for r in self._read(sql, (*params, limit, offset))]
+    def list_jobs(self, state=None, limit=None, offset=0, newest=False, **filters) -> list[Job]:
+        where, params = job_filters("%s", self._label_clause, "ILIKE", state, **filters)
+        order = "seq DESC" if newest else "seq"
+        sql = f"SELECT {JOB_COLUMNS} FROM {{s}}.jobs {where} ORDER BY {order} LIMIT %s OFFSET %s"
+        jobs = [self._job(r) for r in self._read(sql, (*params, limit, offset))]
+        return jobs[::-1] if newest else jobs
+
+    @staticmethod
+    def _label_clause(key: str, value: Optional[str]) -> tuple[str, list]:
+        if value is None:
+            return "labels::jsonb ? %s", [key]
+        return "labels::jsonb @> %s::jsonb", [json.dumps({key: value})]
+
+    def find_ids(self, prefix: str, limit: int) -> list[str]:
+        """Ids that start with ``prefix`` (a range on the text_pattern_ops index)."""
+        rows = self._read("SELECT id FROM {s}.jobs WHERE id LIKE %s ORDER BY id LIMIT %s",
+                          (like_pattern(prefix) + "%", limit))
+        return [r[0] for r in rows]
+
+    def edit_job(self, job_id: str, from_states, changes: dict, edit: dict, retry_from=None) -> Job:
+        def change(tx: _Tx):
+            rows = tx.all(self.q(f"SELECT {JOB_COLUMNS} FROM {{s}}.jobs WHERE id = %s FOR UPDATE"), (job_id,))
+            if not rows or rows[0][2] not in from_states:
+                raise Conflict(f"job {job_id!r} is {rows[0][2] if rows else 'missing'}, "
+                               f"not {' or '.join(from_states)}: it cannot be edited")
+            job = self._job(rows[0])
+            rows = tx.all(self.q(f"UPDATE {{s}}.jobs SET {EDIT_SET.format(m='%s')}, updated_at = {NOW} "
+                                 f"WHERE id = %s RETURNING {JOB_COLUMNS}"),
+                          (*edit_values(job, changes, edit), job_id))
+            return self._retry_in(tx, job_id, retry_from) if retry_from else self._job(rows[0])
+        return self._write(change)
 
     def counts(self) -> dict:
         return {state: int(n) for state, n in self._read("SELECT state, sum(n) FROM {s}.state_counts GROUP BY state")}
@@ -706,25 +745,26 @@ class PostgresStore:
         return [self._attempt(r) for r in self._read(sql + " ORDER BY attempt", params)]
 
     def retry_job(self, job_id: str, from_states) -> Job:
-        def move(tx: _Tx):
-            row = tx.all(self.q("SELECT state FROM {s}.jobs WHERE id = %s FOR UPDATE"), (job_id,))
-            if not row or row[0][0] not in from_states:
-                raise Conflict(f"job {job_id!r} is {row[0][0] if row else 'missing'}, "
-                               f"not {' or '.join(from_states)}")
-            blocker = tx.all(self.q(
-                "SELECT d.dep_id, COALESCE(j.state, 'purged') FROM {s}.job_deps d LEFT JOIN {s}.jobs j "
-                "ON j.id = d.dep_id WHERE d.job_id = %s AND d.satisfied = 0 "
-                "AND (j.state IS NULL OR j.state IN ('dead', 'cancelled')) LIMIT 1"), (job_id,))
-            if blocker:
-                raise Conflict(blocked_message(job_id, *blocker[0]))
-            try:
-                rows = tx.all(self.q(f"UPDATE {{s}}.jobs SET state = 'pending', tries = 0, run_at = {NOW}, "
-                                     f"updated_at = {NOW}, cancel_requested = 0 WHERE id = %s "
-                                     f"RETURNING {JOB_COLUMNS}"), (job_id,))
-            except self.pg.errors.UniqueViolation:
-                raise Conflict(f"job {job_id!r} cannot be retried: its unique key is held by another job") from None
-            return self._job(rows[0])
-        return self._write(move)
+        return self._write(lambda tx: self._retry_in(tx, job_id, from_states))
+
+    def _retry_in(self, tx: _Tx, job_id: str, from_states) -> Job:
+        row = tx.all(self.q("SELECT state FROM {s}.jobs WHERE id = %s FOR UPDATE"), (job_id,))
+        if not row or row[0][0] not in from_states:
+            raise Conflict(f"job {job_id!r} is {row[0][0] if row else 'missing'}, "
+                           f"not {' or '.join(from_states)}")
+        blocker = tx.all(self.q(
+            "SELECT d.dep_id, COALESCE(j.state, 'purged') FROM {s}.job_deps d LEFT JOIN {s}.jobs j "
+            "ON j.id = d.dep_id WHERE d.job_id = %s AND d.satisfied = 0 "
+            "AND (j.state IS NULL OR j.state IN ('dead', 'cancelled')) LIMIT 1"), (job_id,))
+        if blocker:
+            raise Conflict(blocked_message(job_id, *blocker[0]))
+        try:
+            rows = tx.all(self.q(f"UPDATE {{s}}.jobs SET state = 'pending', tries = 0, run_at = {NOW}, "
+                                 f"updated_at = {NOW}, cancel_requested = 0 WHERE id = %s "
+                                 f"RETURNING {JOB_COLUMNS}"), (job_id,))
+        except self.pg.errors.UniqueViolation:
+            raise Conflict(f"job {job_id!r} cannot be retried: its unique key is held by another job") from None
+        return self._job(rows[0])
 
     # --- claiming and leases ---------------------------------------------------------------------
 

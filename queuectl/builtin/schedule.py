@@ -12,6 +12,7 @@ tick; `skip` enqueues nothing for a tick more than `schedule-grace` seconds late
 from __future__ import annotations
 
 import time
+from typing import Optional
 
 import click
 
@@ -98,9 +99,9 @@ def check_cron(cron: str) -> str:
     return cron
 
 
-def _next_run(schedule: dict, zone):
+def _next_run(schedule: dict, zone) -> Optional[float]:
     try:
-        return iso(next_tick(schedule["cron"], max(schedule["last_tick"], time.time()), zone))
+        return next_tick(schedule["cron"], max(schedule["last_tick"], time.time()), zone)
     except Exception:            # a cron that never fires (stored by another tool): no next run
         return None
 
@@ -162,28 +163,38 @@ def queuectl_job_sources(queue, options):
 
 @hookimpl
 def queuectl_register_commands(cli):
-    from queuectl.command import emit_json, get_queue, job_options, spec_from_options, table
+    from queuectl.command import complete_schedules, emit_json, get_queue, job_options, spec_from_options, table, when
 
     @cli.group()
     def schedule():
-        """Recurring jobs, enqueued by running pools on a cron schedule."""
+        """Recurring jobs, enqueued by running pools on a cron schedule.
+
+        \b
+        Examples:
+          queuectl schedule add nightly --cron "0 2 * * *" --command ./backup.sh
+          queuectl schedule list
+        """
 
     @schedule.command("add")
     @click.argument("name")
     @click.option("--cron", required=True, help='Cron expression, e.g. "*/5 * * * *".')
     @click.option("--missed", type=click.Choice(MISSED), help="Ticks missed while no pool ran: once or skip.")
     @click.option("--replace", is_flag=True, help="Replace a schedule of the same name.")
-    @job_options
+    @job_options(exclude=("id", "run_at"))     # a tick's id comes from its name; a fixed time fits no tick
     def schedule_add(name, cron, missed, replace, **options):
-        """Enqueue a job every time CRON ticks."""
+        """Enqueue a job every time CRON ticks.
+
+        \b
+        Examples:
+          queuectl schedule add nightly --cron "0 2 * * *" --command ./backup.sh
+          queuectl schedule add sync --cron "*/5 * * * *" --command ./sync.sh --unique-key sync --replace
+        """
         queue = get_queue()
         if not name or "/" in name or len(name) > 64:
             raise UsageError(f"schedule name {name!r} is not valid")
         spec = spec_from_options(options)
         if "command" not in spec:
             raise UsageError("a schedule needs --command")
-        if "id" in spec:
-            raise UsageError("a schedule's jobs get their ids from its name and tick; --id is not allowed")
         queue.build_job(dict(spec, id=f"{name}-check"))     # validate now, not at the first tick
         now = time.time()
         start = latest_tick(check_cron(cron), now, _zone(queue))
@@ -194,22 +205,34 @@ def queuectl_register_commands(cli):
     @schedule.command("list")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     def schedule_list(as_json):
-        """Schedules with their next tick."""
+        """Schedules with their next tick.
+
+        \b
+        Example:
+          queuectl schedule list --json
+        """
         queue = get_queue()
         zone = _zone(queue)
-        rows = [dict(s, next_run=_next_run(s, zone),
+        schedules = queue.store.schedules()
+        rows = [dict(s, next_run=iso(_next_run(s, zone)),
                      last_tick=iso(s["last_tick"]), created_at=iso(s["created_at"]))
-                for s in queue.store.schedules()]
+                for s in schedules]
         if as_json:
             emit_json(rows)
             return
-        table(({"name": r["name"], "cron": r["cron"], "next": r["next_run"], "missed": r["missed"],
-                "command": r["spec"].get("command")} for r in rows), ["name", "cron", "next", "missed", "command"])
+        table(({"name": r["name"], "cron": r["cron"], "next": when(_next_run(s, zone)),
+                "missed": r["missed"], "command": r["spec"].get("command")}
+               for r, s in zip(rows, schedules)), ["name", "cron", "next", "missed", "command"])
 
     @schedule.command("remove")
-    @click.argument("name")
+    @click.argument("name", shell_complete=complete_schedules)
     def schedule_remove(name):
-        """Remove a schedule (jobs it already enqueued stay)."""
+        """Remove a schedule (jobs it already enqueued stay).
+
+        \b
+        Example:
+          queuectl schedule remove nightly
+        """
         if not get_queue().store.remove_schedule(name):
             raise NotFound(f"no schedule named {name!r}")
         click.echo(f"{name} removed")

@@ -403,7 +403,9 @@ class ProcessExecutor:
 
 
 class ShellExecutor(ProcessExecutor):
-    """Runs ``/bin/sh -c COMMAND`` with stdin from /dev/null and output captured through pipes."""
+    """Runs ``/bin/sh -c COMMAND`` (or a job's argv, without a shell) with stdin from /dev/null and output
+    captured through pipes."""
 
     def argv(self, job, ctx) -> list:
-        return ["/bin/sh", "-c", job.command]
+        # An argv job (`enqueue -- CMD ARG...`) runs without a shell: its arguments stay literal.
+        return list(job.argv) if job.argv else ["/bin/sh", "-c", job.command]

@@ -18,7 +18,6 @@ import queue as queue_module
 import re
 import signal
 import stat
-import sys
 import threading
 import time
 from pathlib import Path
@@ -45,7 +44,9 @@ _warned: set = set()        # folders already warned about; inherited by a pool'
 
 
 def log(message: str) -> None:
-    print(f"queuectl: spool: {message}", file=sys.stderr, flush=True)
+    from queuectl.screen import log as diagnostic     # timestamped in a `worker start -v` pool
+
+    diagnostic(message, "spool")
 
 
 class Rejected(Exception):
@@ -750,13 +751,24 @@ def queuectl_register_commands(cli):
 
     @cli.group("spool")
     def spool_group():
-        """Job files dropped into a folder become jobs (see docs/spool.md)."""
+        """Job files dropped into a folder become jobs (see docs/spool.md).
+
+        \b
+        Examples:
+          queuectl spool scan            # once, e.g. from cron
+          queuectl spool watch ~/drop
+        """
 
     @spool_group.command("watch")
     @click.argument("folder", required=False, metavar="[DIR]")
     @click.option("-v", "--verbose", is_flag=True, help="Log every ingested file.")
     def watch(folder, verbose):
-        """Ingest files dropped into DIR (default: the spool setting) until SIGTERM or SIGINT; runs no jobs."""
+        """Ingest files dropped into DIR (default: the spool setting) until SIGTERM or SIGINT; runs no jobs.
+
+        \b
+        Example:
+          queuectl spool watch ~/drop -v
+        """
         queue = get_queue()
         run_until_signal(SpoolWatcher(queue, folder_of(queue, folder), verbose))
 
@@ -764,7 +776,12 @@ def queuectl_register_commands(cli):
     @click.argument("folder", required=False, metavar="[DIR]")
     @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
     def scan(folder, as_json):
-        """Ingest the files in DIR (default: the spool setting) once, then exit."""
+        """Ingest the files in DIR (default: the spool setting) once, then exit.
+
+        \b
+        Example:
+          queuectl spool scan --json
+        """
         queue = get_queue()
         path = folder_of(queue, folder)
         counts = Spool(queue, path).scan_once()

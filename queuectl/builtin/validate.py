@@ -48,6 +48,44 @@ def _check_command(job: dict) -> None:
     check_text("command", command)
 
 
+LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")
+LABEL_VALUE_MAX = 256
+
+
+def _check_labels(value) -> dict:
+    """KEY=VALUE tags: short keys, single-line values."""
+    if not isinstance(value, dict):
+        raise JobValidationError("labels must be a mapping of names to values")
+    labels = {}
+    for key, val in value.items():
+        if not isinstance(key, str) or not LABEL_KEY.match(key):
+            raise JobValidationError(f"label name {key!r} is not valid: use 1-64 letters, digits and ._/- "
+                                     f"starting with a letter or digit")
+        if isinstance(val, bool) or not isinstance(val, (str, int, float)):
+            raise JobValidationError(f"label {key} must be a string, got {val!r}")
+        val = str(val)
+        if len(val) > LABEL_VALUE_MAX or any(ord(c) < 32 or ord(c) == 127 for c in val):
+            raise JobValidationError(f"label {key} must be one line of at most {LABEL_VALUE_MAX} characters")
+        labels[key] = val
+    return labels
+
+
+def _check_argv(job: dict) -> None:
+    """An argv job runs without a shell; its command is the shell-quoted argv, for display and search."""
+    argv = job.get("argv")
+    if argv is None:
+        return
+    if job.get("command") is not None:
+        raise JobValidationError("give either command (run by the shell) or argv (run without one), not both")
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        raise JobValidationError("argv must be a non-empty list of strings")
+    if not argv[0] or any("\0" in a for a in argv):
+        raise JobValidationError("argv needs a program name and no NUL bytes")
+    import shlex
+
+    job["command"] = shlex.join(argv)
+
+
 def _check_env(value) -> dict:
     if not isinstance(value, dict):
         raise JobValidationError("env must be a mapping of variable names to values")
@@ -119,7 +157,10 @@ def queuectl_validate_job(job, queue):
     unknown = sorted(str(k) for k in job if k not in known)
     if unknown:
         raise JobValidationError(f"unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    _check_argv(job)
     _check_command(job)
+    if job.get("labels") is not None:
+        job["labels"] = _check_labels(job["labels"])
     if job.get("id") is not None:
         if not isinstance(job["id"], str) or not ID_PATTERN.match(job["id"]):
             raise JobValidationError(f"id {job['id']!r} is not valid: use 1-128 letters, digits and ._:@+- "
