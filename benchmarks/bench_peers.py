@@ -29,6 +29,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Optional
 
 from .bench_drain import drain_once
 from .common import ROOT, Instance, Results, median, stop_process, wait_for
@@ -49,9 +50,12 @@ def _peer_env(extra: dict) -> dict:
     return env
 
 
-def _compare(results: Results, peer: str, what: str, ours: float, theirs: float, detail: dict) -> None:
+def _compare(results: Results, peer: str, what: str, ours: float, theirs: float, detail: dict,
+             target: Optional[float] = None) -> None:
+    ratio = ours / theirs if theirs else None
     results.add(SECTION, f"{what}: queuectl vs {peer}", ours, "jobs/s", reference=theirs, reference_name=peer,
-                ratio=ours / theirs if theirs else None, detail=detail)
+                ratio=ratio, target=f">= {target}x" if target else "",
+                met=(ratio is not None and ratio >= target) if target else None, detail=detail)
 
 
 # --- huey ------------------------------------------------------------------------------------
@@ -285,7 +289,7 @@ def run(ctx) -> None:
             results.note(f"{peer}: failed: {type(exc).__name__}: {exc}")
             continue
         _compare(results, peer, f"drain {count} jobs, 2 workers", ours_drain, got["drain_jobs_per_s"],
-                 dict(got, jobs=count))
+                 dict(got, jobs=count), target=1.2 if peer == "task-spooler" else None)
         if peer == "task-spooler":
             _compare(results, peer, "enqueue, one CLI call per job", 1 / ours_call, 1000 / got["per_call_ms"],
                      {"queuectl_ms": ours_call * 1000, "tsp_ms": got["per_call_ms"]})

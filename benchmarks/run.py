@@ -23,7 +23,7 @@ if __package__ in (None, ""):            # `python benchmarks/run.py`
     __package__ = "benchmarks"
 
 from benchmarks import (bench_drain, bench_enqueue, bench_follow, bench_memory, bench_peers, bench_pickup,  # noqa: E402
-                        bench_scale)
+                        bench_scale, bench_spool)
 from benchmarks.common import ROOT, Results, machine, render_table  # noqa: E402
 
 SECTIONS = {
@@ -34,6 +34,7 @@ SECTIONS = {
     "memory": bench_memory.run,
     "peers": bench_peers.run,
     "follow": bench_follow.run,
+    "spool": bench_spool.run,
 }
 
 

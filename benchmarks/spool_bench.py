@@ -93,10 +93,11 @@ def measure(root: Path, dropped: dict) -> dict:
     from queuectl import Queue
 
     with Queue.open(config=str(root / "config.yaml"), env={}) as queue:
-        created = {job.source[len("spool:"):]: job.created_at for job in queue.list()}
+        jobs = queue.list()
+    created = {job.source[len("spool:"):]: job.created_at for job in jobs}
     latencies = [created[name] - at for name, at in dropped.items()]
     first_drop, last_enqueued = min(dropped.values()), max(created[name] for name in dropped)
-    return {"files": len(dropped), "jobs": len(created) - 1,
+    return {"files": len(dropped), "jobs": len(created) - 1, "stored_jobs": len(jobs) - 1,
             "files_per_second": round(len(dropped) / (last_enqueued - first_drop), 1),
             "drop_seconds": round(max(dropped.values()) - first_drop, 3),
             "latency_p50_ms": round(percentile(latencies, 0.50) * 1000, 1),

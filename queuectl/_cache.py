@@ -1,16 +1,17 @@
 """Start-up caches: what a command would otherwise recompute on every run.
 
-Two things are cached in ``$XDG_CACHE_HOME/queuectl`` (else ``~/.cache/queuectl``): the
-scan of installed entry points and the parsed config.yaml. Each entry stores the exact
+Three things are cached in ``$XDG_CACHE_HOME/queuectl`` (else ``~/.cache/queuectl``): the
+scan of installed entry points, the parsed config.yaml and what the built-in plugins register
+(see _lazy.py). Each entry stores the exact
 fingerprint of what it was computed from (stat results: mtime and ctime in ns, size,
 inode, device) and is used only when the fingerprint is unchanged, so an edited file,
 an installed or removed distribution or a new plugin is always seen. Nothing is cached
 while its sources changed less than :data:`SETTLE` seconds ago, since two writes within
-one timestamp tick could otherwise look alike. Plugins themselves are never cached:
+one timestamp tick could otherwise look alike. Third-party plugins are never cached:
 every one is imported and registered on every run.
 
 Any problem with the cache (unreadable, corrupt, not ours, a full disk) makes it a
-miss; ``QUEUECTL_NO_CACHE=1`` turns both caches off.
+miss; ``QUEUECTL_NO_CACHE=1`` turns every cache off.
 """
 from __future__ import annotations
 

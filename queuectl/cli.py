@@ -36,13 +36,21 @@ class QueuectlGroup(click.Group):
             hook = app.queue.pm.hook
             hook.queuectl_register_commands(cli=group)
             cached = app.plugin_commands = dict(group.commands)
-            known = {param.name for param in worker_start.params}
-            for options in hook.queuectl_worker_options():
-                for option in options or []:
-                    if option.name not in known:      # the command object outlives one invocation
-                        worker_start.params.append(option)
-                        known.add(option.name)
         return cached
+
+    def _worker_options(self, ctx: click.Context) -> None:
+        """Add the options plugins give `worker start` (asked only for that command: it imports them)."""
+        self._plugin_commands(ctx)
+        app = ctx.find_object(App)
+        if getattr(app, "worker_options_added", False):
+            return
+        app.worker_options_added = True
+        known = {param.name for param in worker_start.params}
+        for options in app.queue.pm.hook.queuectl_worker_options():
+            for option in options or []:
+                if option.name not in known:      # the command object outlives one invocation
+                    worker_start.params.append(option)
+                    known.add(option.name)
 
     def get_command(self, ctx, name):
         command = super().get_command(ctx, name)
@@ -463,7 +471,7 @@ def queue_resume(name):
 class WorkerGroup(click.Group):
     def get_command(self, ctx, name):
         if name == "start":     # plugins may add options to `worker start`
-            cli._plugin_commands(ctx.find_root())
+            cli._worker_options(ctx.find_root())
         return super().get_command(ctx, name)
 
 

@@ -157,9 +157,10 @@ def get_plugin_manager(plugins_dir: Optional[str] = None, blocked: Iterable[str]
     pm.add_hookspecs(hookspecs)
     for name in blocked:
         pm.set_blocked(name)
-    for name, module_name in BUILTINS:
-        if not pm.is_blocked(name):
-            _register(pm, importlib.import_module(module_name), name, origin="builtin")
+    from ._lazy import builtin_plugins
+
+    for name, plugin in builtin_plugins(BUILTINS, blocked=pm.is_blocked):
+        _register(pm, plugin, name, origin="builtin")
     for name, plugin in extra:
         if not pm.is_blocked(name):
             _register(pm, plugin, name, origin="python")

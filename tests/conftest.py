@@ -1,13 +1,17 @@
 """Shared fixtures: a private queue instance per test, driven through the real CLI."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+import zlib
 from pathlib import Path
 
 import pytest
@@ -36,6 +40,17 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, message
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+def startup_slack(instance: "Instance") -> float:
+    """Seconds one `queuectl status` takes on this machine right now, three times over.
+
+    A bound on a recovery that includes starting processes is written as ``expected + slack``,
+    so a loaded machine gets a bound in proportion to its speed instead of a flaky test.
+    """
+    started = time.monotonic()
+    instance.run("status")
+    return 3 * (time.monotonic() - started)
 
 
 def pids_with_env(*entries: str) -> list[int]:
@@ -130,8 +145,52 @@ PG_URL = os.environ.get("QUEUECTL_TEST_PG_URL", "postgresql://postgres@127.0.0.1
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
 
 
+# Tests run in parallel (pytest-xdist), and a few restart the PostgreSQL server: every test that uses
+# PostgreSQL holds this lock shared, a restart holds it exclusively (see pg_exclusive). The file is
+# per server, not per checkout, so test runs of several checkouts on one machine keep out of each
+# other's way too.
+PG_LOCK = Path(tempfile.gettempdir()) / f"queuectl-tests-pg-{zlib.crc32(PG_URL.encode()):08x}.lock"
+_pg_lock_fd: list = []
+
+
+def _pg_lock(mode: int) -> None:
+    if not _pg_lock_fd:
+        _pg_lock_fd.append(os.open(PG_LOCK, os.O_RDWR | os.O_CREAT, 0o666))
+    fcntl.flock(_pg_lock_fd[0], mode)
+
+
+def release_pg_lock() -> None:
+    while _pg_lock_fd:
+        os.close(_pg_lock_fd.pop())          # closing the file releases the lock
+
+
+@contextlib.contextmanager
+def pg_exclusive():
+    """No other test uses PostgreSQL meanwhile (to restart the server); the shared hold comes back after."""
+    held = bool(_pg_lock_fd)
+    release_pg_lock()
+    _pg_lock(fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        release_pg_lock()
+        if held:
+            _pg_lock(fcntl.LOCK_SH)
+
+
+@pytest.fixture(autouse=True)
+def _pg_lock_released():
+    yield
+    release_pg_lock()
+
+
 def require_pg():
-    """psycopg and a reachable server, or skip; under CI (CI=true) fail instead. Returns psycopg."""
+    """psycopg and a reachable server, or skip; under CI (CI=true) fail instead. Returns psycopg.
+
+    The test holds the PostgreSQL lock shared from here to its end.
+    """
+    if not _pg_lock_fd:
+        _pg_lock(fcntl.LOCK_SH)
     def unavailable(reason: str):
         if IN_CI:
             pytest.fail(f"PostgreSQL is required under CI: {reason}")

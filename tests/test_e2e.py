@@ -73,12 +73,16 @@ def test_dlq_retry_gives_a_fresh_budget_and_keeps_history(instance):
 
 
 def test_worker_stop_from_another_process_finishes_the_running_job(instance):
-    started = instance.root / "started"
-    first = instance.enqueue(f"touch {started}; sleep 2; echo finished")
-    pool = instance.start_pool(1)
+    started, release, log = instance.root / "started", instance.root / "release", instance.root / "pool.log"
+    # The first job runs until the pool has seen the stop request, however long the commands take.
+    first = instance.enqueue(f"touch {started}; while [ ! -e {release} ]; do sleep 0.05; done; echo finished")
+    with open(log, "w") as stderr:
+        pool = instance.start_pool(1, stderr=stderr)
     wait_until(started.exists, message="first job to start")
     second = instance.enqueue("echo never")
     assert "stop requested for 1 pool(s)" in instance.run("worker", "stop").stdout
+    wait_until(lambda: "stop requested through the store" in log.read_text(), message="the pool to see the stop")
+    release.touch()
     assert pool.wait(timeout=60) == 0
     assert instance.job(first)["state"] == "completed"
     assert instance.job(first)["history"][0]["stdout"] == "finished\n"
@@ -127,13 +131,17 @@ def test_config_set_reaches_running_workers(instance):
     pool = instance.start_pool(1)
     wait_until(lambda: instance.json("status")["workers"], message="pool up")
     instance.run("config", "set", "backoff-scale", "100")
-    time.sleep(1.5)                     # a worker re-reads stored settings every second
-    job_id = instance.enqueue("exit 1", max_retries=1)
-    job = instance.wait_for_state(job_id, "failed")
-    assert job["attempts"] == 1
-    delay = time.mktime(time.strptime(job["run_at"][:19], "%Y-%m-%dT%H:%M:%S")) - \
-        time.mktime(time.strptime(job["updated_at"][:19], "%Y-%m-%dT%H:%M:%S"))
-    assert 150 <= delay <= 250, "the new backoff-scale (100 * 2**1) applies without a restart"
+
+    def retry_delay():
+        """A failing job's first retry delay, once the worker uses the new backoff-scale (100 * 2**1)."""
+        job = instance.wait_for_state(instance.enqueue("exit 1", max_retries=1), ("failed", "dead"))
+        delay = time.mktime(time.strptime(job["run_at"][:19], "%Y-%m-%dT%H:%M:%S")) - \
+            time.mktime(time.strptime(job["updated_at"][:19], "%Y-%m-%dT%H:%M:%S"))
+        return job["state"] == "failed" and job["attempts"] == 1 and 150 <= delay <= 250
+
+    # A worker re-reads stored settings about every second; a job enqueued before it did may still
+    # retry at the old scale (and soon be dead), so ask again until the new one applies.
+    wait_until(retry_delay, timeout=60, interval=0.2, message="the new backoff-scale to apply without a restart")
     pool.send_signal(signal.SIGTERM)
     assert pool.wait(timeout=30) == 0
 

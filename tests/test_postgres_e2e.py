@@ -16,7 +16,7 @@ import uuid
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import IN_CI, PG_URL, Instance, pg_execute, require_pg, wait_until
+from conftest import IN_CI, PG_URL, Instance, pg_exclusive, pg_execute, require_pg, wait_until
 
 JOBS = 2000
 POOLS = 4
@@ -48,16 +48,17 @@ def restart_pg(cluster: tuple[str, str], down_for: float = 0.0) -> float:
 
     With ``down_for``, the server stays stopped that long: clients see refused connections too.
     """
-    started = time.monotonic()
     ctl = ["pg_ctlcluster", "--skip-systemctl-redirect", *cluster]
-    if down_for:
-        subprocess.run([*ctl, "stop"], check=True, capture_output=True, timeout=120)
-        time.sleep(down_for)
-        subprocess.run([*ctl, "start"], check=True, capture_output=True, timeout=120)
-    else:
-        subprocess.run([*ctl, "restart"], check=True, capture_output=True, timeout=120)
-    wait_until(lambda: _reachable(), 60, 0.1, "PostgreSQL to accept connections again")
-    return time.monotonic() - started
+    with pg_exclusive():                # tests running in parallel must not see the server go away
+        started = time.monotonic()
+        if down_for:
+            subprocess.run([*ctl, "stop"], check=True, capture_output=True, timeout=120)
+            time.sleep(down_for)
+            subprocess.run([*ctl, "start"], check=True, capture_output=True, timeout=120)
+        else:
+            subprocess.run([*ctl, "restart"], check=True, capture_output=True, timeout=120)
+        wait_until(lambda: _reachable(), 60, 0.1, "PostgreSQL to accept connections again")
+        return time.monotonic() - started
 
 
 def _reachable() -> bool:

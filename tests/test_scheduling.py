@@ -101,12 +101,14 @@ def test_pause_and_resume(instance):
 
 
 def test_pause_lets_running_jobs_finish(instance):
-    started = instance.root / "started"
-    first = instance.enqueue(f"touch {started}; sleep 1", queue="q")
+    started, release = instance.root / "started", instance.root / "release"
+    # The first job runs until the queue is paused, however long the pause command takes.
+    first = instance.enqueue(f"touch {started}; while [ ! -e {release} ]; do sleep 0.05; done", queue="q")
     second = instance.enqueue("true", queue="q")
     pool = instance.start_pool(1)
     wait_until(started.exists, message="first job running")
     instance.run("queue", "pause", "q")
+    release.touch()
     instance.wait_for_state(first, "completed")
     time.sleep(0.5)
     assert instance.job(second)["state"] == "pending"
@@ -259,13 +261,26 @@ def test_retry_completed_job_and_dlq_retry_all_with_filters(instance):
     assert bad.returncode == 2 and "--since expects a duration (10m, 2h, 1d) or an ISO-8601 time" in bad.stderr
 
 
+def backdate(instance, job_id, seconds):
+    """Move a job's last update ``seconds`` into the past, in the store itself (no sleeping, no margin)."""
+    sql = "UPDATE {jobs} SET updated_at = updated_at - {mark} WHERE id = {mark}"
+    if "pg-schema" in instance.config:
+        from conftest import pg_execute
+
+        pg_execute(sql.format(jobs=f'"{instance.config["pg-schema"]}".jobs', mark="%s"), (seconds, job_id))
+    else:
+        import sqlite3
+
+        with sqlite3.connect(instance.root / instance.config["db"]) as conn:
+            conn.execute(sql.format(jobs="jobs", mark="?"), (seconds, job_id))
+        conn.close()
+
+
 def test_purge_by_state_and_age(instance):
-    old = instance.enqueue("true")
+    old, new = instance.enqueue("true"), instance.enqueue("true")
     assert instance.start_pool(1, "--burst").wait(timeout=60) == 0
-    time.sleep(1.1)
-    new = instance.enqueue("true")
-    assert instance.start_pool(1, "--burst").wait(timeout=60) == 0
-    assert instance.run("purge", "--state", "completed", "--older-than", "1s").stdout.strip() == "purged 1 job(s)"
+    backdate(instance, old, 2 * 3600)       # two hours old; `new` finished moments ago
+    assert instance.run("purge", "--state", "completed", "--older-than", "1h").stdout.strip() == "purged 1 job(s)"
     assert [j["id"] for j in instance.json("list")] == [new]
     assert instance.json("status")["counts"]["completed"] == 1
     bad = instance.run("purge", "--state", "pending", "--older-than", "1d", check=False)

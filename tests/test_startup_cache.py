@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import subprocess
 import os
 import sys
 import time
@@ -206,3 +207,106 @@ def test_package_exports_load_on_first_use():
     with pytest.raises(AttributeError):
         queuectl.no_such_name  # noqa: B018
     assert sys.modules["queuectl"].__version__
+
+
+# --- built-ins imported only when their hooks are needed (queuectl/_lazy.py) --------------------------
+
+from queuectl import _lazy  # noqa: E402
+
+LOADED = ("import sys\nfrom queuectl.cli import main\nsys.argv = ['queuectl'] + sys.argv[1:]\n"
+          "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+          "print(sorted(m for m in sys.modules if m.startswith('queuectl.builtin.') and m != 'queuectl.builtin._rows'),"
+          " code, file=sys.stderr)\n")
+
+
+def run_cli(tmp_path, *args, env=None):
+    """`queuectl ARGS` in a fresh interpreter: stdout, and the built-in modules it imported."""
+    (tmp_path / "config.yaml").write_text("db: queue.db\n")
+    full = {**os.environ, "QUEUECTL_CONFIG": str(tmp_path / "config.yaml"), **(env or {})}
+    proc = subprocess.run([sys.executable, "-c", LOADED, *args], cwd=tmp_path, env=full, capture_output=True,
+                          text=True, timeout=120)
+    modules, code = proc.stderr.strip().splitlines()[-1].rsplit(" ", 1)
+    assert code in ("0", "None"), proc.stderr
+    return proc.stdout, set(json.loads(modules.replace("'", '"')))
+
+
+def wait_for_settled_package():
+    """The manifest is cached only once the package's files are SETTLE seconds old (just edited: wait)."""
+    newest = max(max(p[0], p[1]) for _path, p in _lazy.package_fingerprint()) / 1e9
+    time.sleep(max(0.0, newest + _cache.SETTLE + 0.1 - time.time()))
+
+
+def test_commands_import_only_the_built_ins_they_use(tmp_path, private_cache):
+    wait_for_settled_package()
+    _out, first = run_cli(tmp_path, "enqueue", "-c", "true")      # empty cache: every built-in, as before
+    assert {m for _n, m in plugins.BUILTINS} <= first
+    assert cache_files(private_cache, "builtins")
+    _out, loaded = run_cli(tmp_path, "enqueue", "-c", "true")
+    assert loaded == {"queuectl.builtin.validate", "queuectl.builtin.sqlite_store"}
+    out, loaded = run_cli(tmp_path, "list")
+    assert loaded == {"queuectl.builtin.sqlite_store"} and out.count("true") == 2
+    out, loaded = run_cli(tmp_path, "--help")
+    assert loaded == set() and all(f"\n  {name} " in out for name in ("dlq", "schedule", "spool"))
+    out, loaded = run_cli(tmp_path, "dlq", "list", "--json")        # a stand-in command runs the real one
+    assert json.loads(out) == [] and "queuectl.builtin.dlq" in loaded
+    out, _ = run_cli(tmp_path, "worker", "start", "--help")         # plugin options of `worker start`
+    assert "--spool DIR" in out
+    _out, loaded = run_cli(tmp_path, "enqueue", "-c", "true", env={"QUEUECTL_NO_CACHE": "1"})
+    assert {m for _n, m in plugins.BUILTINS} <= loaded
+
+
+def registrations(queue):
+    settings = {n: (s.default, s.help, s.file_only, s.path, s.plugin) for n, s in queue.config.settings.items()}
+    return ({n: (e[1], e[2]) for n, e in queue.storages.items()}, {n: e[1:] for n, e in queue.executors.items()},
+            {n: e[1:] for n, e in queue.job_fields.items()}, settings)
+
+
+def commands(pm):
+    import click
+
+    group = click.Group("x")
+    pm.hook.queuectl_register_commands(cli=group)
+    return {n: (c.get_short_help_str(), c.hidden) for n, c in group.commands.items()}
+
+
+def test_stand_ins_register_exactly_what_the_modules_do(tmp_path, monkeypatch):
+    from queuectl.queue import Queue
+
+    (tmp_path / "config.yaml").write_text("db: queue.db\n")
+    opened = {}
+    for mode in ("eager", "lazy"):
+        monkeypatch.setattr(_cache, "SETTLE", 0.0)
+        if mode == "eager":
+            monkeypatch.setenv("QUEUECTL_NO_CACHE", "1")
+        else:
+            monkeypatch.delenv("QUEUECTL_NO_CACHE")
+            plugins.get_plugin_manager(entry_points=False)           # a miss: records the manifest
+        queue = Queue.open(config=str(tmp_path / "config.yaml"), env={})
+        opened[mode] = queue
+    eager, lazy = opened["eager"], opened["lazy"]
+    assert isinstance(eager.pm.get_plugin("spool"), type(plugins)) and eager.pm.get_plugin("spool").__name__ \
+        == "queuectl.builtin.spool"
+    assert hasattr(lazy.pm.get_plugin("spool"), "__queuectl_loader__"), "the stand-in, not the module"
+    assert registrations(lazy) == registrations(eager)
+    assert plugins.describe(lazy.pm) == plugins.describe(eager.pm)
+    assert commands(lazy.pm) == commands(eager.pm)
+    for queue in (eager, lazy):                # deferred parsers and checks refuse the same way
+        with pytest.raises(Exception) as refused:
+            queue.config.parse("spool-observer", "bogus")
+        assert "expected one of native, polling, off" in str(refused.value)
+        assert queue.config.parse("backoff-jitter", "0.5") == 0.5
+        assert queue.job_fields["retry_on"][0]("75,69") == eager.job_fields["retry_on"][0]("75,69")
+        assert type(queue.executor("shell").start).__name__ == "method"
+        queue.close()
+
+
+def test_a_changed_package_is_a_miss(tmp_path, monkeypatch, private_cache):
+    monkeypatch.setattr(_cache, "SETTLE", 0.0)
+    plugins.get_plugin_manager(entry_points=False)
+    assert hasattr(plugins.get_plugin_manager(entry_points=False).get_plugin("dlq"), "__queuectl_loader__")
+    real = _lazy.package_fingerprint
+    edited = lambda: [[path, [p[0] + 1, *p[1:]] if path.endswith("dlq.py") else p] for path, p in real()]
+    monkeypatch.setattr(_lazy, "package_fingerprint", edited)       # as if dlq.py had just been edited
+    assert plugins.get_plugin_manager(entry_points=False).get_plugin("dlq") is importlib.import_module(
+        "queuectl.builtin.dlq")
+    assert any(path.endswith(os.path.join("builtin", "dlq.py")) for path, _ in real())

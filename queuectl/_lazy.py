@@ -1,0 +1,300 @@
+"""Built-in plugins imported only when one of their hooks is needed.
+
+Every command opens a Queue, and a Queue calls every plugin's registration hooks (storage,
+executors, job fields, settings) and, for the command line, ``queuectl_register_commands``.
+Importing every built-in for that was most of the cost of one ``queuectl enqueue``. So what
+those hooks register is recorded once, in a manifest cached by ``_cache`` under the exact
+fingerprint of every file of the queuectl package (an edited, added or removed file is a
+miss), and later runs register a stand-in module per built-in instead:
+
+- its hooks are the built-in's own hooks, with the same names, arguments and hookimpl
+  options, so pluggy calls them in the same order and ``queuectl plugins`` lists the same;
+- a registration hook replays the recorded registration: names, defaults, help, schemes
+  and URLs exactly as recorded, and in place of each callable (a store factory, a
+  setting's parser, an executor, a job field's check) a stand-in that imports the module
+  on first use and forwards to the real one;
+- a command is known by its recorded name and help; running it (or its ``--help``)
+  imports the module and parses the arguments with the real command;
+- any other hook imports the module at its first call and forwards to it.
+
+Entry-point plugins and the plugins folder are always imported (see plugins.py). A value
+the manifest cannot hold exactly, or ``QUEUECTL_NO_CACHE=1``, means the eager path: the
+modules are imported and registered as themselves.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import sys
+from types import ModuleType
+from typing import Any, Callable, Optional
+
+from . import _cache
+
+VERSION = 1
+REGISTRATIONS = ("queuectl_register_storage", "queuectl_register_executors", "queuectl_register_job_fields",
+                 "queuectl_register_settings")
+COMMANDS = "queuectl_register_commands"
+COMMAND_FIELDS = ("help", "short_help", "hidden", "deprecated")
+
+
+class NotCacheable(Exception):
+    """A registration holds a value the manifest cannot record exactly."""
+
+
+# --- the manifest: what each built-in registers ---------------------------------------------------
+
+
+def package_fingerprint() -> list:
+    """Every .py file of the queuectl package, by exact stat: a built-in's registrations depend on them."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    prints = []
+    for folder in (root, os.path.join(root, "builtin")):
+        try:
+            names = sorted(n for n in os.listdir(folder) if n.endswith(".py"))
+        except OSError:
+            return []
+        prints.extend([os.path.join(folder, n), _cache.fingerprint(os.path.join(folder, n))] for n in names)
+    return prints
+
+
+def manifest_for(builtins) -> dict:
+    """Import each built-in and record its hooks and registrations (raises NotCacheable)."""
+    from .plugins import PluginManager
+    from .hookspecs import PROJECT
+
+    scanner = PluginManager(PROJECT)
+    out = {}
+    for _name, module_name in builtins:
+        module = importlib.import_module(module_name)
+        hooks = {}
+        for attr in dir(module):
+            opts = scanner.parse_hookimpl_opts(module, attr)
+            if opts is None:
+                continue
+            if opts.get("hookwrapper") or opts.get("wrapper") or opts.get("specname"):
+                raise NotCacheable(f"{module_name}.{attr}")
+            from pluggy._hooks import varnames
+
+            hooks[attr] = {"opts": {k: v for k, v in opts.items() if v}, "args": list(varnames(getattr(module, attr))[0])}
+        entry = {"hooks": hooks}
+        for hook in REGISTRATIONS:
+            if hook in hooks:
+                entry[hook] = [[_encode(list(args)), _encode(kwargs)] for args, kwargs in _record(module, hook)]
+        if COMMANDS in hooks:
+            entry[COMMANDS] = [[name, {f: getattr(cmd, f) for f in COMMAND_FIELDS}]
+                               for name, cmd in _commands(module).items()]
+            if not _cache.plain_json(entry[COMMANDS]):
+                raise NotCacheable(f"{module_name} commands")
+        out[module_name] = entry
+    return out
+
+
+def _record(module: ModuleType, hook: str) -> list:
+    calls = []
+    getattr(module, hook)(register=lambda *args, **kwargs: calls.append((args, kwargs)))
+    return calls
+
+
+def _commands(module: ModuleType) -> dict:
+    import click
+
+    group = click.Group("plugins")
+    module.queuectl_register_commands(cli=group)
+    return dict(group.commands)
+
+
+def _encode(value: Any) -> Any:
+    """A registered value as JSON: {"v": plain}, {"t": tuple}, {"l": list}, {"m": mapping},
+    {"s": Setting fields}, or {"d": 1} for a callable or object that stays in the module."""
+    from .config import Setting
+
+    if value is None or isinstance(value, (str, bool, int, float)):
+        if not _cache.plain_json(value):
+            raise NotCacheable(repr(value))
+        return {"v": value}
+    if type(value) is tuple:
+        return {"t": [_encode(v) for v in value]}
+    if type(value) is list:
+        return {"l": [_encode(v) for v in value]}
+    if type(value) is dict and all(isinstance(k, str) for k in value):
+        return {"m": {k: _encode(v) for k, v in value.items()}}
+    if type(value) is Setting:
+        return {"s": {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(Setting)}}
+    if callable(value) or hasattr(value, "__dict__"):
+        return {"d": 1}
+    raise NotCacheable(repr(value))
+
+
+# --- the stand-ins ---------------------------------------------------------------------------------
+
+
+class Loader:
+    """Imports one built-in on first need and finds the real values behind the stand-ins."""
+
+    def __init__(self, module_name: str):
+        self.module_name = module_name
+        self._module: Optional[ModuleType] = None
+        self._calls: dict[str, list] = {}
+        self._commands: Optional[dict] = None
+
+    @property
+    def module(self) -> ModuleType:
+        if self._module is None:
+            self._module = importlib.import_module(self.module_name)
+        return self._module
+
+    def value(self, hook: str, path: tuple) -> Any:
+        """The real value at ``path`` (call index, "a"/"k", position or key, ...) of a recorded registration."""
+        if hook not in self._calls:
+            self._calls[hook] = _record(self.module, hook)
+        args, kwargs = self._calls[hook][path[0]]
+        value: Any = args if path[1] == "a" else kwargs
+        for step in path[2:]:
+            value = getattr(value, step) if isinstance(step, str) and not isinstance(value, (dict, list, tuple)) \
+                else value[step]
+        return value
+
+    def command(self, name: str):
+        if self._commands is None:
+            self._commands = _commands(self.module)
+        return self._commands[name]
+
+
+class Deferred:
+    """Stands for a callable or object a built-in registered: imports it at first use."""
+
+    __slots__ = ("_loader", "_hook", "_path", "_real")
+
+    def __init__(self, loader: Loader, hook: str, path: tuple):
+        self._loader, self._hook, self._path, self._real = loader, hook, path, None
+
+    def _resolve(self):
+        if self._real is None:
+            self._real = self._loader.value(self._hook, self._path)
+        return self._real
+
+    def __call__(self, *args, **kwargs):
+        return self._resolve()(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._resolve(), name)
+
+    def __repr__(self) -> str:
+        return f"<deferred {self._loader.module_name} {self._hook}{list(self._path)}>"
+
+
+def _decode(data: dict, loader: Loader, hook: str, path: tuple) -> Any:
+    if "v" in data:
+        return data["v"]
+    if "t" in data:
+        return tuple(_decode(v, loader, hook, path + (i,)) for i, v in enumerate(data["t"]))
+    if "l" in data:
+        return [_decode(v, loader, hook, path + (i,)) for i, v in enumerate(data["l"])]
+    if "m" in data:
+        return {k: _decode(v, loader, hook, path + (k,)) for k, v in data["m"].items()}
+    if "s" in data:
+        from .config import Setting
+
+        return Setting(**{k: _decode(v, loader, hook, path + (k,)) for k, v in data["s"].items()})
+    return Deferred(loader, hook, path)
+
+
+def _replay(loader: Loader, hook: str, calls: list) -> Callable:
+    def replay(register):
+        for index, (args, kwargs) in enumerate(calls):
+            register(*_decode(args, loader, hook, (index, "a")), **_decode(kwargs, loader, hook, (index, "k")))
+    return replay
+
+
+def _command_replay(loader: Loader, commands: list) -> Callable:
+    def replay(cli):
+        for name, fields in commands:
+            cli.add_command(lazy_command(loader, name, fields))
+    return replay
+
+
+def lazy_command(loader: Loader, name: str, fields: dict):
+    import click
+
+    class LazyCommand(click.Command):
+        """Listed by its recorded name and help; parsing and running go to the real command."""
+
+        def make_context(self, info_name, args, parent=None, **extra):
+            return loader.command(name).make_context(info_name, args, parent=parent, **extra)
+
+        def invoke(self, ctx):
+            return loader.command(name).invoke(ctx)
+
+    return LazyCommand(name, **fields)
+
+
+def _forwarder(loader: Loader, hook: str, args: list) -> Callable:
+    """A function with the hook's own argument names that imports the module and calls its hook.
+
+    pluggy passes the arguments in that order; after the first call the real function is called
+    directly (a validator runs once per job of a bulk enqueue).
+    """
+    def first_call(*values):
+        real[0] = getattr(loader.module, hook)
+        return real[0](*values)
+
+    real = [first_call]
+    params = ", ".join(args)
+    scope = {"real": real}
+    exec(f"def {hook}({params}):\n    return real[0]({params})\n", scope)   # noqa: S102 - names from our specs
+    return scope[hook]
+
+
+def stand_in(module_name: str, entry: dict) -> ModuleType:
+    """A module object whose hooks stand for the built-in's (see the module docstring)."""
+    from .hookspecs import hookimpl
+
+    loader = Loader(module_name)
+    plugin = ModuleType(module_name, f"stand-in for {module_name}, imported on first use")
+    plugin.__queuectl_loader__ = loader
+    for hook, info in entry["hooks"].items():
+        if hook in REGISTRATIONS:
+            function = _replay(loader, hook, entry.get(hook, []))
+        elif hook == COMMANDS:
+            function = _command_replay(loader, entry.get(hook, []))
+        else:
+            function = _forwarder(loader, hook, info["args"])
+        function.__name__ = function.__qualname__ = hook
+        setattr(plugin, hook, hookimpl(**info["opts"])(function))
+    return plugin
+
+
+# --- entry point -----------------------------------------------------------------------------------
+
+
+def builtin_plugins(builtins, blocked: Callable[[str], bool]) -> list[tuple[str, Any]]:
+    """(name, plugin) for each built-in not blocked: stand-ins when the manifest is cached, else the modules.
+
+    The manifest covers every built-in, blocked or not, so that one entry serves every config.
+    """
+    builtins = [list(b) for b in builtins]
+    chosen = [(name, module_name) for name, module_name in builtins if not blocked(name)]
+    key = _key(builtins) if _cache.enabled() else None
+    cache_name = os.path.dirname(os.path.abspath(__file__))
+    manifest = _cache.load("builtins", cache_name, key) if key is not None else None
+    if isinstance(manifest, dict):
+        try:
+            return [(name, stand_in(module_name, manifest[module_name])) for name, module_name in chosen]
+        except (KeyError, TypeError, ValueError, AttributeError):
+            pass                         # a manifest of another shape: rebuild it
+    plugins = [(name, importlib.import_module(module_name)) for name, module_name in chosen]
+    if key is not None and _cache.settled([p for _path, p in key[3]]):
+        try:
+            manifest = manifest_for(builtins)
+        except NotCacheable:
+            return plugins
+        if key == _key(builtins):        # nothing changed while we looked
+            _cache.store("builtins", cache_name, key, manifest)
+    return plugins
+
+
+def _key(builtins: list) -> Optional[list]:
+    prints = package_fingerprint()
+    return [VERSION, sys.version, builtins, prints] if prints else None
