@@ -135,8 +135,8 @@ def test_init_is_idempotent_and_described(backend):
     store.init()
     info = store.describe()
     assert info["backend"] in ("sqlite", "postgresql")
-    assert info["schema_version"] == 2
-    assert backend.store().describe()["schema_version"] == 2      # a second handle finds it ready
+    assert info["schema_version"] == 3
+    assert backend.store().describe()["schema_version"] == 3      # a second handle finds it ready
 
 
 def test_newer_schema_is_refused(backend):
@@ -825,7 +825,7 @@ def test_a_version_1_store_is_migrated(backend):
     backend.raw("INSERT INTO {s}jobs (id, command, state, max_retries, created_at, updated_at, run_at) "
                 "VALUES ('v1-job', 'true', 'pending', 3, 1, 1, 1)")
     store = backend.store()
-    assert store.describe()["schema_version"] == 2
+    assert store.describe()["schema_version"] == 3
     job = store.get_job("v1-job")
     assert (job.state, job.unique_key, job.after, job.waiting_on, job.cancel_requested) == \
            ("pending", None, [], 0, False)
