@@ -29,6 +29,7 @@ BUILTINS = (
     ("dlq", "queuectl.builtin.dlq"),
     ("spool", "queuectl.builtin.spool"),
     ("schedule", "queuectl.builtin.schedule"),
+    ("dashboard", "queuectl.builtin.dashboard"),
 )
 ENTRY_POINT_GROUP = "queuectl"
 

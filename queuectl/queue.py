@@ -275,6 +275,10 @@ class Queue:
         """Jobs per queue and state, from counters the store keeps current: {queue: {state: n}}."""
         return self.store.queue_counts()
 
+    def queue_settings(self) -> list[dict]:
+        """Queues with a concurrency limit or a pause set: name, concurrency, paused (no counting)."""
+        return self.store.queue_settings()
+
     def oldest_pending(self) -> dict[str, float]:
         """Per queue, seconds since its earliest-enqueued pending job was enqueued."""
         return self.store.oldest_pending()

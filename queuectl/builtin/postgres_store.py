@@ -1129,6 +1129,11 @@ class PostgresStore:
             return out
         return self._run(read, write=False)
 
+    def queue_settings(self) -> list[dict]:
+        """Queues that have a limit or a pause set (from their own table, not by counting jobs)."""
+        rows = self._read('SELECT name, concurrency, paused FROM {s}.queues ORDER BY name COLLATE "C"')
+        return [{"name": n, "concurrency": c, "paused": bool(p)} for n, c, p in rows]
+
     def run_totals(self) -> dict:
         def read(cur):
             total, failed, duration = cur.execute(self.q(

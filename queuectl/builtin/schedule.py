@@ -158,11 +158,7 @@ def queuectl_register_commands(cli):
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     def schedule_list(as_json):
         """Schedules with their next tick."""
-        queue = get_queue()
-        zone = _zone(queue)
-        rows = [dict(s, next_run=iso(next_tick(s["cron"], max(s["last_tick"], time.time()), zone)),
-                     last_tick=iso(s["last_tick"]), created_at=iso(s["created_at"]))
-                for s in queue.store.schedules()]
+        rows = schedule_rows(get_queue())
         if as_json:
             emit_json(rows)
             return
@@ -176,3 +172,13 @@ def queuectl_register_commands(cli):
         if not get_queue().store.remove_schedule(name):
             raise NotFound(f"no schedule named {name!r}")
         click.echo(f"{name} removed")
+
+
+def schedule_rows(queue) -> list[dict]:
+    """Every schedule with its next tick, times as ISO-8601 (for `schedule list` and the dashboard)."""
+    from queuectl.models import iso
+
+    zone = _zone(queue)
+    return [dict(s, next_run=iso(next_tick(s["cron"], max(s["last_tick"], time.time()), zone)),
+                 last_tick=iso(s["last_tick"]), created_at=iso(s["created_at"]))
+            for s in queue.store.schedules()]

@@ -680,6 +680,11 @@ class SQLiteStore:
                 out[queue] = max(0.0, now - rows[0][0])
         return out
 
+    def queue_settings(self) -> list[dict]:
+        """Queues that have a limit or a pause set (from their own table, not by counting jobs)."""
+        rows = self._read("SELECT name, concurrency, paused FROM queues ORDER BY name")
+        return [{"name": n, "concurrency": c, "paused": bool(p)} for n, c, p in rows]
+
     def run_totals(self) -> dict:
         total, failed, total_duration = self._read(
             "SELECT total_runs, failed_runs, total_duration FROM run_stats")[0]
