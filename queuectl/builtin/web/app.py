@@ -25,7 +25,7 @@ from starlette.staticfiles import StaticFiles
 from queuectl import models
 from queuectl.builtin.dlq import dead_matching
 from queuectl.builtin.schedule import schedule_rows
-from queuectl.errors import QueueError, UsageError
+from queuectl.errors import NotFound, QueueError, UsageError
 from queuectl.builtin.web.metrics import render as render_metrics
 
 HERE = Path(__file__).parent
@@ -132,7 +132,8 @@ def create_app(queue, token: str) -> Starlette:
         try:
             return JSONResponse(perform(queue, request.path_params["action"], body))
         except QueueError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=409 if exc.exit_code == 1 else 400)
+            code = 404 if isinstance(exc, NotFound) else 409 if exc.exit_code == 1 else 400
+            return JSONResponse({"error": str(exc)}, status_code=code)
 
     async def metrics(request: Request):
         return Response(render_metrics(queue), media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -189,7 +190,7 @@ def perform(queue, action: str, body: dict) -> dict:
         return {"retried": [queue.retry(j.id).id for j in dead_matching(queue, exit_code, after)]}
     if action in ("pause", "resume"):
         return {"queue": queue.set_queue(text("queue"), paused=action == "pause")}
-    raise QueueError(f"no action {action!r}")
+    raise NotFound(f"no action {action!r}")
 
 
 def overview_data(queue) -> dict:

@@ -68,9 +68,12 @@ function chart(id, points, series) {
   ctx.fillText(top < 10 ? top.toPrecision(2) : String(Math.round(top)), 2, 12);
   ctx.fillText("0", 2, h - pad);
   if (points.length) {
-    const first = new Date(points[0].t * 1000), last = new Date(points[points.length - 1].t * 1000);
-    ctx.fillText(first.toISOString().slice(11, 16) + "Z", pad, h - 10);
-    ctx.fillText(last.toISOString().slice(11, 16) + "Z", w - 44, h - 10);
+    // an hour reads as times of day; a day needs the date too
+    const long = points[points.length - 1].t - points[0].t > 7200;
+    const label = (t) => new Date(t * 1000).toISOString().slice(long ? 5 : 11, 16).replace("T", " ") + "Z";
+    ctx.fillText(label(points[0].t), pad, h - 10);
+    const last = label(points[points.length - 1].t);
+    ctx.fillText(last, w - 6 - ctx.measureText(last).width, h - 10);
   }
   const x = (i) => pad + (w - pad - 6) * (points.length > 1 ? i / (points.length - 1) : 0);
   const y = (v) => h - pad - (h - pad - 6) * (v / top);
@@ -84,6 +87,11 @@ function chart(id, points, series) {
       started = true;
     });
     ctx.stroke();
+    ctx.fillStyle = s.color;        // a dot per value, so a lone minute shows too
+    points.forEach((p, i) => {
+      const v = p[s.key];
+      if (v) ctx.fillRect(x(i) - 1.5, y(v) - 1.5, 3, 3);
+    });
   }
 }
 
