@@ -210,3 +210,27 @@ def test_metrics_parse_and_match_the_store(instance, dashboard):
     # `queuectl metrics` prints the same families once
     once = {f.name for f in text_string_to_metric_families(instance.run("metrics").stdout)}
     assert once == set(families)
+
+
+def test_without_the_web_extra_it_says_how_to_install_it(instance, tmp_path):
+    blocker = tmp_path / "no-web"
+    (blocker / "starlette").mkdir(parents=True)
+    (blocker / "starlette" / "__init__.py").write_text("raise ImportError('starlette is not installed')\n")
+    (blocker / "prometheus_client").mkdir()
+    (blocker / "prometheus_client" / "__init__.py").write_text("raise ImportError('nope')\n")
+    for command in (["dashboard"], ["metrics"]):
+        proc = instance.run(*command, check=False, env={"PYTHONPATH": str(blocker)})
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert proc.stderr.startswith("queuectl: error: ") and "pip install 'queuectl[web]'" in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_port_in_use_is_one_error_line(instance):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        proc = instance.run("dashboard", "--port", taken.getsockname()[1], check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("queuectl: error: cannot listen on 127.0.0.1:")
+    assert len(proc.stderr.strip().splitlines()) == 1

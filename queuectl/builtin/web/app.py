@@ -9,7 +9,7 @@ Job text reaches the browser only through autoescaped templates and ``textConten
 from __future__ import annotations
 
 import hmac
-import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -67,10 +67,10 @@ def create_app(queue, token: str) -> Starlette:
                 return refused(request, problem)
         return await call_next(request)
 
-    def refused(request: Request, why: str) -> Response:
+    def refused(request: Request, why: str, status: int = 403) -> Response:
         if request.method == "GET" and not request.url.path.startswith("/api/"):
-            return page("refused.html", request, status=403, why=why)
-        return JSONResponse({"error": why}, status_code=403)
+            return page("refused.html", request, status=status, why=why)
+        return JSONResponse({"error": why}, status_code=status)
 
     # --- pages ------------------------------------------------------------------------------
 
@@ -138,7 +138,13 @@ def create_app(queue, token: str) -> Starlette:
     async def metrics(request: Request):
         return Response(render_metrics(queue), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    return Starlette(middleware=[Middleware(BaseHTTPMiddleware, dispatch=guard)], routes=[
+    async def store_failed(request: Request, exc: QueueError):
+        # the store went away or stayed locked: one line for the operator, the reason for the page
+        print(f"queuectl: error: {exc}", file=sys.stderr, flush=True)
+        return refused(request, str(exc), status=503)
+
+    return Starlette(middleware=[Middleware(BaseHTTPMiddleware, dispatch=guard)],
+                     exception_handlers={QueueError: store_failed}, routes=[
         Route("/", overview), Route("/jobs", jobs), Route("/jobs/{job_id}", job), Route("/dlq", dlq),
         Route("/schedules", schedules), Route("/api/overview", api_overview),
         Route("/api/jobs/{job_id}", api_job), Route("/api/{action}", act, methods=["POST"]),
