@@ -103,12 +103,12 @@ def series_backfill(rows) -> list[tuple]:
 
 def series_points(rows, now: float, window: float, step: int) -> list[dict]:
     """Bins of ``step`` seconds covering the last ``window`` seconds, oldest first, from rollup rows
-    (minute, bucket, n, failed): runs and failed attempts, and duration percentiles of each bin."""
+    (bin = minute * 60 // step, bucket, n, failed): runs, failed attempts and duration percentiles."""
     first, last = int((now - window) // step), int(now // step)
     bins: dict = {k: {} for k in range(first, last + 1)}
     failed = dict.fromkeys(bins, 0)
-    for minute, bucket_index, n, bad in rows:
-        k = int(minute) * 60 // step
+    for k, bucket_index, n, bad in rows:
+        k = int(k)
         if k in bins:
             bins[k][bucket_index] = bins[k].get(bucket_index, 0) + int(n)
             failed[k] += int(bad)

@@ -1148,9 +1148,9 @@ class PostgresStore:
     def series(self, window: float, step: int) -> list[dict]:
         def read(cur):
             now = cur.execute(f"SELECT {NOW}").fetchone()[0]
-            rows = cur.execute(self.q("SELECT minute, bucket, sum(n), sum(failed) FROM {s}.run_series "
-                                      "WHERE minute >= %s GROUP BY minute, bucket"),
-                               (int((now - window) // 60),)).fetchall()
+            rows = cur.execute(self.q("SELECT minute * 60 / %s, bucket, sum(n), sum(failed) FROM {s}.run_series "
+                                      "WHERE minute >= %s GROUP BY 1, 2"),
+                               (step, int((now - window) // 60))).fetchall()
             return now, rows
         now, rows = self._run(read, write=False)
         return series_points(rows, now, window, step)

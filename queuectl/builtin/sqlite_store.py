@@ -693,8 +693,8 @@ class SQLiteStore:
 
     def series(self, window: float, step: int) -> list[dict]:
         now = time.time()
-        rows = self._read("SELECT minute, bucket, n, failed FROM run_series WHERE minute >= ?",
-                          (int((now - window) // 60),))
+        rows = self._read("SELECT minute * 60 / ?, bucket, SUM(n), SUM(failed) FROM run_series WHERE minute >= ? "
+                          "GROUP BY 1, 2", (step, int((now - window) // 60)))
         return series_points(rows, now, window, step)
 
     def page_jobs(self, state=None, queue=None, text=None, before=None, limit=50) -> dict:

@@ -75,7 +75,7 @@ def create_app(queue, token: str) -> Starlette:
     # --- pages ------------------------------------------------------------------------------
 
     async def overview(request: Request):
-        return page("overview.html", request, data=overview_data(queue))
+        return page("overview.html", request, data=overview_data(queue, charts=False))   # the script draws them
 
     async def jobs(request: Request):
         state = request.query_params.get("state") or None
@@ -199,7 +199,7 @@ def perform(queue, action: str, body: dict) -> dict:
     raise NotFound(f"no action {action!r}")
 
 
-def overview_data(queue) -> dict:
+def overview_data(queue, charts: bool = True) -> dict:
     settings = {q["name"]: q for q in queue.queue_settings()}
     per_queue = queue.queue_counts()
     names = sorted(set(per_queue) | set(settings))
@@ -208,8 +208,8 @@ def overview_data(queue) -> dict:
         "queues": [{"name": n, "counts": {s: per_queue.get(n, {}).get(s, 0) for s in models.STATES},
                     "paused": settings.get(n, {}).get("paused", False),
                     "concurrency": settings.get(n, {}).get("concurrency")} for n in names],
-        "hour": queue.series(3600, 60),
-        "day": queue.series(86400, 900),
+        "hour": queue.series(3600, 60) if charts else [],
+        "day": queue.series(86400, 900) if charts else [],
         "workers": [dict({k: w[k] for k in ("id", "kind", "host", "pid", "job_id")},
                          started_at=models.iso(w["started_at"])) for w in queue.workers()],
         "oldest_pending": queue.oldest_pending(),
