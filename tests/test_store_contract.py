@@ -801,15 +801,15 @@ def test_purge(backend):
         store.add_jobs([make_job("x", after=["old-done"])])      # purged: no longer a job
 
 
-def test_a_version_1_store_is_migrated(backend):
-    """Jobs stored before scheduling and control came in keep working after the upgrade."""
+def create_old_store(backend, version: int) -> None:
+    """A store as queuectl at schema ``version`` left it (its migrations only, all plain SQL)."""
     if backend.kind == "postgres":
         from queuectl.builtin.postgres_store import MIGRATIONS
 
         schema = f'"{backend.schema}"'
         statements = [f"CREATE SCHEMA {schema}", f"CREATE TABLE {schema}.meta (key text PRIMARY KEY, value text)"]
-        statements += [s.replace("{s}", schema) for s in MIGRATIONS[1]]
-        statements.append(f"INSERT INTO {schema}.meta VALUES ('schema_version', '1')")
+        statements += [s.replace("{s}", schema) for v in range(1, version + 1) for s in MIGRATIONS[v]]
+        statements.append(f"INSERT INTO {schema}.meta VALUES ('schema_version', '{version}')")
         for sql in statements:
             pg_execute(sql)
     else:
@@ -817,11 +817,17 @@ def test_a_version_1_store_is_migrated(backend):
 
         conn = sqlite3.connect(str(backend.root / "queue.db"))
         conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        for sql in MIGRATIONS[1]:
-            conn.execute(sql)
-        conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+        for v in range(1, version + 1):
+            for sql in MIGRATIONS[v]:
+                conn.execute(sql)
+        conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(version),))
         conn.commit()
         conn.close()
+
+
+def test_a_version_1_store_is_migrated(backend):
+    """Jobs stored before scheduling and control came in keep working after the upgrade."""
+    create_old_store(backend, 1)
     backend.raw("INSERT INTO {s}jobs (id, command, state, max_retries, created_at, updated_at, run_at) "
                 "VALUES ('v1-job', 'true', 'pending', 3, 1, 1, 1)")
     store = backend.store()
@@ -1078,25 +1084,7 @@ def test_job_pages_go_newest_first_through_every_filter(store, budget, monkeypat
 
 def test_a_version_2_store_gets_its_counters_and_series_on_migration(backend):
     """A store from before the dashboard: jobs per queue and the last day's attempts are rolled up once."""
-    if backend.kind == "postgres":
-        from queuectl.builtin.postgres_store import MIGRATIONS
-
-        schema = f'"{backend.schema}"'
-        statements = [f"CREATE SCHEMA {schema}", f"CREATE TABLE {schema}.meta (key text PRIMARY KEY, value text)"]
-        statements += [s.replace("{s}", schema) for s in MIGRATIONS[1] + MIGRATIONS[2]]
-        statements.append(f"INSERT INTO {schema}.meta VALUES ('schema_version', '2')")
-        for sql in statements:
-            pg_execute(sql)
-    else:
-        from queuectl.builtin.sqlite_store import MIGRATIONS
-
-        conn = sqlite3.connect(str(backend.root / "queue.db"))
-        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        for sql in MIGRATIONS[1] + MIGRATIONS[2]:
-            conn.execute(sql)
-        conn.execute("INSERT INTO meta VALUES ('schema_version', '2')")
-        conn.commit()
-        conn.close()
+    create_old_store(backend, 2)
     now = time.time()
     for i, (queue, state) in enumerate([("q1", "pending"), ("q1", "dead"), ("q2", "completed")]):
         backend.raw("INSERT INTO {s}jobs (id, command, state, max_retries, created_at, updated_at, run_at, queue) "
