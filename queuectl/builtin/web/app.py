@@ -12,6 +12,7 @@ import hmac
 import sys
 from pathlib import Path
 from typing import Optional
+from urllib.parse import urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
@@ -37,14 +38,14 @@ def create_app(queue, token: str) -> Starlette:
     templates = Environment(loader=FileSystemLoader(str(HERE / "templates")),
                             autoescape=select_autoescape(default=True, default_for_string=True))
     templates.filters["iso"] = models.iso
-    cookie = "queuectl_token"
 
     def allowed(request: Request) -> bool:
-        given = request.cookies.get(cookie) or request.headers.get("x-queuectl-token") or ""
+        given = request.cookies.get(cookie_name(request)) or request.headers.get("x-queuectl-token") or ""
         return hmac.compare_digest(given.encode(), token.encode())
 
-    def page(name: str, request: Request, status: int = 200, **context) -> HTMLResponse:
-        html = templates.get_template(name).render(token=token, path=request.url.path, **context)
+    def page(name: str, request: Request, status: int = 200, trusted: bool = True, **context) -> HTMLResponse:
+        """A rendered page; only one shown to a holder of the token carries it (for the script's actions)."""
+        html = templates.get_template(name).render(token=token if trusted else "", path=request.url.path, **context)
         return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 
     async def guard(request: Request, call_next):
@@ -55,9 +56,9 @@ def create_app(queue, token: str) -> Starlette:
         if given is not None and request.method == "GET":
             if not hmac.compare_digest(given.encode(), token.encode()):
                 return refused(request, "wrong token")
-            rest = "&".join(f"{k}={v}" for k, v in request.query_params.multi_items() if k != "token")
+            rest = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
             response = RedirectResponse(path + ("?" + rest if rest else ""), status_code=303)
-            response.set_cookie(cookie, token, httponly=True, samesite="strict", path="/")
+            response.set_cookie(cookie_name(request), token, httponly=True, samesite="strict", path="/")
             return response
         if not allowed(request):
             return refused(request, "this dashboard needs its token: open the URL printed by `queuectl dashboard`")
@@ -69,7 +70,7 @@ def create_app(queue, token: str) -> Starlette:
 
     def refused(request: Request, why: str, status: int = 403) -> Response:
         if request.method == "GET" and not request.url.path.startswith("/api/"):
-            return page("refused.html", request, status=status, why=why)
+            return page("refused.html", request, status=status, trusted=False, why=why)
         return JSONResponse({"error": why}, status_code=status)
 
     # --- pages ------------------------------------------------------------------------------
@@ -87,15 +88,16 @@ def create_app(queue, token: str) -> Starlette:
                                 before=int(before) if before else None, limit=PAGE_SIZE)
         except (QueueError, ValueError) as exc:
             return page("refused.html", request, status=400, why=str(exc))
-        return page("jobs.html", request, jobs=result["jobs"], next=result["next"], state=state, queue=name,
-                    text=text, total=filtered_total(queue, state, name, text), states=models.STATES,
+        filters = urlencode([(k, v) for k, v in (("state", state), ("queue", name), ("q", text)) if v])
+        return page("jobs.html", request, jobs=result["jobs"], filters=filters, next=result["next"], state=state,
+                    queue=name, text=text, total=filtered_total(queue, state, name, text), states=models.STATES,
                     queues=sorted(queue.queue_counts()), dlq=False)
 
     async def dlq(request: Request):
         before = request.query_params.get("before")
         result = queue.page(state=models.DEAD, before=int(before) if before and before.isdigit() else None,
                             limit=PAGE_SIZE)
-        return page("jobs.html", request, jobs=result["jobs"], next=result["next"], state=models.DEAD,
+        return page("jobs.html", request, jobs=result["jobs"], filters="", next=result["next"], state=models.DEAD,
                     queue=None, text=None, total=queue.counts()[models.DEAD], states=models.STATES,
                     queues=[], dlq=True)
 
@@ -150,6 +152,11 @@ def create_app(queue, token: str) -> Starlette:
         Route("/api/jobs/{job_id}", api_job), Route("/api/{action}", act, methods=["POST"]),
         Route("/metrics", metrics), Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ])
+
+
+def cookie_name(request: Request) -> str:
+    """Cookies are not kept apart by port: each dashboard on a host names its own."""
+    return f"queuectl_token_{request.url.port or 80}"
 
 
 SECURITY_HEADERS = {
