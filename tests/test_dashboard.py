@@ -141,14 +141,19 @@ def test_dashboard_in_chromium(instance, dashboard, browser, backend):
     assert instance.job(ids["script"])["state"] == "dead"
 
     # the job page follows a running job without a reload
-    instance.run("queue", "resume", "default")
-    live = instance.enqueue("sleep 2; echo finished-now")
-    instance.start_pool(1)
-    instance.wait_for_state(live, "processing")
+    started, release = instance.root / "started", instance.root / "release"
+    live = instance.enqueue(f"touch {started}; while [ ! -e {release} ]; do sleep 0.05; done; echo finished-now",
+                            queue="live")
+    instance.start_pool(1, "--queue", "live")
+    wait_until(started.exists, 60, message="the job to start")
     browser.get(dashboard.url + "jobs/" + live)
+    wait_until(lambda: text_of(browser, '[data-field="state"]') == "processing", 30, message="the running job")
+    loaded = browser.execute_script("return performance.timeOrigin")
+    release.touch()
     wait_until(lambda: text_of(browser, '[data-field="state"]') == "completed", 60,
                message="the job page to show the job completed")
     assert "finished-now" in text_of(browser, "#attempts pre.out")
+    assert browser.execute_script("return performance.timeOrigin") == loaded    # refreshed, not reloaded
 
 
 def test_actions_need_the_token_and_the_same_origin(instance, dashboard, browser):
