@@ -6,8 +6,6 @@ queuectl neither needs nor loads them.
 """
 from __future__ import annotations
 
-import ipaddress
-import secrets
 import sys
 
 import click
@@ -30,6 +28,8 @@ def _web(module: str):
 
 
 def _loopback(host: str) -> bool:
+    import ipaddress      # here, not at the top: every command loads this plugin, few serve pages
+
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -50,6 +50,8 @@ def queuectl_register_commands(cli):
         app = _web("app")
         queue = get_queue()
         queue.store                      # open (or create) the store now: a bad store is one error line
+        import secrets
+
         token = secrets.token_urlsafe(24)
 
         def announce(url: str, token: str) -> None:
