@@ -16,6 +16,23 @@ SECTION = "memory"
 TARGET_RSS = 40 * 2**20
 
 
+class LiveSize:
+    """The most live output stored for a running job at once (where the queue keeps live output)."""
+
+    def __init__(self, queue, job_id: str):
+        self.queue, self.job_id = queue, job_id
+        self.peak = None if not hasattr(queue, "output_since") else 0
+        self.samples = 0
+
+    def sample(self):
+        job = self.queue.get(self.job_id)
+        if self.peak is not None and job.state == "processing":
+            chunks, _ = self.queue.output_since(self.job_id, job.attempts)
+            self.peak = max(self.peak, sum(len(c["data"]) for c in chunks))
+            self.samples += 1
+        return job
+
+
 def run(ctx) -> None:
     results: Results = ctx.results
     size = 10 * 2**20 if ctx.smoke else 100 * 2**20
@@ -38,7 +55,8 @@ def run(ctx) -> None:
             wait_for(lambda: queue.get(job_id).state == "completed", 60, "warm-up jobs")
         job_id = queue.enqueue(command=f"head -c {size} /dev/zero | tr '\\0' x")
         start = time.monotonic()
-        job = wait_for(lambda: (lambda j: j if j.state in ("completed", "dead", "failed") else None)(queue.get(job_id)),
+        live = LiveSize(queue, job_id)
+        job = wait_for(lambda: (lambda j: j if j.state in ("completed", "dead", "failed") else None)(live.sample()),
                        300, "the big-output job")
         took = time.monotonic() - start
         if job.state != "completed":
@@ -56,6 +74,10 @@ def run(ctx) -> None:
                                         for p, v in after.items()}})
         results.note(f"the {size // 2**20} MiB job kept {stored:,} bytes of stdout (the output-cap), "
                      f"took {took:.2f} s; worker RSS afterwards {now / 2**20:.1f} MiB")
+        if live.peak is not None:
+            results.add(SECTION, "live output stored while the 100 MiB job ran (peak)", live.peak, "bytes",
+                        reference=stored, reference_name="recorded stdout", ratio=live.peak / max(1, stored),
+                        detail={"samples": live.samples})
     finally:
         inst.close()
         stop_process(pool)

@@ -22,7 +22,8 @@ if __package__ in (None, ""):            # `python benchmarks/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     __package__ = "benchmarks"
 
-from benchmarks import bench_drain, bench_enqueue, bench_memory, bench_peers, bench_pickup, bench_scale  # noqa: E402
+from benchmarks import (bench_drain, bench_enqueue, bench_follow, bench_memory, bench_peers, bench_pickup,  # noqa: E402
+                        bench_scale)
 from benchmarks.common import ROOT, Results, machine, render_table  # noqa: E402
 
 SECTIONS = {
@@ -32,6 +33,7 @@ SECTIONS = {
     "scale": bench_scale.run,
     "memory": bench_memory.run,
     "peers": bench_peers.run,
+    "follow": bench_follow.run,
 }
 
 

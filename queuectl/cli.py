@@ -6,15 +6,19 @@ mistake is one line and exit 2, an operational failure one line and exit 1.
 from __future__ import annotations
 
 import json
+import re
 import sys
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import click
 
 from . import models
-from .command import (App, emit_json, fmt_seconds, get_queue, job_options, pass_app, render_jobs, short,
-                      spec_from_options, table, integer_flag)
-from .errors import QueueError, UsageError
+from .command import (App, Duration, Integer, attempts_text, complete_job_ids, complete_queues, echo, emit_json,
+                      exit_for_states, fmt_seconds, get_queue, integer_flag, job_options, labels_text, parse_pairs,
+                      parse_since, pass_app, render_jobs, spec_from_options, table)
+from .errors import JobValidationError, NotFound, QueueError, UsageError
+from .screen import COLOR_MODES, human_duration, set_color_mode, state_text, when
+from .term import for_terminal
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -58,15 +62,44 @@ class QueuectlGroup(click.Group):
 # --- commands ---------------------------------------------------------------------------------
 
 
+class ArgvCommand(click.Command):
+    """A command where what follows ``--`` is a job's argv, run without a shell (`enqueue -- CMD ARG...`)."""
+
+    def parse_args(self, ctx, args):
+        if "--" in args:
+            at = args.index("--")
+            ctx.meta["queuectl.argv"] = args[at + 1:]
+            args = args[:at]
+        return super().parse_args(ctx, args)
+
+    def collect_usage_pieces(self, ctx):
+        return super().collect_usage_pieces(ctx) + ["[-- PROGRAM ARG...]"]
+
+
+def given_argv() -> Optional[list]:
+    return click.get_current_context().meta.get("queuectl.argv")
+
+
 @click.group(cls=QueuectlGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config", metavar="PATH", help="config.yaml to use (else $QUEUECTL_CONFIG, ./config.yaml, "
               "the user's config).")
 @click.option("--db", metavar="PATH|URL", help="Store location (overrides the config; also $QUEUECTL_DB).")
 @click.option("--plugins-dir", metavar="DIR", help="Load every *.py in DIR as a plugin.")
+@click.option("--color", type=click.Choice(COLOR_MODES), help="Colors on a terminal: auto (the default: unless "
+              "NO_COLOR is set), always (pipes too), never. Also $QUEUECTL_COLOR.")
 @click.version_option(package_name="queuectl")
 @click.pass_context
-def cli(ctx, config, db, plugins_dir):
-    """queuectl: run shell commands as background jobs, with retries and a dead letter queue."""
+def cli(ctx, config, db, plugins_dir, color):
+    """queuectl: run shell commands as background jobs, with retries and a dead letter queue.
+
+    \b
+    Examples:
+      queuectl enqueue "make report"          # by the shell
+      queuectl enqueue -- rsync -a src/ dst/  # without a shell
+      queuectl worker start --count 2
+      queuectl list --last 10
+    """
+    set_color_mode(color)
     if ctx.obj is None:
         ctx.obj = App(config, db, plugins_dir)
 
@@ -74,108 +107,307 @@ def cli(ctx, config, db, plugins_dir):
 @cli.command()
 @pass_app
 def init(app):
-    """Create the store (idempotent; also done on first use)."""
+    """Create the store (idempotent; also done on first use).
+
+    \b
+    Example:
+      queuectl --db /srv/queue.db init
+    """
     store = app.queue.store
     click.echo(f"store ready: {store.describe()['location']}")
 
 
-def _read_jobs(source) -> list:
-    """JSON lines, or one JSON array, from a file or stdin."""
-    text = source.read()
-    stripped = text.lstrip()
-    if stripped.startswith("["):
+def _read_jobs(source) -> tuple[list, list]:
+    """JSON lines, or one JSON array, from a file or stdin (read as bytes: errors name the line);
+    returns the jobs and where each one is ("line 3", "job 3 of the array")."""
+    data = source.read()
+    lines = data.splitlines()
+    for number, line in enumerate(lines, 1):
         try:
-            jobs = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"malformed JSON: {exc}") from None
-        return jobs
-    jobs = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
+            line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"line {number}: not UTF-8 text (byte {exc.start + 1} of the line)") from None
+    text = data.decode("utf-8")
+    if text.lstrip().startswith("["):
+        jobs = strict_json(text, "malformed JSON")       # starts with "[": a list once parsed
+        return jobs, [f"job {n} of the array" for n in range(1, len(jobs) + 1)]
+    numbered = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    jobs = [strict_json(line, f"line {n}: malformed JSON") for n, line in numbered]
+    return jobs, [f"line {n}" for n, _ in numbered]
+
+
+def _enqueue_file(queue, specs: list, where: list) -> list:
+    """Enqueue a file's jobs; a refused one is named by its line."""
+    try:
+        return queue.enqueue_many(specs, source="file")
+    except JobValidationError:
+        for spec, place in zip(specs, where):
             try:
-                jobs.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"line {number}: malformed JSON: {exc}") from None
-    return jobs
+                queue.build_job(spec)
+            except JobValidationError as error:
+                raise JobValidationError(f"{place}: {error}") from None
+        raise
 
 
-@cli.command()
-@click.argument("job_json", required=False, metavar="[JSON]")
-@click.option("-f", "--file", "jobs_file", type=click.File("r"), help="Read many jobs, JSON lines or a JSON array "
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_json(text: str, what: str) -> Any:
+    """json.loads without NaN/Infinity, with one UsageError for every way a text can fail to be JSON."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{what}: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError as exc:            # NaN/Infinity, or an integer of thousands of digits
+        raise UsageError(f"{what}: {exc}") from None
+    except RecursionError:
+        raise UsageError(f"{what}: nested too deeply") from None
+
+
+def _positional_job(text: str) -> dict:
+    """A JSON object is a job; anything else is a shell command (`queuectl enqueue "echo hi"`).
+
+    Text that opens like a JSON object but does not parse is malformed JSON, not a command: a typo
+    in a JSON job must not be run by the shell. Only ``{`` then a blank and no ``"`` is a command
+    (the shell's ``{ cmd; }`` group).
+    """
+    try:
+        spec = json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        if re.match(r'\s*\{(\S|\s*("|\}|$))', text):
+            raise UsageError(f"malformed JSON job: {exc.msg} at column {exc.colno}") from None
+        return {"command": text}
+    except (ValueError, RecursionError):     # NaN, a number of thousands of digits, deep nesting
+        return strict_json(text, "malformed JSON job")
+    if isinstance(spec, dict):
+        return spec
+    if isinstance(spec, list):
+        raise UsageError("the JSON job must be an object, like '{\"command\": \"echo hi\"}'")
+    return {"command": text}
+
+
+def _enqueue_specs(words: tuple, jobs_file, argv: Optional[list], flags: dict) -> tuple[list, str, Optional[list]]:
+    """The jobs to enqueue, their source, and for --file where each one is (its line)."""
+    given = [name for name, present in (("a job", bool(words)), ("--file", jobs_file is not None),
+                                         ("-- CMD ARG...", argv is not None)) if present]
+    if len(given) > 1:
+        raise UsageError(f"give one of a JSON job or command, --file, or -- CMD ARG..., not {' and '.join(given)}")
+    if len(words) > 1:
+        raise UsageError("give the command as one argument (queuectl enqueue 'echo hi'), or run a program "
+                         "without a shell: queuectl enqueue -- echo hi")
+    if argv is not None:
+        if not argv:
+            raise UsageError("nothing after --: give the program to run and its arguments")
+        if "command" in flags:
+            raise UsageError("give either --command (run by the shell) or -- CMD ARG... (run without one)")
+        return [dict(flags, argv=argv)], "cli", None
+    if jobs_file is not None:
+        specs, where = _read_jobs(jobs_file)
+        return [dict(spec, **flags) if isinstance(spec, dict) else spec for spec in specs], "file", where
+    if words:
+        spec = _positional_job(words[0])
+        if "command" in spec and "command" in flags and set(spec) == {"command"}:
+            raise UsageError("the command is given twice: as an argument and with --command")
+        return [dict(spec, **flags)], "cli", None
+    if "command" not in flags:
+        raise UsageError("nothing to enqueue: give a command, -- CMD ARG..., a JSON job or --file")
+    return [flags], "cli", None
+
+
+def _dependency(queue, ref: str) -> str:
+    """An --after id given as a prefix; one that matches nothing is left for the store to name."""
+    try:
+        return queue.resolve(ref)
+    except NotFound:
+        return ref
+
+
+@cli.command(cls=ArgvCommand)
+@click.argument("job", nargs=-1, metavar="[JSON|COMMAND]")
+@click.option("-f", "--file", "jobs_file", type=click.File("rb"), help="Read many jobs, JSON lines or a JSON array "
               "('-' for stdin); all are enqueued or none.")
 @job_options
-def enqueue(job_json, jobs_file, **options):
+def enqueue(job, jobs_file, **options):
     """Enqueue a job; prints its id.
 
+    A JSON object is a job; other text is a command run by /bin/sh. After `--`, a program and
+    its arguments run without a shell, so `$(...)` or `*` in them stay literal.
+
     \b
-    queuectl enqueue --command "echo hi"
-    queuectl enqueue '{"id": "job1", "command": "sleep 2"}'
-    queuectl enqueue --command "make report" --delay 10m --after build1
-    queuectl enqueue --file jobs.jsonl
+    Examples:
+      queuectl enqueue "echo hi"
+      queuectl enqueue -- convert "$IN" -resize 50% out.png
+      queuectl enqueue '{"id": "job1", "command": "sleep 2"}'
+      queuectl enqueue --command "make report" --delay 10m --after build1 --label team=ops
+      queuectl enqueue --env-from-caller -- ./deploy.sh staging
+      queuectl enqueue --file jobs.jsonl
     """
     flags = spec_from_options(options)
-    if jobs_file is not None:
-        if job_json is not None:
-            raise UsageError("give either a JSON job or --file, not both")
-        specs, source = [dict(spec, **flags) if isinstance(spec, dict) else spec for spec in _read_jobs(jobs_file)], "file"
-    elif job_json is not None:
-        try:
-            spec = json.loads(job_json)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"malformed JSON job: {exc.msg} at column {exc.colno}") from None
-        if not isinstance(spec, dict):
-            raise UsageError("the JSON job must be an object, like '{\"command\": \"echo hi\"}'")
-        specs, source = [dict(spec, **flags)], "cli"
-    else:
-        if "command" not in flags:
-            raise UsageError("nothing to enqueue: give --command, a JSON job or --file")
-        specs, source = [flags], "cli"
-    ids = get_queue().enqueue_many(specs, source=source)
+    queue = get_queue()
+    if "after" in flags and jobs_file is None:
+        flags["after"] = [_dependency(queue, ref.strip()) for ref in flags["after"].split(",") if ref.strip()]
+    specs, source, where = _enqueue_specs(job, jobs_file, given_argv(), flags)
+    ids = _enqueue_file(queue, specs, where) if where is not None else queue.enqueue_many(specs, source=source)
     click.echo("\n".join(ids))          # one write: a bulk enqueue prints 100,000 ids
 
 
 @cli.command()
-@click.argument("job_ids", nargs=-1, required=True)
+@click.argument("job_ids", nargs=-1, required=True, shell_complete=complete_job_ids)
 def cancel(job_ids):
-    """Cancel jobs: a pending job never runs; a running job's processes are stopped."""
+    """Cancel jobs: a pending job never runs; a running job's processes are stopped.
+
+    \b
+    Example:
+      queuectl cancel 3f2a        # a unique prefix of the id is enough
+    """
     queue = get_queue()
-    for job_id in job_ids:
+    for ref in job_ids:
+        job_id = queue.resolve(ref)
         click.echo(f"{job_id} {queue.cancel(job_id)}")
 
 
-@cli.command()
-@click.argument("job_ids", nargs=-1, required=True)
-def retry(job_ids):
-    """Run completed, dead or cancelled jobs again, with a fresh retry budget."""
+EDIT_OPTIONS = (
+    click.option("-c", "--command", "command", help="The new shell command (an argv job becomes a shell job)."),
+    click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Set a variable (repeatable)."),
+    click.option("--unset-env", multiple=True, metavar="KEY", help="Remove a variable (repeatable)."),
+    click.option("--cwd", metavar="DIR", help="The new working folder."),
+    click.option("--timeout", metavar="DURATION", help="The new timeout (90, 10m, 1h30m), or 'none'."),
+    click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Set a label (repeatable)."),
+    click.option("--unset-label", multiple=True, metavar="KEY", help="Remove a label (repeatable)."),
+)
+
+
+def edit_options(func):
+    for option in reversed(EDIT_OPTIONS):
+        func = option(func)
+    return func
+
+
+def edit_changes(job, options: dict, argv: Optional[list]) -> dict:
+    """What the edit options ask to change, as full new values (env and labels merged with the job's)."""
+    changes: dict[str, Any] = {}
+    if options.get("command") is not None and argv is not None:
+        raise UsageError("give either --command (run by the shell) or -- CMD ARG... (run without one)")
+    if options.get("command") is not None:
+        changes["command"] = options["command"]
+    if argv is not None:
+        if not argv:
+            raise UsageError("nothing after --: give the program to run and its arguments")
+        changes["argv"] = argv
+    for field, flag, unset in (("env", "--env", "unset_env"), ("labels", "--label", "unset_label")):
+        if options.get(field) or options.get(unset):
+            value = dict(getattr(job, field), **parse_pairs(flag, options.get(field) or ()))
+            for key in options.get(unset) or ():
+                value.pop(key, None)
+            changes[field] = value
+    if options.get("cwd") is not None:
+        changes["cwd"] = options["cwd"]
+    if options.get("timeout") is not None:
+        changes["timeout"] = None if options["timeout"].lower() == "none" else _duration("--timeout", options["timeout"])
+    return changes
+
+
+def _duration(option: str, value: str) -> float:
+    try:
+        return models.parse_duration(value)
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None
+
+
+@cli.command(cls=ArgvCommand)
+@click.argument("job_id", shell_complete=complete_job_ids)
+@edit_options
+@click.option("--json", "as_json", is_flag=True, help="Print the edited job as JSON.")
+def edit(job_id, as_json, **options):
+    """Change a pending, failed, dead or cancelled job before it runs again.
+
+    The command, env, cwd, timeout and labels can change; the values before are kept in the
+    job's edit history (`show`), and its attempts stay. A dead or cancelled job stays so until
+    `queuectl retry` (or use `retry ID --command ...` to do both at once).
+
+    \b
+    Examples:
+      queuectl edit 3f2a --command "make report FAST=1"
+      queuectl edit 3f2a --env DEBUG=1 --unset-env PROXY --timeout 10m
+      queuectl edit 3f2a -- ./report.sh --fast
+    """
     queue = get_queue()
-    for job_id in job_ids:
-        job = queue.retry(job_id, (models.COMPLETED, models.DEAD, models.CANCELLED))
+    job = queue.get(job_id)
+    changes = edit_changes(job, options, given_argv())
+    if not changes:
+        raise UsageError("nothing to change: give --command, --env, --cwd, --timeout, --label or -- CMD ARG...")
+    edited = queue.edit(job.id, changes)
+    if as_json:
+        emit_json(edited.to_dict())
+        return
+    click.echo(f"{edited.id} {edited.state}: edited {', '.join(sorted(edited.edits[-1]['before'])) or 'nothing'}")
+
+
+@cli.command(cls=ArgvCommand)
+@click.argument("job_ids", nargs=-1, required=True, shell_complete=complete_job_ids)
+@edit_options
+def retry(job_ids, **options):
+    """Run completed, dead or cancelled jobs again, with a fresh retry budget.
+
+    With edit options (as `queuectl edit` has them) the jobs are changed and retried in one step;
+    their attempts and edit history are kept.
+
+    \b
+    Examples:
+      queuectl retry 3f2a 9c1e
+      queuectl retry 3f2a --command "make report FAST=1"
+    """
+    from .queue import RETRYABLE
+
+    queue = get_queue()
+    argv = given_argv()
+    for ref in job_ids:
+        job = queue.get(ref)
+        changes = edit_changes(job, options, argv)
+        if changes:
+            job = queue.edit(job.id, changes, retry=True)
+        else:
+            job = queue.retry(job.id, RETRYABLE)
         click.echo(f"{job.id} {job.state}")
 
 
 @cli.command()
 @click.option("--state", "states", multiple=True, required=True,
               type=click.Choice(models.FINISHED_STATES), help="Purge jobs in this state (repeatable).")
-@click.option("--older-than", required=True, help="Only jobs last updated longer ago than this: 7d, 12h, 30m.")
+@click.option("--older-than", required=True, type=Duration(models.RANGES["age"]),
+              help="Only jobs last updated longer ago than this: 7d, 12h, 30m.")
 def purge(states, older_than):
-    """Delete finished jobs and their attempts (dependencies they satisfied stay satisfied)."""
-    try:
-        age = models.parse_duration(older_than)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    count = get_queue().purge(states, age)
+    """Delete finished jobs and their attempts (dependencies they satisfied stay satisfied).
+
+    \b
+    Example:
+      queuectl purge --state completed --state cancelled --older-than 7d
+    """
+    count = get_queue().purge(states, older_than)
     click.echo(f"purged {count} job(s)")
 
 
 @cli.group("queue")
 def queue_group():
-    """Named queues: concurrency limits across all workers and hosts, pause and resume."""
+    """Named queues: concurrency limits across all workers and hosts, pause and resume.
+
+    \b
+    Examples:
+      queuectl queue limit ci 1
+      queuectl queue pause ci
+    """
 
 
 @queue_group.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def queue_list(as_json):
-    """Queues with their limit, pause state and job counts."""
+    """Queues with their limit, pause state and job counts.
+
+    \b
+    Example:
+      queuectl queue list
+    """
     rows = get_queue().queues()
     if as_json:
         emit_json(rows)
@@ -185,32 +417,45 @@ def queue_list(as_json):
 
 
 @queue_group.command("limit")
-@click.argument("name")
-@click.argument("limit")
+@click.argument("name", shell_complete=complete_queues)
+@click.argument("limit", metavar="N|none")
 def queue_limit(name, limit):
-    """At most LIMIT jobs of queue NAME run at once, across all pools ('none' removes the limit)."""
+    """At most N jobs of queue NAME run at once, across all pools ('none' removes the limit).
+
+    \b
+    Example:
+      queuectl queue limit ci 2
+    """
     if limit.lower() in ("none", "unlimited"):
         value = None
     else:
-        value = integer_flag("limit", limit)
-        if value < 1:
-            raise UsageError("a queue limit must be at least 1 (use 'queuectl queue pause' to stop a queue)")
+        value = integer_flag("limit", limit, models.RANGES["concurrency"])
     row = get_queue().set_queue(name, concurrency=value)
     click.echo(f"{name}: limit {row['concurrency'] or 'none'}")
 
 
 @queue_group.command("pause")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_queues)
 def queue_pause(name):
-    """Start nothing new from queue NAME; running jobs finish."""
+    """Start nothing new from queue NAME; running jobs finish.
+
+    \b
+    Example:
+      queuectl queue pause ci
+    """
     get_queue().set_queue(name, paused=True)
     click.echo(f"{name}: paused")
 
 
 @queue_group.command("resume")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_queues)
 def queue_resume(name):
-    """Let queue NAME run again."""
+    """Let queue NAME run again.
+
+    \b
+    Example:
+      queuectl queue resume ci
+    """
     get_queue().set_queue(name, paused=False)
     click.echo(f"{name}: resumed")
 
@@ -224,20 +469,33 @@ class WorkerGroup(click.Group):
 
 @cli.group(cls=WorkerGroup)
 def worker():
-    """Run or stop worker pools."""
+    """Run or stop worker pools.
+
+    \b
+    Examples:
+      queuectl worker start --count 4
+      queuectl worker stop
+    """
 
 
 @worker.command("start")
-@click.option("-n", "--count", default=1, show_default=True, type=click.IntRange(min=1),
+@click.option("-n", "--count", default=1, show_default=True, type=Integer(models.RANGES["workers"]),
               help="Worker processes in this pool.")
 @click.option("--burst", is_flag=True, help="Exit 0 once nothing is runnable, processing or waiting for a retry.")
-@click.option("-v", "--verbose", is_flag=True, help="Log every attempt to stderr.")
-@click.option("--queue", "queues", help="Only run jobs of these queues: NAME[,NAME...] (default: all).")
+@click.option("-v", "--verbose", is_flag=True, help="Log every attempt to stderr, with timestamps.")
+@click.option("--queue", "queues", metavar="NAME[,NAME...]", shell_complete=complete_queues,
+              help="Only run jobs of these queues (default: all).")
 def worker_start(count, burst, verbose, queues, **options):
     """Start a pool of COUNT workers in the foreground, until stopped.
 
-    SIGTERM, SIGINT or `queuectl worker stop`: running jobs finish, then the pool exits 0.
+    SIGTERM, SIGINT (Ctrl-C) or `queuectl worker stop`: running jobs finish, then the pool exits 0.
     A second signal stops the running commands and records them as interrupted, to be retried.
+
+    \b
+    Examples:
+      queuectl worker start --count 4 -v
+      queuectl worker start --burst          # run what is there, then exit
+      queuectl worker start --queue ci,deploy
     """
     from .worker import Pool
 
@@ -251,88 +509,227 @@ def worker_start(count, burst, verbose, queues, **options):
 
 @worker.command("stop")
 def worker_stop():
-    """Ask every running pool that shares this store to finish its jobs and exit."""
+    """Ask every running pool that shares this store to finish its jobs and exit.
+
+    \b
+    Example:
+      queuectl worker stop
+    """
     count = get_queue().request_stop()
-    click.echo(f"stop requested for {count} pool(s)")
+    click.echo(f"stop requested for {count} pool(s)" if count else "no pool is running")
 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(as_json):
-    """The config and store in use, jobs per state, and active workers."""
+    """The config and store in use, jobs per state, workers and the jobs they run.
+
+    \b
+    Example:
+      queuectl status
+    """
     data = get_queue().status()
     if as_json:
         emit_json(data)
         return
     store = data["store"]
     click.echo(f"config:  {data['config_file'] or '(none: built-in defaults)'}")
+    if data.get("ignored_config"):
+        click.echo(f"         ({data['ignored_config']} is not queuectl's: none of its keys is a queuectl setting)")
     click.echo(f"store:   {store['backend']} {store['location']} (schema {store['schema_version']})")
-    click.echo("jobs:    " + "  ".join(f"{state} {n}" for state, n in data["counts"].items()))
+    echo("jobs:    " + "  ".join(f"{state_text(state)} {n}" for state, n in data["counts"].items()))
     for section, values in data["plugins"].items():
         click.echo(f"{section + ':':9}" + "  ".join(f"{k} {v}" for k, v in values.items()))
     workers = [w for w in data["workers"] if w["kind"] == "worker"]
-    click.echo(f"workers: {len(workers)}")
+    running = {r["worker"]: r for r in data["running"]}
+    busy = sum(1 for w in workers if w["id"] in running)
+    click.echo(f"workers: {len(workers)} ({busy} busy)")
     if workers:
-        table(({"pid": w["pid"], "host": w["host"], "job": w["job_id"] or "(idle)",
-                "since": models.iso(w["started_at"])} for w in workers), ["pid", "host", "job", "since"])
+        table(({"pid": w["pid"], "host": w["host"], "up": when(_epoch(w["started_at"])),
+                "job": running.get(w["id"], {}).get("id") or "(idle)",
+                "elapsed": human_duration(running[w["id"]]["elapsed"]) if w["id"] in running else "",
+                "command": running.get(w["id"], {}).get("command")} for w in workers),
+              ["pid", "host", "up", "job", "elapsed", "command"])
+
+
+def _epoch(text: Optional[str]) -> Optional[float]:
+    return models.parse_time(text) if text else None
 
 
 @cli.command("list")
-@click.option("--state", help="Only jobs in this state (pending, processing, completed, failed, dead, cancelled).")
-@click.option("--limit", type=click.IntRange(min=0), help="At most this many jobs.")
-@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many jobs.")
+@click.option("--state", type=click.Choice(models.STATES), help="Only jobs in this state.")
+@click.option("--queue", metavar="NAME", shell_complete=complete_queues, help="Only jobs of this queue.")
+@click.option("--label", "labels", multiple=True, metavar="KEY[=VALUE]",
+              help="Only jobs with this label (KEY alone: with any value); repeatable, all must match.")
+@click.option("--grep", metavar="TEXT", help="Only jobs whose command contains TEXT (case-insensitive).")
+@click.option("--since", metavar="DURATION|TIME", help="Only jobs enqueued since: 10m, 2h, 1d or an ISO-8601 time.")
+@click.option("--last", type=Integer(models.RANGES["last"]), help="Only the newest N jobs (still oldest first).")
+@click.option("--limit", type=Integer(), help="At most this many jobs, from the oldest.")
+@click.option("--offset", type=Integer(), default=0, help="Skip this many jobs.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of jobs.")
-def list_jobs(state, limit, offset, as_json):
-    """List jobs in enqueue order."""
-    render_jobs(get_queue().list(state, limit, offset), as_json)
+def list_jobs(state, queue, labels, grep, since, last, limit, offset, as_json):
+    """List jobs in enqueue order.
+
+    \b
+    Examples:
+      queuectl list --last 20
+      queuectl list --state dead --since 1d
+      queuectl list --label team=ops --grep backup --json
+    """
+    jobs = get_queue().list(state, limit, offset, queue=queue, labels=parse_pairs("--label", labels, False),
+                            grep=grep, since=parse_since(since), last=last)
+    render_jobs(jobs, as_json)
 
 
 @cli.command()
-@click.argument("job_id")
+@click.argument("job_id", shell_complete=complete_job_ids)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def show(job_id, as_json):
-    """One job with all its attempts."""
+    """One job with all its attempts and its edit history.
+
+    \b
+    Example:
+      queuectl show 3f2a
+    """
     queue = get_queue()
     job = queue.get(job_id)
-    attempts = queue.attempts(job_id)
+    attempts = queue.attempts(job.id)
     if as_json:
         emit_json(dict(job.to_dict(), history=[a.to_dict() for a in attempts]))
         return
-    for key, value in job.to_dict().items():
-        if value not in (None, {}, ""):
-            click.echo(f"{key + ':':14} {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    for key, value in _show_fields(job):
+        echo(f"{key + ':':14} {value}")
+    for edit in job.edits:
+        before = ", ".join(f"{k} was {json.dumps(v)}" for k, v in edit["before"].items()) or "no change"
+        click.echo(for_terminal(f"{'edited:':14} {when(_epoch(edit['at']), exact=True)}: {before}"))
     if attempts:
         click.echo("")
         table(({"attempt": a.attempt, "outcome": a.outcome, "exit": a.exit_code if a.signal is None else
-                f"signal {a.signal}", "duration": fmt_seconds(a.duration), "started": models.iso(a.started_at),
-                "error": short(a.error, 40)} for a in attempts),
-              ["attempt", "outcome", "exit", "duration", "started", "error"])
+                f"signal {a.signal}", "duration": fmt_seconds(a.duration), "started": when(a.started_at),
+                "error": a.error} for a in attempts),
+              ["attempt", "outcome", "exit", "duration", "started", "error"], styles={"outcome": _outcome_style})
+
+
+TIME_FIELDS = ("created_at", "updated_at", "run_at")
+
+
+def _show_fields(job):
+    """(name, text) of each field that has a value: times local and relative on a terminal, texts escaped."""
+    data = job.to_dict()
+    data["attempts"] = attempts_text(job)
+    for key, value in data.items():
+        if value in (None, {}, "", []) or key == "edits":
+            continue
+        if key in TIME_FIELDS:
+            text = when(getattr(job, key), exact=True)
+        elif key == "state":
+            text = state_text(value)
+        elif key == "labels":
+            text = labels_text(value)
+        elif key == "worker":
+            text = f"pid {value['pid']} on {value['host']}, started {when(_epoch(value['started_at']))}"
+        else:
+            text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+        yield key, text if key == "state" else for_terminal(text)
+
+
+def _outcome_style(outcome: str) -> str:
+    return "32" if outcome == models.SUCCEEDED else "2" if outcome == models.INTERRUPTED else "31"
 
 
 @cli.command()
-@click.argument("job_id")
-@click.option("--attempt", type=int, help="Only this attempt (from 1).")
+@click.argument("job_id", shell_complete=complete_job_ids)
+@click.option("--attempt", type=Integer(models.RANGES["attempt"]), help="Only this attempt (from 1).")
+@click.option("-f", "--follow", is_flag=True, help="Stream the output as it is produced, across retries, until "
+              "the job is terminal; exit like `wait`.")
+@click.option("--stdout", "only", flag_value="stdout", help="Only the job's stdout.")
+@click.option("--stderr", "only", flag_value="stderr", help="Only the job's stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def logs(job_id, attempt, as_json):
-    """Output, exit code, duration and time of each attempt of a job."""
+def logs(job_id, attempt, follow, only, as_json):
+    """Output, exit code, duration and time of each attempt of a job (the running one so far).
+
+    \b
+    Examples:
+      queuectl logs 3f2a
+      queuectl logs 3f2a --attempt 2 > attempt2.txt
+      queuectl logs -f 3f2a
+    """
+    if follow:
+        if as_json or attempt is not None:
+            raise UsageError("--follow cannot be combined with --json or --attempt")
+        raise click.exceptions.Exit(follow_logs(get_queue(), job_id, only))
     entries = get_queue().logs(job_id, attempt)
     if as_json:
         emit_json(entries)
         return
     for entry in entries:
-        how = f"exit {entry['exit_code']}" if entry["signal"] is None else f"signal {entry['signal']}"
-        click.echo(f"=== attempt {entry['attempt']}: {entry['outcome']} ({how}) at {entry['created_at']} "
-                   f"in {entry['duration']:.3f}s" + (f": {entry['error']}" if entry["error"] else ""))
-        for stream in ("stdout", "stderr"):
+        click.echo(attempt_header(entry))
+        for stream in (only,) if only else ("stdout", "stderr"):
             if entry[stream]:
                 click.echo(f"--- {stream}")
-                click.echo(entry[stream].rstrip("\n"))
+                click.echo(for_terminal(entry[stream].rstrip("\n")))
+
+
+def attempt_header(entry: dict) -> str:
+    """``=== attempt N: ...``: how it ended, or that it is still running."""
+    if entry.get("running"):
+        return (f"=== attempt {entry['attempt']}: running since {entry['created_at']} "
+                f"({entry['duration']:.1f}s so far) on {entry['host']}")
+    how = f"exit {entry['exit_code']}" if entry["signal"] is None else f"signal {entry['signal']}"
+    return (f"=== attempt {entry['attempt']}: {entry['outcome']} ({how}) at {entry['created_at']} "
+            f"in {entry['duration']:.3f}s" + (f": {for_terminal(entry['error'])}" if entry["error"] else ""))
+
+
+def follow_logs(queue, job_id: str, only: Optional[str]) -> int:
+    """``logs --follow``: job output to stdout (its stderr to stderr, unless one stream is picked), exactly
+    as printed when piped; a header line per attempt on stderr. Returns the exit code, like `wait`."""
+    sinks = {name: OutputWriter(sys.stdout if only or name == "stdout" else sys.stderr)
+             for name in ("stdout", "stderr")}
+    try:
+        for event in queue.follow(job_id):
+            kind = event[0]
+            if kind == "attempt":
+                click.echo(f"=== attempt {event[1]}" + (" (running)" if event[2] is None else ""), err=True)
+            elif kind == "output" and only in (None, event[1]):
+                sinks[event[1]].write(event[2])
+            elif kind == "ended" and event[2] is not None:
+                click.echo(attempt_header(event[2]), err=True)
+            elif kind == "done":
+                click.echo(f"=== job {job_id} is {event[1].state}", err=True)
+                return exit_for_states([event[1].state])
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_OK
+
+
+class OutputWriter:
+    """Job output as it came when piped; decoded (a character split between chunks kept whole) and
+    escaped on a terminal."""
+
+    def __init__(self, stream):
+        import codecs
+
+        self.stream = stream
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def write(self, data: bytes) -> None:
+        if self.stream.isatty():
+            self.stream.write(for_terminal(self.decoder.decode(data), self.stream))
+        else:
+            self.stream.flush()
+            self.stream.buffer.write(data)
+        self.stream.flush()
 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def stats(as_json):
-    """Runs, failures, durations and throughput."""
+    """Runs, failures, durations and throughput.
+
+    \b
+    Example:
+      queuectl stats --json
+    """
     data = get_queue().stats()
     if as_json:
         emit_json(data)
@@ -347,14 +744,25 @@ def stats(as_json):
 
 @cli.group("config")
 def config_group():
-    """Read and change settings (stored settings reach running workers without a restart)."""
+    """Read and change settings (stored settings reach running workers without a restart).
+
+    \b
+    Examples:
+      queuectl config set max-retries 5
+      queuectl config list
+    """
 
 
 @config_group.command("set", context_settings={"ignore_unknown_options": True})
 @click.argument("key")
 @click.argument("value")
 def config_set(key, value):
-    """Store a setting in the store, for every worker and command that uses it."""
+    """Store a setting in the store, for every worker and command that uses it.
+
+    \b
+    Example:
+      queuectl config set backoff-base 3
+    """
     parsed = get_queue().config_set(key, value)
     click.echo(f"{key} = {json.dumps(parsed)}")
 
@@ -362,7 +770,12 @@ def config_set(key, value):
 @config_group.command("unset")
 @click.argument("key")
 def config_unset(key):
-    """Remove a stored setting (config.yaml or the default applies again)."""
+    """Remove a stored setting (config.yaml or the default applies again).
+
+    \b
+    Example:
+      queuectl config unset backoff-base
+    """
     removed = get_queue().config_unset(key)
     click.echo(f"{key}: {'removed from the store' if removed else 'was not set in the store'}")
 
@@ -370,7 +783,12 @@ def config_unset(key):
 @config_group.command("get")
 @click.argument("key")
 def config_get(key):
-    """Print a setting's value."""
+    """Print a setting's value.
+
+    \b
+    Example:
+      queuectl config get lease-timeout
+    """
     value, _source = get_queue().config.lookup(key)
     click.echo(json.dumps(value) if not isinstance(value, str) else value)
 
@@ -378,7 +796,12 @@ def config_get(key):
 @config_group.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def config_list(as_json):
-    """Every setting, its value and where the value comes from."""
+    """Every setting, its value and where the value comes from.
+
+    \b
+    Example:
+      queuectl config list --json
+    """
     rows = get_queue().config.items()
     if as_json:
         emit_json(rows)
@@ -390,7 +813,12 @@ def config_list(as_json):
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def plugins(as_json):
-    """Loaded plugins and the hooks each implements."""
+    """Loaded plugins and the hooks each implements.
+
+    \b
+    Example:
+      queuectl plugins --json
+    """
     from .plugins import describe
 
     data = describe(get_queue().pm)
@@ -403,10 +831,32 @@ def plugins(as_json):
             click.echo(f"  {hook}")
 
 
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell):
+    """Print the shell completion script (commands, options, job ids, states, queues, schedules).
+
+    \b
+    Examples:
+      eval "$(queuectl completion bash)"        # in ~/.bashrc
+      eval "$(queuectl completion zsh)"         # in ~/.zshrc
+      queuectl completion fish > ~/.config/fish/completions/queuectl.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    script = get_completion_class(shell)(cli, {}, "queuectl", "_QUEUECTL_COMPLETE").source()
+    click.echo(script)
+
+
 def main(argv: Optional[list] = None) -> None:
     """Entry point: one line on stderr and exit 1 or 2 for every error a user can cause."""
     try:
-        cli.main(args=argv, prog_name="queuectl", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="queuectl", standalone_mode=False)
+        if isinstance(code, int) and not isinstance(code, bool):
+            sys.exit(code)            # ctx.exit(N) / click Exit(N): click returns N outside standalone mode
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help())        # a bare group (`queuectl`, `queuectl dlq`) is a request for help
+        sys.exit(EXIT_OK)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:

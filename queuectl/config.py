@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .errors import QueueError, UsageError
+from .models import MAX_INTERVAL, MAX_WAIT
 
 SOURCES = ("flag", "env", "store", "file", "default")
 
@@ -21,32 +22,35 @@ def normalise_key(key: str) -> str:
     return str(key).strip().lower().replace("_", "-")
 
 
-def _number(kind: type, minimum: Optional[float] = None, allow_zero: bool = True):
-    def parse(value: Any):
-        if isinstance(value, bool):
-            raise ValueError("expected a number")
+def between(low: float, high: float, integer: bool = False, low_open: bool = False):
+    """A parser for a number in [low, high] (finite; an integer if ``integer``)."""
+    from .models import Range
+
+    return Range(low, high, integer, low_open).check
+
+
+def seconds(low: float = 0.0, high: Optional[float] = None):
+    """A parser for a span of time: 90, "90", "30s", "10m", "1h30m", within [low, high] seconds."""
+    from .models import MAX_SECONDS, Range, parse_duration
+
+    limit = Range(low, MAX_SECONDS if high is None else high)
+
+    def parse(value: Any) -> float:
         if isinstance(value, str):
-            value = value.strip()
-        try:
-            out = kind(value)
-            if kind is int and isinstance(value, float) and value != int(value):
-                raise ValueError
-        except (TypeError, ValueError):
-            raise ValueError(f"expected {'an integer' if kind is int else 'a number'}, got {value!r}") from None
-        if minimum is not None and out < minimum:
-            raise ValueError(f"must be at least {minimum}, got {out}")
-        if not allow_zero and out == 0:
-            raise ValueError("must not be 0")
-        return out
+            value = parse_duration(value, limit.high)
+        return limit.check(value)
     return parse
 
 
-def integer(minimum: Optional[int] = None):
-    return _number(int, minimum)
+def integer(minimum: Optional[int] = None, maximum: Optional[int] = None):
+    from .models import INT64_MAX
+
+    return between(-INT64_MAX if minimum is None else minimum, INT64_MAX if maximum is None else maximum, True)
 
 
-def number(minimum: Optional[float] = None, allow_zero: bool = True):
-    return _number(float, minimum, allow_zero)
+def number(minimum: Optional[float] = None, allow_zero: bool = True, maximum: float = 1e15):
+    """A finite number in [minimum, maximum] (plugins' settings; the core's use :func:`seconds`)."""
+    return between(-maximum if minimum is None else minimum, maximum, low_open=not allow_zero and minimum == 0)
 
 
 def text(value: Any) -> str:
@@ -99,14 +103,18 @@ CORE_SETTINGS = (
     Setting("plugins-dir", None, text, "Folder whose *.py files are loaded as plugins.", file_only=True, path=True),
     Setting("disable-plugins", [], string_list, "Plugins to block by name (built-ins included).", file_only=True),
     Setting("host-id", None, text, "Host name recorded in leases (default: this machine's hostname).", file_only=True),
-    Setting("max-retries", 3, integer(0), "Retries after the first attempt; copied into each job at enqueue."),
-    Setting("poll-interval", 1.0, number(0.001), "Fallback poll of an idle worker, in seconds (it is woken on enqueue)."),
-    Setting("lease-timeout", 30.0, number(0.1), "Seconds a claim stays valid without a heartbeat."),
-    Setting("heartbeat-interval", 0.0, number(0.0), "Seconds between lease renewals (0: a third of lease-timeout)."),
-    Setting("recovery-interval", 1.0, number(0.01), "Seconds between a pool's checks for lost workers and stop requests."),
-    Setting("timeout", 0.0, number(0.0), "Default job timeout in seconds (0: none)."),
-    Setting("kill-grace", 5.0, number(0.0), "Seconds between SIGTERM and SIGKILL when a job is stopped."),
-    Setting("lock-timeout", 60.0, number(0.0), "Seconds a command waits out a locked store before failing "
+    Setting("max-retries", 3, between(0, 1000, integer=True),
+            "Retries after the first attempt; copied into each job at enqueue."),
+    Setting("poll-interval", 1.0, seconds(0.001, MAX_INTERVAL),
+            "Fallback poll of an idle worker, in seconds (it is woken on enqueue)."),
+    Setting("lease-timeout", 30.0, seconds(0.1, MAX_WAIT), "Seconds a claim stays valid without a heartbeat."),
+    Setting("heartbeat-interval", 0.0, seconds(0.0, MAX_INTERVAL),
+            "Seconds between lease renewals (0: a third of lease-timeout)."),
+    Setting("recovery-interval", 1.0, seconds(0.01, MAX_INTERVAL),
+            "Seconds between a pool's checks for lost workers and stop requests."),
+    Setting("timeout", 0.0, seconds(0.0), "Default job timeout in seconds (0: none)."),
+    Setting("kill-grace", 5.0, seconds(0.0, MAX_WAIT), "Seconds between SIGTERM and SIGKILL when a job is stopped."),
+    Setting("lock-timeout", 60.0, seconds(0.0, MAX_WAIT), "Seconds a command waits out a locked store before failing "
             "(workers wait forever).", file_only=True),
 )
 
@@ -116,13 +124,13 @@ def default_data_dir() -> Path:
     return Path(base) / "queuectl"
 
 
-def find_config_file(explicit: Optional[str] = None, env=os.environ) -> Optional[Path]:
+def find_config_file(explicit: Optional[str] = None, env=os.environ, skip_local: bool = False) -> Optional[Path]:
     """--config / QUEUECTL_CONFIG, else ./config.yaml, else the user's config file."""
     chosen = explicit or env.get("QUEUECTL_CONFIG")
     if chosen:
         return Path(chosen)
     local = Path("config.yaml")
-    if local.is_file():
+    if not skip_local and local.is_file():
         return local.resolve()
     xdg = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     user = Path(xdg) / "queuectl" / "config.yaml"
@@ -156,16 +164,61 @@ def _parse_config_file(path: Path) -> dict:
     import yaml  # only when there is a file to parse
 
     try:
-        data = yaml.safe_load(raw)
+        data = yaml.load(raw, Loader=_bounded_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        raise UsageError(f"config file {path}{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        raise UsageError(f"config file {path}{where} is not valid YAML: {getattr(exc, 'problem', None) or exc}") \
+            from None
+    except RecursionError:
+        raise UsageError(f"config file {path} is nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UsageError(f"config file {path} must hold a mapping of settings")
     return {normalise_key(k): v for k, v in data.items()}
+
+
+MAX_CONFIG_NODES = 10000        # far more than any settings file; a YAML alias bomb expands to billions
+
+
+def _bounded_loader():
+    import yaml
+
+    class BoundedLoader(yaml.SafeLoader):
+        """Counts the values built, each alias counted with everything it repeats."""
+
+        def __init__(self, stream):
+            super().__init__(stream)
+            self.sizes: dict = {}
+            self.total = 0
+
+        def construct_document(self, node):
+            self._measure(node, set())
+            return super().construct_document(node)
+
+        def _measure(self, node, seen) -> int:
+            key = id(node)
+            if key in self.sizes:
+                size = self.sizes[key]
+            else:
+                if key in seen:
+                    raise yaml.YAMLError("a YAML alias refers to itself")
+                seen.add(key)
+                children = node.value if isinstance(node.value, list) else []
+                size = 1
+                for child in children:
+                    for part in (child if isinstance(child, tuple) else (child,)):
+                        size += self._measure(part, seen)
+                        if size > MAX_CONFIG_NODES:
+                            break
+                    if size > MAX_CONFIG_NODES:
+                        break
+                self.sizes[key] = size
+            if size > MAX_CONFIG_NODES:
+                raise yaml.YAMLError(f"it expands to more than {MAX_CONFIG_NODES} values (a YAML alias bomb?)")
+            return size
+    return BoundedLoader
 
 
 class Config:
@@ -180,14 +233,24 @@ class Config:
         self.settings: dict[str, Setting] = {}
         self.store_loader: Optional[Callable[[], dict]] = None
         self._store_values: Optional[dict] = None
+        self.implicit_local = False           # found as ./config.yaml, not named by --config or $QUEUECTL_CONFIG
+        self.ignored_path: Optional[Path] = None   # a ./config.yaml passed over as another tool's
         for setting in CORE_SETTINGS:
             self.register(setting)
 
     @classmethod
-    def load(cls, config_path: Optional[str] = None, flags: Optional[dict] = None, env=None) -> "Config":
+    def load(cls, config_path: Optional[str] = None, flags: Optional[dict] = None, env=None,
+             skip_local: bool = False) -> "Config":
         env = os.environ if env is None else env
-        path = find_config_file(config_path, env)
-        return cls(path, read_config_file(path), flags, env)
+        path = find_config_file(config_path, env, skip_local)
+        cfg = cls(path, read_config_file(path), flags, env)
+        cfg.implicit_local = bool(path) and not (config_path or env.get("QUEUECTL_CONFIG"))
+        cfg.implicit_local = cfg.implicit_local and path == Path("config.yaml").resolve()
+        return cfg
+
+    def maybe_foreign(self) -> bool:
+        """An implicit ./config.yaml with keys, none of them a core setting: perhaps another tool's."""
+        return self.implicit_local and bool(self.file_data) and not set(self.file_data) & set(self.settings)
 
     @property
     def base_dir(self) -> Path:
@@ -212,10 +275,16 @@ class Config:
                 raise UsageError(f"config file {self.path}: unknown key {key!r}")
             self._parse(self.settings[key], value, f"config file {self.path}")
 
+    def check_env(self) -> None:
+        """Refuse a bad QUEUECTL_<KEY> value, naming the variable."""
+        for setting in self.settings.values():
+            if setting.env_var in self.env:
+                self._parse(setting, self.env[setting.env_var], f"environment {setting.env_var}")
+
     def _parse(self, setting: Setting, value: Any, where: str) -> Any:
         try:
             return setting.parse(value)
-        except ValueError as exc:
+        except (ValueError, TypeError, OverflowError) as exc:
             raise UsageError(f"{where}: {setting.name}: {exc}") from None
 
     def parse(self, key: str, value: Any) -> Any:
@@ -240,13 +309,31 @@ class Config:
         """The value of a key and where it came from."""
         setting = self.setting(key)
         value, source = self._raw(setting.name)
-        if source != "default":
+        if source == "store":
+            try:
+                value = setting.parse(value)
+            except (ValueError, TypeError, OverflowError) as exc:
+                return self._bad_stored(setting, value, exc), "default"
+        elif source != "default":
             value = self._parse(setting, value, f"{source} value")
             if setting.path and source == "file" and value and "://" not in value:
                 value = str((self.base_dir / os.path.expanduser(value)).resolve())
             elif setting.path and value and "://" not in value:
                 value = os.path.abspath(os.path.expanduser(value))
         return value, source
+
+    def _bad_stored(self, setting: Setting, value: Any, exc: Exception) -> Any:
+        """A stored value that `config set` would refuse (written by another tool or an older queuectl):
+        one line per process and value, then the default, so no pool or command stops over it."""
+        warned = self.__dict__.setdefault("_warned", set())
+        if (setting.name, repr(value)) not in warned:
+            warned.add((setting.name, repr(value)))
+            import sys
+
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            print(f"queuectl: stored setting {setting.name} = {shown} is invalid ({exc}); "
+                  f"using the default {setting.default!r}", file=sys.stderr)
+        return setting.default
 
     def get(self, key: str) -> Any:
         return self.lookup(key)[0]

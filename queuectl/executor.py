@@ -6,7 +6,7 @@ one with its ``executor`` field (default ``shell``, the built-in subprocess exec
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 from .models import ExecResult, Job, Lease
 
@@ -19,6 +19,10 @@ class RunContext:
     run_id: str                 # unique per attempt; lets the executor find its processes again
     env: dict                   # variables to export: QUEUECTL_JOB_ID, QUEUECTL_ATTEMPT, QUEUECTL_RUN_ID
     config: Any                 # the queue's settings (an executor reads its own keys)
+    # Live output, for `logs --follow`: output(chunks, keep) stores [(stream, offset, bytes)] printed so far
+    # (offsets count the stream's bytes) and keep {stream: (head_end, window)} drops the stored middle
+    # between those offsets (the cap); False when the store was busy (offer it again later). None: not wanted.
+    output: Optional[Callable[[list, dict], bool]] = None
 
 
 class Running(Protocol):

@@ -26,7 +26,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 __all__ = [
     "hookspec", "hookimpl",
     "queuectl_register_storage", "queuectl_register_executors", "queuectl_register_settings",
-    "queuectl_register_job_fields", "queuectl_register_commands",
+    "queuectl_register_job_fields", "queuectl_register_commands", "queuectl_register_notifiers",
     "queuectl_validate_job", "queuectl_job_sources", "queuectl_worker_options", "queuectl_parse_job_file",
     "queuectl_status_info",
     "queuectl_retry_decision",
@@ -79,6 +79,20 @@ def queuectl_register_commands(cli: "click.Group") -> None:
     """Add subcommands to the ``queuectl`` command line.
 
     :param cli: the top-level click group; call ``cli.add_command(...)`` or use ``@cli.command()``.
+    """
+
+
+@hookspec
+def queuectl_register_notifiers(register: Callable[..., None]) -> None:
+    """Register notifiers: channels told when a job completes, is retried or dies.
+
+    The built-in ``notify`` plugin delivers every event from its outbox, in the pool's job
+    source process and never in a worker, retrying a failed delivery with backoff.
+
+    :param register: call ``register(name, deliver, wants=None, retry=True)``.
+        ``deliver(event, queue)`` sends one event (a dict: the webhook body) and raises to fail;
+        ``wants(event_name, queue)`` says whether ``completed``/``retry``/``dead`` is for it
+        (default: every event); ``retry=False`` gives up after one failed delivery.
     """
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import time
 from typing import Any, Optional
@@ -31,10 +32,93 @@ OUTCOMES = (SUCCEEDED, EXITED, TIMED_OUT, WORKER_LOST, INTERRUPTED, START_ERROR,
 
 #: Fields a job may be given on the way in (plugins may declare more).
 INPUT_FIELDS = ("id", "command", "max_retries", "timeout", "cwd", "env", "executor", "priority", "queue",
-                "delay", "run_at", "after", "unique_key")
+                "delay", "run_at", "after", "unique_key",
+                "labels", "argv")
 #: Fields only queuectl sets.
 PROTECTED_FIELDS = ("state", "attempts", "created_at", "updated_at")
 QUEUE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+# --- ranges: every number a job, an option or a setting holds, defined once -----------------
+# The validator, the settings and the click option types all check against these, so SQLite and
+# PostgreSQL (64-bit integers, finite doubles) always receive values they can store and render.
+
+INT64_MAX = 2 ** 63 - 1
+MAX_SECONDS = 10 * 365 * 86400          # the longest delay, timeout, age or backoff: ten years
+MAX_INTERVAL = 3600.0                   # the longest poll or check interval: one hour
+MAX_WAIT = 86400.0                      # the longest lease, kill grace or lock wait: one day
+MAX_TIME = 253402300799.0               # 9999-12-31T23:59:59Z, the last second every platform renders
+#: Linux's limit for one exec argument (MAX_ARG_STRLEN), its terminating NUL included: a command,
+#: env value or cwd must be shorter.
+MAX_ARG_BYTES = 131072
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A closed range of integers or finite floats; ``check`` returns the value or raises ValueError."""
+
+    low: float
+    high: float
+    integer: bool = False
+    low_open: bool = False        # the low end itself is excluded (a timeout of 0 means nothing)
+
+    def describe(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        if self.low_open:
+            return f"{kind} above {_num(self.low)} and at most {_num(self.high)}"
+        return f"{kind} from {_num(self.low)} to {_num(self.high)}"
+
+    def check(self, value, name: str = ""):
+        out = self._number(value, name)
+        if out != out or out < self.low or out > self.high or (self.low_open and out == self.low):
+            raise self._error(name, value)
+        return out
+
+    def _error(self, name: str, value) -> ValueError:
+        return ValueError(f"{name + ' ' if name else ''}must be {self.describe()}, got {_show(value)}")
+
+    def _number(self, value, name: str):
+        if isinstance(value, str):
+            value = value.strip()
+            try:
+                value = int(value) if self.integer else float(value)
+            except ValueError:
+                raise self._error(name, value) from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self._error(name, value)
+        if self.integer and isinstance(value, float):
+            if not value.is_integer():
+                raise self._error(name, value)
+            return int(value) if abs(value) <= INT64_MAX else value
+        return value if self.integer else float(value)
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+RANGES = {
+    # job fields
+    "max_retries": Range(0, 1000, integer=True),
+    "priority": Range(-100, 100, integer=True),
+    "timeout": Range(0, MAX_SECONDS, low_open=True),
+    "delay": Range(0, MAX_SECONDS),
+    "run_at": Range(0, MAX_TIME),
+    "backoff_base": Range(1, 1000),
+    "exit_code": Range(0, 255, integer=True),
+    # options
+    "concurrency": Range(1, 1_000_000, integer=True),
+    "workers": Range(1, 1024, integer=True),
+    "count": Range(0, INT64_MAX, integer=True),         # --limit, --offset
+    "last": Range(1, INT64_MAX, integer=True),          # list --last
+    "attempt": Range(1, INT64_MAX, integer=True),
+    "age": Range(0, MAX_SECONDS),                       # purge --older-than
+    # settings
+}
 
 
 def now() -> float:
@@ -42,13 +126,24 @@ def now() -> float:
 
 
 def iso(ts: Optional[float]) -> Optional[str]:
-    """ISO-8601 UTC with millisecond precision, ending in Z."""
+    """ISO-8601 UTC with millisecond precision, ending in Z; total: a time no platform can show is
+    rendered clamped to 1970 or 9999 rather than failing the read it is part of."""
     if ts is None:
         return None
     from datetime import datetime, timezone     # only when rendering: most commands never need it
 
-    dt = datetime.fromtimestamp(ts, timezone.utc)
+    ts = finite(ts, 0.0)
+    dt = datetime.fromtimestamp(min(max(ts, 0.0), MAX_TIME), timezone.utc)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def finite(value, default=None):
+    """``value`` as a finite float, or ``default`` for NaN, infinity and anything not a number."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return default
+    return out if math.isfinite(out) else default
 
 
 @dataclasses.dataclass
@@ -92,9 +187,19 @@ class Job:
     after: list = dataclasses.field(default_factory=list)     # ids of jobs this one waits for
     waiting_on: int = 0       # how many of them have not completed yet
     cancel_requested: bool = False
+    labels: dict = dataclasses.field(default_factory=dict)   # KEY=VALUE tags, shown in `list`, filterable
+    argv: Optional[list] = None   # run without a shell (command is then its shell-quoted form, for display)
+    edits: list = dataclasses.field(default_factory=list)    # `queuectl edit`: when, and the values before
     last_error: Optional[str] = None
     exit_code: Optional[int] = None
     lease: Optional[Lease] = None
+
+    @property
+    def retries_left(self) -> int:
+        """Retries still allowed: the first attempt is not a retry, so a job that has not run has all of them."""
+        if self.state in FINISHED_STATES:
+            return 0
+        return max(0, self.max_retries - max(0, self.tries - 1))
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -105,9 +210,11 @@ class Job:
             "executor": self.executor, "cwd": self.cwd, "env": dict(self.env),
             "timeout": self.timeout, "source": self.source, "unique_key": self.unique_key,
             "after": list(self.after), "waiting_on": self.waiting_on,
-            "retries_left": max(0, self.max_retries + 1 - self.tries) if self.state != "completed" else 0,
+            "retries_left": self.retries_left,
             "last_error": self.last_error, "exit_code": self.exit_code,
             "worker": None,
+            "labels": dict(self.labels), "argv": list(self.argv) if self.argv is not None else None,
+            "edits": [dict(e) for e in self.edits],
         }
         if self.lease is not None:
             out["worker"] = {"id": self.lease.owner, "host": self.lease.host, "pid": self.lease.pid,
@@ -179,8 +286,8 @@ class RetryDecision:
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def parse_duration(value) -> float:
-    """Seconds from 90, "90", "90s", "10m", "2h", "1d", "1h30m"; ValueError with a message otherwise."""
+def parse_duration(value, high: float = MAX_SECONDS) -> float:
+    """Seconds from 90, "90", "90s", "10m", "2h", "1d", "1h30m" up to ``high``; ValueError otherwise."""
     if isinstance(value, bool):
         raise ValueError(f"not a duration: {value!r}")
     if isinstance(value, (int, float)):
@@ -191,8 +298,10 @@ def parse_duration(value) -> float:
         if not text or re.sub(r"(\d+(?:\.\d+)?)\s*([smhdw]?)", "", text).strip() or not parts:
             raise ValueError(f"not a duration: {value!r} (use e.g. 90, 30s, 10m, 2h, 1d, 1h30m)")
         seconds = sum(float(n) * _UNITS[u or "s"] for n, u in parts)
-    if seconds < 0 or seconds != seconds:
-        raise ValueError(f"a duration cannot be negative: {value!r}")
+    if seconds != seconds or seconds < 0:
+        raise ValueError(f"a duration cannot be negative: {_show(value)}")
+    if seconds > high:
+        raise ValueError(f"a duration must be at most {_num(high)} seconds, got {_show(value)}")
     return seconds
 
 
@@ -209,4 +318,7 @@ def parse_time(value) -> float:
         raise ValueError(f"not an ISO-8601 time: {value!r} (use e.g. 2026-12-01T02:00:00Z)") from None
     if parsed.tzinfo is None:
         raise ValueError(f"time {value!r} has no zone: add Z for UTC or an offset like +01:00")
-    return parsed.timestamp()
+    try:
+        return RANGES["run_at"].check(parsed.timestamp(), "a time")
+    except (OverflowError, ValueError):
+        raise ValueError(f"time {value!r} is outside 1970-01-01 to 9999-12-31") from None

@@ -30,6 +30,8 @@ BUILTINS = (
     ("spool", "queuectl.builtin.spool"),
     ("schedule", "queuectl.builtin.schedule"),
     ("dashboard", "queuectl.builtin.dashboard"),
+    ("notify", "queuectl.builtin.notify"),
+    ("watch", "queuectl.builtin.watch"),
 )
 ENTRY_POINT_GROUP = "queuectl"
 

@@ -13,6 +13,13 @@ from .models import Attempt, Job
 from .plugins import call_registrations, get_plugin_manager
 
 
+AMBIGUOUS_SHOWN = 10            # candidates named when a job id prefix is ambiguous
+#: Fields `queuectl edit` changes, and the states a job may be edited in (it is not running).
+EDITABLE = ("command", "argv", "env", "cwd", "timeout", "labels")
+EDITABLE_STATES = (models.PENDING, models.FAILED, models.DEAD, models.CANCELLED)
+RETRYABLE = (models.COMPLETED, models.DEAD, models.CANCELLED)
+
+
 def new_job_id() -> str:
     return os.urandom(8).hex()        # 64 random bits, like the uuid4 prefix it replaces, at a quarter of the cost
 
@@ -31,6 +38,7 @@ class Queue:
         self.patient = False          # True in workers and pools: wait out a busy store, however long
         self._collect_registrations()
         config.check_file()
+        config.check_env()
         config.store_loader = self._stored_settings
 
     def _stored_settings(self) -> Optional[dict]:
@@ -45,6 +53,18 @@ class Queue:
         flags = dict(flags or {})
         flags.update({"db": db, "plugins-dir": plugins_dir})
         cfg = Config.load(config, flags, env)
+        if cfg.maybe_foreign():
+            # A ./config.yaml none of whose keys queuectl or an installed plugin knows is another
+            # tool's (a web app's "name:"): pass it over, and do not load plugins/ beside it.
+            fallback = cls._build(Config.load(config, flags, env, skip_local=True), plugins)
+            if not set(cfg.file_data) & set(fallback.config.settings):
+                fallback.config.ignored_path = cfg.path
+                return fallback
+            fallback.close()
+        return cls._build(cfg, plugins)
+
+    @classmethod
+    def _build(cls, cfg: Config, plugins: Iterable[tuple[str, Any]]) -> "Queue":
         plugins_folder = cfg.get("plugins-dir")
         if plugins_folder is None and cfg.path is not None and (cfg.base_dir / "plugins").is_dir():
             plugins_folder = str(cfg.base_dir / "plugins")
@@ -178,6 +198,7 @@ class Queue:
             executor=core.get("executor") or "shell", cwd=core.get("cwd") or defaults["cwd"],
             env=core.get("env") or {}, timeout=core.get("timeout"), source=source, fields=fields,
             unique_key=core.get("unique_key"), after=core.get("after") or [],
+            labels=core.get("labels") or {}, argv=core.get("argv"),
         )
 
     def job_defaults(self) -> dict:
@@ -186,6 +207,8 @@ class Queue:
 
     def enqueue(self, spec: Optional[dict] = None, source: Optional[str] = "python", **fields) -> str:
         """Enqueue one job; returns its id."""
+        if spec is not None and not isinstance(spec, dict):
+            raise JobValidationError("a job must be a mapping of fields (a JSON object)")
         return self.enqueue_many([dict(spec or {}, **fields)], source=source)[0]
 
     def enqueue_many(self, specs: Iterable[dict], source: Optional[str] = "python",
@@ -194,6 +217,10 @@ class Queue:
 
         ``receipt`` is recorded with the jobs in the same transaction (see Store.add_jobs).
         """
+        if isinstance(specs, (str, bytes, dict)) or not hasattr(specs, "__iter__"):
+            raise JobValidationError(f"enqueue_many takes a list of jobs, got {type(specs).__name__}")
+        if source is not None and not isinstance(source, str):
+            raise UsageError(f"source must be a string, got {type(source).__name__}")
         defaults = self.job_defaults()
         jobs = [self.build_job(spec, source, defaults) for spec in specs]
         check_no_cycle(jobs)
@@ -203,41 +230,154 @@ class Queue:
         self.store.notify()
         return ids
 
+    def resolve(self, ref: str) -> str:
+        """The id of the job that ``ref`` names: an id, or a unique prefix of one (as git takes commits).
+
+        An exact id always wins; an ambiguous prefix is refused with the candidates it matches.
+        """
+        if isinstance(ref, str):
+            ref = ref.strip().rstrip("…")     # an id copied from a table cut to the terminal's width
+        if isinstance(ref, str) and not ref:
+            raise UsageError("a job id cannot be empty")
+        ref = _job_id(ref)
+        find = getattr(self.store, "find_ids", None)
+        if find is None:                 # a backend without prefix search: exact ids only
+            return ref
+        ids = find(ref, AMBIGUOUS_SHOWN + 1)
+        if ref in ids or len(ids) == 1:
+            return ref if ref in ids else ids[0]
+        if not ids:
+            raise NotFound(f"no job with id {ref!r}")
+        more = ", ..." if len(ids) > AMBIGUOUS_SHOWN else ""
+        raise UsageError(f"job id prefix {ref!r} is ambiguous: {', '.join(ids[:AMBIGUOUS_SHOWN])}{more}")
+
     def get(self, job_id: str) -> Job:
-        job = self.store.get_job(job_id)
+        """A job by its id or a unique prefix of it."""
+        job = self.store.get_job(self.resolve(job_id))
         if job is None:
             raise NotFound(f"no job with id {job_id!r}")
         return job
 
-    def list(self, state: Optional[str] = None, limit: Optional[int] = None, offset: int = 0) -> list[Job]:
+    def list(self, state: Optional[str] = None, limit: Optional[int] = None, offset: int = 0, *,
+             queue: Optional[str] = None, labels: Optional[dict] = None, grep: Optional[str] = None,
+             since: Optional[float] = None, last: Optional[int] = None) -> list[Job]:
+        """Jobs in enqueue order; ``last``: only the newest N. Filters: see Store.list_jobs."""
         if state is not None and state not in models.STATES:
             raise UsageError(f"unknown state {state!r} (one of: {', '.join(models.STATES)})")
-        return self.store.list_jobs(state, limit, offset)
+        limit = None if limit is None else _in_range("count", limit, "limit")
+        offset = _in_range("count", offset, "offset")
+        last = None if last is None else _in_range("count", last, "last")
+        since = None if since is None else _in_range("run_at", since, "since")
+        if queue is not None and (not isinstance(queue, str) or not models.QUEUE_PATTERN.match(queue)):
+            raise UsageError(f"queue name {queue!r} is not valid")
+        if last is not None and (limit is not None or offset):
+            raise UsageError("give --last, or --limit/--offset, not both")
+        filters = {k: v for k, v in (("queue", queue), ("labels", labels), ("grep", grep), ("since", since))
+                   if v not in (None, {}, "")}
+        if last is not None:
+            filters["newest"] = True
+            limit = last
+        return self.store.list_jobs(state, limit, offset, **filters)
+
+    def edit(self, job_id: str, changes: dict, retry: bool = False) -> Job:
+        """Change the command, argv, env, cwd, timeout or labels of a job that is not running.
+
+        Pending, failed, dead and cancelled jobs may be edited; with ``retry`` the job (completed,
+        dead or cancelled) is also run again, in the same transaction. The values before are kept
+        in the job's ``edits`` and its attempts stay.
+        """
+        job = self.get(job_id)
+        unknown = sorted(set(changes) - set(EDITABLE))
+        if unknown:
+            raise UsageError(f"{unknown[0]!r} cannot be edited (only {', '.join(EDITABLE)})")
+        checked = self._check_edit(job, changes)
+        before = {k: getattr(job, k) for k in checked if getattr(job, k) != checked[k]}
+        edit = {"at": models.iso(models.now()), "before": before}
+        retry_from = RETRYABLE if retry else None
+        edited = self.store.edit_job(job.id, RETRYABLE if retry else EDITABLE_STATES, checked, edit, retry_from)
+        if retry or edited.state == models.PENDING:
+            self.store.notify()
+        return edited
+
+    def _check_edit(self, job: Job, changes: dict) -> dict:
+        """The full new values, checked by the validators as a job with them would be.
+
+        A new command runs by the shell, a new argv without one; env and labels replace the old ones.
+        """
+        if "command" in changes:
+            spec = {"command": changes["command"]}
+        elif changes.get("argv") is not None:
+            spec = {"argv": changes["argv"]}
+        else:
+            spec = {"argv": job.argv} if job.argv is not None else {"command": job.command}
+        spec.update({k: changes[k] for k in ("env", "cwd", "timeout", "labels") if changes.get(k) is not None})
+        self.pm.hook.queuectl_validate_job(job=spec, queue=self)
+        checked = {"command": spec["command"], "argv": spec.get("argv")}
+        checked.update({k: spec.get(k) for k in ("env", "cwd", "timeout", "labels") if k in changes})
+        return checked
 
     def attempts(self, job_id: str, attempt: Optional[int] = None) -> list[Attempt]:
-        self.get(job_id)
+        job_id = self.get(job_id).id
+        attempt = None if attempt is None else _in_range("attempt", attempt, "attempt")
         found = self.store.attempts(job_id, attempt)
         if attempt is not None and not found:
             raise NotFound(f"job {job_id!r} has no attempt {attempt}")
         return found
 
     def logs(self, job_id: str, attempt: Optional[int] = None) -> list[dict]:
-        return [a.to_dict() for a in self.attempts(job_id, attempt)]
+        """Every attempt as a dict; the running one (``running`` true) with the output it printed so far."""
+        from . import output
+
+        live = output.running_attempt(self, self.get(job_id))
+        if live is not None and attempt == live["attempt"]:
+            return [live]
+        entries = [dict(a.to_dict(), running=False) for a in self.attempts(job_id, attempt)]
+        return entries + ([live] if live is not None and attempt is None else [])
+
+    def output_since(self, job_id: str, attempt: int, cursor: int = 0) -> tuple[list[dict], int]:
+        """Chunks of an attempt's live output stored after ``cursor`` (0: from the start), and the new cursor.
+
+        Each chunk: ``stream``, ``offset`` (bytes of that stream before it) and ``data`` (bytes). A gap
+        between one chunk's end and the next one's offset is output the cap dropped. Chunks are kept
+        while the attempt runs and for a minute after.
+        """
+        from . import output
+
+        self.get(job_id)
+        if not output.supported(self.store):
+            return [], cursor
+        rows = self.store.output_chunks(job_id, attempt, cursor)
+        return ([{"stream": stream, "offset": offset, "data": data} for _, stream, offset, data in rows],
+                rows[-1][0] if rows else cursor)
+
+    def follow(self, job_id: str):
+        """Events of a job's output as it is produced, until the job is terminal (see queuectl.output.follow)."""
+        from . import output
+
+        self.get(job_id)
+        return output.follow(self, job_id)
 
     def retry(self, job_id: str, states: tuple = (models.DEAD,)) -> Job:
         """Dead (or another finished state) -> pending with a fresh retry budget; the history stays."""
-        self.get(job_id)
+        states = tuple([states] if isinstance(states, str) else states)
+        if not states or any(state not in models.FINISHED_STATES for state in states):
+            raise UsageError(f"only finished jobs can be retried ({', '.join(models.FINISHED_STATES)})")
+        job_id = self.get(job_id).id
         job = self.store.retry_job(job_id, states)
         self.store.notify()
         return job
 
     def cancel(self, job_id: str) -> str:
         """A pending job never runs; a running job's processes are stopped by its worker."""
-        return self.store.cancel_job(job_id)
+        return self.store.cancel_job(self.resolve(job_id))
 
     def set_queue(self, name: str, concurrency=..., paused: Optional[bool] = None) -> dict:
-        if not models.QUEUE_PATTERN.match(name):
+        if not isinstance(name, str) or not models.QUEUE_PATTERN.match(name):
             raise UsageError(f"queue name {name!r} is not valid")
+        if concurrency is not ... and concurrency is not None:
+            concurrency = _in_range("concurrency", concurrency, "a queue limit")
+        if paused is not None and not isinstance(paused, bool):
+            raise UsageError(f"paused must be True or False, got {paused!r}")
         row = self.store.set_queue(name, concurrency=concurrency, paused=paused)
         self.store.notify()
         return row
@@ -246,7 +386,18 @@ class Queue:
         return self.store.queues()
 
     def purge(self, states: Iterable[str], older_than: float) -> int:
+        """Delete finished jobs last updated more than ``older_than`` seconds ago (0 to ten years)."""
+        if isinstance(states, str) or not hasattr(states, "__iter__"):
+            raise UsageError("states must be a list of finished states")
         states = tuple(states)
+        if not states:
+            raise UsageError("give at least one state to purge")
+        if isinstance(older_than, str):
+            try:
+                older_than = models.parse_duration(older_than)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+        older_than = _in_range("age", older_than, "older_than")
         for state in states:
             if state not in models.FINISHED_STATES:
                 raise UsageError(f"only finished jobs can be purged ({', '.join(models.FINISHED_STATES)}), "
@@ -264,7 +415,16 @@ class Queue:
     def workers(self) -> list[dict]:
         return self.store.workers()
 
+    def latest_failures(self, limit: int = 5) -> list[Job]:
+        """Failed (waiting for a retry) and dead jobs, the most recently changed first."""
+        if not hasattr(self.store, "recent_jobs"):
+            return []
+        found = [job for state in (models.FAILED, models.DEAD) for job in self.store.recent_jobs(state, limit)]
+        return sorted(found, key=lambda job: job.updated_at, reverse=True)[:limit]
+
     def request_stop(self) -> int:
+        """Ask every live pool to stop; returns how many were asked (0: no pool is running)."""
+        self.forget_dead_workers()
         count = self.store.request_stop()
         self.store.notify()
         return count
@@ -311,14 +471,54 @@ class Queue:
             raise UsageError("a page holds 1 to 1000 jobs")
         return self._reader("page_jobs")(state=state, queue=queue, text=text, before=before, limit=limit)
 
+    def _dead_workers(self, host: Optional[str] = None) -> tuple[list, list]:
+        """(live rows, ids of dead rows): a row on this host whose process is gone is dead (a pool
+        killed whole leaves its rows behind); other hosts' rows count as live, only they can tell."""
+        from .process import host_id, pid_alive
+
+        host = host or host_id(self)
+        live, dead = [], []
+        for row in self.store.workers():
+            gone = row["host"] == host and not pid_alive(row["pid"], row["pid_start"])
+            if gone:
+                dead.append(row["id"])
+            else:
+                live.append(row)
+        return live, dead
+
+    def live_workers(self) -> list[dict]:
+        """Worker and pool rows, without those of dead processes on this host (a read: nothing is removed)."""
+        return self._dead_workers()[0]
+
+    def forget_dead_workers(self, host: Optional[str] = None) -> int:
+        """Remove the rows of dead workers and pools on this host; returns how many."""
+        dead = self._dead_workers(host)[1]
+        for worker_id in dead:
+            self.store.remove_worker(worker_id)
+        return len(dead)
+
     def status(self) -> dict:
-        return {
+        """What `status` shows; times are ISO-8601 UTC, as everywhere in JSON."""
+        data = {
             "config_file": str(self.config.path) if self.config.path else None,
             "store": self.store.describe(),
             "counts": self.counts(),
-            "workers": self.workers(),
+            "workers": [dict(w, started_at=models.iso(w["started_at"]), heartbeat_at=models.iso(w["heartbeat_at"]))
+                        for w in self.live_workers()],
+            "running": self.running(),
             "plugins": self.plugin_status(),
         }
+        if getattr(self.config, "ignored_path", None):
+            data["ignored_config"] = str(self.config.ignored_path)
+        return data
+
+    def running(self) -> list[dict]:
+        """Jobs being run now: id, command, queue, worker, host, pid, started_at and elapsed seconds."""
+        now = models.now()
+        return [{"id": j.id, "command": j.command, "queue": j.queue, "worker": j.lease.owner, "host": j.lease.host,
+                 "pid": j.lease.pid, "started_at": models.iso(j.lease.started_at),
+                 "elapsed": round(max(0.0, now - j.lease.started_at), 3) if j.lease.started_at else None}
+                for j in self.store.leases() if j.lease is not None]
 
     def plugin_status(self) -> dict:
         sections = {}
@@ -329,6 +529,7 @@ class Queue:
     # --- settings --------------------------------------------------------------------------
 
     def config_set(self, key: str, value: Any) -> Any:
+        """Store a setting after its parser accepted it (the same check as config.yaml and the environment)."""
         setting = self.config.setting(key)
         if setting.file_only:
             raise UsageError(f"{setting.name} can only be set in config.yaml "
@@ -343,6 +544,19 @@ class Queue:
         removed = self.store.unset_setting(setting.name)
         self.config.refresh()
         return removed
+
+
+def _in_range(kind: str, value: Any, name: str) -> Any:
+    try:
+        return models.RANGES[kind].check(value, name)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _job_id(job_id: Any) -> str:
+    if not isinstance(job_id, str) or not job_id or "\0" in job_id or len(job_id) > 1024:
+        raise UsageError(f"not a job id: {job_id!r}"[:120])
+    return job_id
 
 
 def check_no_cycle(jobs: list[Job]) -> None:

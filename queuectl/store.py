@@ -79,8 +79,25 @@ class Store(Protocol):
 
     def get_job(self, job_id: str) -> Optional[Job]: ...
 
-    def list_jobs(self, state: Optional[str] = None, limit: Optional[int] = None, offset: int = 0) -> list[Job]:
-        """Jobs in enqueue order, optionally of one state."""
+    def list_jobs(self, state: Optional[str] = None, limit: Optional[int] = None, offset: int = 0,
+                  newest: bool = False, **filters) -> list[Job]:
+        """Jobs in enqueue order, optionally of one state.
+
+        ``newest``: the last ``limit`` jobs (still returned in enqueue order). Filters, given only
+        when set: ``queue`` (a name), ``labels`` ({key: value, or None for "has the key"}, all must
+        match), ``grep`` (a case-insensitive substring of the command), ``since`` (enqueued at or
+        after, epoch seconds).
+        """
+
+    def find_ids(self, prefix: str, limit: int) -> list[str]:
+        """Up to ``limit`` job ids that start with ``prefix``, in id order."""
+
+    def edit_job(self, job_id: str, from_states: tuple, changes: dict, edit: dict,
+                 retry_from: Optional[tuple] = None) -> Job:
+        """Change the fields in ``changes`` (command, argv, env, cwd, timeout, labels) of a job in one
+        of ``from_states`` and append ``edit`` to its history; with ``retry_from``, also retry it as
+        retry_job does, in the same transaction. Conflict in another state.
+        """
 
     def counts(self) -> dict[str, int]:
         """Jobs per state, kept up to date by the store instead of counted on demand."""
@@ -167,6 +184,23 @@ class Store(Protocol):
     def workers(self) -> list[dict]: ...
     def request_stop(self, host: Optional[str] = None) -> int:
         """Ask every registered pool (on ``host``, or everywhere) to stop; returns how many."""
+
+    # live output (optional: a backend without these shows output when the attempt ends)
+    def append_output(self, job_id: str, attempt: int, chunks: list, keep: dict) -> None:
+        """Store chunks ``[(stream, offset, bytes)]`` of a running attempt; for each ``keep[stream] =
+        (head_end, window)`` delete that stream's chunks lying wholly between the two offsets (the cap)."""
+
+    def output_chunks(self, job_id: str, attempt: int, after: int = 0) -> list:
+        """Chunks ``(seq, stream, offset, bytes)`` of an attempt with ``seq > after``, in the order stored."""
+
+    def expire_output(self, older_than: float) -> int:
+        """Delete chunks older than ``older_than`` seconds of attempts no longer running; return how many."""
+
+    def output_listener(self) -> Optional[Listener]:
+        """A handle that becomes ready when output is stored; None: followers poll ``output_chunks``."""
+
+    def recent_jobs(self, state: str, limit: int) -> list[Job]:
+        """The jobs of ``state`` changed last, newest first (optional; for `top`)."""
 
     # statistics
     def stats(self) -> dict:

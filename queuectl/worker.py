@@ -19,6 +19,7 @@ from typing import Optional
 from . import models
 from .errors import QueueError
 from .executor import RunContext
+from .output import expire_live_output, live_output_sink
 from .process import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, host_id, pid_alive, pid_start_time, prctl
 from .models import Attempt, ExecResult, Job
 from .store import Transition, WorkerInfo
@@ -37,7 +38,9 @@ RENEW_WAIT_MAX = 2.0   # one renewal's wait for a locked store, so signals and t
 
 
 def log(message: str) -> None:
-    print(f"queuectl: {message}", file=sys.stderr, flush=True)
+    from .screen import log as diagnostic     # timestamped (stdlib logging) under `worker start -v`
+
+    diagnostic(message)
 
 
 def new_info(queue, kind: str, pool_id: Optional[str] = None) -> WorkerInfo:
@@ -82,16 +85,8 @@ def record(queue, job: Job, attempt: Attempt, claim_next: Optional[WorkerInfo] =
 
 
 def prune_workers(queue, host: str) -> int:
-    """Forget the rows of workers and pools on this host whose process is gone.
-
-    Rows of other hosts are left alone: only their own host can tell for sure, and removing a
-    live pool's row would hide it from `worker stop`.
-    """
-    gone = [w["id"] for w in queue.store.workers()
-            if w["host"] == host and not pid_alive(w["pid"], w["pid_start"])]
-    for worker_id in gone:
-        queue.store.remove_worker(worker_id)
-    return len(gone)
+    """Forget the rows of workers and pools on this host whose process is gone (see Queue)."""
+    return queue.forget_dead_workers(host)
 
 
 def recover(queue, host: str, lost_owner: Optional[str] = None) -> int:
@@ -236,7 +231,12 @@ class Worker:
         self._claimed_at = time.monotonic()
         stored, following = record(self.queue, job, attempt, claim_next, self.lease_timeout)
         if self.verbose and stored is not None:
-            log(f"job {job.id} attempt {attempt_no}: {attempt.outcome} in {attempt.duration:.3f}s -> {stored.state}")
+            from .screen import human_duration
+
+            how = f"signal {attempt.signal}" if attempt.signal is not None else f"exit {attempt.exit_code}"
+            dead = f": {stored.last_error}" if stored.state == models.DEAD else ""    # the one dead-job line
+            log(f"job {job.id} attempt {attempt_no}: {attempt.outcome} ({how}) in "
+                f"{human_duration(attempt.duration)} -> {stored.state}{dead}")
         elif stored is not None and stored.state == models.DEAD:
             log(f"job {job.id} is dead after {stored.attempts} attempt(s): {stored.last_error}")
         if following is None and self.burst:
@@ -292,7 +292,8 @@ class Worker:
         env = {"QUEUECTL_JOB_ID": job.id, "QUEUECTL_ATTEMPT": str(attempt_no), "QUEUECTL_RUN_ID": job.lease.run_id}
         try:
             executor = self.queue.executor(job.executor)
-            run = executor.start(job, RunContext(attempt_no, job.lease.run_id, env, self.config))
+            run = executor.start(job, RunContext(attempt_no, job.lease.run_id, env, self.config,
+                                                 output=live_output_sink(self.queue.store, job.id, attempt_no)))
         except (OSError, ValueError, QueueError) as exc:
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             return ExecResult(models.START_ERROR, error=f"could not start: {detail}")
@@ -397,6 +398,10 @@ class Pool:
         queue.store.lock_timeout = None
         queue.store.register_worker(self.info)
         host = self.info.host
+        from .screen import setup_logging
+
+        setup_logging(self.verbose)
+        log(self.banner())
         recover(queue, host)
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
@@ -429,10 +434,10 @@ class Pool:
                     break
                 if time.monotonic() >= next_tick:
                     if not queue.store.heartbeat_worker(self.info.id) and not self.stopping:
-                        log("stop requested through the store; finishing running jobs")
-                        self._begin_stop(force=False)
+                        self._begin_stop(force=False, why="stop requested through the store")
                     recover(queue, host)
                     prune_workers(queue, host)
+                    expire_live_output(queue.store)
                     tick = self.config_tick()
                     next_tick = time.monotonic() + tick
                 self._replace()
@@ -452,12 +457,39 @@ class Pool:
     def _workers(self) -> list[int]:
         return [pid for pid, c in self.children.items() if c["kind"] == "worker"]
 
-    def _begin_stop(self, force: bool) -> None:
+    def banner(self) -> str:
+        """One line: the pool's pid, its workers, its store and what else feeds it (the spool)."""
+        store = self.queue.store.describe()
+        parts = [f"pool {os.getpid()} started: {self.count} worker(s)", f"store {store['backend']} {store['location']}"]
+        if self.queues:
+            parts.append(f"queues {','.join(self.queues)}")
+        for name, values in self.queue.plugin_status().items():
+            # a section's folder, unless the section's own worker option overrides it (--spool DIR, --no-spool)
+            if self.options.get(f"no_{name}"):
+                continue
+            folder = self.options.get(name) or (values or {}).get("folder")
+            if folder:
+                parts.append(f"{name} {os.path.abspath(os.path.expanduser(folder))}")
+        return ", ".join(parts)
+
+    def running_jobs(self) -> int:
+        """Jobs that this pool's workers hold now."""
+        try:
+            mine = {w["id"] for w in self.queue.store.workers() if w.get("pool_id") == self.info.id}
+            return sum(1 for job in self.queue.store.leases() if job.lease and job.lease.owner in mine)
+        except QueueError:
+            return 0
+
+    def _begin_stop(self, force: bool, why: str = "stopping") -> None:
+        first = not self.stopping
         self.stopping = True
+        running = self.running_jobs() if first or force else 0
         for pid in self.children:
             _kill(pid, signal.SIGTERM)
         if force:
-            log("second signal: stopping running jobs")
+            log(f"second signal: stopping {running} running job(s); they will be retried")
+        elif first:
+            log(f"{why}: finishing {running} running job(s); press Ctrl-C again to stop them")
 
     def _reap(self, host: str) -> None:
         while True:
@@ -483,8 +515,16 @@ class Pool:
                     self._respawn_at = time.monotonic() + self._respawn_delay
                 if not (self.stopping or (self.burst and clean)):
                     self._missing = getattr(self, "_missing", 0) + 1
+            elif child["kind"] == "sources" and not self.stopping:
+                log(f"job source process {pid} died; starting another")
+                self._sources_due = time.monotonic() + 1.0     # one that dies at once must not spin
 
     def _replace(self) -> None:
+        # A lost sources process is started again: the spool, schedules and notification deliveries live there.
+        sources_due = getattr(self, "_sources_due", None)
+        if sources_due is not None and not self.stopping and time.monotonic() >= sources_due:
+            self._sources_due = None
+            self._spawn("sources")
         missing = getattr(self, "_missing", 0)
         if self.stopping or not missing or time.monotonic() < self._respawn_at:
             return

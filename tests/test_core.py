@@ -88,8 +88,8 @@ def test_a_refused_job_in_a_batch_stores_nothing(rqueue):
     ({"command": "true", "nope": 1}, "unknown field 'nope'"),
     ({"command": "   "}, "command is empty"),
     ({"command": "true", "env": {"A": [1]}}, "env value of A must be a string"),
-    ({"command": "true", "priority": 1000}, "priority must be between -100 and 100"),
-    ({"command": "true", "timeout": -1}, "timeout must be a positive number"),
+    ({"command": "true", "priority": 1000}, "priority must be an integer from -100 to 100"),
+    ({"command": "true", "timeout": -1}, "timeout must be a number above 0"),
     ({"command": "true", "id": "has space"}, "is not valid"),
 ])
 def test_validator_refuses(rqueue, spec, message):

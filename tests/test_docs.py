@@ -42,3 +42,15 @@ def test_firstresult_hooks_say_so():
         opts = getattr(hookspecs, name).queuectl_spec
         if opts.get("firstresult"):
             assert "firstresult" in sections[name], f"{name} is firstresult but its section does not say so"
+
+
+def test_every_name_of_the_plugin_surface_is_documented():
+    import queuectl
+    import queuectl.command
+    import queuectl.process
+    import queuectl.term
+
+    section = DOC.read_text().split("## The plugin surface", 1)[1].split("\n## ", 1)[0]
+    for module in (queuectl, queuectl.command, queuectl.process, queuectl.term):
+        missing = [name for name in module.__all__ if f"`{name}`" not in section]
+        assert missing == [], f"{module.__name__}: not in docs/hooks.md's plugin surface: {missing}"

@@ -64,7 +64,7 @@ def test_dlq_retry_gives_a_fresh_budget_and_keeps_history(instance):
     flag.touch()
     assert instance.run("dlq", "retry", job_id).stdout.strip() == f"{job_id} pending"
     job = instance.job(job_id)
-    assert job["state"] == "pending" and job["retries_left"] == 2 and len(job["history"]) == 2
+    assert job["state"] == "pending" and job["retries_left"] == 1 and len(job["history"]) == 2
     assert instance.start_pool(1, "--burst").wait(timeout=60) == 0
     job = instance.job(job_id)
     assert job["state"] == "completed" and job["attempts"] == 3
@@ -98,7 +98,7 @@ def test_sigterm_finishes_running_job_second_signal_interrupts(instance):
     job = instance.job(job_id)
     assert job["state"] == "failed", "interrupted attempts are retried, even with max_retries 0"
     assert job["history"][0]["outcome"] == "interrupted"
-    assert job["retries_left"] == 1
+    assert job["retries_left"] == 0, "retries, not runs: the rerun is not a retry, and max_retries is 0"
 
 
 def test_job_environment_and_working_folder(instance):

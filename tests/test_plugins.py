@@ -250,10 +250,11 @@ def test_group_writable_plugin_is_refused_unless_the_group_is_ours_alone(instanc
 
 
 def test_builtins_use_the_plugin_surface_not_the_cli_or_worker():
-    """Built-in plugins are ordinary plugins: they use queuectl.command and queuectl.process, the
-    documented surface, never the CLI's or the worker's internals."""
+    """Built-in plugins (and the example distributions) are ordinary plugins: they use
+    queuectl.command and queuectl.process, the documented surface, never the CLI's or the worker's internals."""
     offenders = {}
-    for path in sorted((ROOT / "queuectl" / "builtin").glob("*.py")) + sorted((ROOT / "plugins").glob("*.py")):
+    for path in sorted((ROOT / "queuectl" / "builtin").glob("*.py")) + sorted((ROOT / "plugins").glob("*.py")) + \
+            sorted((ROOT / "examples").rglob("*.py")):
         modules = {node.module for node in ast.walk(ast.parse(path.read_text()))
                    if isinstance(node, ast.ImportFrom) and node.module}
         modules |= {alias.name for node in ast.walk(ast.parse(path.read_text()))

@@ -99,7 +99,7 @@ def test_second_signal_stops_the_whole_tree_as_interrupted(instance):
     assert time.monotonic() - second >= 5 * 0.9, "processes that ignore SIGTERM get the whole kill-grace"
     job = instance.job(job_id)
     assert job["state"] == "failed" and job["history"][0]["outcome"] == "interrupted"
-    assert job["retries_left"] == 1, "an interrupted attempt does not use up a retry"
+    assert job["retries_left"] == 0, "an interrupted attempt does not use up a retry (of max_retries 0)"
     assert attempt_pids(job_id) == [], "the whole tree was stopped"
     assert instance.job(waiting)["state"] == "pending", "nothing new was claimed after the first signal"
 

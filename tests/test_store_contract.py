@@ -129,14 +129,22 @@ def ready(listener, timeout: float) -> bool:
 # --- schema --------------------------------------------------------------------------------
 
 
+def latest_schema(backend) -> int:
+    if backend.kind == "postgres":
+        from queuectl.builtin.postgres_store import SCHEMA_VERSION
+    else:
+        from queuectl.builtin.sqlite_store import SCHEMA_VERSION
+    return SCHEMA_VERSION
+
+
 def test_init_is_idempotent_and_described(backend):
     store = backend.store()
     store.init()
     store.init()
     info = store.describe()
     assert info["backend"] in ("sqlite", "postgresql")
-    assert info["schema_version"] == 3
-    assert backend.store().describe()["schema_version"] == 3      # a second handle finds it ready
+    assert info["schema_version"] == latest_schema(backend)
+    assert backend.store().describe()["schema_version"] == latest_schema(backend)   # a second handle finds it ready
 
 
 def test_newer_schema_is_refused(backend):
@@ -831,10 +839,11 @@ def test_a_version_1_store_is_migrated(backend):
     backend.raw("INSERT INTO {s}jobs (id, command, state, max_retries, created_at, updated_at, run_at) "
                 "VALUES ('v1-job', 'true', 'pending', 3, 1, 1, 1)")
     store = backend.store()
-    assert store.describe()["schema_version"] == 3
+    assert store.describe()["schema_version"] == latest_schema(backend)
     job = store.get_job("v1-job")
     assert (job.state, job.unique_key, job.after, job.waiting_on, job.cancel_requested) == \
            ("pending", None, [], 0, False)
+    assert (job.labels, job.argv, job.edits) == ({}, None, [])          # schema 3's columns, read as empty
     assert store.claim(worker(), 30).id == "v1-job"
     assert store.add_jobs([make_job("v2-job", after=["v1-job"], unique_key="u")]) == ["v2-job"]
 
@@ -975,6 +984,49 @@ def test_retry_is_refused_when_a_dependency_was_purged(backend):
     assert store.get_job("child").state == "dead"
 
 
+# --- live output -----------------------------------------------------------------------------------
+
+
+def test_live_output_chunks_trim_and_expire(backend):
+    store = backend.store()
+    store.add_jobs([make_job("live")])
+    job = store.claim(worker(), 30)
+    store.append_output("live", job.attempts, [("stdout", 0, b"head"), ("stderr", 0, b"E")],
+                        {"stdout": (4, 4), "stderr": (1, 1)})
+    first = store.output_chunks("live", job.attempts, 0)
+    assert [(s, o, d) for _, s, o, d in first] == [("stdout", 0, b"head"), ("stderr", 0, b"E")]
+    # the cap: the head is 4 bytes; the tail now starts at 10, so the chunk at 4..8 is dropped, 8..12 kept
+    store.append_output("live", job.attempts, [("stdout", 4, b"mid1"), ("stdout", 8, b"tail")],
+                        {"stdout": (4, 4)})
+    store.append_output("live", job.attempts, [("stdout", 12, b"end")], {"stdout": (4, 10)})
+    later = store.output_chunks("live", job.attempts, first[-1][0])
+    assert [(o, d) for _, _, o, d in later] == [(8, b"tail"), (12, b"end")]
+    assert later[0][0] > first[-1][0]                    # the cursor only moves forward
+    assert store.expire_output(0.0) == 0                 # the attempt still runs: nothing expires
+    run(store, job)
+    assert len(store.output_chunks("live", job.attempts, 0)) == 4     # kept for followers a while
+    assert store.expire_output(3600) == 0
+    time.sleep(0.05)
+    assert store.expire_output(0.01) == 4
+    assert store.output_chunks("live", job.attempts, 0) == []
+
+
+def test_output_listener_wakes_on_output(backend):
+    store = backend.store()
+    listener = store.output_listener()
+    if listener is None:
+        assert backend.kind == "sqlite"                  # SQLite followers poll an indexed read
+        return
+    try:
+        listener.drain()
+        store.add_jobs([make_job("loud")])
+        job = store.claim(worker(), 30)
+        backend.store().append_output("loud", job.attempts, [("stdout", 0, b"x")], {"stdout": (1, 1)})
+        assert ready(listener, 2.0)
+    finally:
+        listener.close()
+
+
 # --- the dashboard's reads: counters per queue, the per-minute ring, keyset pages ----------------------
 
 
@@ -1082,9 +1134,9 @@ def test_job_pages_go_newest_first_through_every_filter(store, budget, monkeypat
     assert page_all(store, text="%") == [] and page_all(store, text="_") == []     # no wildcards
 
 
-def test_a_version_2_store_gets_its_counters_and_series_on_migration(backend):
+def test_a_version_4_store_gets_its_counters_and_series_on_migration(backend):
     """A store from before the dashboard: jobs per queue and the last day's attempts are rolled up once."""
-    create_old_store(backend, 2)
+    create_old_store(backend, 4)
     now = time.time()
     for i, (queue, state) in enumerate([("q1", "pending"), ("q1", "dead"), ("q2", "completed")]):
         backend.raw("INSERT INTO {s}jobs (id, command, state, max_retries, created_at, updated_at, run_at, queue) "
@@ -1093,7 +1145,7 @@ def test_a_version_2_store_gets_its_counters_and_series_on_migration(backend):
         backend.raw("INSERT INTO {s}attempts (job_id, attempt, outcome, started_at, finished_at) "
                     "VALUES (%s, 1, %s, %s, %s)", (f"v2-{i}", outcome, now - ago - 1, now - ago))
     store = backend.store()
-    assert store.describe()["schema_version"] == 3
+    assert store.describe()["schema_version"] == latest_schema(backend)
     assert store.queue_counts() == {"q1": {"pending": 1, "dead": 1}, "q2": {"completed": 1}}
     hour = store.series(3600, 60)
     assert sum(p["runs"] for p in hour) == 2 and sum(p["failed"] for p in hour) == 1

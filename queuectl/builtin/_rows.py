@@ -5,16 +5,54 @@ import json
 import math
 from typing import Optional
 
-from queuectl.models import PROCESSING, Attempt, Job, Lease
+from queuectl.models import INT64_MAX, MAX_SECONDS, PROCESSING, Attempt, Job, Lease, finite
 
 JOB_COLUMNS = ("id, command, state, attempts, tries, max_retries, priority, queue, executor, cwd, env, timeout, "
                "source, fields, created_at, updated_at, run_at, last_error, exit_code, lease_owner, lease_host, "
                "lease_pid, lease_pid_start, lease_pgid, lease_expires, lease_token, run_id, started_at, "
-               "unique_key, after_ids, waiting_on, cancel_requested")
+               "unique_key, after_ids, waiting_on, cancel_requested, "
+               "labels, argv, edits")
 N_JOB_COLUMNS = JOB_COLUMNS.count(",") + 1
 ATTEMPT_COLUMNS = ("job_id, attempt, outcome, started_at, finished_at, exit_code, signal, error, stdout, stderr, "
                    "worker, host, pid")
 HIST_STEPS = 4          # duration histogram buckets per doubling (about 19% wide)
+
+
+# Reading is total: a row written by another tool (sqlite3, psql) or before a range existed still
+# maps to a Job that lists, shows and runs; an absurd value reads as the nearest sane one.
+
+def _text(value, default: Optional[str] = None) -> Optional[str]:
+    if value is None:
+        return default
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "replace")
+    return value if isinstance(value, str) else str(value)
+
+
+def _int(value, default: Optional[int] = 0) -> Optional[int]:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return max(-INT64_MAX, min(INT64_MAX, value))
+    number = finite(value)
+    return default if number is None else int(max(-INT64_MAX, min(INT64_MAX, number)))
+
+
+def _json(value, kind: type):
+    try:
+        out = json.loads(value) if value else kind()
+    except (ValueError, TypeError, RecursionError):
+        return kind()
+    return out if isinstance(out, kind) else kind()
+
+
+def _env(value) -> dict:
+    return {str(k): _text(v, "") for k, v in _json(value, dict).items()}
+
+
+def _timeout(value) -> Optional[float]:
+    seconds = finite(value)
+    return seconds if seconds is not None and seconds > 0 else None
 
 
 def job_from_row(row) -> Job:
@@ -22,34 +60,61 @@ def job_from_row(row) -> Job:
     (id_, command, state, attempts, tries, max_retries, priority, queue, executor, cwd, env, timeout,
      source, fields, created_at, updated_at, run_at, last_error, exit_code, owner, host, pid, pid_start,
      pgid, expires, token, run_id, started_at, unique_key, after_ids, waiting_on,
-     cancel_requested) = row[:N_JOB_COLUMNS]
+     cancel_requested, labels, argv, edits) = row[:N_JOB_COLUMNS]
     lease = None
     if state == PROCESSING and owner is not None:
-        lease = Lease(owner=owner, host=host, pid=pid, pid_start=pid_start, token=token, run_id=run_id,
-                      expires=expires, pgid=pgid, started_at=started_at,
+        lease = Lease(owner=_text(owner), host=_text(host, ""), pid=_int(pid), pid_start=_int(pid_start, None),
+                      token=_int(token), run_id=_text(run_id, ""), expires=finite(expires, 0.0),
+                      pgid=_int(pgid, None), started_at=finite(started_at),
                       expired=bool(row[N_JOB_COLUMNS]) if len(row) > N_JOB_COLUMNS else False)
-    return Job(id=id_, command=command, state=state, attempts=attempts, tries=tries,
-               max_retries=max_retries, priority=priority, queue=queue, executor=executor, cwd=cwd,
-               env=json.loads(env) if env else {}, timeout=timeout, source=source,
-               fields=json.loads(fields) if fields else {}, created_at=created_at, updated_at=updated_at,
-               run_at=run_at, last_error=last_error, exit_code=exit_code, lease=lease,
-               unique_key=unique_key, after=json.loads(after_ids) if after_ids else [],
-               waiting_on=waiting_on, cancel_requested=bool(cancel_requested))
+    return Job(id=_text(id_, ""), command=_text(command, ""), state=_text(state, ""), attempts=_int(attempts),
+               tries=_int(tries), max_retries=_int(max_retries), priority=_int(priority),
+               queue=_text(queue, "default"), executor=_text(executor, "shell"), cwd=_text(cwd),
+               env=_env(env), timeout=_timeout(timeout), source=_text(source), fields=_json(fields, dict),
+               created_at=finite(created_at, 0.0), updated_at=finite(updated_at, 0.0), run_at=finite(run_at, 0.0),
+               last_error=_text(last_error), exit_code=_int(exit_code, None), lease=lease,
+               unique_key=_text(unique_key), after=[_text(a) for a in _json(after_ids, list)],
+               waiting_on=_int(waiting_on), cancel_requested=bool(_int(cancel_requested)),
+               labels={_text(k): _text(v) for k, v in _json(labels, dict).items()},
+               argv=[_text(a) for a in _json(argv, list)] or None, edits=_json(edits, list))
+
+
+def _bytes(value) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    return bytes(value) if isinstance(value, (bytes, bytearray, memoryview)) else str(value).encode()
 
 
 def attempt_from_row(row) -> Attempt:
     (job_id, attempt, outcome, started, finished, exit_code, sig, error, out, err, worker, host, pid) = row
-    return Attempt(job_id=job_id, attempt=attempt, outcome=outcome, started_at=started, finished_at=finished,
-                   exit_code=exit_code, signal=sig, error=error, stdout=bytes(out or b""),
-                   stderr=bytes(err or b""), worker=worker, host=host, pid=pid)
+    return Attempt(job_id=_text(job_id, ""), attempt=_int(attempt), outcome=_text(outcome, ""),
+                   started_at=finite(started, 0.0), finished_at=finite(finished, 0.0),
+                   exit_code=_int(exit_code, None), signal=_int(sig, None), error=_text(error),
+                   stdout=_bytes(out), stderr=_bytes(err), worker=_text(worker), host=_text(host),
+                   pid=_int(pid, None))
+
+
+def settings_from_rows(rows) -> dict:
+    """Stored settings; a value that is not JSON is passed on as its text, for the setting to refuse."""
+    out = {}
+    for key, value in rows:
+        try:
+            out[_text(key)] = json.loads(value)
+        except (ValueError, TypeError, RecursionError):
+            out[_text(key)] = _text(value)
+    return out
 
 
 def bucket(duration: float) -> int:
     """The duration histogram bucket of an attempt."""
+    duration = min(finite(duration, 0.0), MAX_SECONDS)
     return int(math.floor(math.log2(max(duration, 1e-6) * 1e6) * HIST_STEPS))
 
 
 def bucket_value(index: int) -> float:
+    index = max(0, min(bucket(MAX_SECONDS), _int(index)))       # a bucket written by another tool
     return 2 ** ((index + 0.5) / HIST_STEPS) / 1e6
 
 
@@ -59,7 +124,7 @@ def percentile(hist, total: int, q: float) -> Optional[float]:
         return None
     target, seen = q * total, 0
     for index, n in hist:
-        seen += n
+        seen += _int(n)
         if seen >= target:
             return round(bucket_value(index), 6)
     return round(bucket_value(hist[-1][0]), 6) if hist else None
@@ -68,21 +133,69 @@ def percentile(hist, total: int, q: float) -> Optional[float]:
 def stats_summary(total: int, failed: int, total_duration: float, first: Optional[float], last: Optional[float],
                   hist, recent: int, counts: dict) -> dict:
     """What `queuectl stats` reports, from the counters a store keeps current."""
+    total, failed, total_duration = _int(total), _int(failed), finite(total_duration, 0.0)
+    first, last = finite(first), finite(last)
     span = (last - first) if first is not None and last is not None else 0.0
     return {
         "total_runs": total, "failed_runs": failed,
-        "avg_duration": total_duration / total if total else None,
+        "avg_duration": finite(total_duration / total) if total else None,
         "p50_duration": percentile(hist, total, 0.50), "p95_duration": percentile(hist, total, 0.95),
         "dead_jobs": counts.get("dead", 0), "completed_jobs": counts.get("completed", 0),
-        "throughput": total / span if span > 0 else None,
-        "throughput_1m": recent / 60.0,
+        "throughput": finite(total / span) if span > 0 else None,
+        "throughput_1m": _int(recent) / 60.0,
     }
+
+
+#: Job fields `queuectl edit` may change, as (field, column) pairs.
+EDITABLE_FIELDS = ("command", "argv", "env", "cwd", "timeout", "labels")
+
+
+def edit_values(job: Job, changes: dict, edit: dict) -> list:
+    """Column values for an edit: every editable field (changed or kept) and the history with ``edit`` added."""
+    merged = {f: changes.get(f, getattr(job, f)) for f in EDITABLE_FIELDS}
+    return [merged["command"], json.dumps(merged["argv"]) if merged["argv"] is not None else None,
+            json.dumps(merged["env"]) if merged["env"] else None, merged["cwd"], merged["timeout"],
+            json.dumps(merged["labels"]) if merged["labels"] else None, json.dumps(job.edits + [edit])]
+
+
+EDIT_SET = "command = {m}, argv = {m}, env = {m}, cwd = {m}, timeout = {m}, labels = {m}, edits = {m}"
+
+
+def like_pattern(text: str) -> str:
+    """A LIKE pattern matching ``text`` literally (escape character: backslash)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def job_filters(mark: str, label_clause, grep_op: str, state=None, queue=None, labels=None, grep=None,
+                since=None) -> tuple[str, list]:
+    """The WHERE clause of `list` and its parameters, for either SQL backend.
+
+    ``mark`` is the placeholder; ``label_clause(key, value)`` gives one label's condition and params.
+    """
+    clauses, params = [], []
+    if state:
+        clauses.append(f"state = {mark}")
+        params.append(state)
+    if queue:
+        clauses.append(f"queue = {mark}")
+        params.append(queue)
+    for key, value in (labels or {}).items():
+        clause, extra = label_clause(key, value)
+        clauses.append(clause)
+        params.extend(extra)
+    if grep:
+        clauses.append(f"command {grep_op} {mark} ESCAPE '\\'")
+        params.append(f"%{like_pattern(grep)}%")
+    if since is not None:
+        clauses.append(f"created_at >= {mark}")
+        params.append(since)
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
 # --- the dashboard's reads: time series and job pages ------------------------------------------------
 
 SERIES_SLOTS = 1440     # the per-minute rollup is a ring of one day: slot = minute % SERIES_SLOTS
-SCAN_BUDGET = 20000     # rows a job page examines for a filter no index serves (text, queue alone)
+SCAN_BUDGET = 20000     # rows a job page examines for a text filter (no index serves it)
 
 
 def series_row(a: Attempt, finished: Optional[float] = None) -> tuple:
@@ -125,25 +238,22 @@ def keyset_page(read, table: str, mark: str, contains, state=None, queue=None, t
                 limit: int = 50) -> dict:
     """Newest jobs first, ``limit`` at a time, after the cursor ``before`` (a seq).
 
-    State, and queue with state, are served by indexes (jobs_state, jobs_queue_state), so a page
-    costs the same at any number of jobs. A filter no index serves (text, a queue alone) looks at
-    a window of at most SCAN_BUDGET rows; when the page is not full, ``next`` says where to go on.
+    State, queue, and both are served by indexes (jobs_state, jobs_queue, jobs_queue_state), so a
+    page costs the same at any number of jobs. A text filter, which no index serves, looks at a
+    window of at most SCAN_BUDGET rows; when the page is not full, ``next`` says where to go on.
     ``contains(column)`` is the backend's SQL for "position of the parameter in column".
     """
     inner, params = [], []
     if state:
         inner.append(f"state = {mark}")
         params.append(state)
-        if queue:
-            inner.append(f"queue = {mark}")
-            params.append(queue)
+    if queue:
+        inner.append(f"queue = {mark}")
+        params.append(queue)
     if before is not None:
         inner.append(f"seq < {mark}")
         params.append(int(before))
     outer, extra = [], []
-    if queue and not state:
-        outer.append(f"queue = {mark}")
-        extra.append(queue)
     if text:
         outer.append(f"({contains('command')} > 0 OR {contains('id')} = 1)")
         extra += [text, text]

@@ -5,11 +5,12 @@ Per job: ``backoff_base``, ``retry_on`` (exit codes that retry; others go to the
 """
 from __future__ import annotations
 
+import math
 import random
 
 from queuectl import hookimpl
-from queuectl.config import Setting, number
-from queuectl.models import EXITED, RetryDecision
+from queuectl.config import Setting, between, seconds
+from queuectl.models import EXITED, RANGES, RetryDecision, finite
 
 
 def exit_codes(value) -> list:
@@ -32,15 +33,16 @@ def exit_codes(value) -> list:
 
 
 def base(value) -> float:
-    return number(1.0)(value)
+    return RANGES["backoff_base"].check(value)
 
 
 @hookimpl
 def queuectl_register_settings(register):
-    register(Setting("backoff-base", 2.0, number(1.0), "Retry n waits backoff-scale * backoff-base ** n seconds."))
-    register(Setting("backoff-max", 3600.0, number(0.0), "Upper bound of one retry delay, in seconds."))
-    register(Setting("backoff-scale", 1.0, number(0.0), "Multiplies every delay (tests use 0.05 for fast retries)."))
-    register(Setting("backoff-jitter", 0.0, number(0.0), "Spread each delay randomly by up to this fraction "
+    register(Setting("backoff-base", 2.0, base, "Retry n waits backoff-scale * backoff-base ** n seconds."))
+    register(Setting("backoff-max", 3600.0, seconds(0.0), "Upper bound of one retry delay, in seconds."))
+    register(Setting("backoff-scale", 1.0, between(0, 1e6),
+                     "Multiplies every delay (tests use 0.05 for fast retries)."))
+    register(Setting("backoff-jitter", 0.0, between(0, 1), "Spread each delay randomly by up to this fraction "
                      "(0.2: +-20%), so failed jobs do not retry in lockstep."))
     register(Setting("retry-exit-codes", [], exit_codes, "If set, only these exit codes are retried."))
     register(Setting("dead-exit-codes", [], exit_codes, "Exit codes that go to the DLQ at once (e.g. 64)."))
@@ -66,6 +68,16 @@ def _exit_code_verdict(job, attempt, config):
     return None
 
 
+def _delay(scale: float, growth: float, n: int, cap: float) -> float:
+    """min(scale * growth ** n, cap) without overflowing: growth ** n exceeds a float after some retries."""
+    growth = min(max(finite(growth, 2.0), 1.0), 1000.0)      # a job stored by another tool may hold anything
+    if scale <= 0 or cap <= 0:
+        return 0.0
+    if n * math.log(growth) + math.log(scale) >= math.log(cap):
+        return cap
+    return scale * growth ** n
+
+
 @hookimpl(trylast=True)
 def queuectl_retry_decision(job, attempt, queue):
     config = queue.config
@@ -77,7 +89,7 @@ def queuectl_retry_decision(job, attempt, queue):
         return RetryDecision(False, reason=f"gave up after {job.tries} attempt(s): {attempt.error or attempt.outcome}")
     n = retries_used + 1
     growth = job.fields.get("backoff_base", config.get("backoff-base"))
-    delay = min(config.get("backoff-scale") * growth ** n, config.get("backoff-max"))
+    delay = _delay(config.get("backoff-scale"), growth, n, config.get("backoff-max"))
     jitter = min(config.get("backoff-jitter"), 1.0)
     if jitter:
         delay *= random.uniform(1 - jitter, 1 + jitter)

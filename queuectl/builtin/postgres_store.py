@@ -42,14 +42,19 @@ from queuectl.config import Setting
 from queuectl.errors import Conflict, NotFound, QueueError, SchemaError, StoreBusy
 from queuectl.models import CANCELLED, COMPLETED, DEAD, PROCESSING, Attempt, Job
 from queuectl.builtin._rows import (
-    ATTEMPT_COLUMNS, JOB_COLUMNS, N_JOB_COLUMNS, attempt_from_row, bucket, job_from_row, keyset_page,
-    series_backfill, series_points, series_row, stats_summary,
+    ATTEMPT_COLUMNS, EDIT_SET, JOB_COLUMNS, N_JOB_COLUMNS, attempt_from_row, bucket, edit_values, job_filters,
+    job_from_row, keyset_page, like_pattern, series_backfill, series_points, series_row, settings_from_rows,
+    stats_summary,
 )
 from queuectl.store import Transition, WorkerInfo, blocked_message
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 SCHEMA_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 RECONNECT_MAX_DELAY = 1.0       # seconds between reconnection attempts, at most
+COMMAND_OUTAGE = 3.0            # a one-shot command gives up on an unreachable server after this (workers never)
+#: Connection failures that say no server is there at all (as opposed to a busy or restarting one).
+UNREACHABLE_MARKERS = ("Connection refused", "No such file or directory", "could not translate host name",
+                       "Network is unreachable", "No route to host")
 LISTENER_RETRY = 0.5            # seconds between reconnection attempts of an idle worker's LISTEN connection
 
 #: libpq settings used unless the URL gives its own: bounded connects, a dead server found in
@@ -75,7 +80,7 @@ NOW = "extract(epoch FROM statement_timestamp())::float8"
 
 J_JOB_COLUMNS = ", ".join("j." + c.strip() for c in JOB_COLUMNS.split(","))
 INSERT_COLUMNS = ("id, command, state, max_retries, priority, queue, executor, cwd, env, timeout, source, fields, "
-                  "created_at, updated_at, run_at, unique_key, after_ids")
+                  "created_at, updated_at, run_at, unique_key, after_ids, labels, argv")
 N_INSERT_COLUMNS = INSERT_COLUMNS.count(",") + 1
 ACTIVE = "('pending', 'failed', 'processing')"
 #: A job that may start now, as far as the job itself is concerned (its queue is checked apart).
@@ -216,9 +221,28 @@ END $$""",
         """CREATE TABLE {s}.schedules (name text PRIMARY KEY, cron text NOT NULL, spec text NOT NULL,
             missed text NOT NULL, last_tick double precision, created_at double precision NOT NULL)""",
     ],
-    # The dashboard and /metrics, as in the SQLite store's version 3: striped jobs per queue and
-    # state, and a striped per-minute ring of attempts (slot = minute % 1440).
+    # Live output: what a running attempt printed so far, in chunks (see queuectl/output.py).
     3: [
+        """CREATE TABLE {s}.output_chunks (seq bigserial PRIMARY KEY, job_id text NOT NULL,
+            attempt integer NOT NULL, stream text NOT NULL, "offset" bigint NOT NULL, data bytea NOT NULL,
+            written_at double precision NOT NULL)""",
+        "CREATE INDEX output_chunks_attempt ON {s}.output_chunks (job_id, attempt, seq)",
+        "CREATE INDEX output_chunks_written ON {s}.output_chunks (written_at)",
+    ],
+    # Issue 13, the command line, as in the SQLite store's version 4: labels, argv jobs, edit history,
+    # and indexes for `list`'s filters and for id prefixes.
+    4: [
+        "ALTER TABLE {s}.jobs ADD COLUMN labels text, ADD COLUMN argv text, ADD COLUMN edits text",
+        # `list --label K=V` is `labels::jsonb @> '{"K": "V"}'`, answered by this index.
+        "CREATE INDEX jobs_labels ON {s}.jobs USING gin ((labels::jsonb))",
+        "CREATE INDEX jobs_queue ON {s}.jobs (queue, seq)",
+        "CREATE INDEX jobs_created ON {s}.jobs (created_at)",
+        # Byte order whatever the database's collation, so `id LIKE 'ab%'` is a range on it.
+        "CREATE INDEX jobs_id_prefix ON {s}.jobs (id text_pattern_ops)",
+    ],
+    # The dashboard and /metrics, as in the SQLite store's version 5: striped jobs per queue and
+    # state, and a striped per-minute ring of attempts (slot = minute % 1440).
+    5: [
         """CREATE TABLE {s}.queue_counts (queue text NOT NULL, state text NOT NULL, stripe bigint NOT NULL,
             n bigint NOT NULL, PRIMARY KEY (queue, state, stripe))""",
         "INSERT INTO {s}.queue_counts SELECT queue, state, nextval('{s}.stripes'), count(*) FROM {s}.jobs "
@@ -360,6 +384,7 @@ class PostgresStore:
         self.schema = queue.config.get("pg-schema")
         self.s = f'"{self.schema}"'
         self.channel = f'"queuectl_wake_{self.schema}"'
+        self.output_channel = f"queuectl_output_{self.schema}"      # NOTIFY on every stored chunk of output
         self.location = f"{redact(self.conninfo)} (pg-schema {self.schema})"
         self.lock_timeout: Optional[float] = queue.config.get("lock-timeout")
         try:
@@ -434,13 +459,14 @@ class PostgresStore:
                 if not locked and self._permanent(exc):
                     raise QueueError(f"store {self.location}: {_first_line(exc)}") from None
                 waited = time.monotonic() - start
-                if self.lock_timeout is not None and waited >= self.lock_timeout:
+                limit = self._give_up_after(locked, exc)
+                if limit is not None and waited >= limit:
                     if locked:
                         raise StoreBusy(f"the store {self.location} stayed locked by another process "
                                         f"for {waited:.0f} s") from None
                     raise QueueError(f"store {self.location} unavailable for {waited:.0f} s: "
                                      f"{_first_line(exc)}") from None
-                if waited > 1 and not warned:
+                if waited > 1 and not warned and limit is None:     # a command says it once, failing
                     what = "is locked by another process; waiting" if locked else \
                         f"unavailable ({_first_line(exc)}); retrying"
                     print(f"queuectl: store {self.location} {what}", file=sys.stderr, flush=True)
@@ -448,13 +474,22 @@ class PostgresStore:
                 import random
 
                 pause = delay * random.uniform(0.5, 1.0)
-                if self.lock_timeout is not None:
-                    pause = min(pause, max(0.0, self.lock_timeout - waited))
+                if limit is not None:
+                    pause = min(pause, max(0.0, limit - waited))
                 time.sleep(pause)
                 delay = min(delay * 2, RECONNECT_MAX_DELAY)
             except self.pg.Error as exc:
                 self._rollback_quietly()
                 raise QueueError(f"store {self.location}: {_first_line(exc)}") from None
+
+    def _give_up_after(self, locked: bool, exc: BaseException) -> Optional[float]:
+        """Seconds a call retries: workers (lock_timeout None) for ever; a command waits out a lock or
+        a busy server for lock-timeout, but no server at all for only a few seconds."""
+        if self.lock_timeout is None:
+            return None
+        if not locked and any(marker in str(exc) for marker in UNREACHABLE_MARKERS):
+            return min(self.lock_timeout, COMMAND_OUTAGE)
+        return self.lock_timeout
 
     def _rollback_quietly(self) -> None:
         conn = self._conn
@@ -591,7 +626,8 @@ class PostgresStore:
                 json.dumps(j.env) if j.env else None, j.timeout, j.source,
                 json.dumps(j.fields) if j.fields else None, tx.db_time(j.created_at),
                 tx.db_time(j.updated_at), tx.db_time(j.run_at), j.unique_key,
-                json.dumps(j.after) if j.after else None)
+                json.dumps(j.after) if j.after else None,
+                json.dumps(j.labels) if j.labels else None, json.dumps(j.argv) if j.argv is not None else None)
 
     def _store_jobs(self, tx: _Tx, jobs: list[Job]) -> list[str]:
         """Insert in order and link dependencies; returns the ids (a unique key's holder in place of its job).
@@ -717,13 +753,45 @@ class PostgresStore:
         rows = self._read(f"SELECT {JOB_COLUMNS} FROM {{s}}.jobs WHERE id = %s", (job_id,))
         return self._job(rows[0]) if rows else None
 
-    def list_jobs(self, state=None, limit=None, offset=0) -> list[Job]:
-        where, params = ("WHERE state = %s", [state]) if state else ("", [])
-        sql = f"SELECT {JOB_COLUMNS} FROM {{s}}.jobs {where} ORDER BY seq LIMIT %s OFFSET %s"
-        return [self._job(r) for r in self._read(sql, (*params, limit, offset))]
+    def list_jobs(self, state=None, limit=None, offset=0, newest=False, **filters) -> list[Job]:
+        where, params = job_filters("%s", self._label_clause, "ILIKE", state, **filters)
+        order = "seq DESC" if newest else "seq"
+        sql = f"SELECT {JOB_COLUMNS} FROM {{s}}.jobs {where} ORDER BY {order} LIMIT %s OFFSET %s"
+        jobs = [self._job(r) for r in self._read(sql, (*params, limit, offset))]
+        return jobs[::-1] if newest else jobs
+
+    @staticmethod
+    def _label_clause(key: str, value: Optional[str]) -> tuple[str, list]:
+        if value is None:
+            return "labels::jsonb ? %s", [key]
+        return "labels::jsonb @> %s::jsonb", [json.dumps({key: value})]
+
+    def find_ids(self, prefix: str, limit: int) -> list[str]:
+        """Ids that start with ``prefix`` (a range on the text_pattern_ops index)."""
+        rows = self._read("SELECT id FROM {s}.jobs WHERE id LIKE %s ORDER BY id LIMIT %s",
+                          (like_pattern(prefix) + "%", limit))
+        return [r[0] for r in rows]
+
+    def edit_job(self, job_id: str, from_states, changes: dict, edit: dict, retry_from=None) -> Job:
+        def change(tx: _Tx):
+            rows = tx.all(self.q(f"SELECT {JOB_COLUMNS} FROM {{s}}.jobs WHERE id = %s FOR UPDATE"), (job_id,))
+            if not rows or rows[0][2] not in from_states:
+                raise Conflict(f"job {job_id!r} is {rows[0][2] if rows else 'missing'}, "
+                               f"not {' or '.join(from_states)}: it cannot be edited")
+            job = self._job(rows[0])
+            rows = tx.all(self.q(f"UPDATE {{s}}.jobs SET {EDIT_SET.format(m='%s')}, updated_at = {NOW} "
+                                 f"WHERE id = %s RETURNING {JOB_COLUMNS}"),
+                          (*edit_values(job, changes, edit), job_id))
+            return self._retry_in(tx, job_id, retry_from) if retry_from else self._job(rows[0])
+        return self._write(change)
 
     def counts(self) -> dict:
         return {state: int(n) for state, n in self._read("SELECT state, sum(n) FROM {s}.state_counts GROUP BY state")}
+
+    def recent_jobs(self, state: str, limit: int) -> list[Job]:
+        """The jobs of one state changed last, newest first."""
+        return [self._job(r) for r in self._read(
+            f"SELECT {JOB_COLUMNS} FROM {{s}}.jobs WHERE state = %s ORDER BY updated_at DESC LIMIT %s", (state, limit))]
 
     def attempts(self, job_id: str, attempt=None) -> list[Attempt]:
         sql = f"SELECT {ATTEMPT_COLUMNS} FROM {{s}}.attempts WHERE job_id = %s"
@@ -734,31 +802,34 @@ class PostgresStore:
         return [self._attempt(r) for r in self._read(sql + " ORDER BY attempt", params)]
 
     def retry_job(self, job_id: str, from_states) -> Job:
-        def move(tx: _Tx):
-            row = tx.all(self.q("SELECT state FROM {s}.jobs WHERE id = %s FOR UPDATE"), (job_id,))
-            if not row or row[0][0] not in from_states:
-                raise Conflict(f"job {job_id!r} is {row[0][0] if row else 'missing'}, "
-                               f"not {' or '.join(from_states)}")
-            blocker = tx.all(self.q(
-                "SELECT d.dep_id, COALESCE(j.state, 'purged') FROM {s}.job_deps d LEFT JOIN {s}.jobs j "
-                "ON j.id = d.dep_id WHERE d.job_id = %s AND d.satisfied = 0 "
-                "AND (j.state IS NULL OR j.state IN ('dead', 'cancelled')) LIMIT 1"), (job_id,))
-            if blocker:
-                raise Conflict(blocked_message(job_id, *blocker[0]))
-            try:
-                rows = tx.all(self.q(f"UPDATE {{s}}.jobs SET state = 'pending', tries = 0, run_at = {NOW}, "
-                                     f"updated_at = {NOW}, cancel_requested = 0 WHERE id = %s "
-                                     f"RETURNING {JOB_COLUMNS}"), (job_id,))
-            except self.pg.errors.UniqueViolation:
-                raise Conflict(f"job {job_id!r} cannot be retried: its unique key is held by another job") from None
-            return self._job(rows[0])
-        return self._write(move)
+        return self._write(lambda tx: self._retry_in(tx, job_id, from_states))
+
+    def _retry_in(self, tx: _Tx, job_id: str, from_states) -> Job:
+        row = tx.all(self.q("SELECT state FROM {s}.jobs WHERE id = %s FOR UPDATE"), (job_id,))
+        if not row or row[0][0] not in from_states:
+            raise Conflict(f"job {job_id!r} is {row[0][0] if row else 'missing'}, "
+                           f"not {' or '.join(from_states)}")
+        blocker = tx.all(self.q(
+            "SELECT d.dep_id, COALESCE(j.state, 'purged') FROM {s}.job_deps d LEFT JOIN {s}.jobs j "
+            "ON j.id = d.dep_id WHERE d.job_id = %s AND d.satisfied = 0 "
+            "AND (j.state IS NULL OR j.state IN ('dead', 'cancelled')) LIMIT 1"), (job_id,))
+        if blocker:
+            raise Conflict(blocked_message(job_id, *blocker[0]))
+        try:
+            rows = tx.all(self.q(f"UPDATE {{s}}.jobs SET state = 'pending', tries = 0, run_at = {NOW}, "
+                                 f"updated_at = {NOW}, cancel_requested = 0 WHERE id = %s "
+                                 f"RETURNING {JOB_COLUMNS}"), (job_id,))
+        except self.pg.errors.UniqueViolation:
+            raise Conflict(f"job {job_id!r} cannot be retried: its unique key is held by another job") from None
+        return self._job(rows[0])
 
     # --- claiming and leases ---------------------------------------------------------------------
 
-    CLAIM_SET = (f"state = 'processing', attempts = attempts + 1, tries = tries + 1, "
+    # LEAST: a counter written near the column's limit by another tool must not make every claim fail.
+    CLAIM_SET = (f"state = 'processing', attempts = LEAST(attempts, 2147483646) + 1, "
+                 f"tries = LEAST(tries, 2147483646) + 1, "
                  f"lease_owner = %s, lease_host = %s, lease_pid = %s, lease_pid_start = %s, lease_pgid = NULL, "
-                 f"lease_expires = {NOW} + %s, lease_token = lease_token + 1, "
+                 f"lease_expires = {NOW} + %s, lease_token = LEAST(lease_token, 9223372036854775806) + 1, "
                  f"run_id = replace(gen_random_uuid()::text, '-', ''), started_at = {NOW}, updated_at = {NOW}")
 
     @staticmethod
@@ -850,7 +921,8 @@ class PostgresStore:
         def record(tx: _Tx):
             rows = tx.all(self.q(
                 f"UPDATE {{s}}.jobs SET state = %s, run_at = %s, last_error = %s, exit_code = %s, "
-                f"tries = tries - %s, updated_at = {NOW}, lease_owner = NULL, lease_host = NULL, lease_pid = NULL, "
+                f"tries = GREATEST(tries, -2147483647) - %s, updated_at = {NOW}, lease_owner = NULL, "
+                f"lease_host = NULL, lease_pid = NULL, "
                 f"lease_pid_start = NULL, lease_pgid = NULL, lease_expires = NULL, run_id = NULL "
                 f"WHERE id = %s AND lease_token = %s AND state = 'processing' RETURNING {JOB_COLUMNS}, "
                 # whether anything waits for it: most jobs have no dependents, and skip a round trip
@@ -1030,13 +1102,47 @@ class PostgresStore:
             if ids:
                 tx.cur.execute(self.q("DELETE FROM {s}.attempts WHERE job_id = ANY(%s::text[])"), (ids,))
                 tx.cur.execute(self.q("DELETE FROM {s}.job_deps WHERE job_id = ANY(%s::text[])"), (ids,))
+                tx.cur.execute(self.q("DELETE FROM {s}.output_chunks WHERE job_id = ANY(%s::text[])"), (ids,))
             return len(ids)
         return self._write(purge)
+
+    # --- live output -----------------------------------------------------------------------------
+
+    def append_output(self, job_id: str, attempt: int, chunks: list, keep: dict) -> None:
+        def append(tx: _Tx):
+            tx.cur.executemany(self.q(
+                f'INSERT INTO {{s}}.output_chunks (job_id, attempt, stream, "offset", data, written_at) '
+                f"VALUES (%s, %s, %s, %s, %s, {NOW})"),
+                [(job_id, attempt, stream, offset, data) for stream, offset, data in chunks])
+            for stream, (head_end, window) in keep.items():
+                if window > head_end:     # the middle of a long output is not kept (the cap)
+                    tx.cur.execute(self.q(
+                        'DELETE FROM {s}.output_chunks WHERE job_id = %s AND attempt = %s AND stream = %s '
+                        'AND "offset" >= %s AND "offset" + length(data) <= %s'),
+                        (job_id, attempt, stream, head_end, window))
+            tx.cur.execute("SELECT pg_notify(%s, %s)", (self.output_channel, job_id))   # sent at COMMIT
+        self._write(append)
+
+    def output_chunks(self, job_id: str, attempt: int, after: int = 0) -> list:
+        return [(seq, stream, offset, bytes(data)) for seq, stream, offset, data in self._read(
+            'SELECT seq, stream, "offset", data FROM {s}.output_chunks WHERE job_id = %s AND attempt = %s '
+            "AND seq > %s ORDER BY seq", (job_id, attempt, after))]
+
+    EXPIRED_OUTPUT = (f"FROM {{s}}.output_chunks c WHERE c.written_at < {NOW} - %s AND NOT EXISTS (SELECT 1 "
+                      f"FROM {{s}}.jobs j WHERE j.id = c.job_id AND j.state = 'processing' AND j.attempts = c.attempt)")
+
+    def expire_output(self, older_than: float) -> int:
+        if not self._read(f"SELECT 1 {self.EXPIRED_OUTPUT} LIMIT 1", (older_than,)):
+            return 0                      # a read: most calls find nothing
+        return self._auto(f"DELETE {self.EXPIRED_OUTPUT}", (older_than,)).rowcount
+
+    def output_listener(self):
+        return PGListener(self, f'"{self.output_channel}"')
 
     # --- settings --------------------------------------------------------------------------------
 
     def get_settings(self) -> dict:
-        return {k: json.loads(v) for k, v in self._read("SELECT key, value FROM {s}.settings")}
+        return settings_from_rows(self._read("SELECT key, value FROM {s}.settings"))
 
     def set_setting(self, key, value) -> None:
         self._auto("INSERT INTO {s}.settings VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
@@ -1180,8 +1286,9 @@ class PGListener:
     ready once, so the worker looks for work it may have missed while not listening.
     """
 
-    def __init__(self, store: PostgresStore):
+    def __init__(self, store: PostgresStore, channel: Optional[str] = None):
         self.store = store
+        self.channel = channel or store.channel
         self.conn = None
         self._r, self._w = os.pipe()
         os.set_blocking(self._r, False)
@@ -1196,7 +1303,7 @@ class PGListener:
         try:
             conn = self.store.connect()
             conn.add_notice_handler(self._on_notice)
-            conn.execute(f"LISTEN {self.store.channel}")
+            conn.execute(f"LISTEN {self.channel}")
         except self.store.pg.Error:
             if conn is not None:
                 conn.close()

@@ -12,12 +12,14 @@ tick; `skip` enqueues nothing for a tick more than `schedule-grace` seconds late
 from __future__ import annotations
 
 import time
+from typing import Optional
 
 import click
 
 from queuectl import hookimpl
-from queuectl.config import Setting, choice, number, text
+from queuectl.config import Setting, choice, seconds
 from queuectl.errors import NotFound, UsageError
+from queuectl.models import MAX_INTERVAL, iso
 
 MISSED = ("once", "skip")
 
@@ -26,9 +28,25 @@ MISSED = ("once", "skip")
 def queuectl_register_settings(register):
     register(Setting("schedule-missed", "once", choice(*MISSED),
                      "Default policy for ticks missed while no pool ran: once (run the latest) or skip."))
-    register(Setting("schedule-grace", 60.0, number(0.0), "A tick later than this many seconds counts as missed."))
-    register(Setting("schedule-timezone", "UTC", text, "Time zone of cron expressions (IANA name)."))
-    register(Setting("schedule-interval", 1.0, number(0.01), "Seconds between checks for due ticks."))
+    register(Setting("schedule-grace", 60.0, seconds(0.0), "A tick later than this many seconds counts as missed."))
+    register(Setting("schedule-timezone", "UTC", time_zone, "Time zone of cron expressions (IANA name)."))
+    register(Setting("schedule-interval", 1.0, seconds(0.01, MAX_INTERVAL), "Seconds between checks for due ticks."))
+
+
+def time_zone(value) -> str:
+    """An IANA time zone name that this machine knows (or UTC)."""
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        raise ValueError(f"expected a time zone name such as Europe/Paris, got {value!r}")
+    name = value.strip()
+    if name.upper() == "UTC":
+        return "UTC"
+    from zoneinfo import ZoneInfo
+
+    try:
+        ZoneInfo(name)
+    except Exception:          # ZoneInfoNotFoundError, ValueError for odd paths, OSError for odd files
+        raise ValueError(f"unknown time zone {name!r}") from None
+    return name
 
 
 def _zone(queue):
@@ -37,11 +55,11 @@ def _zone(queue):
     name = queue.config.get("schedule-timezone")
     if name.upper() == "UTC":
         return timezone.utc
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+    from zoneinfo import ZoneInfo
 
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except Exception:          # a value stored by another tool: time_zone() refuses it anywhere else
         raise UsageError(f"unknown time zone {name!r} in schedule-timezone") from None
 
 
@@ -63,11 +81,29 @@ def next_tick(cron: str, after: float, zone) -> float:
 
 
 def check_cron(cron: str) -> str:
+    """A cron expression that parses and fires at least once from now (``0 0 30 2 *`` never does)."""
+    from datetime import datetime, timezone
+
     from croniter import croniter
 
-    if not croniter.is_valid(cron):
-        raise UsageError(f"not a valid cron expression: {cron!r}")
+    try:
+        valid = len(cron) <= 256 and "\0" not in cron and croniter.is_valid(cron)
+    except Exception:            # croniter's own errors for odd text
+        valid = False
+    if not valid:
+        raise UsageError(f"not a valid cron expression: {cron[:80]!r}")
+    try:
+        croniter(cron, datetime.now(timezone.utc)).get_next(float)
+    except Exception:            # CroniterBadDateError after searching years ahead
+        raise UsageError(f"cron expression {cron!r} never fires") from None
     return cron
+
+
+def _next_run(schedule: dict, zone) -> Optional[float]:
+    try:
+        return next_tick(schedule["cron"], max(schedule["last_tick"], time.time()), zone)
+    except Exception:            # a cron that never fires (stored by another tool): no next run
+        return None
 
 
 def fire_due(queue, now: float) -> list[str]:
@@ -76,10 +112,13 @@ def fire_due(queue, now: float) -> list[str]:
 
     zone, grace, fired = _zone(queue), queue.config.get("schedule-grace"), []
     for schedule in queue.store.schedules():
-        due = next_tick(schedule["cron"], schedule["last_tick"], zone)
-        if due > now:
+        try:
+            due = next_tick(schedule["cron"], schedule["last_tick"], zone)
+            tick = latest_tick(schedule["cron"], now, zone) if due <= now else None
+        except Exception:        # a cron stored by another tool that never fires: skip it, fire the others
             continue
-        tick = latest_tick(schedule["cron"], now, zone)
+        if tick is None:
+            continue
         late = now - tick > grace
         jobs = []
         if not (late and schedule["missed"] == "skip"):
@@ -124,29 +163,38 @@ def queuectl_job_sources(queue, options):
 
 @hookimpl
 def queuectl_register_commands(cli):
-    from queuectl.command import emit_json, get_queue, job_options, spec_from_options, table
-    from queuectl.models import iso
+    from queuectl.command import complete_schedules, emit_json, get_queue, job_options, spec_from_options, table, when
 
     @cli.group()
     def schedule():
-        """Recurring jobs, enqueued by running pools on a cron schedule."""
+        """Recurring jobs, enqueued by running pools on a cron schedule.
+
+        \b
+        Examples:
+          queuectl schedule add nightly --cron "0 2 * * *" --command ./backup.sh
+          queuectl schedule list
+        """
 
     @schedule.command("add")
     @click.argument("name")
     @click.option("--cron", required=True, help='Cron expression, e.g. "*/5 * * * *".')
     @click.option("--missed", type=click.Choice(MISSED), help="Ticks missed while no pool ran: once or skip.")
     @click.option("--replace", is_flag=True, help="Replace a schedule of the same name.")
-    @job_options
+    @job_options(exclude=("id", "run_at"))     # a tick's id comes from its name; a fixed time fits no tick
     def schedule_add(name, cron, missed, replace, **options):
-        """Enqueue a job every time CRON ticks."""
+        """Enqueue a job every time CRON ticks.
+
+        \b
+        Examples:
+          queuectl schedule add nightly --cron "0 2 * * *" --command ./backup.sh
+          queuectl schedule add sync --cron "*/5 * * * *" --command ./sync.sh --unique-key sync --replace
+        """
         queue = get_queue()
         if not name or "/" in name or len(name) > 64:
             raise UsageError(f"schedule name {name!r} is not valid")
         spec = spec_from_options(options)
         if "command" not in spec:
             raise UsageError("a schedule needs --command")
-        if "id" in spec:
-            raise UsageError("a schedule's jobs get their ids from its name and tick; --id is not allowed")
         queue.build_job(dict(spec, id=f"{name}-check"))     # validate now, not at the first tick
         now = time.time()
         start = latest_tick(check_cron(cron), now, _zone(queue))
@@ -157,28 +205,42 @@ def queuectl_register_commands(cli):
     @schedule.command("list")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     def schedule_list(as_json):
-        """Schedules with their next tick."""
-        rows = schedule_rows(get_queue())
+        """Schedules with their next tick.
+
+        \b
+        Example:
+          queuectl schedule list --json
+        """
+        queue = get_queue()
+        zone = _zone(queue)
+        schedules = queue.store.schedules()
+        rows = schedule_rows(queue, schedules, zone)
         if as_json:
             emit_json(rows)
             return
-        table(({"name": r["name"], "cron": r["cron"], "next": r["next_run"], "missed": r["missed"],
-                "command": r["spec"].get("command")} for r in rows), ["name", "cron", "next", "missed", "command"])
+        table(({"name": r["name"], "cron": r["cron"], "next": when(_next_run(s, zone)),
+                "missed": r["missed"], "command": r["spec"].get("command")}
+               for r, s in zip(rows, schedules)), ["name", "cron", "next", "missed", "command"])
 
     @schedule.command("remove")
-    @click.argument("name")
+    @click.argument("name", shell_complete=complete_schedules)
     def schedule_remove(name):
-        """Remove a schedule (jobs it already enqueued stay)."""
+        """Remove a schedule (jobs it already enqueued stay).
+
+        \b
+        Example:
+          queuectl schedule remove nightly
+        """
         if not get_queue().store.remove_schedule(name):
             raise NotFound(f"no schedule named {name!r}")
         click.echo(f"{name} removed")
 
 
-def schedule_rows(queue) -> list[dict]:
-    """Every schedule with its next tick, times as ISO-8601 (for `schedule list` and the dashboard)."""
+def schedule_rows(queue, schedules: Optional[list] = None, zone=None) -> list[dict]:
+    """Schedules with their next run, times as ISO-8601 (for `schedule list` and the dashboard)."""
     from queuectl.models import iso
 
-    zone = _zone(queue)
-    return [dict(s, next_run=iso(next_tick(s["cron"], max(s["last_tick"], time.time()), zone)),
-                 last_tick=iso(s["last_tick"]), created_at=iso(s["created_at"]))
-            for s in queue.store.schedules()]
+    zone = _zone(queue) if zone is None else zone
+    schedules = queue.store.schedules() if schedules is None else schedules
+    return [dict(s, next_run=iso(_next_run(s, zone)), last_tick=iso(s["last_tick"]), created_at=iso(s["created_at"]))
+            for s in schedules]

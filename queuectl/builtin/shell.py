@@ -16,12 +16,19 @@ import time
 from typing import Optional
 
 from queuectl import hookimpl
-from queuectl.config import Setting, integer
+from queuectl.config import Setting, between
 from queuectl.models import EXITED, SUCCEEDED, ExecResult
+from queuectl.output import truncation_marker
 
 TAG = b"QUEUECTL_RUN_ID="
 CHUNK = 65536
 EXIT_DRAIN = 0.1      # seconds to wait for pipes to close after the command exits
+# Live output is handed to the store once the command has been quiet for LIVE_QUIET (so a line printed in
+# two writes goes out whole) or its oldest unsent byte is LIVE_INTERVAL old, never twice within LIVE_GAP.
+LIVE_QUIET = 0.005
+LIVE_INTERVAL = 0.1
+LIVE_GAP = 0.05
+LIVE_PIECE = 65536    # largest stored chunk, so trimming the middle of a long output keeps the store near the cap
 
 
 @hookimpl
@@ -31,7 +38,7 @@ def queuectl_register_executors(register):
 
 @hookimpl
 def queuectl_register_settings(register):
-    register(Setting("output-cap", 1048576, integer(64),
+    register(Setting("output-cap", 1048576, between(64, 2 ** 30, integer=True),
                      "Bytes of stdout and of stderr kept per attempt: half from the start, half from the end."))
 
 
@@ -64,7 +71,67 @@ class CappedBuffer:
             return bytes(self.head + self.tail)
         tail = self.tail[-self.half:]
         dropped = self.total - len(self.head) - len(tail)
-        return bytes(self.head) + f"\n[... queuectl: {dropped} bytes truncated ...]\n".encode() + bytes(tail)
+        return bytes(self.head) + truncation_marker(dropped) + bytes(tail)
+
+    @property
+    def window(self) -> int:
+        """Where the kept tail starts, as an offset in the stream: what lies between head and window is dropped."""
+        return max(len(self.head), self.total - self.half)
+
+    def since(self, offset: int) -> list[tuple[int, bytes]]:
+        """What is kept of the stream from ``offset`` on, as (offset, bytes) pieces of at most LIVE_PIECE."""
+        found = []
+        if offset < len(self.head):
+            found.append((offset, bytes(self.head[offset:])))
+            offset = len(self.head)
+        start = max(offset, self.window)
+        if start < self.total:
+            found.append((start, bytes(self.tail[len(self.tail) - (self.total - start):])))
+        return [(at + i, data[i:i + LIVE_PIECE]) for at, data in found for i in range(0, len(data), LIVE_PIECE)]
+
+
+class LiveOutput:
+    """Hands what a running command prints to ``sink`` (the store), batched.
+
+    A lone line goes out within LIVE_QUIET; a steady stream once per LIVE_INTERVAL; at most one
+    write per LIVE_GAP whatever the output looks like. A command that prints nothing costs
+    nothing. Only what the cap keeps is sent, so the store holds about ``output-cap`` per stream.
+    """
+
+    def __init__(self, sink, buffers: dict):
+        self.sink = sink
+        self.buffers = buffers        # stream name -> CappedBuffer
+        self.sent = {name: 0 for name in buffers}
+        self.totals = 0               # bytes read so far, to see new output arrive
+        self.first = self.latest = self.last = 0.0   # first unsent byte, latest byte, last write
+
+    def _seen(self, now: float) -> bool:
+        """Note new output; True while some is unsent."""
+        total = sum(buf.total for buf in self.buffers.values())
+        if total != self.totals:
+            if self.totals == sum(self.sent.values()):
+                self.first = now
+            self.totals, self.latest = total, now
+        return total > sum(self.sent.values())
+
+    def due_in(self) -> Optional[float]:
+        """Seconds until unsent output is due, or None when nothing waits."""
+        now = time.monotonic()
+        if not self._seen(now):
+            return None
+        due = max(min(self.latest + LIVE_QUIET, self.first + LIVE_INTERVAL), self.last + LIVE_GAP)
+        return max(0.0, due - now)
+
+    def flush(self, force: bool = False) -> None:
+        due = self.due_in()
+        if due is None or (due > 0 and not force):
+            return
+        chunks = [(name, at, data) for name, buf in self.buffers.items() for at, data in buf.since(self.sent[name])]
+        keep = {name: (len(buf.head), buf.window) for name, buf in self.buffers.items()}
+        self.last = time.monotonic()
+        if self.sink(chunks, keep):   # refused (a busy store): the same output is offered again next time
+            self.sent = {name: buf.total for name, buf in self.buffers.items()}
+        self.first = self.last
 
 
 def tagged_processes(run_id: str) -> list[int]:
@@ -188,7 +255,7 @@ def has_leftovers(pgid: int) -> bool:
 
 
 class ShellRun:
-    def __init__(self, proc: subprocess.Popen, run_id: str, cap: int):
+    def __init__(self, proc: subprocess.Popen, run_id: str, cap: int, live_sink=None):
         self.proc = proc
         self.pid = self.pgid = proc.pid
         self.run_id = run_id
@@ -199,6 +266,8 @@ class ShellRun:
             self.buffers[stream.fileno()] = CappedBuffer(cap)
             self.selector.register(stream.fileno(), selectors.EVENT_READ)
         self.out_fd, self.err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+        self.live = None if live_sink is None else LiveOutput(
+            live_sink, {"stdout": self.buffers[self.out_fd], "stderr": self.buffers[self.err_fd]})
         self.pidfd: Optional[int] = None
         try:
             self.pidfd = os.pidfd_open(proc.pid)
@@ -207,6 +276,14 @@ class ShellRun:
             pass
 
     def _pump(self, timeout: float) -> None:
+        due = self.live.due_in() if self.live is not None else None
+        if due is not None:
+            timeout = min(timeout, due)
+        self._read_ready(timeout)
+        if self.live is not None:
+            self.live.flush()
+
+    def _read_ready(self, timeout: float) -> None:
         for key, _ in self.selector.select(timeout):
             fd = key.fd
             if fd == self.pidfd:
@@ -261,6 +338,8 @@ class ShellRun:
             while self._pipes_open() and time.monotonic() < give_up:
                 self._pump(0.1)
         reap(children())              # orphans reparented to us (the worker is a subreaper) that exited
+        if self.live is not None:
+            self.live.flush(force=True)   # a follower sees all of it before the attempt is recorded
         self.proc.stdout.close()
         self.proc.stderr.close()
         self.selector.close()
@@ -298,17 +377,35 @@ class ShellRun:
         return self._collect(outcome, reason)
 
 
-class ShellExecutor:
-    """Runs ``/bin/sh -c COMMAND`` with stdin from /dev/null and output captured through pipes."""
+class ProcessExecutor:
+    """Runs ``argv(job, ctx)`` as an attempt with every guarantee of a shell job: its own session,
+    the ``QUEUECTL_RUN_ID`` tag, output captured within ``output-cap``, timeout and cancel stopping
+    the whole process tree, nothing of it outliving the attempt, a crash recorded as a signal.
+
+    Part of the plugin surface (docs/hooks.md): an executor plugin subclasses it and defines
+    ``argv``, so it reuses this process machinery instead of copying it.
+    """
+
+    def argv(self, job, ctx) -> list:
+        raise NotImplementedError
 
     def start(self, job, ctx) -> ShellRun:
         env = dict(os.environ)
         env.update(job.env)
         env.update(ctx.env)
-        proc = subprocess.Popen(["/bin/sh", "-c", job.command], stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(self.argv(job, ctx), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=job.cwd, env=env,
                                 start_new_session=True)
-        return ShellRun(proc, ctx.run_id, ctx.config.get("output-cap"))
+        return ShellRun(proc, ctx.run_id, ctx.config.get("output-cap"), getattr(ctx, "output", None))
 
     def reap(self, job, lease) -> int:
         return kill_run(lease.run_id, 0) if lease.run_id else 0
+
+
+class ShellExecutor(ProcessExecutor):
+    """Runs ``/bin/sh -c COMMAND`` (or a job's argv, without a shell) with stdin from /dev/null and output
+    captured through pipes."""
+
+    def argv(self, job, ctx) -> list:
+        # An argv job (`enqueue -- CMD ARG...`) runs without a shell: its arguments stay literal.
+        return list(job.argv) if job.argv else ["/bin/sh", "-c", job.command]

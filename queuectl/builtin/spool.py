@@ -18,7 +18,6 @@ import queue as queue_module
 import re
 import signal
 import stat
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,8 +26,9 @@ from typing import Any, Optional
 import click
 
 from queuectl import hookimpl
-from queuectl.config import Setting, choice, integer, number, text
-from queuectl.errors import Conflict, JobValidationError, QueueError, UsageError
+from queuectl.config import Setting, between, choice, seconds, text
+from queuectl.errors import Conflict, JobValidationError, NotFound, QueueError, StoreBusy, UsageError
+from queuectl.models import MAX_INTERVAL
 
 SUBFOLDERS = ("work", "done", "rejected")
 IGNORED_NAMES = {"readme", "readme.md", "readme.txt"}
@@ -44,7 +44,9 @@ _warned: set = set()        # folders already warned about; inherited by a pool'
 
 
 def log(message: str) -> None:
-    print(f"queuectl: spool: {message}", file=sys.stderr, flush=True)
+    from queuectl.screen import log as diagnostic     # timestamped in a `worker start -v` pool
+
+    diagnostic(message, "spool")
 
 
 class Rejected(Exception):
@@ -58,11 +60,14 @@ class Rejected(Exception):
 def queuectl_register_settings(register):
     register(Setting("spool", None, text, "Spool folder that `worker start` and `spool watch` ingest job files "
                      "from (default: spool/ beside config.yaml, when that folder exists).", file_only=True, path=True))
-    register(Setting("spool-settle", 2.0, number(0.0), "Seconds a job file written in place must stay unchanged "
+    register(Setting("spool-settle", 2.0, seconds(0.0, MAX_INTERVAL),
+                     "Seconds a job file written in place must stay unchanged "
                      "before it is read, when no rename or close event says it is complete."))
-    register(Setting("spool-rescan", 10.0, number(0.05), "Seconds between full rescans of the spool folder "
+    register(Setting("spool-rescan", 10.0, seconds(0.05, MAX_INTERVAL),
+                     "Seconds between full rescans of the spool folder "
                      "(they catch files whose events were missed)."))
-    register(Setting("spool-max-size", 1048576, integer(1), "Largest job file accepted, in bytes."))
+    register(Setting("spool-max-size", 1048576, between(1, 2 ** 30, integer=True),
+                     "Largest job file accepted, in bytes."))
     register(Setting("spool-observer", "native", choice("native", "polling", "off"), "File events: native "
                      "(inotify on Linux), polling (for network filesystems), off (periodic rescans only)."))
 
@@ -307,6 +312,13 @@ def parse_job_file(queue, name: str, data: bytes) -> list:
     return specs
 
 
+def transient(exc: BaseException) -> bool:
+    """True for a failure that is surely the store's (locked, out of space, a file system error),
+    which a later rescan retries. Anything else is the file's when the store still answers."""
+    text = str(exc).lower()
+    return isinstance(exc, (StoreBusy, OSError)) or "disk is full" in text or "no space" in text
+
+
 def which(index: int, total: int) -> str:
     return "" if total == 1 else f"job {index + 1} of {total}: "
 
@@ -522,6 +534,12 @@ class Spool:
         except Rejected as exc:
             self.reject(drop, str(exc))
             return
+        except Exception as exc:         # whatever this one file makes go wrong, the folder keeps flowing
+            if transient(exc) or not self.store_answers():
+                raise                    # the store is away, busy or full: the rescan retries the file
+            self.reject(drop, f"refused: {exc}" if isinstance(exc, QueueError) else
+                        f"refused: {type(exc).__name__}: {exc}")
+            return
         if os.environ.get(CRASH_AFTER_INSERT) == "1":
             os._exit(CRASH_EXIT)
         self.file(drop, "done")
@@ -531,6 +549,14 @@ class Spool:
         self.counts["jobs"] += len(ids)
         if self.verbose:
             log(f"{drop.label}: {len(ids)} job(s) {' '.join(ids)}")
+
+    def store_answers(self) -> bool:
+        """Whether the store still reads: if so, the error was this file's, not the store's."""
+        try:
+            self.queue.store.get_receipt("")
+            return True
+        except Exception:
+            return False
 
     def enqueue(self, drop: Drop, specs: list, data: bytes) -> list:
         import hashlib
@@ -543,6 +569,8 @@ class Spool:
         except Conflict as exc:
             if self.queue.store.get_receipt(drop.key) is not None:
                 return []                # a racing resumer stored this very drop first
+            raise Rejected(str(exc)) from None
+        except (UsageError, NotFound) as exc:
             raise Rejected(str(exc)) from None
 
     def locate(self, specs: list, exc: JobValidationError) -> str:
@@ -723,13 +751,24 @@ def queuectl_register_commands(cli):
 
     @cli.group("spool")
     def spool_group():
-        """Job files dropped into a folder become jobs (see docs/spool.md)."""
+        """Job files dropped into a folder become jobs (see docs/spool.md).
+
+        \b
+        Examples:
+          queuectl spool scan            # once, e.g. from cron
+          queuectl spool watch ~/drop
+        """
 
     @spool_group.command("watch")
     @click.argument("folder", required=False, metavar="[DIR]")
     @click.option("-v", "--verbose", is_flag=True, help="Log every ingested file.")
     def watch(folder, verbose):
-        """Ingest files dropped into DIR (default: the spool setting) until SIGTERM or SIGINT; runs no jobs."""
+        """Ingest files dropped into DIR (default: the spool setting) until SIGTERM or SIGINT; runs no jobs.
+
+        \b
+        Example:
+          queuectl spool watch ~/drop -v
+        """
         queue = get_queue()
         run_until_signal(SpoolWatcher(queue, folder_of(queue, folder), verbose))
 
@@ -737,7 +776,12 @@ def queuectl_register_commands(cli):
     @click.argument("folder", required=False, metavar="[DIR]")
     @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
     def scan(folder, as_json):
-        """Ingest the files in DIR (default: the spool setting) once, then exit."""
+        """Ingest the files in DIR (default: the spool setting) once, then exit.
+
+        \b
+        Example:
+          queuectl spool scan --json
+        """
         queue = get_queue()
         path = folder_of(queue, folder)
         counts = Spool(queue, path).scan_once()

@@ -18,15 +18,16 @@ from queuectl.config import Setting, choice
 from queuectl.errors import Conflict, NotFound, QueueError, SchemaError, StoreBusy
 from queuectl.models import CANCELLED, COMPLETED, DEAD, PROCESSING, Attempt, Job
 from queuectl.builtin._rows import (
-    ATTEMPT_COLUMNS, JOB_COLUMNS, N_JOB_COLUMNS, SERIES_SLOTS, attempt_from_row, bucket, job_from_row,
-    keyset_page, series_backfill, series_points, series_row, stats_summary,
+    ATTEMPT_COLUMNS, EDIT_SET, JOB_COLUMNS, N_JOB_COLUMNS, SERIES_SLOTS, attempt_from_row, bucket, edit_values,
+    job_filters, job_from_row, keyset_page, series_backfill, series_points, series_row, settings_from_rows,
+    stats_summary,
 )
 from queuectl.store import Transition, WorkerInfo, blocked_message
 
 if TYPE_CHECKING:
     import socket       # imported where it is used: enqueue rarely needs it
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 
 ACTIVE = "('pending', 'failed', 'processing')"
 # Queues whose jobs may not start now: paused, or at their concurrency limit (counted across all hosts).
@@ -110,9 +111,29 @@ MIGRATIONS = {
         # New jobs are counted once per batch by add_jobs: a row trigger was half of bulk enqueue's cost.
         "DROP TRIGGER jobs_count_insert",
     ],
+    # Live output: what a running attempt printed so far, in chunks (see queuectl/output.py).
+    3: [
+        """CREATE TABLE output_chunks (seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL,
+            attempt INTEGER NOT NULL, stream TEXT NOT NULL, offset INTEGER NOT NULL, data BLOB NOT NULL,
+            written_at REAL NOT NULL)""",
+        "CREATE INDEX output_chunks_attempt ON output_chunks(job_id, attempt, seq)",
+        "CREATE INDEX output_chunks_written ON output_chunks(written_at)",
+    ],
+    # Issue 13, the command line: labels, argv jobs, edit history; indexes for `list`'s filters.
+    4: [
+        "ALTER TABLE jobs ADD COLUMN labels TEXT",
+        "ALTER TABLE jobs ADD COLUMN argv TEXT",
+        "ALTER TABLE jobs ADD COLUMN edits TEXT",
+        # One row per label, so `list --label K=V` is an index lookup rather than a scan of every job.
+        """CREATE TABLE job_labels (key TEXT NOT NULL, value TEXT NOT NULL, job_id TEXT NOT NULL,
+            PRIMARY KEY (key, value, job_id)) WITHOUT ROWID""",
+        "CREATE INDEX job_labels_job ON job_labels(job_id)",
+        "CREATE INDEX jobs_queue ON jobs(queue, seq)",
+        "CREATE INDEX jobs_created ON jobs(created_at)",
+    ],
     # The dashboard and /metrics: jobs per queue and state, and a per-minute rollup of attempts,
     # both kept current so that neither ever scans the jobs or the attempts.
-    3: [
+    5: [
         "CREATE TABLE queue_counts (queue TEXT NOT NULL, state TEXT NOT NULL, n INTEGER NOT NULL, "
         "PRIMARY KEY (queue, state))",
         "INSERT INTO queue_counts SELECT queue, state, COUNT(*) FROM jobs GROUP BY queue, state",
@@ -201,7 +222,7 @@ class SQLiteStore:
                 if self.lock_timeout is not None and waited >= self.lock_timeout:
                     raise StoreBusy(f"the store {self.path} stayed locked by another process "
                                     f"for {waited:.0f} s") from None
-                if waited > 2 and not warned:
+                if waited > 2 and not warned and self.lock_timeout is None:      # a command says it once, failing
                     print(f"queuectl: store {self.path} is locked by another process; waiting", file=sys.stderr)
                     warned = True
                 time.sleep(delay)
@@ -268,15 +289,16 @@ class SQLiteStore:
     # --- jobs ----------------------------------------------------------------------------------
 
     INSERT_JOB = ("INSERT INTO jobs (id, command, state, max_retries, priority, queue, executor, cwd, env, "
-                  "timeout, source, fields, created_at, updated_at, run_at, unique_key, after_ids) "
-                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                  "timeout, source, fields, created_at, updated_at, run_at, unique_key, after_ids, labels, argv) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
     @staticmethod
     def _row(j: Job) -> tuple:
         return (j.id, j.command, j.state, j.max_retries, j.priority, j.queue, j.executor, j.cwd,
                 json.dumps(j.env) if j.env else None, j.timeout, j.source,
                 json.dumps(j.fields) if j.fields else None, j.created_at, j.updated_at, j.run_at,
-                j.unique_key, json.dumps(j.after) if j.after else None)
+                j.unique_key, json.dumps(j.after) if j.after else None,
+                json.dumps(j.labels) if j.labels else None, json.dumps(j.argv) if j.argv is not None else None)
 
     def add_jobs(self, jobs: list[Job], receipt: Optional[dict] = None) -> list[str]:
         def insert(conn):
@@ -326,6 +348,10 @@ class SQLiteStore:
             ids.append(job.id)
             counts[job.queue, job.state] = counts.get((job.queue, job.state), 0) + 1
         conn.executemany(self.INSERT_JOB, plain)
+        stored = set(ids)
+        conn.executemany("INSERT INTO job_labels VALUES (?, ?, ?)",
+                         [(k, v, job.id) for job in jobs if job.labels and job.id in stored
+                          for k, v in job.labels.items()])
         by_state: dict = {}
         for (queue, state), n in counts.items():
             by_state[state] = by_state.get(state, 0) + n
@@ -373,13 +399,50 @@ class SQLiteStore:
         rows = self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         return self._job(rows[0]) if rows else None
 
-    def list_jobs(self, state=None, limit=None, offset=0) -> list[Job]:
-        where, params = ("WHERE state = ?", [state]) if state else ("", [])
-        sql = f"SELECT {JOB_COLUMNS} FROM jobs {where} ORDER BY seq LIMIT ? OFFSET ?"
-        return [self._job(r) for r in self._read(sql, (*params, -1 if limit is None else limit, offset))]
+    def list_jobs(self, state=None, limit=None, offset=0, newest=False, **filters) -> list[Job]:
+        where, params = job_filters("?", self._label_clause, "LIKE", state, **filters)
+        order = "seq DESC" if newest else "seq"
+        sql = f"SELECT {JOB_COLUMNS} FROM jobs {where} ORDER BY {order} LIMIT ? OFFSET ?"
+        jobs = [self._job(r) for r in self._read(sql, (*params, -1 if limit is None else limit, offset))]
+        return jobs[::-1] if newest else jobs
+
+    @staticmethod
+    def _label_clause(key: str, value: Optional[str]) -> tuple[str, list]:
+        if value is None:
+            return "id IN (SELECT job_id FROM job_labels WHERE key = ?)", [key]
+        return "id IN (SELECT job_id FROM job_labels WHERE key = ? AND value = ?)", [key, value]
+
+    def find_ids(self, prefix: str, limit: int) -> list[str]:
+        """Ids that start with ``prefix`` (a range on the id index; ids are ASCII)."""
+        high = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        rows = self._read("SELECT id FROM jobs WHERE id >= ? AND id < ? ORDER BY id LIMIT ?", (prefix, high, limit))
+        return [r[0] for r in rows]
+
+    def edit_job(self, job_id: str, from_states, changes: dict, edit: dict, retry_from=None) -> Job:
+        def change(conn):
+            rows = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchall()
+            if not rows or rows[0][2] not in from_states:
+                raise Conflict(f"job {job_id!r} is {rows[0][2] if rows else 'missing'}, "
+                               f"not {' or '.join(from_states)}: it cannot be edited")
+            job = self._job(rows[0])
+            conn.execute(f"UPDATE jobs SET {EDIT_SET.format(m='?')}, updated_at = ? WHERE id = ?",
+                         (*edit_values(job, changes, edit), time.time(), job_id))
+            if "labels" in changes:
+                conn.execute("DELETE FROM job_labels WHERE job_id = ?", (job_id,))
+                conn.executemany("INSERT INTO job_labels VALUES (?, ?, ?)",
+                                 [(k, v, job_id) for k, v in changes["labels"].items()])
+            if retry_from:
+                return self._retry_in(conn, job_id, retry_from)
+            return self._job(conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone())
+        return self._write(change)
 
     def counts(self) -> dict:
         return {state: n for state, n in self._read("SELECT state, n FROM state_counts")}
+
+    def recent_jobs(self, state: str, limit: int) -> list[Job]:
+        """The jobs of one state changed last, newest first."""
+        return [self._job(r) for r in self._read(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = ? ORDER BY updated_at DESC LIMIT ?", (state, limit))]
 
     def attempts(self, job_id: str, attempt=None) -> list[Attempt]:
         sql = f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE job_id = ?"
@@ -390,26 +453,27 @@ class SQLiteStore:
         return [self._attempt(r) for r in self._read(sql + " ORDER BY attempt", params)]
 
     def retry_job(self, job_id: str, from_states) -> Job:
-        def move(conn):
-            row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None or row[0] not in from_states:
-                raise Conflict(f"job {job_id!r} is {row[0] if row else 'missing'}, not {' or '.join(from_states)}")
-            blocker = conn.execute(
-                "SELECT d.dep_id, COALESCE(j.state, 'purged') FROM job_deps d LEFT JOIN jobs j ON j.id = d.dep_id "
-                "WHERE d.job_id = ? AND d.satisfied = 0 AND (j.state IS NULL OR j.state IN ('dead', 'cancelled')) "
-                "LIMIT 1",
-                (job_id,)).fetchone()
-            if blocker:
-                raise Conflict(blocked_message(job_id, *blocker))
-            now = time.time()
-            try:
-                rows = conn.execute(
-                    f"UPDATE jobs SET state = 'pending', tries = 0, run_at = ?, updated_at = ?, cancel_requested = 0 "
-                    f"WHERE id = ? RETURNING {JOB_COLUMNS}", (now, now, job_id)).fetchall()
-            except sqlite3.IntegrityError:
-                raise Conflict(f"job {job_id!r} cannot be retried: its unique key is held by another job") from None
-            return self._job(rows[0])
-        return self._write(move)
+        return self._write(self._retry_in, job_id, from_states)
+
+    def _retry_in(self, conn, job_id: str, from_states) -> Job:
+        row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None or row[0] not in from_states:
+            raise Conflict(f"job {job_id!r} is {row[0] if row else 'missing'}, not {' or '.join(from_states)}")
+        blocker = conn.execute(
+            "SELECT d.dep_id, COALESCE(j.state, 'purged') FROM job_deps d LEFT JOIN jobs j ON j.id = d.dep_id "
+            "WHERE d.job_id = ? AND d.satisfied = 0 AND (j.state IS NULL OR j.state IN ('dead', 'cancelled')) "
+            "LIMIT 1",
+            (job_id,)).fetchone()
+        if blocker:
+            raise Conflict(blocked_message(job_id, *blocker))
+        now = time.time()
+        try:
+            rows = conn.execute(
+                f"UPDATE jobs SET state = 'pending', tries = 0, run_at = ?, updated_at = ?, cancel_requested = 0 "
+                f"WHERE id = ? RETURNING {JOB_COLUMNS}", (now, now, job_id)).fetchall()
+        except sqlite3.IntegrityError:
+            raise Conflict(f"job {job_id!r} cannot be retried: its unique key is held by another job") from None
+        return self._job(rows[0])
 
     # --- claiming and leases ----------------------------------------------------------------------
 
@@ -602,13 +666,46 @@ class SQLiteStore:
                 marks = ",".join("?" * len(chunk))
                 conn.execute(f"DELETE FROM attempts WHERE job_id IN ({marks})", chunk)
                 conn.execute(f"DELETE FROM job_deps WHERE job_id IN ({marks})", chunk)
+                conn.execute(f"DELETE FROM output_chunks WHERE job_id IN ({marks})", chunk)
+                conn.execute(f"DELETE FROM job_labels WHERE job_id IN ({marks})", chunk)
             return len(ids)
         return self._write(purge)
+
+    # --- live output -----------------------------------------------------------------------------
+
+    def append_output(self, job_id: str, attempt: int, chunks: list, keep: dict) -> None:
+        def append(conn):
+            now = time.time()
+            conn.executemany("INSERT INTO output_chunks (job_id, attempt, stream, offset, data, written_at) "
+                             "VALUES (?, ?, ?, ?, ?, ?)",
+                             [(job_id, attempt, stream, offset, data, now) for stream, offset, data in chunks])
+            for stream, (head_end, window) in keep.items():
+                if window > head_end:     # the middle of a long output is not kept (the cap)
+                    conn.execute("DELETE FROM output_chunks WHERE job_id = ? AND attempt = ? AND stream = ? "
+                                 "AND offset >= ? AND offset + length(data) <= ?",
+                                 (job_id, attempt, stream, head_end, window))
+        self._write(append)
+
+    def output_chunks(self, job_id: str, attempt: int, after: int = 0) -> list:
+        return self._read("SELECT seq, stream, offset, data FROM output_chunks WHERE job_id = ? AND attempt = ? "
+                          "AND seq > ? ORDER BY seq", (job_id, attempt, after))
+
+    EXPIRED_OUTPUT = ("FROM output_chunks WHERE written_at < ? AND NOT EXISTS (SELECT 1 FROM jobs j WHERE "
+                      "j.id = output_chunks.job_id AND j.state = 'processing' AND j.attempts = output_chunks.attempt)")
+
+    def expire_output(self, older_than: float) -> int:
+        before = time.time() - older_than
+        if not self._read(f"SELECT 1 {self.EXPIRED_OUTPUT} LIMIT 1", (before,)):
+            return 0                      # a read: most calls find nothing and take no write lock
+        return self._write(lambda c: c.execute(f"DELETE {self.EXPIRED_OUTPUT}", (before,)).rowcount)
+
+    def output_listener(self):
+        return None                       # followers poll output_chunks (one indexed read)
 
     # --- settings --------------------------------------------------------------------------------
 
     def get_settings(self) -> dict:
-        return {k: json.loads(v) for k, v in self._read("SELECT key, value FROM settings")}
+        return settings_from_rows(self._read("SELECT key, value FROM settings"))
 
     def set_setting(self, key, value) -> None:
         self._write(lambda c: c.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, json.dumps(value))))

@@ -1,26 +1,39 @@
 """The built-in job validator: one ingestion hook that every way of enqueueing goes through."""
 from __future__ import annotations
 
+import math
 import os
 import re
 
 from queuectl import hookimpl
 from queuectl.errors import JobValidationError
-from queuectl.models import INPUT_FIELDS, PROTECTED_FIELDS, QUEUE_PATTERN, parse_duration, parse_time
+from queuectl.models import (INPUT_FIELDS, MAX_ARG_BYTES, PROTECTED_FIELDS, QUEUE_PATTERN, RANGES, parse_duration,
+                             parse_time)
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
-PRIORITY_RANGE = (-100, 100)
+# All of a job's variables together: a quarter of the exec limit (ARG_MAX), which the worker's own
+# environment and the command share.
+MAX_ENV_BYTES = min(1048576, (os.sysconf("SC_ARG_MAX") if hasattr(os, "sysconf") else 262144) // 4)
+MAX_UNIQUE_KEY = 1024
 
 
-def _integer(name: str, value, low=None, high=None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise JobValidationError(f"{name} must be an integer, got {value!r}")
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise JobValidationError(f"{name} must be {bounds}, got {value}")
+def _in_range(name: str, value):
+    try:
+        return RANGES[name].check(value, name)
+    except ValueError as exc:
+        raise JobValidationError(str(exc)) from None
+
+
+def check_text(name: str, value: str, limit: int = MAX_ARG_BYTES) -> str:
+    """Text that can reach exec: no NUL byte, valid Unicode (no lone surrogate), at most ``limit`` bytes."""
+    if "\0" in value:
+        raise JobValidationError(f"{name} contains a NUL byte")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise JobValidationError(f"{name} is not valid Unicode (it holds a lone surrogate)") from None
+    if size >= limit:                  # the limit counts the terminating NUL
+        raise JobValidationError(f"{name} is {size} bytes, longer than the {limit - 1} bytes a process can be given")
     return value
 
 
@@ -32,26 +45,69 @@ def _check_command(job: dict) -> None:
         raise JobValidationError(f"command must be a string, got {type(command).__name__}")
     if not command.strip():
         raise JobValidationError("command is empty")
-    if "\0" in command:
-        raise JobValidationError("command contains a NUL byte")
+    check_text("command", command)
+
+
+LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")
+LABEL_VALUE_MAX = 256
+
+
+def _check_labels(value) -> dict:
+    """KEY=VALUE tags: short keys, single-line values."""
+    if not isinstance(value, dict):
+        raise JobValidationError("labels must be a mapping of names to values")
+    labels = {}
+    for key, val in value.items():
+        if not isinstance(key, str) or not LABEL_KEY.match(key):
+            raise JobValidationError(f"label name {key!r} is not valid: use 1-64 letters, digits and ._/- "
+                                     f"starting with a letter or digit")
+        if isinstance(val, bool) or not isinstance(val, (str, int, float)):
+            raise JobValidationError(f"label {key} must be a string, got {val!r}")
+        val = str(val)
+        if len(val) > LABEL_VALUE_MAX or any(ord(c) < 32 or ord(c) == 127 for c in val):
+            raise JobValidationError(f"label {key} must be one line of at most {LABEL_VALUE_MAX} characters")
+        labels[key] = val
+    return labels
+
+
+def _check_argv(job: dict) -> None:
+    """An argv job runs without a shell; its command is the shell-quoted argv, for display and search."""
+    argv = job.get("argv")
+    if argv is None:
+        return
+    if job.get("command") is not None:
+        raise JobValidationError("give either command (run by the shell) or argv (run without one), not both")
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        raise JobValidationError("argv must be a non-empty list of strings")
+    if not argv[0] or any("\0" in a for a in argv):
+        raise JobValidationError("argv needs a program name and no NUL bytes")
+    import shlex
+
+    job["command"] = shlex.join(argv)
 
 
 def _check_env(value) -> dict:
     if not isinstance(value, dict):
         raise JobValidationError("env must be a mapping of variable names to values")
-    env = {}
+    env, total = {}, 0
     for key, val in value.items():
         if not isinstance(key, str) or not key or "=" in key or "\0" in key:
             raise JobValidationError(f"env has an invalid variable name {key!r}")
-        if isinstance(val, bool) or not isinstance(val, (str, int, float)):
+        check_text("env variable name", key)
+        if isinstance(val, bool) or not isinstance(val, (str, int, float)) or \
+                (isinstance(val, float) and not math.isfinite(val)):
             raise JobValidationError(f"env value of {key} must be a string, got {val!r}")
-        env[key] = str(val)
+        env[key] = check_text(f"env value of {key}", str(val))
+        total += len(key) + len(env[key]) + 2
+    if total > MAX_ENV_BYTES:
+        raise JobValidationError(f"env is {total} bytes, more than the {MAX_ENV_BYTES} a job may set")
     return env
 
 
 def _check_cwd(value) -> str:
     if not isinstance(value, str) or not value:
         raise JobValidationError("cwd must be a folder path")
+    check_text("cwd", value, 4096)
     path = os.path.abspath(os.path.expanduser(value))
     if not os.path.isdir(path):
         raise JobValidationError(f"cwd {value!r} is not an existing folder")
@@ -65,7 +121,9 @@ def _check_schedule(job: dict) -> None:
     try:
         if job.get("delay") is not None:
             job["delay"] = parse_duration(job["delay"])
-        if job.get("run_at") is not None and not isinstance(job["run_at"], float):
+        if isinstance(job.get("run_at"), (int, float)) and not isinstance(job["run_at"], bool):
+            job["run_at"] = RANGES["run_at"].check(job["run_at"], "run_at")
+        elif job.get("run_at") is not None:
             job["run_at"] = parse_time(job["run_at"])
     except ValueError as exc:
         raise JobValidationError(str(exc)) from None
@@ -73,11 +131,21 @@ def _check_schedule(job: dict) -> None:
     if after is not None:
         if isinstance(after, str):
             after = [a.strip() for a in after.split(",") if a.strip()]
-        if not isinstance(after, list) or not all(isinstance(a, str) and a for a in after):
+        if not isinstance(after, list) or not all(isinstance(a, str) and ID_PATTERN.match(a) for a in after):
             raise JobValidationError("after must be a list of job ids (or one comma-separated string)")
         if job.get("id") is not None and job["id"] in after:
             raise JobValidationError(f"job {job['id']!r} cannot depend on itself")
         job["after"] = list(dict.fromkeys(after))
+
+
+def _duration_or_number(name: str, value):
+    """A range-checked number; a timeout may also be written as a duration such as "10m"."""
+    if name == "timeout" and isinstance(value, str):
+        try:
+            value = parse_duration(value)
+        except ValueError as exc:
+            raise JobValidationError(f"timeout: {exc}") from None
+    return _in_range(name, value)
 
 
 @hookimpl(tryfirst=True)
@@ -89,19 +157,17 @@ def queuectl_validate_job(job, queue):
     unknown = sorted(str(k) for k in job if k not in known)
     if unknown:
         raise JobValidationError(f"unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    _check_argv(job)
     _check_command(job)
+    if job.get("labels") is not None:
+        job["labels"] = _check_labels(job["labels"])
     if job.get("id") is not None:
         if not isinstance(job["id"], str) or not ID_PATTERN.match(job["id"]):
             raise JobValidationError(f"id {job['id']!r} is not valid: use 1-128 letters, digits and ._:@+- "
                                      f"starting with a letter or digit")
-    if job.get("max_retries") is not None:
-        job["max_retries"] = _integer("max_retries", job["max_retries"], 0)
-    if job.get("timeout") is not None:
-        timeout = job["timeout"]
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise JobValidationError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    if job.get("priority") is not None:
-        job["priority"] = _integer("priority", job["priority"], *PRIORITY_RANGE)
+    for name in ("max_retries", "timeout", "priority"):
+        if job.get(name) is not None:
+            job[name] = _duration_or_number(name, job[name])
     if job.get("queue") is not None and (not isinstance(job["queue"], str) or not QUEUE_PATTERN.match(job["queue"])):
         raise JobValidationError(f"queue name {job['queue']!r} is not valid")
     if job.get("env") is not None:
@@ -109,9 +175,12 @@ def queuectl_validate_job(job, queue):
     if job.get("cwd") is not None:
         job["cwd"] = _check_cwd(job["cwd"])
     _check_schedule(job)
-    if job.get("unique_key") is not None and (not isinstance(job["unique_key"], str) or not job["unique_key"]):
-        raise JobValidationError("unique_key must be a non-empty string")
-    if job.get("executor") is not None and job["executor"] not in queue.executors:
+    if job.get("unique_key") is not None:
+        if not isinstance(job["unique_key"], str) or not job["unique_key"]:
+            raise JobValidationError("unique_key must be a non-empty string")
+        check_text("unique_key", job["unique_key"], MAX_UNIQUE_KEY)
+    if job.get("executor") is not None and (not isinstance(job["executor"], str) or
+                                            job["executor"] not in queue.executors):
         raise JobValidationError(f"unknown executor {job['executor']!r} "
                                  f"(registered: {', '.join(sorted(queue.executors)) or 'none'})")
     for name, (check, _options, plugin) in queue.job_fields.items():

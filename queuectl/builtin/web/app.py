@@ -218,7 +218,7 @@ def overview_data(queue, charts: bool = True) -> dict:
         "hour": queue.series(3600, 60) if charts else [],
         "day": queue.series(86400, 900) if charts else [],
         "workers": [dict({k: w[k] for k in ("id", "kind", "host", "pid", "job_id")},
-                         started_at=models.iso(w["started_at"])) for w in queue.workers()],
+                         started_at=models.iso(w["started_at"])) for w in queue.live_workers()],
         "oldest_pending": queue.oldest_pending(),
     }
 

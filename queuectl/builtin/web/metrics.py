@@ -62,7 +62,7 @@ class QueueCollector:
         yield age
         workers = GaugeMetricFamily("queuectl_workers", "Worker processes registered, per host.", labels=["host"])
         per_host: dict = {}
-        for row in queue.workers():
+        for row in queue.live_workers():
             if row["kind"] == "worker":
                 per_host[row["host"]] = per_host.get(row["host"], 0) + 1
         for host, n in sorted(per_host.items()):

@@ -1,0 +1,577 @@
+"""The built-in notify plugin: shell callbacks and webhooks when a job completes, retries or dies.
+
+A worker never delivers anything itself. When an attempt is recorded, the worker writes one small
+file per delivery into the outbox folder and sends a wake-up datagram; a thread in the pool's job
+source process (a process of its own, so the pool stays single-threaded) delivers it, retries a
+failure with backoff and deletes the file once done. So a slow or dead endpoint never delays a
+worker's next job, and a delivery outlives the worker that wrote it and the process that was
+sending it: it is sent at least once (``X-Queuectl-Delivery`` tells a repeat apart).
+
+Channels are notifiers, registered through ``queuectl_register_notifiers``: this plugin registers
+``webhook`` and ``callback``; a third-party plugin adds its own and gets the same outbox.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+import weakref
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import click
+
+from queuectl import hookimpl
+from queuectl.config import Setting, default_data_dir, integer, number, string_list, text
+from queuectl.errors import PluginError, QueueError
+from queuectl.models import COMPLETED, DEAD, FAILED, iso, now
+from queuectl.plugins import call_registrations
+
+EVENTS = ("completed", "retry", "dead")
+STATE_EVENTS = {COMPLETED: "completed", FAILED: "retry", DEAD: "dead"}
+CALLBACKS = {"completed": "on-complete", "retry": "on-retry", "dead": "on-dead"}
+MAX_BACKOFF = 3600.0
+TAIL = 2048            # bytes of the last attempt's stderr carried in an event
+
+
+class DeliveryError(Exception):
+    """A delivery failed; the message is logged (and the delivery retried if its notifier allows)."""
+
+
+# --- settings --------------------------------------------------------------------------------
+
+
+def event_names(value: Any) -> list:
+    names = string_list(value)
+    unknown = [n for n in names if n not in EVENTS]
+    if unknown:
+        raise ValueError(f"unknown event {unknown[0]!r} (events: {', '.join(EVENTS)})")
+    return names
+
+
+def http_url(value: Any) -> str:
+    from urllib.parse import urlsplit
+
+    url = text(value).strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL, got {url!r}")
+    return url
+
+
+@hookimpl
+def queuectl_register_settings(register):
+    for event, key in CALLBACKS.items():
+        register(Setting(key, None, text, f"Shell command run when a job {'is retried' if event == 'retry' else event.replace('dead', 'dies')}"
+                         " (job fields in QUEUECTL_* variables)."))
+    register(Setting("callback-timeout", 30.0, number(0.1), "Seconds a callback may run before it is killed."))
+    register(Setting("webhook-url", None, http_url, "URL that receives a JSON POST for each job event."))
+    register(Setting("webhook-events", list(EVENTS), event_names, "Events sent to webhook-url: completed, retry, dead."))
+    register(Setting("webhook-secret", None, text, "Key of the X-Queuectl-Signature header (HMAC-SHA256 of the body)."))
+    register(Setting("webhook-timeout", 10.0, number(0.1), "Seconds to wait for a webhook's answer."))
+    register(Setting("notify-retries", 5, integer(0), "Retries of a failed delivery (webhooks, plugin notifiers)."))
+    register(Setting("notify-backoff", 1.0, number(0.001), "Seconds before a delivery's first retry; doubles each time."))
+    register(Setting("notify-outbox", None, text, "Folder of pending deliveries (default: beside the store).",
+                     file_only=True, path=True))
+
+
+# --- notifiers ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Notifier:
+    name: str
+    deliver: Callable[[dict, Any], Any]
+    wants: Optional[Callable[[str, Any], bool]]
+    retry: bool
+    plugin: str
+
+
+_NOTIFIERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def notifiers(queue) -> dict:
+    """Every registered notifier by name, collected once per plugin manager."""
+    found = _NOTIFIERS.get(queue.pm)
+    if found is None:
+        found = {}
+
+        def make(plugin: str):
+            def register(name: str, deliver, wants=None, retry: bool = True):
+                if name in found:
+                    raise PluginError(f"notifier {name!r} is registered twice (by {found[name].plugin} and {plugin})")
+                found[name] = Notifier(name, deliver, wants, retry, plugin)
+            return register
+        call_registrations(queue.pm, "queuectl_register_notifiers", make)
+        _NOTIFIERS[queue.pm] = found
+    return found
+
+
+@hookimpl
+def queuectl_register_notifiers(register):
+    register("webhook", post_webhook,
+             wants=lambda event, queue: bool(queue.config.get("webhook-url")) and event in queue.config.get("webhook-events"))
+    register("callback", run_callback, wants=lambda event, queue: bool(queue.config.get(CALLBACKS[event])), retry=False)
+
+
+def event_name(event: dict) -> str:
+    return event["type"].split(".", 1)[1]
+
+
+# --- webhooks --------------------------------------------------------------------------------------
+
+
+def signature(secret: str, body: bytes) -> str:
+    """The X-Queuectl-Signature value: ``sha256=`` and the hex HMAC-SHA256 of the exact body."""
+    import hashlib
+    import hmac
+
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def post_webhook(event: dict, queue) -> None:
+    import urllib.error
+    import urllib.request
+
+    from queuectl import __version__
+
+    body = json.dumps(event, separators=(",", ":"), sort_keys=True).encode()
+    headers = {"Content-Type": "application/json", "User-Agent": f"queuectl/{__version__}",
+               "X-Queuectl-Event": event["type"], "X-Queuectl-Delivery": event["id"]}
+    secret = queue.config.get("webhook-secret")
+    if secret:
+        headers["X-Queuectl-Signature"] = signature(secret, body)
+    request = urllib.request.Request(queue.config.get("webhook-url"), data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=queue.config.get("webhook-timeout")) as answer:
+            answer.read(65536)
+    except urllib.error.HTTPError as exc:
+        raise DeliveryError(f"webhook answered {exc.code} {exc.reason}") from None
+    except (OSError, ValueError) as exc:
+        raise DeliveryError(f"webhook failed: {getattr(exc, 'reason', exc)}") from None
+
+
+# --- shell callbacks -------------------------------------------------------------------------------
+
+
+def callback_env(event: dict) -> dict:
+    """The job's fields as QUEUECTL_* variables, like task-spooler's TS_ONFINISH arguments."""
+    job, attempt = event["job"], event["attempt"]
+    labels = job.get("labels") or ""
+    if isinstance(labels, dict):
+        labels = ",".join(f"{k}={v}" for k, v in labels.items())
+    elif isinstance(labels, (list, tuple)):
+        labels = ",".join(map(str, labels))
+    values = {"EVENT": event_name(event), "JOB_ID": job["id"], "JOB_STATE": job["state"], "COMMAND": job["command"],
+              "QUEUE": job.get("queue"), "LABELS": labels, "ATTEMPT": attempt["attempt"],
+              "OUTCOME": attempt["outcome"], "EXIT_CODE": attempt["exit_code"], "SIGNAL": attempt["signal"],
+              "ERROR": attempt["error"], "DURATION": attempt["duration"]}
+    return {f"QUEUECTL_{k}": "" if v is None else str(v) for k, v in values.items()}
+
+
+def run_callback(event: dict, queue) -> None:
+    """Run the event's shell callback, killed (its whole group) after callback-timeout seconds."""
+    import signal
+    import subprocess
+
+    command = queue.config.get(CALLBACKS[event_name(event)])
+    timeout = queue.config.get("callback-timeout")
+    cwd = event["job"].get("cwd")
+    env = {k: v for k, v in os.environ.items() if k not in ("QUEUECTL_JOB_ID", "QUEUECTL_ATTEMPT", "QUEUECTL_RUN_ID")}
+    env.update(callback_env(event))
+    proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(),
+                            cwd=cwd if cwd and os.path.isdir(cwd) else None, env=env, start_new_session=True)
+    try:
+        code = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        proc.wait()
+        raise DeliveryError(f"{CALLBACKS[event_name(event)]} callback ran longer than {timeout:g}s; killed") from None
+    if code:
+        raise DeliveryError(f"{CALLBACKS[event_name(event)]} callback exited {code}")
+
+
+# --- events and the outbox ---------------------------------------------------------------------------
+
+
+def build_event(job, attempt, name: str) -> dict:
+    """The event as sent: the job without its env (it may hold secrets), the attempt without its output."""
+    job_data = job.to_dict()
+    job_data.pop("env", None)
+    job_data.pop("worker", None)
+    attempt_data = attempt.to_dict()
+    for stream in ("stdout", "stderr"):
+        attempt_data.pop(stream)
+    attempt_data["stderr_tail"] = attempt.stderr[-TAIL:].decode("utf-8", "replace")
+    return {"id": "evt_" + os.urandom(12).hex(), "type": f"job.{name}", "created_at": iso(now()),
+            "job": job_data, "attempt": attempt_data}
+
+
+def outbox_folder(queue) -> Path:
+    """``notify-outbox``, else ``.NAME.notify/`` beside a SQLite store, else a folder per database URL."""
+    configured = queue.config.get("notify-outbox")
+    if configured:
+        return Path(configured)
+    db = queue.db
+    if "://" not in db:
+        path = Path(db)
+        return path.parent / f".{path.name}.notify"
+    import hashlib
+
+    try:
+        schema = queue.config.get("pg-schema")
+    except Exception:
+        schema = None
+    key = hashlib.sha256(f"{db}\0{schema}".encode()).hexdigest()[:16]
+    return default_data_dir() / f"notify-{key}"
+
+
+class Outbox:
+    """A folder of deliveries, one JSON file each: ``NANOS-EVENTID.CHANNEL.json``, given up ones in failed/."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.failed = self.folder / "failed"
+
+    def ensure(self) -> None:
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.failed.mkdir(mode=0o700, exist_ok=True)
+
+    def put(self, channel: str, event: dict) -> Path:
+        self.ensure()
+        path = self.folder / f"{time.time_ns():020d}-{event['id']}.{channel}.json"
+        self.write(path, {"channel": channel, "tries": 0, "next_at": 0.0, "last_error": None, "event": event})
+        return path
+
+    def write(self, path: Path, delivery: dict) -> None:
+        """Whole or not at all: written beside, then renamed into place."""
+        temp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+        with open(temp, "w") as fh:
+            json.dump(delivery, fh)
+        os.replace(temp, path)
+
+    def pending(self) -> list:
+        return self._list(self.folder)
+
+    def given_up(self) -> list:
+        return self._list(self.failed)
+
+    def _list(self, folder: Path) -> list:
+        try:
+            return sorted(folder / n for n in os.listdir(folder) if n.endswith(".json") and not n.startswith("."))
+        except FileNotFoundError:
+            return []
+
+    def read(self, path: Path) -> Optional[dict]:
+        """The delivery, or None when it is gone (delivered by another process) or unreadable."""
+        try:
+            with open(path) as fh:
+                delivery = json.load(fh)
+            return delivery if isinstance(delivery, dict) and isinstance(delivery.get("event"), dict) else None
+        except (OSError, ValueError):
+            return None
+
+    # The wake-up is a datagram to an abstract Unix socket named after the folder: no path length
+    # limit, nothing left on disk; a lost datagram only costs the one-second poll.
+    def address(self) -> str:
+        import hashlib
+
+        return "\0queuectl-notify-" + hashlib.sha256(str(self.folder.resolve()).encode()).hexdigest()[:24]
+
+    def wake(self) -> None:
+        if not sys.platform.startswith("linux"):
+            return
+        import socket
+
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            try:
+                sock.sendto(b"!", self.address())
+            except OSError:
+                pass              # no deliverer listening, or it is awake already
+
+
+@hookimpl
+def queuectl_attempt_finished(job, attempt, queue):
+    name = STATE_EVENTS.get(job.state)
+    if name is None:
+        return
+    wanted = [n for n in notifiers(queue).values() if n.wants is None or n.wants(name, queue)]
+    if not wanted:
+        return
+    event = build_event(job, attempt, name)
+    box = Outbox(outbox_folder(queue))
+    for notifier in wanted:
+        box.put(notifier.name, event)
+    box.wake()
+
+
+# --- delivery ---------------------------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    print(f"queuectl: notify: {message}", file=sys.stderr, flush=True)
+
+
+class Deliverer:
+    """Sends what the outbox holds. Only the holder of the folder's lock delivers, so two pools on
+    one host never send the same file at once; the kernel drops the lock when its holder dies."""
+
+    def __init__(self, queue, box: Outbox):
+        self.queue = queue
+        self.box = box
+        self.lock_fd: Optional[int] = None
+        self.not_before: dict = {}        # path -> when it is due again
+
+    def lock(self, wait: bool = False) -> bool:
+        import fcntl
+
+        if self.lock_fd is None:
+            self.box.ensure()
+            fd = os.open(self.box.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except OSError:
+                os.close(fd)
+                return False
+            self.lock_fd = fd
+        return True
+
+    def unlock(self) -> None:
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+    def deliver_due(self, everything: bool = False) -> tuple:
+        """Deliver each due file once; return (sent, failed, seconds until the next one is due).
+
+        When each waiting file is due again is remembered, so a long backlog behind a dead
+        endpoint is not read again on every wake-up."""
+        sent = failed = 0
+        next_due = 1.0
+        pending = self.box.pending()
+        live = set(pending)
+        self.not_before = {p: t for p, t in self.not_before.items() if p in live}
+        for path in pending:
+            wait = self.not_before.get(path, 0.0) - time.time()
+            delivery = None if wait > 0 and not everything else self.box.read(path)
+            if delivery is not None:
+                wait = delivery.get("next_at", 0) - time.time()
+            if wait > 0 and not everything:
+                self.not_before[path] = time.time() + wait
+                next_due = min(next_due, wait)
+            elif delivery is None:
+                self.set_aside(path)
+            elif self.attempt(path, delivery):
+                sent += 1
+            else:
+                failed += 1
+                self.not_before[path] = delivery["next_at"]
+                next_due = min(next_due, max(0.0, delivery["next_at"] - time.time()))
+        return sent, failed, next_due
+
+    def set_aside(self, path: Path) -> None:
+        """A file that is not a delivery (damaged, or put there by hand) goes to failed/, once."""
+        try:
+            os.replace(path, self.box.failed / path.name)
+        except FileNotFoundError:
+            return                       # delivered meanwhile by `notify send`
+        log(f"{path.name} is not a readable delivery; moved to {self.box.failed}")
+
+    def attempt(self, path: Path, delivery: dict) -> bool:
+        """One try of one delivery: done (file removed), rescheduled with backoff, or given up."""
+        self.queue.config.refresh()
+        notifier = notifiers(self.queue).get(delivery.get("channel"))
+        event = delivery["event"]
+        try:
+            if notifier is None:
+                raise DeliveryError(f"no notifier named {delivery.get('channel')!r} is registered")
+            notifier.deliver(event, self.queue)
+        except Exception as exc:
+            self.failed(path, delivery, notifier, exc)
+            return False
+        path.unlink(missing_ok=True)
+        return True
+
+    def failed(self, path: Path, delivery: dict, notifier: Optional[Notifier], exc: Exception) -> None:
+        error = str(exc) if isinstance(exc, (DeliveryError, QueueError)) else f"{type(exc).__name__}: {exc}"
+        delivery["tries"] = tries = delivery.get("tries", 0) + 1
+        delivery["last_error"] = error
+        what = f"{delivery.get('channel')} delivery of {event_label(delivery['event'])}"
+        retries = self.queue.config.get("notify-retries") if notifier is not None and notifier.retry else 0
+        if tries > retries:
+            delivery["next_at"] = 0.0
+            self.box.write(self.box.failed / path.name, delivery)
+            path.unlink(missing_ok=True)
+            log(f"{what} failed: {error}; gave up after {tries} tr{'y' if tries == 1 else 'ies'} "
+                f"(kept in {self.box.failed})")
+            return
+        delay = min(MAX_BACKOFF, self.queue.config.get("notify-backoff") * 2 ** (tries - 1))
+        delivery["next_at"] = time.time() + delay
+        self.box.write(path, delivery)
+        log(f"{what} failed: {error}; retry {tries} of {retries} in {delay:g}s")
+
+
+def event_label(event: dict) -> str:
+    return f"{event.get('type')} for job {event.get('job', {}).get('id')}"
+
+
+class DeliverySource:
+    """The job source (it enqueues nothing) that runs a Deliverer in a thread of the sources process."""
+
+    def __init__(self, queue):
+        import threading
+
+        self.queue = queue.clone()        # its own store connection: a thread must not share one
+        self.box = Outbox(outbox_folder(queue))
+        self.stopping = threading.Event()
+        self.stop_r, self.stop_w = os.pipe()
+        self.thread = threading.Thread(target=self.run, name="queuectl-notify", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        os.write(self.stop_w, b"!")
+        # bounded: what a delivery in flight may take; a file not done by then stays for the next pool
+        self.thread.join(max(self.queue.config.get("webhook-timeout"), self.queue.config.get("callback-timeout")) + 1)
+
+    def run(self) -> None:
+        deliverer = Deliverer(self.queue, self.box)
+        listener = None
+        try:
+            while not self.stopping.is_set():
+                if not deliverer.lock():
+                    self._sleep(None, 1.0)            # another pool on this host delivers
+                    continue
+                if listener is None:
+                    listener = self._listen()
+                self._sleep(listener, self._pass(deliverer))
+            self._pass(deliverer)                      # what became due while stopping
+        finally:
+            deliverer.unlock()
+            if listener is not None:
+                listener.close()
+            self.queue.close()
+
+    def _pass(self, deliverer: Deliverer) -> float:
+        """One pass over the outbox; seconds until the next. A failing pass (the store is down, the
+        folder unreadable) is logged and tried again: the thread never gives up."""
+        try:
+            return deliverer.deliver_due()[2]
+        except Exception as exc:
+            log(f"delivery pass failed: {type(exc).__name__}: {exc}; trying again in 1 s")
+            return 1.0
+
+    def _listen(self):
+        if not sys.platform.startswith("linux"):
+            return None
+        import socket
+
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.bind(self.box.address())
+        except OSError:
+            sock.close()
+            return None
+        return sock
+
+    def _sleep(self, listener, seconds: float) -> None:
+        import select
+        import socket
+
+        fds = [self.stop_r] + ([listener] if listener is not None else [])
+        ready, _, _ = select.select(fds, [], [], max(0.0, seconds))
+        if listener in ready:
+            try:
+                while listener.recv(64, socket.MSG_DONTWAIT):
+                    pass
+            except OSError:
+                pass
+
+
+@hookimpl
+def queuectl_job_sources(queue, options):
+    return [DeliverySource(queue)]
+
+
+# --- commands and status ----------------------------------------------------------------------------
+
+
+def delivery_rows(box: Outbox) -> list:
+    rows = []
+    for state, paths in (("pending", box.pending()), ("failed", box.given_up())):
+        for path in paths:
+            delivery = box.read(path)
+            if delivery is None:
+                continue
+            event = delivery["event"]
+            next_at = delivery.get("next_at") or None
+            rows.append({"delivery": event.get("id"), "channel": delivery.get("channel"), "state": state,
+                         "event": event.get("type"), "job": event.get("job", {}).get("id"),
+                         "tries": delivery.get("tries", 0), "next_try": iso(next_at) if state == "pending" else None,
+                         "last_error": delivery.get("last_error")})
+    return rows
+
+
+@hookimpl
+def queuectl_register_commands(cli):
+    from queuectl.command import QueueError, emit_json, get_queue, short, table
+    from queuectl.term import for_terminal
+
+    @cli.group()
+    def notify():
+        """Notifications: deliveries waiting in the outbox, and sending them by hand."""
+
+    @notify.command("list")
+    @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of deliveries.")
+    def notify_list(as_json):
+        """Deliveries not sent yet (pending) and given up (failed), oldest first."""
+        rows = delivery_rows(Outbox(outbox_folder(get_queue())))
+        if as_json:
+            emit_json(rows)
+            return
+        table(({**r, "last_error": for_terminal(short(r["last_error"], 50), sys.stdout, False)} for r in rows),
+              ["delivery", "channel", "state", "event", "job", "tries", "next_try", "last_error"])
+
+    @notify.command("send")
+    @click.option("--failed", "include_failed", is_flag=True, help="Also retry deliveries that were given up.")
+    def notify_send(include_failed):
+        """Try every pending delivery now, once (for a pool that is not running, or from cron)."""
+        queue = get_queue()
+        box = Outbox(outbox_folder(queue))
+        if include_failed:
+            box.ensure()
+            for path in box.given_up():
+                delivery = box.read(path)
+                if delivery is None:
+                    continue
+                delivery["tries"] = 0
+                box.write(box.folder / path.name, delivery)
+                path.unlink(missing_ok=True)
+        deliverer = Deliverer(queue, box)
+        if not deliverer.lock():
+            raise QueueError(f"a worker pool on this host is delivering {box.folder}; it sends what is due")
+        try:
+            sent, failed, _ = deliverer.deliver_due(everything=True)
+        finally:
+            deliverer.unlock()
+        click.echo(f"{sent} sent, {failed} failed", err=True)
+        if failed:
+            sys.exit(1)
+
+
+@hookimpl
+def queuectl_status_info(queue):
+    box = Outbox(outbox_folder(queue))
+    pending, failed = len(box.pending()), len(box.given_up())
+    configured = queue.config.get("webhook-url") or any(queue.config.get(k) for k in CALLBACKS.values())
+    if not (configured or pending or failed):
+        return None
+    return {"notify": {"outbox": str(box.folder), "pending": pending, "failed": failed}}

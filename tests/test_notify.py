@@ -1,0 +1,242 @@
+"""The notify plugin through real pools: webhooks against a real HTTP server, shell callbacks."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import signal
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from conftest import wait_until
+
+BOTH_BACKENDS = True
+SECRET = "s3cret-key"
+
+
+class Receiver:
+    """An HTTP server on 127.0.0.1 that answers 500 to the first ``failures`` requests of each
+    delivery id, and can hold requests until released."""
+
+    def __init__(self, failures: int = 0):
+        self.failures = failures
+        self.requests: list[dict] = []
+        self.lock = threading.Lock()
+        self.release = threading.Event()
+        self.release.set()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with receiver.lock:
+                    seen = sum(r["delivery"] == self.headers["X-Queuectl-Delivery"] for r in receiver.requests)
+                    receiver.requests.append({"delivery": self.headers["X-Queuectl-Delivery"], "body": body,
+                                              "headers": dict(self.headers), "failed": seen < receiver.failures})
+                receiver.release.wait(60)
+                self.send_response(500 if seen < receiver.failures else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def delivered(self) -> list[dict]:
+        with self.lock:
+            return [json.loads(r["body"]) for r in self.requests if not r["failed"]]
+
+    def close(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    made = []
+
+    def make(failures=0):
+        made.append(Receiver(failures))
+        return made[-1]
+    yield make
+    for r in made:
+        r.close()
+
+
+def configure(instance, **settings):
+    config = dict(instance.config, **{"notify-backoff": 0.05}, **settings)
+    instance.write_config(config)
+
+
+def test_webhook_retries_until_delivered_signed_and_once_per_event(instance, receiver):
+    server = receiver(failures=2)
+    configure(instance, **{"webhook-url": server.url, "webhook-secret": SECRET})
+    ok = instance.enqueue("echo fine")
+    bad = instance.enqueue("exit 3", max_retries=1)
+    pool = instance.start_pool(2)
+    wait_until(lambda: len(server.delivered()) == 3, 60, message="three events delivered")
+    events = {(e["job"]["id"], e["type"]): e for e in server.delivered()}
+    assert set(events) == {(ok, "job.completed"), (bad, "job.retry"), (bad, "job.dead")}
+    assert events[(bad, "job.dead")]["attempt"]["exit_code"] == 3
+    assert events[(bad, "job.dead")]["job"]["state"] == "dead"
+    assert "env" not in events[(ok, "job.completed")]["job"]
+    for request in server.requests:
+        expected = "sha256=" + hmac.new(SECRET.encode(), request["body"], hashlib.sha256).hexdigest()
+        assert request["headers"]["X-Queuectl-Signature"] == expected
+        assert request["headers"]["Content-Type"] == "application/json"
+        assert request["headers"]["X-Queuectl-Event"] == json.loads(request["body"])["type"]
+    by_delivery = {}
+    for request in server.requests:            # each event: two 500s, then one 200, same body each time
+        by_delivery.setdefault(request["delivery"], []).append(request)
+    assert sorted(len(v) for v in by_delivery.values()) == [3, 3, 3]
+    assert all(len({r["body"] for r in v}) == 1 for v in by_delivery.values())
+    wait_until(lambda: instance.json("notify", "list") == [], 10, message="an empty outbox")
+    os.killpg(pool.pid, signal.SIGTERM)
+    _, err = pool.communicate(timeout=60)
+    assert "webhook answered 500" in err and "retry 1 of 5" in err
+
+
+def test_a_stalled_webhook_never_delays_the_next_job(instance, receiver):
+    server = receiver()
+    server.release.clear()                      # every request hangs until released
+    configure(instance, **{"webhook-url": server.url, "webhook-timeout": 120})
+    first = instance.enqueue("true")
+    instance.start_pool(1)
+    wait_until(lambda: server.requests, 60, message="the first event to reach the server")
+    later = [instance.enqueue(f"echo {n}") for n in range(3)]
+    for job_id in later:                        # one worker, its webhook still hanging: jobs go on
+        assert instance.wait_for_state(job_id, "completed")["state"] == "completed"
+    assert len(server.requests) == 1
+    server.release.set()
+    wait_until(lambda: {e["job"]["id"] for e in server.delivered()} == {first, *later}, 60,
+               message="every event delivered after the release")
+
+
+def test_delivery_survives_the_death_of_the_whole_pool(instance, receiver):
+    server = receiver()
+    server.release.clear()
+    configure(instance, **{"webhook-url": server.url, "webhook-timeout": 120, "webhook-events": ["dead"]})
+    job = instance.enqueue("exit 1", max_retries=0)
+    done = instance.enqueue("true")             # completed: not in webhook-events, never sent
+    pool = instance.start_pool(1)
+    wait_until(lambda: server.requests, 60, message="the dead event to reach the server")
+    os.killpg(pool.pid, signal.SIGKILL)         # mid-delivery: worker, sources process and pool die
+    pool.wait()
+    assert instance.wait_for_state(done, "completed")
+    pending = instance.json("notify", "list")
+    assert [(d["event"], d["job"], d["state"]) for d in pending] == [("job.dead", job, "pending")]
+    server.release.set()
+    instance.start_pool(1)
+    wait_until(lambda: len(server.requests) == 2, 60, message="redelivery by the next pool")
+    assert [e["job"]["id"] for e in server.delivered()] == [job, job]     # the first answer reached no one
+    assert {r["delivery"] for r in server.requests} == {pending[0]["delivery"]}
+    wait_until(lambda: instance.json("notify", "list") == [], 10, message="an empty outbox")
+
+
+def test_a_webhook_that_keeps_failing_is_given_up_and_sent_by_hand(instance, receiver):
+    server = receiver(failures=1000)
+    configure(instance, **{"webhook-url": server.url, "notify-retries": 2})
+    job = instance.enqueue("true")
+    instance.start_pool(1)
+    wait_until(lambda: [d["state"] for d in instance.json("notify", "list")] == ["failed"], 60,
+               message="the delivery to be given up")
+    assert len(server.requests) == 3
+    [failed] = instance.json("notify", "list")
+    assert failed["tries"] == 3 and "500" in failed["last_error"] and failed["job"] == job
+    server.failures = 0
+    instance.cleanup()                          # the pool held the outbox; `notify send` takes it over
+    sent = instance.run("notify", "send", "--failed")
+    assert "1 sent, 0 failed" in sent.stderr
+    assert [e["job"]["id"] for e in server.delivered()] == [job]
+    assert instance.json("notify", "list") == []
+
+
+def test_callbacks_get_job_fields_and_never_fail_the_job(instance, tmp_path):
+    record = 'env | grep ^QUEUECTL_ | sort > "$QUEUECTL_EVENT-$QUEUECTL_JOB_ID.env"'
+    configure(instance, **{"on-complete": record, "on-retry": record + "; exit 7",
+                           "on-dead": "sleep 60", "callback-timeout": 0.5, "max-retries": 1})
+    ok = instance.enqueue("true", queue="batch")
+    bad = instance.enqueue("exit 4")
+    pool = instance.start_pool(2)
+    instance.wait_for_state(ok, "completed")
+    assert instance.wait_for_state(bad, "dead")["exit_code"] == 4
+    completed = wait_until(lambda: _read_env(instance.root / f"completed-{ok}.env"), 30, message="on-complete")
+    assert completed["QUEUECTL_JOB_ID"] == ok and completed["QUEUECTL_JOB_STATE"] == "completed"
+    assert completed["QUEUECTL_EXIT_CODE"] == "0" and completed["QUEUECTL_ATTEMPT"] == "1"
+    assert completed["QUEUECTL_QUEUE"] == "batch" and completed["QUEUECTL_COMMAND"] == "true"
+    retry = wait_until(lambda: _read_env(instance.root / f"retry-{bad}.env"), 30, message="on-retry")
+    assert retry["QUEUECTL_JOB_STATE"] == "failed" and retry["QUEUECTL_EXIT_CODE"] == "4"
+    wait_until(lambda: instance.json("notify", "list") and
+               {d["event"] for d in instance.json("notify", "list")} == {"job.retry", "job.dead"}, 30,
+               message="both failing callbacks recorded as failed deliveries")
+    os.killpg(pool.pid, signal.SIGTERM)
+    _, err = pool.communicate(timeout=60)
+    assert "on-retry callback exited 7" in err
+    assert "on-dead callback ran longer than 0.5s; killed" in err
+    assert instance.job(ok)["state"] == "completed" and instance.job(bad)["state"] == "dead"
+
+
+def _read_env(path):
+    if not path.exists():
+        return None
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+
+
+def test_bad_notify_settings_are_one_line_errors(instance):
+    bad = instance.run("config", "set", "webhook-url", "ftp://example.com", check=False)
+    assert bad.returncode == 2 and bad.stderr.startswith("queuectl: error:") and len(bad.stderr.splitlines()) == 1
+    bad = instance.run("config", "set", "webhook-events", "completed,exploded", check=False)
+    assert bad.returncode == 2 and "unknown event 'exploded'" in bad.stderr
+
+
+def test_a_killed_delivery_process_is_started_again_and_resends(instance, receiver):
+    server = receiver()
+    server.release.clear()
+    configure(instance, **{"webhook-url": server.url, "webhook-timeout": 120})
+    job = instance.enqueue("true")
+    pool = instance.start_pool(1)
+    wait_until(lambda: server.requests, 60, message="the event to reach the server")
+    [sender] = _sources_processes(instance, pool)
+    os.kill(sender, signal.SIGKILL)             # the sources process dies mid-delivery; the pool lives
+    server.release.set()
+    wait_until(lambda: len(server.requests) == 2, 60, message="redelivery by a new sources process")
+    assert [e["job"]["id"] for e in server.delivered()] == [job, job]
+    assert len({r["delivery"] for r in server.requests}) == 1
+    wait_until(lambda: instance.json("notify", "list") == [], 10, message="an empty outbox")
+    assert len(_sources_processes(instance, pool)) == 1
+    assert len(_children(pool.pid)) == 2        # one worker and the new sources process, not two workers
+
+
+def _sources_processes(instance, pool):
+    """Children of the pool that are not workers."""
+    workers = {w["pid"] for w in instance.json("status")["workers"]}
+    return [pid for pid in _children(pool.pid) if pid not in workers]
+
+
+def _children(pid):
+    with open(f"/proc/{pid}/task/{pid}/children") as fh:
+        return [int(p) for p in fh.read().split()]
+
+
+def test_a_damaged_outbox_file_is_set_aside_and_the_rest_delivered(instance, receiver):
+    server = receiver()
+    configure(instance, **{"webhook-url": server.url})
+    outbox = instance.root / ".queue.db.notify"
+    if instance.config["db"] != "queue.db":
+        outbox = instance.root / "outbox"
+        configure(instance, **{"webhook-url": server.url, "notify-outbox": str(outbox)})
+    job = instance.enqueue("true")
+    instance.run("worker", "start", "--burst")      # the last pass on the way out sends the event
+    assert [e["job"]["id"] for e in server.delivered()] == [job]
+    (outbox / "00000000000000000001-evt_x.webhook.json").write_text("{not json")
+    sent = instance.run("notify", "send")
+    assert "0 sent, 0 failed" in sent.stderr and "is not a readable delivery" in sent.stderr
+    assert (outbox / "failed" / "00000000000000000001-evt_x.webhook.json").exists()
+    assert instance.json("notify", "list") == []
