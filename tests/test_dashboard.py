@@ -142,13 +142,17 @@ def test_dashboard_in_chromium(instance, dashboard, browser, backend):
 
     # the job page follows a running job without a reload
     started, release = instance.root / "started", instance.root / "release"
-    live = instance.enqueue(f"touch {started}; while [ ! -e {release} ]; do sleep 0.05; done; echo finished-now",
-                            queue="live")
+    live = instance.enqueue(f"echo early-output; touch {started}; while [ ! -e {release} ]; do sleep 0.05; done; "
+                            f"echo finished-now", queue="live")
     instance.start_pool(1, "--queue", "live")
     wait_until(started.exists, 60, message="the job to start")
     browser.get(dashboard.url + "jobs/" + live)
     wait_until(lambda: text_of(browser, '[data-field="state"]') == "processing", 30, message="the running job")
     loaded = browser.execute_script("return performance.timeOrigin")
+    # the running attempt's output as it grows (stored while it runs, read through Queue.logs)
+    wait_until(lambda: "early-output" in (text_of(browser, "#attempts pre.out") or ""), 30,
+               message="the running attempt's output on the page")
+    assert text_of(browser, "#attempts h3") == "attempt 1: running"
     release.touch()
     wait_until(lambda: text_of(browser, '[data-field="state"]') == "completed", 60,
                message="the job page to show the job completed")
