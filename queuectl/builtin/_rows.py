@@ -243,21 +243,14 @@ def keyset_page(read, table: str, mark: str, contains, state=None, queue=None, t
     window of at most SCAN_BUDGET rows; when the page is not full, ``next`` says where to go on.
     ``contains(column)`` is the backend's SQL for "position of the parameter in column".
     """
-    inner, params = [], []
-    if state:
-        inner.append(f"state = {mark}")
-        params.append(state)
-    if queue:
-        inner.append(f"queue = {mark}")
-        params.append(queue)
+    where, params = job_filters(mark, None, None, state=state, queue=queue)
     if before is not None:
-        inner.append(f"seq < {mark}")
+        where += f" {'AND' if where else 'WHERE'} seq < {mark}"
         params.append(int(before))
     outer, extra = [], []
     if text:
         outer.append(f"({contains('command')} > 0 OR {contains('id')} = 1)")
         extra += [text, text]
-    where = ("WHERE " + " AND ".join(inner)) if inner else ""
     if not outer:
         rows = read(f"SELECT {JOB_COLUMNS}, seq FROM {table} {where} ORDER BY seq DESC LIMIT {mark}",
                     (*params, limit + 1))
