@@ -28,6 +28,7 @@ BUILTINS = (
     ("dlq", "queuectl.builtin.dlq"),
     ("spool", "queuectl.builtin.spool"),
     ("schedule", "queuectl.builtin.schedule"),
+    ("dashboard", "queuectl.builtin.dashboard"),
     ("notify", "queuectl.builtin.notify"),
     ("watch", "queuectl.builtin.watch"),
 )

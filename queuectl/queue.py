@@ -434,6 +434,48 @@ class Queue:
         self.store.notify()
         return count
 
+    # --- the dashboard and /metrics: reads that never scan the jobs -------------------------------
+
+    def _reader(self, verb: str):
+        """A store verb the dashboard needs; a backend written before them gets one clear error."""
+        found = getattr(self.store, verb, None)
+        if found is None:
+            raise QueueError(f"the storage backend {type(self.store).__name__} has no {verb}(), which the "
+                             f"dashboard and metrics need (see queuectl/store.py)")
+        return found
+
+    def queue_counts(self) -> dict[str, dict[str, int]]:
+        """Jobs per queue and state, from counters the store keeps current: {queue: {state: n}}."""
+        return self._reader("queue_counts")()
+
+    def queue_settings(self) -> list[dict]:
+        """Queues with a concurrency limit or a pause set: name, concurrency, paused (no counting)."""
+        return self._reader("queue_settings")()
+
+    def oldest_pending(self) -> dict[str, float]:
+        """Per queue, seconds since its earliest-enqueued pending job was enqueued."""
+        return self._reader("oldest_pending")()
+
+    def run_totals(self) -> dict:
+        """Every attempt so far: runs, failed, duration_sum and the duration histogram's (bucket, n) rows."""
+        return self._reader("run_totals")()
+
+    def series(self, window: float = 3600, step: int = 60) -> list[dict]:
+        """Attempts over the last ``window`` seconds (at most a day) in bins of ``step`` seconds (a
+        multiple of 60), oldest first: t, runs, failed, p50, p95, p99 (durations in seconds)."""
+        if not 0 < window <= 86400 or step <= 0 or step % 60:
+            raise UsageError("a series covers at most a day, in steps of whole minutes")
+        return self._reader("series")(window, step)
+
+    def page(self, state: Optional[str] = None, queue: Optional[str] = None, text: Optional[str] = None,
+             before: Optional[int] = None, limit: int = 50) -> dict:
+        """Newest jobs first, filtered, by keyset: {"jobs": [...], "next": cursor or None}."""
+        if state is not None and state not in models.STATES:
+            raise UsageError(f"unknown state {state!r} (one of: {', '.join(models.STATES)})")
+        if not 0 < limit <= 1000:
+            raise UsageError("a page holds 1 to 1000 jobs")
+        return self._reader("page_jobs")(state=state, queue=queue, text=text, before=before, limit=limit)
+
     def _dead_workers(self, host: Optional[str] = None) -> tuple[list, list]:
         """(live rows, ids of dead rows): a row on this host whose process is gone is dead (a pool
         killed whole leaves its rows behind); other hosts' rows count as live, only they can tell."""

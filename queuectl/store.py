@@ -206,6 +206,28 @@ class Store(Protocol):
     def stats(self) -> dict:
         """total_runs, failed_runs, avg_duration, p50/p95 duration, dead_jobs, throughput."""
 
+    # the dashboard and /metrics: reads that never scan the jobs or the attempts
+    def queue_counts(self) -> dict:
+        """Jobs per queue and state, {queue: {state: n}} (zeros left out), kept current like counts()."""
+
+    def queue_settings(self) -> list[dict]:
+        """Queues with a limit or pause set: name, concurrency, paused (from their own rows)."""
+
+    def oldest_pending(self) -> dict:
+        """Per queue with pending jobs, seconds since the earliest-enqueued one was enqueued (index seeks)."""
+
+    def run_totals(self) -> dict:
+        """runs, failed, duration_sum and histogram ((bucket, n) rows of the duration histogram)."""
+
+    def series(self, window: float, step: int) -> list[dict]:
+        """Attempts over the last ``window`` seconds (at most a day), binned by ``step`` (whole minutes),
+        oldest first: t, runs, failed, p50, p95, p99; read from a per-minute rollup kept at finish()."""
+
+    def page_jobs(self, state: Optional[str] = None, queue: Optional[str] = None, text: Optional[str] = None,
+                  before: Optional[int] = None, limit: int = 50) -> dict:
+        """Newest jobs first after the cursor ``before``: {"jobs", "next"}. ``text`` matches a substring
+        of the command or a prefix of the id. A page costs the same at any number of jobs."""
+
     # wake-ups
     def notify(self) -> None:
         """Wake idle workers after new work was committed."""

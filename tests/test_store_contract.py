@@ -809,15 +809,15 @@ def test_purge(backend):
         store.add_jobs([make_job("x", after=["old-done"])])      # purged: no longer a job
 
 
-def test_a_version_1_store_is_migrated(backend):
-    """Jobs stored before scheduling and control came in keep working after the upgrade."""
+def create_old_store(backend, version: int) -> None:
+    """A store as queuectl at schema ``version`` left it (its migrations only, all plain SQL)."""
     if backend.kind == "postgres":
         from queuectl.builtin.postgres_store import MIGRATIONS
 
         schema = f'"{backend.schema}"'
         statements = [f"CREATE SCHEMA {schema}", f"CREATE TABLE {schema}.meta (key text PRIMARY KEY, value text)"]
-        statements += [s.replace("{s}", schema) for s in MIGRATIONS[1]]
-        statements.append(f"INSERT INTO {schema}.meta VALUES ('schema_version', '1')")
+        statements += [s.replace("{s}", schema) for v in range(1, version + 1) for s in MIGRATIONS[v]]
+        statements.append(f"INSERT INTO {schema}.meta VALUES ('schema_version', '{version}')")
         for sql in statements:
             pg_execute(sql)
     else:
@@ -825,11 +825,17 @@ def test_a_version_1_store_is_migrated(backend):
 
         conn = sqlite3.connect(str(backend.root / "queue.db"))
         conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        for sql in MIGRATIONS[1]:
-            conn.execute(sql)
-        conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+        for v in range(1, version + 1):
+            for sql in MIGRATIONS[v]:
+                conn.execute(sql)
+        conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(version),))
         conn.commit()
         conn.close()
+
+
+def test_a_version_1_store_is_migrated(backend):
+    """Jobs stored before scheduling and control came in keep working after the upgrade."""
+    create_old_store(backend, 1)
     backend.raw("INSERT INTO {s}jobs (id, command, state, max_retries, created_at, updated_at, run_at) "
                 "VALUES ('v1-job', 'true', 'pending', 3, 1, 1, 1)")
     store = backend.store()
@@ -1019,3 +1025,127 @@ def test_output_listener_wakes_on_output(backend):
         assert ready(listener, 2.0)
     finally:
         listener.close()
+
+
+# --- the dashboard's reads: counters per queue, the per-minute ring, keyset pages ----------------------
+
+
+def finish_as(store, job: Job, outcome: str, duration: float, finished: float, state: str):
+    a = Attempt(job.id, job.attempts, outcome, started_at=finished - duration, finished_at=finished,
+                exit_code=0 if outcome == "succeeded" else 1)
+    done, _ = store.finish(job.id, job.lease.token, a, Transition(state, time.time()))
+    assert done is not None
+
+
+def queue_tally(store) -> dict:
+    out: dict = {}
+    for job in store.list_jobs():
+        out.setdefault(job.queue, {})
+        out[job.queue][job.state] = out[job.queue].get(job.state, 0) + 1
+    return out
+
+
+def test_queue_counts_follow_every_change(backend):
+    store = backend.store()
+    store.add_jobs([make_job(f"a{i}", queue="alpha") for i in range(5)] +
+                   [make_job(f"b{i}", queue="beta") for i in range(3)])
+    assert store.queue_counts() == {"alpha": {"pending": 5}, "beta": {"pending": 3}}
+    job = store.claim(worker(), 30)
+    finish_as(store, job, "failed", 0.2, time.time(), "dead")
+    store.cancel_job("b1")
+    store.retry_job(job.id, ("dead",))
+    store.add_jobs([make_job("dep", queue="beta", after=["b1"])])      # dead at once: b1 is cancelled
+    store.purge(("cancelled",), time.time() + 1)
+    assert store.queue_counts() == queue_tally(store)
+    assert backend.store().queue_counts() == queue_tally(store)        # stored, not cached
+    assert sum(sum(s.values()) for s in store.queue_counts().values()) == sum(nonzero(store.counts()).values())
+
+
+def test_oldest_pending_and_run_totals(store):
+    store.add_jobs([make_job("old", queue="q1"), make_job("new", queue="q1"), make_job("solo", queue="q2")])
+    time.sleep(0.05)
+    ages = store.oldest_pending()
+    assert set(ages) == {"q1", "q2"} and all(0 < age < 60 for age in ages.values())
+    assert store.run_totals() == {"runs": 0, "failed": 0, "duration_sum": 0.0, "histogram": []}
+    first = store.claim(worker(), 30)
+    finish_as(store, first, "succeeded", 0.5, time.time(), "completed")
+    second = store.claim(worker(), 30)
+    finish_as(store, second, "failed", 2.0, time.time(), "dead")
+    totals = store.run_totals()
+    assert (totals["runs"], totals["failed"]) == (2, 1)
+    assert abs(totals["duration_sum"] - 2.5) < 1e-6
+    assert sum(n for _, n in totals["histogram"]) == 2
+
+
+def test_series_rolls_attempts_up_per_minute_over_a_day(store):
+    now = time.time()
+    store.add_jobs([make_job(f"s{i}") for i in range(6)])
+    # (seconds ago, outcome, duration): two an hour old are out of the hour but in the day;
+    # one from more than a day ago shares a ring slot with a recent minute and must not count
+    plan = [(1500 + 86400, "succeeded", 1.0), (30, "succeeded", 0.1), (30, "failed", 0.4), (30, "succeeded", 3.0),
+            (5400, "failed", 1.0), (5400, "succeeded", 1.0)]
+    for ago, outcome, duration in plan:
+        job = store.claim(worker(), 30)
+        finish_as(store, job, outcome, duration, now - ago, "completed" if outcome == "succeeded" else "dead")
+    hour = store.series(3600, 60)
+    assert len(hour) in (61, 62) and [p["t"] for p in hour] == sorted(p["t"] for p in hour)
+    busy = [p for p in hour if p["runs"]]
+    assert len(busy) == 1 and (busy[0]["runs"], busy[0]["failed"]) == (3, 1)
+    assert busy[0]["t"] <= now - 30 < busy[0]["t"] + 60
+    assert 0.3 < busy[0]["p50"] < 0.5 and 2.5 < busy[0]["p99"] < 3.6     # log buckets: within ~20%
+    day = store.series(86400, 900)
+    assert sum(p["runs"] for p in day) == 5 and sum(p["failed"] for p in day) == 2
+    assert all(p["p50"] is None for p in day if not p["runs"])
+
+
+def page_all(store, **filters) -> list[str]:
+    seen, before = [], None
+    while True:
+        page = store.page_jobs(before=before, limit=7, **filters)
+        seen += [j.id for j in page["jobs"]]
+        if page["next"] is None:
+            return seen
+        before = page["next"]
+
+
+@pytest.mark.parametrize("budget", [20000, 5])
+def test_job_pages_go_newest_first_through_every_filter(store, budget, monkeypatch):
+    monkeypatch.setattr("queuectl.builtin._rows.SCAN_BUDGET", budget)     # 5: pages that stop early go on
+    jobs = [make_job(f"j{i:02d}", command=f"echo {'needle' if i % 5 == 0 else 'hay'} {i}",
+                     queue="odd" if i % 2 else "even") for i in range(30)]
+    store.add_jobs(jobs)
+    for _ in range(4):
+        job = store.claim(worker(), 30)
+        finish_as(store, job, "failed", 0.1, time.time(), "dead")
+    by_id = {j.id: j for j in store.list_jobs()}
+    newest_first = [j.id for j in reversed(jobs)]
+
+    def expect(pred):
+        return [i for i in newest_first if pred(by_id[i])]
+
+    assert page_all(store) == newest_first
+    assert page_all(store, state="dead") == expect(lambda j: j.state == "dead") and len(expect(lambda j: j.state == "dead")) == 4
+    assert page_all(store, queue="odd") == expect(lambda j: j.queue == "odd")
+    assert page_all(store, queue="even", state="pending") == expect(lambda j: j.queue == "even" and j.state == "pending")
+    assert page_all(store, text="needle") == expect(lambda j: "needle" in j.command)
+    assert page_all(store, text="j1") == expect(lambda j: j.id.startswith("j1"))
+    assert page_all(store, text="needle", queue="even", state="pending") == \
+        expect(lambda j: "needle" in j.command and j.queue == "even" and j.state == "pending")
+    assert page_all(store, text="%") == [] and page_all(store, text="_") == []     # no wildcards
+
+
+def test_a_version_4_store_gets_its_counters_and_series_on_migration(backend):
+    """A store from before the dashboard: jobs per queue and the last day's attempts are rolled up once."""
+    create_old_store(backend, 4)
+    now = time.time()
+    for i, (queue, state) in enumerate([("q1", "pending"), ("q1", "dead"), ("q2", "completed")]):
+        backend.raw("INSERT INTO {s}jobs (id, command, state, max_retries, created_at, updated_at, run_at, queue) "
+                    "VALUES (%s, 'true', %s, 3, 1, 1, 1, %s)", (f"v2-{i}", state, queue))
+    for i, (ago, outcome) in enumerate([(120, "succeeded"), (120, "failed"), (2 * 86400, "succeeded")]):
+        backend.raw("INSERT INTO {s}attempts (job_id, attempt, outcome, started_at, finished_at) "
+                    "VALUES (%s, 1, %s, %s, %s)", (f"v2-{i}", outcome, now - ago - 1, now - ago))
+    store = backend.store()
+    assert store.describe()["schema_version"] == latest_schema(backend)
+    assert store.queue_counts() == {"q1": {"pending": 1, "dead": 1}, "q2": {"completed": 1}}
+    hour = store.series(3600, 60)
+    assert sum(p["runs"] for p in hour) == 2 and sum(p["failed"] for p in hour) == 1

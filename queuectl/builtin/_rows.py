@@ -190,3 +190,77 @@ def job_filters(mark: str, label_clause, grep_op: str, state=None, queue=None, l
         clauses.append(f"created_at >= {mark}")
         params.append(since)
     return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+# --- the dashboard's reads: time series and job pages ------------------------------------------------
+
+SERIES_SLOTS = 1440     # the per-minute rollup is a ring of one day: slot = minute % SERIES_SLOTS
+SCAN_BUDGET = 20000     # rows a job page examines for a text filter (no index serves it)
+
+
+def series_row(a: Attempt, finished: Optional[float] = None) -> tuple:
+    """(slot, bucket, minute, n, failed) of one attempt for the per-minute rollup."""
+    minute = int((a.finished_at if finished is None else finished) // 60)
+    return (minute % SERIES_SLOTS, bucket(a.duration), minute, 1, 0 if a.ok else 1)
+
+
+def series_backfill(rows) -> list[tuple]:
+    """Rollup rows from stored attempts (started_at, finished_at, outcome), oldest minute first."""
+    cells: dict = {}
+    for started, finished, outcome in rows:
+        key = (int(finished // 60), bucket(max(0.0, finished - started)))
+        n, failed = cells.get(key, (0, 0))
+        cells[key] = (n + 1, failed + (outcome != "succeeded"))
+    return [(m % SERIES_SLOTS, b, m, n, f) for (m, b), (n, f) in sorted(cells.items())]
+
+
+def series_points(rows, now: float, window: float, step: int) -> list[dict]:
+    """Bins of ``step`` seconds covering the last ``window`` seconds, oldest first, from rollup rows
+    (bin = minute * 60 // step, bucket, n, failed): runs, failed attempts and duration percentiles."""
+    first, last = int((now - window) // step), int(now // step)
+    bins: dict = {k: {} for k in range(first, last + 1)}
+    failed = dict.fromkeys(bins, 0)
+    for k, bucket_index, n, bad in rows:
+        k = int(k)
+        if k in bins:
+            bins[k][bucket_index] = bins[k].get(bucket_index, 0) + int(n)
+            failed[k] += int(bad)
+    points = []
+    for k, hist in bins.items():
+        ordered = sorted(hist.items())
+        runs = sum(hist.values())
+        points.append({"t": k * step, "runs": runs, "failed": failed[k],
+                       **{f"p{q}": percentile(ordered, runs, q / 100) for q in (50, 95, 99)}})
+    return points
+
+
+def keyset_page(read, table: str, mark: str, contains, state=None, queue=None, text=None, before=None,
+                limit: int = 50) -> dict:
+    """Newest jobs first, ``limit`` at a time, after the cursor ``before`` (a seq).
+
+    State, queue, and both are served by indexes (jobs_state, jobs_queue, jobs_queue_state), so a
+    page costs the same at any number of jobs. A text filter, which no index serves, looks at a
+    window of at most SCAN_BUDGET rows; when the page is not full, ``next`` says where to go on.
+    ``contains(column)`` is the backend's SQL for "position of the parameter in column".
+    """
+    where, params = job_filters(mark, None, None, state=state, queue=queue)
+    if before is not None:
+        where += f" {'AND' if where else 'WHERE'} seq < {mark}"
+        params.append(int(before))
+    outer, extra = [], []
+    if text:
+        outer.append(f"({contains('command')} > 0 OR {contains('id')} = 1)")
+        extra += [text, text]
+    if not outer:
+        rows = read(f"SELECT {JOB_COLUMNS}, seq FROM {table} {where} ORDER BY seq DESC LIMIT {mark}",
+                    (*params, limit + 1))
+        return {"jobs": [job_from_row(r[:-1]) for r in rows[:limit]],
+                "next": rows[limit - 1][-1] if len(rows) > limit else None}
+    window = f"SELECT seq FROM {table} {where} ORDER BY seq DESC LIMIT {mark}"
+    rows = read(f"SELECT {JOB_COLUMNS}, seq FROM {table} WHERE seq IN ({window}) AND {' AND '.join(outer)} "
+                f"ORDER BY seq DESC LIMIT {mark}", (*params, SCAN_BUDGET, *extra, limit + 1))
+    if len(rows) > limit:
+        return {"jobs": [job_from_row(r[:-1]) for r in rows[:limit]], "next": rows[limit - 1][-1]}
+    seen, lowest = read(f"SELECT COUNT(*), MIN(seq) FROM ({window}) AS w", (*params, SCAN_BUDGET))[0]
+    return {"jobs": [job_from_row(r[:-1]) for r in rows],
+            "next": lowest if seen >= SCAN_BUDGET else None}

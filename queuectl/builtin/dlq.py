@@ -58,10 +58,15 @@ def queuectl_register_commands(cli):
             raise UsageError("--exit-code and --since filter --all")
         if everything:
             after = parse_since(since)
-            job_ids = [j.id for j in queue.list(DEAD) if (exit_code is None or j.exit_code == exit_code)
-                       and (after is None or j.updated_at >= after)]
+            job_ids = [j.id for j in dead_matching(queue, exit_code, after)]
         for job_id in job_ids:
             if dry_run:
                 click.echo(f"{queue.get(job_id).id} would be retried")
             else:
                 click.echo(f"{queue.retry(job_id).id} pending")
+
+
+def dead_matching(queue, exit_code=None, after=None) -> list:
+    """Dead jobs whose last exit code is ``exit_code`` and that died at or after ``after`` (when given)."""
+    return [j for j in queue.list(DEAD) if (exit_code is None or j.exit_code == exit_code)
+            and (after is None or j.updated_at >= after)]

@@ -43,11 +43,12 @@ from queuectl.errors import Conflict, NotFound, QueueError, SchemaError, StoreBu
 from queuectl.models import CANCELLED, COMPLETED, DEAD, PROCESSING, Attempt, Job
 from queuectl.builtin._rows import (
     ATTEMPT_COLUMNS, EDIT_SET, JOB_COLUMNS, N_JOB_COLUMNS, attempt_from_row, bucket, edit_values, job_filters,
-    job_from_row, like_pattern, settings_from_rows, stats_summary,
+    job_from_row, keyset_page, like_pattern, series_backfill, series_points, series_row, settings_from_rows,
+    stats_summary,
 )
 from queuectl.store import Transition, WorkerInfo, blocked_message
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 SCHEMA_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 RECONNECT_MAX_DELAY = 1.0       # seconds between reconnection attempts, at most
 COMMAND_OUTAGE = 3.0            # a one-shot command gives up on an unreachable server after this (workers never)
@@ -238,6 +239,59 @@ END $$""",
         "CREATE INDEX jobs_created ON {s}.jobs (created_at)",
         # Byte order whatever the database's collation, so `id LIKE 'ab%'` is a range on it.
         "CREATE INDEX jobs_id_prefix ON {s}.jobs (id text_pattern_ops)",
+    ],
+    # The dashboard and /metrics, as in the SQLite store's version 5: striped jobs per queue and
+    # state, and a striped per-minute ring of attempts (slot = minute % 1440).
+    5: [
+        """CREATE TABLE {s}.queue_counts (queue text NOT NULL, state text NOT NULL, stripe bigint NOT NULL,
+            n bigint NOT NULL, PRIMARY KEY (queue, state, stripe))""",
+        "INSERT INTO {s}.queue_counts SELECT queue, state, nextval('{s}.stripes'), count(*) FROM {s}.jobs "
+        "GROUP BY queue, state",
+        "CREATE FUNCTION {s}.bump_queue_count(p_queue text, p_state text, p_delta bigint) RETURNS void "
+        "LANGUAGE plpgsql AS $$\nDECLARE k bigint;\nBEGIN"
+        + _striped("queue_counts", "queue = p_queue AND state = p_state", "n = n + p_delta",
+                   "p_queue, p_state, nextval('{s}.stripes'), p_delta") + "\nEND $$",
+        """CREATE FUNCTION {s}.jobs_queue_count_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE r record;
+BEGIN
+  FOR r IN SELECT queue, state, count(*) AS c FROM added GROUP BY queue, state ORDER BY queue, state LOOP
+    PERFORM {s}.bump_queue_count(r.queue, r.state, r.c);
+  END LOOP;
+  RETURN NULL;
+END $$""",
+        """CREATE FUNCTION {s}.jobs_queue_count_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE r record;
+BEGIN
+  FOR r IN SELECT queue, state, count(*) AS c FROM removed GROUP BY queue, state ORDER BY queue, state LOOP
+    PERFORM {s}.bump_queue_count(r.queue, r.state, -r.c);
+  END LOOP;
+  RETURN NULL;
+END $$""",
+        """CREATE FUNCTION {s}.jobs_queue_count_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM {s}.bump_queue_count(OLD.queue, OLD.state, -1);
+  PERFORM {s}.bump_queue_count(NEW.queue, NEW.state, 1);
+  RETURN NULL;
+END $$""",
+        """CREATE TRIGGER jobs_queue_count_insert AFTER INSERT ON {s}.jobs REFERENCING NEW TABLE AS added
+            FOR EACH STATEMENT EXECUTE FUNCTION {s}.jobs_queue_count_insert()""",
+        """CREATE TRIGGER jobs_queue_count_delete AFTER DELETE ON {s}.jobs REFERENCING OLD TABLE AS removed
+            FOR EACH STATEMENT EXECUTE FUNCTION {s}.jobs_queue_count_delete()""",
+        """CREATE TRIGGER jobs_queue_count_update AFTER UPDATE OF state, queue ON {s}.jobs FOR EACH ROW
+            WHEN (OLD.state IS DISTINCT FROM NEW.state OR OLD.queue IS DISTINCT FROM NEW.queue)
+            EXECUTE FUNCTION {s}.jobs_queue_count_update()""",
+        "CREATE INDEX jobs_queue_state ON {s}.jobs (queue, state, seq)",
+        """CREATE TABLE {s}.run_series (slot integer NOT NULL, bucket integer NOT NULL, stripe bigint NOT NULL,
+            minute bigint NOT NULL, n bigint NOT NULL, failed bigint NOT NULL, PRIMARY KEY (slot, bucket, stripe))""",
+        # A stripe that holds an older minute of its slot starts over.
+        "CREATE FUNCTION {s}.record_series(p_slot integer, p_bucket integer, p_minute bigint, p_failed integer) "
+        "RETURNS void LANGUAGE plpgsql AS $$\nDECLARE k bigint;\nBEGIN"
+        + _striped("run_series", "slot = p_slot AND bucket = p_bucket",
+                   "n = CASE WHEN minute = p_minute THEN n + 1 ELSE 1 END, "
+                   "failed = CASE WHEN minute = p_minute THEN failed + p_failed ELSE p_failed END, "
+                   "minute = p_minute",
+                   "p_slot, p_bucket, nextval('{s}.stripes'), p_minute, 1, p_failed") + "\nEND $$",
+        lambda store, tx: store.backfill_series(tx),
     ],
 }
 
@@ -532,7 +586,10 @@ class PostgresStore:
                               f"understands ({SCHEMA_VERSION}); upgrade queuectl before using it")
         for target in sorted(v for v in MIGRATIONS if v > version):
             for statement in MIGRATIONS[target]:
-                tx.cur.execute(statement.replace("{s}", self.s))
+                if callable(statement):
+                    statement(self, tx)
+                else:
+                    tx.cur.execute(statement.replace("{s}", self.s))
             tx.cur.execute(self.q("INSERT INTO {s}.meta VALUES ('schema_version', %s) "
                                   "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"), (str(target),))
 
@@ -920,10 +977,10 @@ class PostgresStore:
         tx.cur.execute(self.q(
             f"WITH a AS (INSERT INTO {{s}}.attempts ({ATTEMPT_COLUMNS}) "
             f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)) "
-            f"SELECT {{s}}.record_run(%s, %s, %s, %s, %s)"),
+            f"SELECT {{s}}.record_run(%s, %s, %s, %s, %s), {{s}}.record_series(%s, %s, %s, %s)"),
             (a.job_id, a.attempt, a.outcome, started, finished, a.exit_code, a.signal, a.error, a.stdout,
              a.stderr, a.worker, a.host, a.pid, bucket(a.duration), 0 if a.ok else 1, a.duration,
-             started, finished))
+             started, finished, *series_row(a, finished)[:3], 0 if a.ok else 1))
 
     def leases(self) -> list[Job]:
         rows = self._read(f"SELECT {JOB_COLUMNS}, lease_expires < {NOW} FROM {{s}}.jobs WHERE state = 'processing'")
@@ -1150,6 +1207,67 @@ class PostgresStore:
         (total, failed, total_duration, first, last), hist, recent, counts = self._run(read, write=False)
         total, failed = int(total), int(failed)
         return stats_summary(total, failed, total_duration, first, last, hist, recent, counts)
+
+    # --- the dashboard and /metrics: reads that stay cheap at any number of jobs -----------------------
+
+    def backfill_series(self, tx: _Tx) -> None:
+        """Migration 3: the last day of stored attempts into the per-minute ring (once)."""
+        rows = tx.all(self.q(f"SELECT started_at, finished_at, outcome FROM {{s}}.attempts "
+                             f"WHERE finished_at >= {NOW} - 86400"))
+        tx.cur.executemany(self.q("INSERT INTO {s}.run_series VALUES (%s, %s, nextval('{s}.stripes'), %s, %s, %s)"),
+                           series_backfill(rows))
+
+    def queue_counts(self) -> dict:
+        rows = self._read("SELECT queue, state, sum(n) FROM {s}.queue_counts GROUP BY queue, state "
+                          'HAVING sum(n) <> 0 ORDER BY queue COLLATE "C", state')
+        out: dict = {}
+        for queue, state, n in rows:
+            out.setdefault(queue, {})[state] = int(n)
+        return out
+
+    def oldest_pending(self) -> dict:
+        """Seconds since each queue's earliest-enqueued pending job was enqueued: an index seek per queue."""
+        def read(cur):
+            queues = cur.execute(self.q("SELECT queue FROM {s}.queue_counts WHERE state = 'pending' "
+                                        "GROUP BY queue HAVING sum(n) > 0")).fetchall()
+            out = {}
+            for (queue,) in queues:
+                row = cur.execute(self.q(f"SELECT {NOW} - created_at FROM {{s}}.jobs WHERE queue = %s "
+                                         f"AND state = 'pending' ORDER BY seq LIMIT 1"), (queue,)).fetchone()
+                if row:
+                    out[queue] = max(0.0, row[0])
+            return out
+        return self._run(read, write=False)
+
+    def queue_settings(self) -> list[dict]:
+        """Queues that have a limit or a pause set (from their own table, not by counting jobs)."""
+        rows = self._read('SELECT name, concurrency, paused FROM {s}.queues ORDER BY name COLLATE "C"')
+        return [{"name": n, "concurrency": c, "paused": bool(p)} for n, c, p in rows]
+
+    def run_totals(self) -> dict:
+        def read(cur):
+            total, failed, duration = cur.execute(self.q(
+                "SELECT COALESCE(SUM(total_runs), 0), COALESCE(SUM(failed_runs), 0), "
+                "COALESCE(SUM(total_duration), 0) FROM {s}.run_stats")).fetchone()
+            hist = cur.execute(self.q("SELECT bucket, SUM(n) FROM {s}.duration_hist GROUP BY bucket "
+                                      "ORDER BY bucket")).fetchall()
+            return {"runs": int(total), "failed": int(failed), "duration_sum": float(duration),
+                    "histogram": [(b, int(n)) for b, n in hist]}
+        return self._run(read, write=False)
+
+    def series(self, window: float, step: int) -> list[dict]:
+        def read(cur):
+            now = cur.execute(f"SELECT {NOW}").fetchone()[0]
+            rows = cur.execute(self.q("SELECT minute * 60 / %s, bucket, sum(n), sum(failed) FROM {s}.run_series "
+                                      "WHERE minute >= %s GROUP BY 1, 2"),
+                               (step, int((now - window) // 60))).fetchall()
+            return now, rows
+        now, rows = self._run(read, write=False)
+        return series_points(rows, now, window, step)
+
+    def page_jobs(self, state=None, queue=None, text=None, before=None, limit=50) -> dict:
+        return keyset_page(self._read, "{s}.jobs", "%s", lambda column: f"strpos({column}, %s)", state, queue,
+                           text, before, limit)
 
     # --- wake-ups --------------------------------------------------------------------------------------
 

@@ -218,9 +218,7 @@ def queuectl_register_commands(cli):
         queue = get_queue()
         zone = _zone(queue)
         schedules = queue.store.schedules()
-        rows = [dict(s, next_run=iso(_next_run(s, zone)),
-                     last_tick=iso(s["last_tick"]), created_at=iso(s["created_at"]))
-                for s in schedules]
+        rows = schedule_rows(queue, schedules, zone)
         if as_json:
             emit_json(rows)
             return
@@ -240,3 +238,13 @@ def queuectl_register_commands(cli):
         if not get_queue().store.remove_schedule(name):
             raise NotFound(f"no schedule named {name!r}")
         click.echo(f"{name} removed")
+
+
+def schedule_rows(queue, schedules: Optional[list] = None, zone=None) -> list[dict]:
+    """Schedules with their next run, times as ISO-8601 (for `schedule list` and the dashboard)."""
+    from queuectl.models import iso
+
+    zone = _zone(queue) if zone is None else zone
+    schedules = queue.store.schedules() if schedules is None else schedules
+    return [dict(s, next_run=iso(_next_run(s, zone)), last_tick=iso(s["last_tick"]), created_at=iso(s["created_at"]))
+            for s in schedules]

@@ -20,19 +20,25 @@ from queuectl.plugins import private_group
 from queuectl.errors import Conflict, NotFound, QueueError, SchemaError, StoreBusy, StoreMissing, StoreReplaced
 from queuectl.models import CANCELLED, COMPLETED, DEAD, PROCESSING, Attempt, Job
 from queuectl.builtin._rows import (
-    ATTEMPT_COLUMNS, EDIT_SET, JOB_COLUMNS, N_JOB_COLUMNS, attempt_from_row, bucket, edit_values, job_filters,
-    job_from_row, settings_from_rows, stats_summary,
+    ATTEMPT_COLUMNS, EDIT_SET, JOB_COLUMNS, N_JOB_COLUMNS, SERIES_SLOTS, attempt_from_row, bucket, edit_values,
+    job_filters, job_from_row, keyset_page, series_backfill, series_points, series_row, settings_from_rows,
+    stats_summary,
 )
 from queuectl.store import Transition, WorkerInfo, blocked_message
 
 if TYPE_CHECKING:
     import socket       # imported where it is used: enqueue rarely needs it
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 IDENTITY_CHECK = 1.0      # seconds between checks that the store file was not deleted or replaced
 
 ACTIVE = "('pending', 'failed', 'processing')"
 # Queues whose jobs may not start now: paused, or at their concurrency limit (counted across all hosts).
+# One attempt into the per-minute ring (run_series): a slot holding an older minute starts over.
+SERIES_UPSERT = ("INSERT INTO run_series VALUES (?, ?, ?, ?, ?) ON CONFLICT(slot, bucket) DO UPDATE SET "
+                 "n = CASE WHEN minute = excluded.minute THEN n + excluded.n ELSE excluded.n END, "
+                 "failed = CASE WHEN minute = excluded.minute THEN failed + excluded.failed ELSE excluded.failed END, "
+                 "minute = excluded.minute")
 BLOCKED_QUEUES = ("SELECT q.name FROM queues q WHERE q.paused = 1 OR (q.concurrency IS NOT NULL AND "
                   "q.concurrency <= (SELECT COUNT(*) FROM jobs p WHERE p.state = 'processing' AND p.queue = q.name))")
 
@@ -127,6 +133,27 @@ MIGRATIONS = {
         "CREATE INDEX job_labels_job ON job_labels(job_id)",
         "CREATE INDEX jobs_queue ON jobs(queue, seq)",
         "CREATE INDEX jobs_created ON jobs(created_at)",
+    ],
+    # The dashboard and /metrics: jobs per queue and state, and a per-minute rollup of attempts,
+    # both kept current so that neither ever scans the jobs or the attempts.
+    5: [
+        "CREATE TABLE queue_counts (queue TEXT NOT NULL, state TEXT NOT NULL, n INTEGER NOT NULL, "
+        "PRIMARY KEY (queue, state))",
+        "INSERT INTO queue_counts SELECT queue, state, COUNT(*) FROM jobs GROUP BY queue, state",
+        """CREATE TRIGGER jobs_queue_count_delete AFTER DELETE ON jobs BEGIN
+            UPDATE queue_counts SET n = n - 1 WHERE queue = OLD.queue AND state = OLD.state; END""",
+        """CREATE TRIGGER jobs_queue_count_update AFTER UPDATE OF state, queue ON jobs
+            WHEN OLD.state <> NEW.state OR OLD.queue <> NEW.queue BEGIN
+            UPDATE queue_counts SET n = n - 1 WHERE queue = OLD.queue AND state = OLD.state;
+            INSERT INTO queue_counts VALUES (NEW.queue, NEW.state, 1)
+                ON CONFLICT(queue, state) DO UPDATE SET n = n + 1; END""",
+        # A queue's oldest pending job, and a job list filtered by queue and state, by index.
+        "CREATE INDEX jobs_queue_state ON jobs(queue, state, seq)",
+        # A ring of one day of minutes (slot = minute % 1440): bounded, never pruned.
+        """CREATE TABLE run_series (slot INTEGER NOT NULL, bucket INTEGER NOT NULL, minute INTEGER NOT NULL,
+            n INTEGER NOT NULL, failed INTEGER NOT NULL, PRIMARY KEY (slot, bucket))""",
+        lambda conn: conn.executemany(SERIES_UPSERT, series_backfill(conn.execute(
+            "SELECT started_at, finished_at, outcome FROM attempts WHERE finished_at >= ?", (time.time() - 86400,)))),
     ],
 }
 
@@ -317,7 +344,7 @@ class SQLiteStore:
                               f"understands ({SCHEMA_VERSION}); upgrade queuectl before using it")
         for target in sorted(v for v in MIGRATIONS if v > version):
             for statement in MIGRATIONS[target]:
-                conn.execute(statement)
+                statement(conn) if callable(statement) else conn.execute(statement)
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(target),))
 
     def close(self) -> None:
@@ -397,13 +424,18 @@ class SQLiteStore:
                     continue
             plain.append(self._row(job))
             ids.append(job.id)
-            counts[job.state] = counts.get(job.state, 0) + 1
+            counts[job.queue, job.state] = counts.get((job.queue, job.state), 0) + 1
         conn.executemany(self.INSERT_JOB, plain)
         stored = set(ids)
         conn.executemany("INSERT INTO job_labels VALUES (?, ?, ?)",
                          [(k, v, job.id) for job in jobs if job.labels and job.id in stored
                           for k, v in job.labels.items()])
-        for state, n in counts.items():
+        by_state: dict = {}
+        for (queue, state), n in counts.items():
+            by_state[state] = by_state.get(state, 0) + n
+            conn.execute("INSERT INTO queue_counts VALUES (?, ?, ?) ON CONFLICT(queue, state) DO UPDATE SET n = n + ?",
+                         (queue, state, n, n))
+        for state, n in by_state.items():
             conn.execute("INSERT INTO state_counts VALUES (?, ?) ON CONFLICT(state) DO UPDATE SET n = n + ?",
                          (state, n, n))
         return ids
@@ -599,6 +631,7 @@ class SQLiteStore:
                       a.error, a.stdout, a.stderr, a.worker, a.host, a.pid))
         conn.execute("INSERT INTO duration_hist VALUES (?, 1) ON CONFLICT(bucket) DO UPDATE SET n = n + 1",
                      (bucket(a.duration),))
+        conn.execute(SERIES_UPSERT, series_row(a))
         conn.execute("UPDATE run_stats SET total_runs = total_runs + 1, failed_runs = failed_runs + ?, "
                      "total_duration = total_duration + ?, first_started = MIN(COALESCE(first_started, ?), ?), "
                      "last_finished = MAX(COALESCE(last_finished, ?), ?) WHERE id = 1",
@@ -801,6 +834,47 @@ class SQLiteStore:
         recent = self._read("SELECT COUNT(*) FROM attempts WHERE finished_at >= ?", (time.time() - 60,))[0][0]
         counts = self.counts()
         return stats_summary(total, failed, total_duration, first, last, hist, recent, counts)
+
+    # --- the dashboard and /metrics: reads that stay cheap at any number of jobs -----------------------
+
+    def queue_counts(self) -> dict:
+        rows = self._read("SELECT queue, state, n FROM queue_counts WHERE n <> 0 ORDER BY queue, state")
+        out: dict = {}
+        for queue, state, n in rows:
+            out.setdefault(queue, {})[state] = n
+        return out
+
+    def oldest_pending(self) -> dict:
+        """Seconds since each queue's earliest-enqueued pending job was enqueued: an index seek per queue."""
+        queues = [r[0] for r in self._read("SELECT queue FROM queue_counts WHERE state = 'pending' AND n > 0")]
+        out, now = {}, time.time()
+        for queue in queues:
+            rows = self._read("SELECT created_at FROM jobs INDEXED BY jobs_queue_state WHERE queue = ? "
+                              "AND state = 'pending' ORDER BY seq LIMIT 1", (queue,))
+            if rows:
+                out[queue] = max(0.0, now - rows[0][0])
+        return out
+
+    def queue_settings(self) -> list[dict]:
+        """Queues that have a limit or a pause set (from their own table, not by counting jobs)."""
+        rows = self._read("SELECT name, concurrency, paused FROM queues ORDER BY name")
+        return [{"name": n, "concurrency": c, "paused": bool(p)} for n, c, p in rows]
+
+    def run_totals(self) -> dict:
+        total, failed, total_duration = self._read(
+            "SELECT total_runs, failed_runs, total_duration FROM run_stats")[0]
+        hist = self._read("SELECT bucket, n FROM duration_hist ORDER BY bucket")
+        return {"runs": total, "failed": failed, "duration_sum": total_duration, "histogram": hist}
+
+    def series(self, window: float, step: int) -> list[dict]:
+        now = time.time()
+        rows = self._read("SELECT minute * 60 / ?, bucket, SUM(n), SUM(failed) FROM run_series WHERE minute >= ? "
+                          "GROUP BY 1, 2", (step, int((now - window) // 60)))
+        return series_points(rows, now, window, step)
+
+    def page_jobs(self, state=None, queue=None, text=None, before=None, limit=50) -> dict:
+        return keyset_page(self._read, "jobs", "?", lambda column: f"instr({column}, ?)", state, queue, text,
+                           before, limit)
 
     # --- wake-ups --------------------------------------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""The dashboard's web application and the Prometheus exposition (the `web` extra)."""
