@@ -38,7 +38,7 @@ def _loopback(host: str) -> bool:
 
 @hookimpl
 def queuectl_register_commands(cli):
-    from queuectl.command import get_queue
+    from queuectl.command import get_queue, read_command
 
     @cli.command()
     @click.option("--host", default="127.0.0.1", show_default=True,
@@ -46,7 +46,13 @@ def queuectl_register_commands(cli):
     @click.option("--port", type=click.IntRange(0, 65535), default=8754, show_default=True,
                   help="Port to listen on (0: any free port).")
     def dashboard(host, port):
-        """Serve the web dashboard: overview, jobs, one job, the DLQ, schedules, and /metrics."""
+        """Serve the web dashboard: overview, jobs, one job, the DLQ, schedules, and /metrics.
+
+        \b
+        Examples:
+          queuectl dashboard                       # http://127.0.0.1:8754/?token=... is printed
+          queuectl dashboard --port 9000
+        """
         app = _web("app")
         queue = get_queue()
         queue.store                      # open (or create) the store now: a bad store is one error line
@@ -65,8 +71,14 @@ def queuectl_register_commands(cli):
 
         app.serve(queue, host, port, token, announce)
 
+    @read_command
     @cli.command()
     def metrics():
-        """Print the Prometheus metrics once (for node_exporter's textfile collector, or cron)."""
+        """Print the Prometheus metrics once (for node_exporter's textfile collector, or cron).
+
+        \b
+        Example:
+          queuectl metrics > /var/lib/node_exporter/queuectl.prom.$$ && mv /var/lib/node_exporter/queuectl.prom.$$ /var/lib/node_exporter/queuectl.prom
+        """
         text = _web("metrics").render(get_queue())
         click.echo(text.decode(), nl=False)

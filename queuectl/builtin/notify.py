@@ -531,12 +531,23 @@ def queuectl_register_commands(cli):
 
     @cli.group()
     def notify():
-        """Notifications: deliveries waiting in the outbox, and sending them by hand."""
+        """Notifications: deliveries waiting in the outbox, and sending them by hand.
+
+        \b
+        Examples:
+          queuectl notify list
+          queuectl notify send --failed
+        """
 
     @notify.command("list")
     @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of deliveries.")
     def notify_list(as_json):
-        """Deliveries not sent yet (pending) and given up (failed), oldest first."""
+        """Deliveries not sent yet (pending) and given up (failed), oldest first.
+
+        \b
+        Example:
+          queuectl notify list --json
+        """
         rows = delivery_rows(Outbox(outbox_folder(get_queue())))
         if as_json:
             emit_json(rows)
@@ -547,7 +558,12 @@ def queuectl_register_commands(cli):
     @notify.command("send")
     @click.option("--failed", "include_failed", is_flag=True, help="Also retry deliveries that were given up.")
     def notify_send(include_failed):
-        """Try every pending delivery now, once (for a pool that is not running, or from cron)."""
+        """Try every pending delivery now, once (for a pool that is not running, or from cron).
+
+        \b
+        Example:
+          queuectl notify send --failed     # given-up deliveries too
+        """
         queue = get_queue()
         box = Outbox(outbox_folder(queue))
         if include_failed:

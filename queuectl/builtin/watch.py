@@ -43,6 +43,12 @@ def wait(job_ids, queue_name, everything, timeout, as_json):
     """Block until the jobs are completed, dead or cancelled (a job waiting for a retry is not).
 
     Exit 0 if all completed, 3 if any ended dead or cancelled, 4 on --timeout, 130 on Ctrl-C.
+
+    \b
+    Examples:
+      queuectl wait 3f2a 9c1e
+      queuectl wait --queue nightly --timeout 2h
+      queuectl wait --all --json
     """
     limit = _duration("--timeout", timeout)
     queue = get_queue()
@@ -206,7 +212,12 @@ def fmt_eta(seconds: Optional[float]) -> str:
               show_default=True,
               help="Seconds between refreshes.")
 def top(interval):
-    """A live view of the queue: jobs per state and queue, throughput, workers, latest failures (q quits)."""
+    """A live view of the queue: jobs per state and queue, throughput, workers, latest failures (q quits).
+
+    \b
+    Example:
+      queuectl top --interval 2
+    """
     try:
         from queuectl.builtin import top_view
     except ImportError:
