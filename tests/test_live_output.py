@@ -270,7 +270,10 @@ def tmux(*args) -> str:
 @pytest.fixture
 def tmux_session(instance):
     if shutil.which("tmux") is None:
+        if os.environ.get("CI"):
+            pytest.fail("tmux is not installed (.ci/run installs it)")
         pytest.skip("tmux is not installed (apt-get install tmux)")
+    instance.run("init")                   # `top` only reads: it never creates the store
     name = f"qt-{os.getpid()}-{time.monotonic_ns()}"
     env = " ".join(f"{k}='{v}'" for k, v in instance.env.items() if k.startswith(("QUEUECTL_", "XDG_", "PYTHON")))
     command = f"cd '{instance.root}' && env {env} {' '.join(QUEUECTL)} top --interval 0.3; echo rc=$? > rc.txt"

@@ -221,8 +221,18 @@ def _sources_processes(instance, pool):
 
 
 def _children(pid):
+    """The pool's children but the workers' watchdogs: the pool is a subreaper, so a watchdog (detached by
+    a double fork, the leader of a process group of its own) is adopted by it."""
     with open(f"/proc/{pid}/task/{pid}/children") as fh:
-        return [int(p) for p in fh.read().split()]
+        pids = [int(p) for p in fh.read().split()]
+    return [p for p in pids if _group_of(p) != p]
+
+
+def _group_of(pid):
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
 
 
 def test_a_damaged_outbox_file_is_set_aside_and_the_rest_delivered(instance, receiver):

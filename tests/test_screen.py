@@ -138,6 +138,7 @@ def test_status_shows_running_jobs_with_command_and_elapsed_time(instance):
 
 
 def test_empty_list_says_no_jobs(instance):
+    instance.run("init")
     assert instance.run("list").stdout == "no jobs\n"
     assert instance.json("list") == []
 
@@ -259,10 +260,10 @@ def test_another_tools_config_yaml_is_passed_over(instance, tmp_path):
     (folder / "plugins" / "boom.py").write_text("raise SystemExit('must not be loaded')\n")
     env = {k: v for k, v in instance.env.items() if k != "QUEUECTL_CONFIG"}
     run = lambda *args: subprocess.run([*QUEUECTL, *args], cwd=folder, env=env, capture_output=True, text=True)
+    assert run("enqueue", "true").returncode == 0          # creates the default store (`status` only reads)
     status = run("status")
     assert status.returncode == 0, status.stderr
     assert "is not queuectl's" in status.stdout and str(instance.root / "xdg-data") in status.stdout
-    assert run("enqueue", "true").returncode == 0
     assert json.loads(run("status", "--json").stdout)["ignored_config"] == str(folder / "config.yaml")
     (folder / "plugins" / "boom.py").unlink()
     (folder / "config.yaml").write_text("name: my-web-app\ndb: other.db\n")       # a queuectl key: ours, a typo
