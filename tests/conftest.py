@@ -30,6 +30,37 @@ FAST_CONFIG = {
 }
 
 
+
+def run_on_pty(instance, *args, env: dict | None = None, cols: int = 80, timeout: float = 60) -> tuple[int, bytes]:
+    """Run queuectl with stdin, stdout and stderr on a real pseudo-terminal of ``cols`` columns (50 rows);
+    returns its exit code and everything it showed."""
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, cols, 0, 0))
+    proc = subprocess.Popen([*QUEUECTL, *map(str, args)], stdin=slave, stdout=slave, stderr=slave,
+                            cwd=instance.root, env=instance.env if env is None else env, close_fds=True)
+    os.close(slave)
+    seen, deadline = b"", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.1)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:          # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+        elif proc.poll() is not None:
+            break
+    proc.wait(timeout=timeout)
+    os.close(master)
+    return proc.returncode, seen
+
 def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, message: str = "condition"):
     """Poll until predicate() is truthy; generous deadlines keep slow machines green."""
     deadline = time.monotonic() + timeout

@@ -2,53 +2,28 @@
 times on a real pseudo-terminal; plain text in pipes; help, completion and the worker's banner."""
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import pty
 import re
-import select
 import signal
-import struct
 import subprocess
-import termios
 import time
 import unicodedata
 
 import pytest
 
-from conftest import QUEUECTL
+from conftest import QUEUECTL, run_on_pty
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 LONG = "echo " + "a-very-long-argument " * 12
 
 
 def run_pty(instance, *args, cols: int = 80, env: dict | None = None, timeout: float = 60) -> str:
-    """Run queuectl on a real pseudo-terminal of ``cols`` columns; returns what it printed."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, cols, 0, 0))
+    """Run queuectl on a real pseudo-terminal of ``cols`` columns, colors allowed; returns what it printed."""
     full_env = {k: v for k, v in instance.env.items() if k != "NO_COLOR"}
     full_env.update({"TERM": "xterm-256color", **(env or {})})
-    proc = subprocess.Popen([*QUEUECTL, *map(str, args)], stdin=slave, stdout=slave, stderr=slave,
-                            cwd=instance.root, env=full_env, close_fds=True)
-    os.close(slave)
-    out = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 1)
-        if ready:
-            try:
-                data = os.read(master, 65536)
-            except OSError:          # EIO: the child closed the terminal
-                break
-            if not data:
-                break
-            out += data
-        elif proc.poll() is not None:
-            break
-    proc.wait(timeout=10)
-    os.close(master)
-    assert proc.returncode == 0, out.decode(errors="replace")
+    code, out = run_on_pty(instance, *args, env=full_env, cols=cols, timeout=timeout)
+    assert code == 0, out.decode(errors="replace")
     return out.decode().replace("\r\n", "\n")
 
 

@@ -7,41 +7,18 @@ from __future__ import annotations
 import os
 import py_compile
 import re
-import select
 import shutil
 import subprocess
 import sys
-import time
 
-from conftest import QUEUECTL, ROOT, wait_until
+from conftest import QUEUECTL, ROOT, run_on_pty, wait_until
 
 EVIL = b"\x1b]0;PWNED-TITLE\x07\x1b]52;c;ZXZpbA==\x07\x1b[2J"
 
 
 def in_pty(instance, *args, timeout: float = 60) -> bytes:
     """Run the CLI with stdin, stdout and stderr on a real pseudo-terminal; return what it showed."""
-    import pty
-
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([*QUEUECTL, *map(str, args)], cwd=instance.root, env=instance.env,
-                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
-    os.close(slave)
-    seen, deadline = b"", time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.1)
-        if ready:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:          # EIO: the other side is closed
-                break
-            if not chunk:
-                break
-            seen += chunk
-        elif proc.poll() is not None:
-            break
-    proc.wait(timeout=timeout)
-    os.close(master)
-    return seen
+    return run_on_pty(instance, *args, timeout=timeout)[1]
 
 
 # --- plugin bytecode ------------------------------------------------------------------------------
