@@ -778,8 +778,13 @@ def config_set(key, value):
     Example:
       queuectl config set backoff-base 3
     """
-    parsed = get_queue().config_set(key, value)
-    click.echo(f"{key} = {json.dumps(parsed)}")
+    from .config import HIDDEN
+
+    queue = get_queue()
+    parsed = queue.config_set(key, value)
+    setting = queue.config.settings.get(key.replace("_", "-"))
+    shown = HIDDEN if setting is not None and setting.secret else json.dumps(parsed)
+    click.echo(f"{key} = {shown}")
 
 
 @config_group.command("unset")

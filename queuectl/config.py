@@ -77,12 +77,16 @@ def string_list(value: Any) -> list:
     raise ValueError(f"expected a list of names, got {value!r}")
 
 
+HIDDEN = "(hidden)"     # how config list and config set show a secret setting
+
+
 @dataclasses.dataclass
 class Setting:
     """One configuration key.
 
     ``file_only`` keys (where the store is, which plugins load) cannot live in the store.
-    ``path`` values in config.yaml are relative to the file.
+    ``path`` values in config.yaml are relative to the file. A ``secret`` value (a signing key) is
+    shown as ``(hidden)`` by ``config list`` and ``config set``; ``config get KEY`` prints it.
     """
 
     name: str
@@ -92,6 +96,7 @@ class Setting:
     file_only: bool = False
     path: bool = False
     plugin: str = "core"
+    secret: bool = False
 
     @property
     def env_var(self) -> str:
@@ -366,6 +371,8 @@ class Config:
         for name in sorted(self.settings):
             value, source = self.lookup(name)
             setting = self.settings[name]
+            if setting.secret and value is not None:
+                value = HIDDEN
             rows.append({"key": name, "value": value, "source": source, "plugin": setting.plugin,
                          "file_only": setting.file_only, "help": setting.help})
         return rows

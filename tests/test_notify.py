@@ -250,3 +250,13 @@ def test_a_damaged_outbox_file_is_set_aside_and_the_rest_delivered(instance, rec
     assert "0 sent, 0 failed" in sent.stderr and "is not a readable delivery" in sent.stderr
     assert (outbox / "failed" / "00000000000000000001-evt_x.webhook.json").exists()
     assert instance.json("notify", "list") == []
+
+
+def test_the_webhook_secret_is_hidden_from_config_list_and_set(instance):
+    instance.run("init")
+    assert instance.run("config", "set", "webhook-secret", "s3cr3t-key").stdout == "webhook-secret = (hidden)\n"
+    rows = {r["key"]: r for r in instance.json("config", "list")}
+    assert rows["webhook-secret"]["value"] == "(hidden)" and rows["webhook-secret"]["source"] == "store"
+    assert "s3cr3t-key" not in instance.run("config", "list").stdout
+    assert instance.run("config", "get", "webhook-secret").stdout == "s3cr3t-key\n"    # asked for by name
+    assert instance.run("config", "set", "max-retries", "5").stdout == "max-retries = 5\n"

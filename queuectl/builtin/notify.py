@@ -70,7 +70,8 @@ def queuectl_register_settings(register):
                      "Seconds a callback may run before it is killed."))
     register(Setting("webhook-url", None, http_url, "URL that receives a JSON POST for each job event."))
     register(Setting("webhook-events", list(EVENTS), event_names, "Events sent to webhook-url: completed, retry, dead."))
-    register(Setting("webhook-secret", None, text, "Key of the X-Queuectl-Signature header (HMAC-SHA256 of the body)."))
+    register(Setting("webhook-secret", None, text, "Key of the X-Queuectl-Signature header (HMAC-SHA256 of the body).",
+                     secret=True))
     register(Setting("webhook-timeout", 10.0, seconds(0.1, MAX_WAIT),
                      "Seconds to wait for a webhook's answer."))
     register(Setting("notify-retries", 5, integer(0, 1000),
