@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import socket       # imported where it is used: enqueue rarely needs it
 
 SCHEMA_VERSION = 5
+WAL_SIZE_LIMIT = 4 * 1024 * 1024   # bytes the -wal file is cut back to after a checkpoint
 IDENTITY_CHECK = 1.0      # seconds between checks that the store file was not deleted or replaced
 
 ACTIVE = "('pending', 'failed', 'processing')"
@@ -260,6 +261,9 @@ class SQLiteStore:
     def _setup(self, conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'full' else 'NORMAL'}")
+        # A burst of writes (live output of a job printing fast) grows the WAL; once it is checkpointed
+        # the file is cut back to this size instead of keeping its largest size for good.
+        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         # No busy handler: SQLite's sleeps 1 ms, then 2, 5, ... while the lock is held for ~0.2 ms;
         # _retry waits it out in finer steps (two workers spent a fifth of their time in those sleeps).
         conn.execute("PRAGMA busy_timeout=0")
