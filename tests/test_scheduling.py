@@ -123,7 +123,9 @@ def test_dependency_chain_runs_in_order(instance):
     c = instance.run("enqueue", "--command", f"echo c >> {ledger}", "--after", f"{a},{b}", "--id", "c").stdout.strip()
     assert instance.job(c)["waiting_on"] == 2 and instance.job(c)["after"] == ["a", "b"]
     instance.run("queue", "pause", "held")
-    d = instance.run("enqueue", "--command", f"echo d >> {ledger}", "--after", "c", "--queue", "held").stdout.strip()
+    # A fixed id: a generated one starting with "c" would be found by `show c` as a prefix once c is purged.
+    d = instance.run("enqueue", "--command", f"echo d >> {ledger}", "--after", "c", "--queue", "held",
+                     "--id", "d").stdout.strip()
     assert instance.start_pool(3, "--burst").wait(timeout=60) == 0
     assert ledger_lines(ledger) == ["a", "b", "c"]
     assert instance.job(d)["waiting_on"] == 0
