@@ -7,7 +7,6 @@ site-packages. A failed install skips on a developer's machine and fails under C
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import PG_URL, QUEUECTL, pg_execute, require_pg, wait_until
+from conftest import QUEUECTL, pg_execute, require_pg, wait_until
 
 BOTH_BACKENDS = True
 

@@ -20,7 +20,7 @@ from queuectl.plugins import private_group
 from queuectl.errors import Conflict, NotFound, QueueError, SchemaError, StoreBusy, StoreMissing, StoreReplaced
 from queuectl.models import CANCELLED, COMPLETED, DEAD, PROCESSING, Attempt, Job
 from queuectl.builtin._rows import (
-    ATTEMPT_COLUMNS, EDIT_SET, JOB_COLUMNS, N_JOB_COLUMNS, SERIES_SLOTS, attempt_from_row, bucket, edit_values,
+    ATTEMPT_COLUMNS, EDIT_SET, JOB_COLUMNS, N_JOB_COLUMNS, attempt_from_row, bucket, edit_values,
     job_filters, job_from_row, keyset_page, series_backfill, series_points, series_row, settings_from_rows,
     stats_summary,
 )
