@@ -409,13 +409,8 @@ class Pool:
         queue = self.queue
         queue.patient = True              # also for the store reopened after each fork
         queue.store.lock_timeout = None
-        queue.store.register_worker(self.info)
-        host = self.info.host
-        from .screen import setup_logging
-
-        setup_logging(self.verbose)
-        log(self.banner())
-        recover(queue, host)
+        # The handlers come first: a SIGTERM from the moment the pool is registered (and so visible
+        # to `worker stop` and to scripts) is a clean stop, never the default death.
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
         os.set_blocking(wake_r, False)
@@ -423,6 +418,13 @@ class Pool:
             signal.signal(sig, self._on_signal if sig != signal.SIGCHLD else lambda s, f: None)
         signal.set_wakeup_fd(wake_w)
         self._wake_fds = (wake_r, wake_w)
+        queue.store.register_worker(self.info)
+        host = self.info.host
+        from .screen import setup_logging
+
+        setup_logging(self.verbose)
+        log(self.banner())
+        recover(queue, host)
         try:
             return self._supervise(queue, host, wake_r)
         except StoreReplaced as exc:

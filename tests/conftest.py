@@ -157,6 +157,19 @@ class Instance:
         self.pools.append(proc)
         return proc
 
+    def wait_pool_up(self, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+        """Wait until the pool ``proc`` has registered itself: from then on a SIGTERM is a clean stop."""
+        from queuectl import Queue
+
+        queue = Queue.open(config=str(self.config_path), env={})
+        try:
+            wait_until(lambda: proc.poll() is not None or any(
+                w["kind"] == "pool" and w["pid"] == proc.pid for w in queue.workers()),
+                timeout, 0.05, f"pool {proc.pid} to register")
+        finally:
+            queue.close()
+        assert proc.poll() is None, f"pool {proc.pid} exited {proc.returncode} while starting"
+
     def wait_for_state(self, job_id: str, states, timeout: float = 60.0) -> dict:
         states = {states} if isinstance(states, str) else set(states)
         return wait_until(lambda: (lambda j: j if j["state"] in states else None)(self.job(job_id)),

@@ -158,6 +158,7 @@ def test_torture_whole_group_sigkill_every_1_to_2s(instance):
                 os.killpg(pool.pid, signal.SIGKILL)     # the pool, its workers and sources, all at once
                 pool.wait(timeout=30)
             pool = instance.start_pool(4, stderr=err)    # then one pool drains what is left
+            instance.wait_pool_up(pool)                  # (the kills may have left nothing: it must be up first)
             wait_until(lambda: not outstanding(queue), timeout=120 + size, interval=0.5,
                        message="every job to end after the kills")
             pool.send_signal(signal.SIGTERM)
