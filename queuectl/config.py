@@ -239,6 +239,7 @@ class Config:
         self.settings: dict[str, Setting] = {}
         self.store_loader: Optional[Callable[[], dict]] = None
         self._store_values: Optional[dict] = None
+        self._values: dict = {}               # get() results while the stored values are cached
         self.implicit_local = False           # found as ./config.yaml, not named by --config or $QUEUECTL_CONFIG
         self.ignored_path: Optional[Path] = None   # a ./config.yaml passed over as another tool's
         for setting in CORE_SETTINGS:
@@ -343,7 +344,16 @@ class Config:
         return setting.default
 
     def get(self, key: str) -> Any:
-        return self.lookup(key)[0]
+        # A worker asks for a few settings per job: parsing each again costs a tenth of its time, so
+        # a value is kept until refresh() forgets the stored values it may come from (or they were
+        # never read: the store is not open yet, nothing is kept).
+        try:
+            return self._values[key]
+        except KeyError:
+            value = self.lookup(key)[0]
+            if self._store_values is not None:
+                self._values[key] = value
+            return value
 
     def __getitem__(self, key: str) -> Any:
         return self.get(key)
@@ -360,11 +370,13 @@ class Config:
         """The same settings with their own cache of stored values."""
         twin = copy.copy(self)
         twin._store_values = None
+        twin._values = {}
         return twin
 
     def refresh(self) -> None:
         """Forget cached store values, so a running worker sees `config set` changes."""
         self._store_values = None
+        self._values = {}
 
     def items(self) -> list[dict]:
         rows = []

@@ -3,7 +3,7 @@
 Each worker forks one watchdog when it starts. The watchdog lives in a process group of its
 own (a SIGKILL of the pool's whole group does not reach it) and holds the read end of a pipe
 whose only writer is the worker. Before each attempt starts, the worker writes the job (with
-its lease: run id, and the process group once the command runs) into the pipe. When the pipe
+its lease and run id) into the pipe, and the command's process group once it runs. When the pipe
 reaches end-of-file the worker is gone (exit, crash, SIGKILL): the watchdog asks the job's
 executor to kill what is left of the last attempt (``reap``, the same call a pool's recovery
 makes) and exits. Why not only PR_SET_PDEATHSIG or the subreaper chain: a command that calls
@@ -15,6 +15,7 @@ so it is not the worker's child (the worker treats its children as parts of the 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import signal
@@ -22,7 +23,8 @@ import struct
 import sys
 from typing import Optional
 
-HEADER = struct.Struct("!I")
+HEADER = struct.Struct("!BI")     # (JOB, length of the pickled job that follows) or (GROUP, pgid)
+JOB, GROUP = 1, 2
 
 
 def start(queue) -> Optional[int]:
@@ -43,12 +45,21 @@ def start(queue) -> Optional[int]:
 
 
 def watch(write_fd: Optional[int], job) -> None:
-    """Tell the watchdog which attempt runs now (called before its command starts, and again with its group)."""
-    if write_fd is None:
-        return
-    data = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
+    """Tell the watchdog which attempt runs now (called before its command starts)."""
+    if write_fd is not None:
+        data = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
+        _send(write_fd, HEADER.pack(JOB, len(data)) + data)
+
+
+def watch_group(write_fd: Optional[int], pgid: int) -> None:
+    """Tell the watchdog the process group of the attempt it watches, once the command runs."""
+    if write_fd is not None:
+        _send(write_fd, HEADER.pack(GROUP, pgid))
+
+
+def _send(write_fd: int, data: bytes) -> None:
     try:
-        os.write(write_fd, HEADER.pack(len(data)) + data)
+        os.write(write_fd, data)
     except OSError:
         pass        # the watchdog is gone: the pool's recovery still reaps orphans by their tag
 
@@ -92,7 +103,12 @@ def _serve(queue, read_fd: int) -> None:
         header = _read(stream, HEADER.size)
         if header is None:
             break
-        body = _read(stream, HEADER.unpack(header)[0])
+        kind, value = HEADER.unpack(header)
+        if kind == GROUP:
+            if job is not None and job.lease is not None:
+                job = dataclasses.replace(job, lease=dataclasses.replace(job.lease, pgid=value))
+            continue
+        body = _read(stream, value)
         if body is None:
             break
         job = pickle.loads(body)

@@ -7,7 +7,6 @@ expires by the store's clock.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import select
 import signal
@@ -308,8 +307,7 @@ class Worker:
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             return ExecResult(models.START_ERROR, error=f"could not start: {detail}")
         if getattr(run, "pgid", None):
-            started = dataclasses.replace(job, lease=dataclasses.replace(job.lease, pgid=run.pgid))
-            watchdog.watch(self._watchdog, started)     # now with the group, for a kill in one call
+            watchdog.watch_group(self._watchdog, run.pgid)     # now the group too, for a kill in one call
         return self._watch(job, run, claimed_at)
 
     def _watch(self, job: Job, run, claimed_at: float) -> ExecResult:
