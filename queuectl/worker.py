@@ -145,7 +145,7 @@ class Worker:
         self._next_beat = 0.0
         self._next_refresh = 0.0
         self._claimed_at = time.monotonic()
-        self._watchdog: Optional[int] = None    # write end of the watchdog's pipe
+        self._watchdog: Optional[watchdog.Board] = None
 
     def _on_signal(self, signum, frame) -> None:
         if self.stopping:
@@ -199,7 +199,7 @@ class Worker:
                 listener.close()
             store.remove_worker(self.info.id)
             if self._watchdog is not None:
-                os.close(self._watchdog)     # the watchdog sweeps the last attempt (nothing left) and exits
+                self._watchdog.close()
                 self._watchdog = None
         return 0
 
@@ -300,14 +300,15 @@ class Worker:
         env = {"QUEUECTL_JOB_ID": job.id, "QUEUECTL_ATTEMPT": str(attempt_no), "QUEUECTL_RUN_ID": job.lease.run_id}
         try:
             executor = self.queue.executor(job.executor)
-            watchdog.watch(self._watchdog, job)
+            if self._watchdog is not None:
+                self._watchdog.watch(job)
             run = executor.start(job, RunContext(attempt_no, job.lease.run_id, env, self.config,
                                                  output=live_output_sink(self.queue.store, job.id, attempt_no)))
         except (OSError, ValueError, QueueError) as exc:
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             return ExecResult(models.START_ERROR, error=f"could not start: {detail}")
-        if getattr(run, "pgid", None):
-            watchdog.watch_group(self._watchdog, run.pgid)     # now the group too, for a kill in one call
+        if getattr(run, "pgid", None) and self._watchdog is not None:
+            self._watchdog.watch_group(run.pgid)     # now the group too, for a kill in one call
         return self._watch(job, run, claimed_at)
 
     def _watch(self, job: Job, run, claimed_at: float) -> ExecResult:
