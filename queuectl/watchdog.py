@@ -118,7 +118,7 @@ def _prompt() -> None:
     the moment its worker dies, even on a busy machine: a command in its last milliseconds must
     not get to finish. The watchdog sleeps in read() all the time, so it costs nothing meanwhile."""
     try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(2))     # above the workers (SCHED_RR 1)
     except (AttributeError, OSError):
         pass
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 
@@ -120,3 +121,20 @@ def test_a_command_that_writes_to_a_closed_pipe_dies_of_sigpipe_like_in_a_shell(
     job = run_job(instance, {"command": "yes | head -n 1", "timeout": 60})
     assert job["state"] == "completed", job
     assert (job["history"][0]["stdout"], job["history"][0]["stderr"]) == ("y\n", "")
+
+
+SCHED_PROBE = "chrt -p $$ | sed 's/.*: //'; chrt -p $PPID | sed 's/.*: //'; cut -d' ' -f19 /proc/$$/stat"
+
+
+@pytest.mark.parametrize("priority", ["realtime", "normal"])
+def test_a_command_runs_at_the_normal_policy_whatever_its_worker_runs_at(instance, priority):
+    instance.run("config", "set", "worker-priority", priority)
+    job = run_job(instance, {"command": SCHED_PROBE})
+    assert job["state"] == "completed", job
+    command_policy, command_prio, worker_policy, worker_prio, nice = job["history"][0]["stdout"].splitlines()
+    assert (command_policy, command_prio, nice) == ("SCHED_OTHER", "0", "0")
+    allowed = os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_RTPRIO)[0] > 0
+    if priority == "realtime" and allowed:
+        assert (worker_policy, worker_prio) == ("SCHED_RR|SCHED_RESET_ON_FORK", "1")
+    else:
+        assert (worker_policy, worker_prio) == ("SCHED_OTHER", "0")
