@@ -5,7 +5,6 @@ mistake is one line and exit 2, an operational failure one line and exit 1.
 """
 from __future__ import annotations
 
-import json
 import re
 import sys
 from typing import Any, Optional
@@ -17,8 +16,11 @@ from .command import (App, Duration, Integer, attempts_text, complete_job_ids, c
                       exit_for_states, fmt_seconds, get_queue, integer_flag, job_options, labels_text, parse_pairs,
                       parse_since, pass_app, read_command, render_jobs, spec_from_options, table)
 from .errors import JobValidationError, NotFound, QueueError, UsageError
+from ._lazy import LazyImport
 from .screen import COLOR_MODES, human_duration, set_color_mode, state_text, when
 from .term import for_terminal, write_output
+
+json = LazyImport("json", globals())
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 

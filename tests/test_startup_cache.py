@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import marshal
 import subprocess
 import os
 import sys
@@ -24,7 +25,7 @@ def private_cache(tmp_path, monkeypatch):
 
 
 def cache_files(folder, kind):
-    return sorted(p.name for p in folder.glob(f"{kind}-*.json")) if folder.is_dir() else []
+    return sorted(p.name for p in folder.glob(f"{kind}-*{_cache.SUFFIX}")) if folder.is_dir() else []
 
 
 def make_old(path, seconds=60):
@@ -74,14 +75,23 @@ def test_corrupt_or_foreign_cache_is_a_miss(tmp_path, monkeypatch, private_cache
     path.write_text("max-retries: 5\n")
     make_old(path)
     config_module.read_config_file(path)
-    (entry,) = private_cache.glob("config-*.json")
-    entry.write_text("{not json")
-    assert config_module.read_config_file(path) == {"max-retries": 5}
-    data = json.loads(entry.read_text())
-    data["value"] = {"max-retries": 99}
-    entry.write_text(json.dumps(data))
-    os.chmod(entry, 0o666)                      # others can write it: not trusted
-    assert config_module.read_config_file(path) == {"max-retries": 5}
+    (entry,) = private_cache.glob(f"config-*{_cache.SUFFIX}")
+    good = entry.read_bytes()
+    for garbage in (b"{not marshal", good[: len(good) // 2], marshal.dumps({"a": 1}), b""):
+        entry.write_bytes(garbage)
+        assert config_module.read_config_file(path) == {"max-retries": 5}
+    header, name, key, _value = marshal.loads(good)
+    for changed in ((header, name, key, {"max-retries": 99}),):
+        entry.write_bytes(marshal.dumps(changed))
+        assert config_module.read_config_file(path) == {"max-retries": 99}   # the entry is what is read...
+        os.chmod(entry, 0o666)                  # ...but others can write it: not trusted
+        assert config_module.read_config_file(path) == {"max-retries": 5}
+        os.chmod(entry, 0o600)
+    older = (header[0] - 1,) + header[1:]       # another format or another Python: a miss
+    for stale in ((older, name, key, {"max-retries": 99}), ((header[0], header[1], "2.7"), name, key, {"x": 1}),
+                  (header, name + "x", key, {"max-retries": 99})):
+        entry.write_bytes(marshal.dumps(stale))
+        assert config_module.read_config_file(path) == {"max-retries": 5}
 
 
 def test_no_cache_switch(tmp_path, monkeypatch, private_cache):
