@@ -25,8 +25,38 @@ json = LazyImport("json", globals())
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
+def _short_options_first(parser):
+    """The parser, made to look a single-dash option (``-c``) up among the short ones without first
+    building the "no such option, did you mean" error for it as a long one (click does, importing
+    difflib and comparing it with every long option, then drops that error). Every match and every
+    error message is the same."""
+    long_options, prefixes = getattr(parser, "_long_opt", None), getattr(parser, "_opt_prefixes", None)
+    match_long = getattr(parser, "_match_long_opt", None)
+    if not isinstance(long_options, dict) or not isinstance(prefixes, set) or match_long is None:
+        return parser                   # another click: leave it be
+
+    def match_long_first(opt, explicit_value, state):
+        if opt not in long_options and opt[:2] not in prefixes:
+            raise click.NoSuchOption(opt, ctx=parser.ctx)       # caught: the short options are tried next
+        return match_long(opt, explicit_value, state)
+    parser._match_long_opt = match_long_first
+    return parser
+
+
+class QueuectlCommand(click.Command):
+    """The core's commands: see :func:`_short_options_first`."""
+
+    def make_parser(self, ctx):
+        return _short_options_first(super().make_parser(ctx))
+
+
 class QueuectlGroup(click.Group):
     """Adds the commands that plugins register through ``queuectl_register_commands``."""
+
+    command_class = QueuectlCommand
+
+    def make_parser(self, ctx):
+        return _short_options_first(super().make_parser(ctx))
 
     def _plugin_commands(self, ctx: click.Context) -> dict:
         app = ctx.find_object(App)
@@ -72,7 +102,7 @@ class QueuectlGroup(click.Group):
 # --- commands ---------------------------------------------------------------------------------
 
 
-class ArgvCommand(click.Command):
+class ArgvCommand(QueuectlCommand):
     """A command where what follows ``--`` is a job's argv, run without a shell (`enqueue -- CMD ARG...`)."""
 
     def parse_args(self, ctx, args):

@@ -331,7 +331,7 @@ def job_options(func=None, exclude: Iterable[str] = ()):
 
 def _add_job_options(func, exclude: set):
     for option in reversed(JOB_OPTIONS):
-        if _option_name(option) not in exclude:
+        if not exclude or _option_name(option) not in exclude:     # the probe builds an option: only if asked
             func = option(func)
     return func
 
