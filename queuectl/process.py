@@ -4,7 +4,6 @@ start time (so a reused pid never matches), and a host is its configured ``host-
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from typing import Optional
 
@@ -58,4 +57,9 @@ def pid_alive(pid: Optional[int], start: Optional[int]) -> bool:
 
 
 def host_id(queue) -> str:
-    return queue.config.get("host-id") or socket.gethostname()
+    host = queue.config.get("host-id")
+    if host:
+        return host
+    import socket       # here: most commands that read the store never need it
+
+    return socket.gethostname()

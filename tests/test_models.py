@@ -9,11 +9,12 @@ import inspect
 
 import pytest
 
+from queuectl.builtin.notify import Notifier
 from queuectl.config import Setting
 from queuectl.models import Attempt, ExecResult, Job, Lease, Range, RetryDecision
 from queuectl.store import Transition, WorkerInfo
 
-RECORDS = (Job, Lease, Attempt, ExecResult, RetryDecision, Range, WorkerInfo, Transition, Setting)
+RECORDS = (Job, Lease, Attempt, ExecResult, RetryDecision, Range, WorkerInfo, Transition, Setting, Notifier)
 
 
 def generated(cls):
