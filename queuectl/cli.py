@@ -193,10 +193,23 @@ def _refuse_constant(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
+_STRICT: list = []       # the decoder of strict_loads, made at its first use
+
+
+def strict_loads(text: str) -> Any:
+    """``json.loads(text, parse_constant=_refuse_constant)`` for a str, with one decoder for every call
+    (json.loads builds a decoder per call when given an option: a bulk enqueue parses one per line)."""
+    if not _STRICT:
+        _STRICT.append(json.JSONDecoder(parse_constant=_refuse_constant))
+    if text.startswith("\ufeff"):             # as json.loads refuses it
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    return _STRICT[0].decode(text)
+
+
 def strict_json(text: str, what: str) -> Any:
     """json.loads without NaN/Infinity, with one UsageError for every way a text can fail to be JSON."""
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
+        return strict_loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{what}: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except ValueError as exc:            # NaN/Infinity, or an integer of thousands of digits
@@ -213,7 +226,7 @@ def _positional_job(text: str) -> dict:
     (the shell's ``{ cmd; }`` group).
     """
     try:
-        spec = json.loads(text, parse_constant=_refuse_constant)
+        spec = strict_loads(text)
     except json.JSONDecodeError as exc:
         if re.match(r'\s*\{(\S|\s*("|\}|$))', text):
             raise UsageError(f"malformed JSON job: {exc.msg} at column {exc.colno}") from None
