@@ -5,6 +5,7 @@ mistake is one line and exit 2, an operational failure one line and exit 1.
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
 from typing import Any, Optional
@@ -43,8 +44,34 @@ def _short_options_first(parser):
     return parser
 
 
+def _help_width(max_width: int) -> int:
+    """The width click's help formatter takes from ``shutil.get_terminal_size()`` ($COLUMNS, else the
+    terminal of stdout, else 80), found the same way without importing shutil (and bz2 and lzma)."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+        columns = columns or 80
+    return max(min(columns, max_width) - 2, 50)
+
+
+class QueuectlContext(click.Context):
+    def make_formatter(self):
+        if self.terminal_width is None and getattr(click.formatting, "FORCED_WIDTH", None) is None:
+            max_width = 80 if self.max_content_width is None else self.max_content_width
+            return self.formatter_class(width=_help_width(max_width), max_width=self.max_content_width)
+        return super().make_formatter()
+
+
 class QueuectlCommand(click.Command):
-    """The core's commands: see :func:`_short_options_first`."""
+    """The core's commands: see :func:`_short_options_first` and :func:`_help_width`."""
+
+    context_class = QueuectlContext
 
     def make_parser(self, ctx):
         return _short_options_first(super().make_parser(ctx))
@@ -54,6 +81,7 @@ class QueuectlGroup(click.Group):
     """Adds the commands that plugins register through ``queuectl_register_commands``."""
 
     command_class = QueuectlCommand
+    context_class = QueuectlContext
 
     def make_parser(self, ctx):
         return _short_options_first(super().make_parser(ctx))
@@ -514,6 +542,9 @@ def queue_resume(name):
 
 
 class WorkerGroup(click.Group):
+    command_class = QueuectlCommand
+    context_class = QueuectlContext
+
     def get_command(self, ctx, name):
         if name == "start":     # plugins may add options to `worker start`
             cli._worker_options(ctx.find_root())
