@@ -60,6 +60,8 @@ def host_id(queue) -> str:
     host = queue.config.get("host-id")
     if host:
         return host
-    import socket       # here: most commands that read the store never need it
+    if sys.platform.startswith("linux"):
+        return os.uname().nodename      # what gethostname(2) returns on Linux, without importing socket
+    import socket
 
     return socket.gethostname()
