@@ -320,3 +320,58 @@ def test_a_changed_package_is_a_miss(tmp_path, monkeypatch, private_cache):
     assert plugins.get_plugin_manager(entry_points=False).get_plugin("dlq") is importlib.import_module(
         "queuectl.builtin.dlq")
     assert any(path.endswith(os.path.join("builtin", "dlq.py")) for path, _ in real())
+
+
+def test_a_plugin_added_or_changed_after_the_caches_are_warm_is_used_at_once(tmp_path, private_cache):
+    """The caches never skip a plugin: one dropped into the plugins folder, or edited, after every
+    cache is written is loaded and called by the very next command."""
+    wait_for_settled_package()
+    folder = tmp_path / "plugins"
+    folder.mkdir(mode=0o755)
+    os.chmod(folder, 0o755)
+    (tmp_path / "config.yaml").write_text("db: queue.db\nplugins-dir: plugins\n")
+    time.sleep(_cache.SETTLE + 0.1)             # the config is cached once it has settled (its ctime too)
+    env = {**os.environ, "QUEUECTL_CONFIG": str(tmp_path / "config.yaml")}
+
+    def enqueue(word):
+        return subprocess.run([sys.executable, "-m", "queuectl", "enqueue", "-c", f"echo {word}"], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=120)
+
+    for _ in range(2):                          # the second run reads every cache the first wrote
+        assert enqueue("LATE").returncode == 0
+    assert cache_files(private_cache, "builtins") and cache_files(private_cache, "config")
+    validator = ("from queuectl import hookimpl, JobValidationError\n\n@hookimpl\n"
+                 "def queuectl_validate_job(job, queue):\n    if {word!r} in job['command']:\n"
+                 "        raise JobValidationError('refused {word}')\n")
+    path = folder / "late.py"
+    path.write_text(validator.format(word="LATE"))
+    os.chmod(path, 0o644)
+    proc = enqueue("LATE")
+    assert proc.returncode == 2 and proc.stderr.strip() == "queuectl: error: refused LATE"
+    path.write_text(validator.format(word="EDIT"))      # same size, rewritten in place at once
+    assert enqueue("LATE").returncode == 0
+    proc = enqueue("EDIT")
+    assert proc.returncode == 2 and proc.stderr.strip() == "queuectl: error: refused EDIT"
+
+
+def test_quick_commands_leave_the_other_core_commands_unimported(tmp_path, private_cache):
+    check = ("import sys\nfrom queuectl.cli import main\nsys.argv = ['queuectl'] + sys.argv[1:]\n"
+             "try:\n    main()\nexcept SystemExit:\n    pass\nprint('cli_more', 'queuectl.cli_more' in sys.modules, "
+             "file=sys.stderr)\n")
+    (tmp_path / "config.yaml").write_text("db: queue.db\n")
+    env = {**os.environ, "QUEUECTL_CONFIG": str(tmp_path / "config.yaml")}
+
+    def imports_more(*args):
+        proc = subprocess.run([sys.executable, "-c", check, *args], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120)
+        return proc.stdout, proc.stderr.strip().splitlines()[-1] == "cli_more True"
+
+    assert imports_more("enqueue", "-c", "true")[1] is False
+    assert imports_more("list", "--limit", "5")[1] is False
+    assert imports_more("status")[1] is False
+    out, more = imports_more("show", "--help")
+    assert more and "Usage: queuectl show" in out
+    out, more = imports_more("--help")
+    listed = {line.split()[0] for line in out.split("Commands:")[1].splitlines() if line.startswith("  ")}
+    assert more and {"cancel", "edit", "retry", "purge", "queue", "worker", "show", "logs", "stats", "config",
+                     "plugins", "completion", "init", "enqueue", "status", "list", "dlq"} <= listed
