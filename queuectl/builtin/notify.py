@@ -88,6 +88,9 @@ def queuectl_register_settings(register):
 
 @record
 class Notifier:
+    """A registered notifier: its name, how it delivers an event, which events it wants, whether a
+    failed delivery is retried, and the plugin that registered it."""
+
     name: str
     deliver: Callable[[dict, Any], Any]
     wants: Optional[Callable[[str, Any], bool]]
