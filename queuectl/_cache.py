@@ -12,17 +12,22 @@ every one is imported and registered on every run.
 
 Any problem with the cache (unreadable, corrupt, not ours, a full disk) makes it a
 miss; ``QUEUECTL_NO_CACHE=1`` turns every cache off.
+
+An entry is written with :mod:`marshal` (built into the interpreter: reading one costs neither
+an import of json nor a parse of text), and holds only plain data (see :func:`plain_json`). An
+entry is read only from a file this user owns and no one else can write, in a folder the same
+holds for: what the plugins folder is trusted with too. Another Python version is a miss.
 """
 from __future__ import annotations
 
-import json
+import marshal
 import os
 import stat
+import sys
 import time
-import zlib
 from typing import Any, Optional
 
-VERSION = 1
+VERSION = 2
 SETTLE = 2.0          # seconds a source must be unchanged before its result is cached
 MAX_FILES = 64        # per kind; the least recently written beyond this are removed
 
@@ -57,9 +62,15 @@ def settled(prints: list, now: Optional[float] = None) -> bool:
 
 
 def _file(kind: str, name: str) -> str:
-    raw = name.encode("utf-8", "surrogateescape")
-    digest = f"{zlib.crc32(raw):08x}{zlib.adler32(raw):08x}"     # the entry repeats the name: a clash is a miss
-    return os.path.join(cache_dir(), f"{kind}-{digest}.json")
+    digest = 0xcbf29ce484222325                 # FNV-1a, 64 bits; the entry repeats the name: a clash is a miss
+    for byte in name.encode("utf-8", "surrogateescape"):
+        digest = ((digest ^ byte) * 0x100000001b3) & 0xffffffffffffffff
+    return os.path.join(cache_dir(), f"{kind}-{digest:016x}{SUFFIX}")
+
+
+SUFFIX = ".cache"
+#: What an entry starts with: this format, and the interpreter (marshal's format is its own).
+HEADER = (VERSION, marshal.version, sys.version)
 
 
 def load(kind: str, name: str, key: Any) -> Optional[Any]:
@@ -72,21 +83,19 @@ def load(kind: str, name: str, key: Any) -> Optional[Any]:
     except OSError:
         return None
     try:
-        if not _ours(os.fstat(fd)):
+        if not _ours(os.fstat(fd)) or not _ours(os.stat(os.path.dirname(path))):
             return None
         with os.fdopen(fd, "rb") as fh:
             fd = -1
-            entry = json.loads(fh.read())
-    except (OSError, ValueError):
+            entry = marshal.loads(fh.read())
+    except (OSError, ValueError, EOFError, TypeError):
         return None
     finally:
         if fd >= 0:
             os.close(fd)
-    if not isinstance(entry, dict) or entry.get("version") != VERSION or entry.get("name") != name:
+    if type(entry) is not tuple or len(entry) != 4 or entry[0] != HEADER or entry[1] != name or entry[2] != key:
         return None
-    if entry.get("key") != _key_text(key):
-        return None
-    return entry.get("value")
+    return entry[3]
 
 
 def store(kind: str, name: str, key: Any, value: Any) -> None:
@@ -99,8 +108,9 @@ def store(kind: str, name: str, key: Any, value: Any) -> None:
         os.makedirs(folder, mode=0o700, exist_ok=True)
         if not _ours(os.stat(folder)):
             return
-        data = json.dumps({"version": VERSION, "name": name, "key": _key_text(key), "value": value},
-                          allow_nan=False).encode()
+        if not plain_json(key) or not plain_json(value):
+            return
+        data = marshal.dumps((HEADER, name, key, value))
         path = _file(kind, name)
         tmp = f"{path}.{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
@@ -109,7 +119,7 @@ def store(kind: str, name: str, key: Any, value: Any) -> None:
         os.replace(tmp, path)
         tmp = None
         _prune(folder, kind)
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError):
         if tmp is not None:
             try:
                 os.unlink(tmp)
@@ -117,16 +127,11 @@ def store(kind: str, name: str, key: Any, value: Any) -> None:
                 pass
 
 
-def _key_text(key: Any) -> str:
-    """The key as one string: quicker to read back and compare than a nested structure."""
-    return json.dumps(key, separators=(",", ":"))
-
-
 def _prune(folder: str, kind: str) -> None:
     entries = []
     with os.scandir(folder) as it:
         for entry in it:
-            if entry.name.startswith(kind + "-") and entry.name.endswith(".json"):
+            if entry.name.startswith(kind + "-") and entry.name.endswith(SUFFIX):
                 try:
                     entries.append((entry.stat().st_mtime_ns, entry.path))
                 except OSError:
@@ -140,7 +145,8 @@ def _prune(folder: str, kind: str) -> None:
 
 
 def plain_json(value: Any) -> bool:
-    """True when ``value`` survives a JSON round trip unchanged (so it can be cached exactly)."""
+    """True when ``value`` is plain JSON data (None, str, bool, int, finite float, list, dict of str keys),
+    which a cache entry holds exactly (marshal keeps each type as it is)."""
     if value is None or isinstance(value, (str, bool, int)):
         return True
     if isinstance(value, float):

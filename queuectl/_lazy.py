@@ -43,6 +43,28 @@ class NotCacheable(Exception):
     """A registration holds a value the manifest cannot record exactly."""
 
 
+class LazyImport:
+    """A module name bound at import, imported at its first use: ``json = LazyImport("json", globals())``.
+
+    The first attribute looked up imports the module and puts it in place of this stand-in, so
+    from then on the name is the module itself; a command that never uses it never imports it.
+    """
+
+    def __init__(self, name: str, namespace: dict, alias: Optional[str] = None):
+        self._name, self._namespace, self._alias = name, namespace, alias or name.rpartition(".")[2]
+
+    def __getattr__(self, attr: str):
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        module = importlib.import_module(self._name)
+        if self._namespace.get(self._alias) is self:
+            self._namespace[self._alias] = module
+        return getattr(module, attr)
+
+    def __repr__(self) -> str:
+        return f"<{self._name}, imported on first use>"
+
+
 # --- the manifest: what each built-in registers ---------------------------------------------------
 
 

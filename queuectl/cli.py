@@ -5,7 +5,7 @@ mistake is one line and exit 2, an operational failure one line and exit 1.
 """
 from __future__ import annotations
 
-import json
+import os
 import re
 import sys
 from typing import Any, Optional
@@ -13,18 +13,76 @@ from typing import Any, Optional
 import click
 
 from . import models
-from .command import (App, Duration, Integer, attempts_text, complete_job_ids, complete_queues, echo, emit_json,
-                      exit_for_states, fmt_seconds, get_queue, integer_flag, job_options, labels_text, parse_pairs,
+from .command import (App, Integer, complete_queues, echo, emit_json, get_queue, job_options, parse_pairs,
                       parse_since, pass_app, read_command, render_jobs, spec_from_options, table)
 from .errors import JobValidationError, NotFound, QueueError, UsageError
+from ._lazy import LazyImport
 from .screen import COLOR_MODES, human_duration, set_color_mode, state_text, when
-from .term import for_terminal, write_output
+
+json = LazyImport("json", globals())
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
+def _short_options_first(parser):
+    """The parser, made to look a single-dash option (``-c``) up among the short ones without first
+    building the "no such option, did you mean" error for it as a long one (click does, importing
+    difflib and comparing it with every long option, then drops that error). Every match and every
+    error message is the same."""
+    long_options, prefixes = getattr(parser, "_long_opt", None), getattr(parser, "_opt_prefixes", None)
+    match_long = getattr(parser, "_match_long_opt", None)
+    if not isinstance(long_options, dict) or not isinstance(prefixes, set) or match_long is None:
+        return parser                   # another click: leave it be
+
+    def match_long_first(opt, explicit_value, state):
+        if opt not in long_options and opt[:2] not in prefixes:
+            raise click.NoSuchOption(opt, ctx=parser.ctx)       # caught: the short options are tried next
+        return match_long(opt, explicit_value, state)
+    parser._match_long_opt = match_long_first
+    return parser
+
+
+def _help_width(max_width: int) -> int:
+    """The width click's help formatter takes from ``shutil.get_terminal_size()`` ($COLUMNS, else the
+    terminal of stdout, else 80), found the same way without importing shutil (and bz2 and lzma)."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+        columns = columns or 80
+    return max(min(columns, max_width) - 2, 50)
+
+
+class QueuectlContext(click.Context):
+    def make_formatter(self):
+        if self.terminal_width is None and getattr(click.formatting, "FORCED_WIDTH", None) is None:
+            max_width = 80 if self.max_content_width is None else self.max_content_width
+            return self.formatter_class(width=_help_width(max_width), max_width=self.max_content_width)
+        return super().make_formatter()
+
+
+class QueuectlCommand(click.Command):
+    """The core's commands: see :func:`_short_options_first` and :func:`_help_width`."""
+
+    context_class = QueuectlContext
+
+    def make_parser(self, ctx):
+        return _short_options_first(super().make_parser(ctx))
+
+
 class QueuectlGroup(click.Group):
     """Adds the commands that plugins register through ``queuectl_register_commands``."""
+
+    command_class = QueuectlCommand
+    context_class = QueuectlContext
+
+    def make_parser(self, ctx):
+        return _short_options_first(super().make_parser(ctx))
 
     def _plugin_commands(self, ctx: click.Context) -> dict:
         app = ctx.find_object(App)
@@ -45,6 +103,8 @@ class QueuectlGroup(click.Group):
         if getattr(app, "worker_options_added", False):
             return
         app.worker_options_added = True
+        from .cli_more import worker_start
+
         known = {param.name for param in worker_start.params}
         for options in app.queue.pm.hook.queuectl_worker_options():
             for option in options or []:
@@ -54,11 +114,15 @@ class QueuectlGroup(click.Group):
 
     def get_command(self, ctx, name):
         command = super().get_command(ctx, name)
+        if command is None and name not in QUICK:
+            _all_commands()
+            command = super().get_command(ctx, name)
         if command is not None:
             return command
         return self._plugin_commands(ctx).get(name)
 
     def list_commands(self, ctx):
+        _all_commands()
         names = set(super().list_commands(ctx))
         try:
             names.update(self._plugin_commands(ctx))
@@ -70,7 +134,16 @@ class QueuectlGroup(click.Group):
 # --- commands ---------------------------------------------------------------------------------
 
 
-class ArgvCommand(click.Command):
+#: The commands defined here; the others are in cli_more.py, imported when one of them is named or
+#: all are listed (defining every command cost most of this module's import on every run).
+QUICK = ("init", "enqueue", "status", "list")
+
+
+def _all_commands() -> None:
+    from . import cli_more  # noqa: F401 - registers its commands on `cli`
+
+
+class ArgvCommand(QueuectlCommand):
     """A command where what follows ``--`` is a job's argv, run without a shell (`enqueue -- CMD ARG...`)."""
 
     def parse_args(self, ctx, args):
@@ -161,10 +234,23 @@ def _refuse_constant(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
+_STRICT: list = []       # the decoder of strict_loads, made at its first use
+
+
+def strict_loads(text: str) -> Any:
+    """``json.loads(text, parse_constant=_refuse_constant)`` for a str, with one decoder for every call
+    (json.loads builds a decoder per call when given an option: a bulk enqueue parses one per line)."""
+    if not _STRICT:
+        _STRICT.append(json.JSONDecoder(parse_constant=_refuse_constant))
+    if text.startswith("\ufeff"):             # as json.loads refuses it
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    return _STRICT[0].decode(text)
+
+
 def strict_json(text: str, what: str) -> Any:
     """json.loads without NaN/Infinity, with one UsageError for every way a text can fail to be JSON."""
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
+        return strict_loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{what}: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except ValueError as exc:            # NaN/Infinity, or an integer of thousands of digits
@@ -181,7 +267,7 @@ def _positional_job(text: str) -> dict:
     (the shell's ``{ cmd; }`` group).
     """
     try:
-        spec = json.loads(text, parse_constant=_refuse_constant)
+        spec = strict_loads(text)
     except json.JSONDecodeError as exc:
         if re.match(r'\s*\{(\S|\s*("|\}|$))', text):
             raise UsageError(f"malformed JSON job: {exc.msg} at column {exc.colno}") from None
@@ -261,273 +347,6 @@ def enqueue(job, jobs_file, **options):
 
 
 @cli.command()
-@click.argument("job_ids", nargs=-1, required=True, shell_complete=complete_job_ids)
-def cancel(job_ids):
-    """Cancel jobs: a pending job never runs; a running job's processes are stopped.
-
-    \b
-    Example:
-      queuectl cancel 3f2a        # a unique prefix of the id is enough
-    """
-    queue = get_queue()
-    for ref in job_ids:
-        job_id = queue.resolve(ref)
-        click.echo(f"{job_id} {queue.cancel(job_id)}")
-
-
-EDIT_OPTIONS = (
-    click.option("-c", "--command", "command", help="The new shell command (an argv job becomes a shell job)."),
-    click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Set a variable (repeatable)."),
-    click.option("--unset-env", multiple=True, metavar="KEY", help="Remove a variable (repeatable)."),
-    click.option("--cwd", metavar="DIR", help="The new working folder."),
-    click.option("--timeout", metavar="DURATION", help="The new timeout (90, 10m, 1h30m), or 'none'."),
-    click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Set a label (repeatable)."),
-    click.option("--unset-label", multiple=True, metavar="KEY", help="Remove a label (repeatable)."),
-)
-
-
-def edit_options(func):
-    for option in reversed(EDIT_OPTIONS):
-        func = option(func)
-    return func
-
-
-def edit_changes(job, options: dict, argv: Optional[list]) -> dict:
-    """What the edit options ask to change, as full new values (env and labels merged with the job's)."""
-    changes: dict[str, Any] = {}
-    if options.get("command") is not None and argv is not None:
-        raise UsageError("give either --command (run by the shell) or -- CMD ARG... (run without one)")
-    if options.get("command") is not None:
-        changes["command"] = options["command"]
-    if argv is not None:
-        if not argv:
-            raise UsageError("nothing after --: give the program to run and its arguments")
-        changes["argv"] = argv
-    for field, flag, unset in (("env", "--env", "unset_env"), ("labels", "--label", "unset_label")):
-        if options.get(field) or options.get(unset):
-            value = dict(getattr(job, field), **parse_pairs(flag, options.get(field) or ()))
-            for key in options.get(unset) or ():
-                value.pop(key, None)
-            changes[field] = value
-    if options.get("cwd") is not None:
-        changes["cwd"] = options["cwd"]
-    if options.get("timeout") is not None:
-        changes["timeout"] = None if options["timeout"].lower() == "none" else _duration("--timeout", options["timeout"])
-    return changes
-
-
-def _duration(option: str, value: str) -> float:
-    try:
-        return models.parse_duration(value)
-    except ValueError as exc:
-        raise UsageError(f"{option}: {exc}") from None
-
-
-@cli.command(cls=ArgvCommand)
-@click.argument("job_id", shell_complete=complete_job_ids)
-@edit_options
-@click.option("--json", "as_json", is_flag=True, help="Print the edited job as JSON.")
-def edit(job_id, as_json, **options):
-    """Change a pending, failed, dead or cancelled job before it runs again.
-
-    The command, env, cwd, timeout and labels can change; the values before are kept in the
-    job's edit history (`show`), and its attempts stay. A dead or cancelled job stays so until
-    `queuectl retry` (or use `retry ID --command ...` to do both at once).
-
-    \b
-    Examples:
-      queuectl edit 3f2a --command "make report FAST=1"
-      queuectl edit 3f2a --env DEBUG=1 --unset-env PROXY --timeout 10m
-      queuectl edit 3f2a -- ./report.sh --fast
-    """
-    queue = get_queue()
-    job = queue.get(job_id)
-    changes = edit_changes(job, options, given_argv())
-    if not changes:
-        raise UsageError("nothing to change: give --command, --env, --cwd, --timeout, --label or -- CMD ARG...")
-    edited = queue.edit(job.id, changes)
-    if as_json:
-        emit_json(edited.to_dict())
-        return
-    click.echo(f"{edited.id} {edited.state}: edited {', '.join(sorted(edited.edits[-1]['before'])) or 'nothing'}")
-
-
-@cli.command(cls=ArgvCommand)
-@click.argument("job_ids", nargs=-1, required=True, shell_complete=complete_job_ids)
-@edit_options
-def retry(job_ids, **options):
-    """Run completed, dead or cancelled jobs again, with a fresh retry budget.
-
-    With edit options (as `queuectl edit` has them) the jobs are changed and retried in one step;
-    their attempts and edit history are kept.
-
-    \b
-    Examples:
-      queuectl retry 3f2a 9c1e
-      queuectl retry 3f2a --command "make report FAST=1"
-    """
-    from .queue import RETRYABLE
-
-    queue = get_queue()
-    argv = given_argv()
-    for ref in job_ids:
-        job = queue.get(ref)
-        changes = edit_changes(job, options, argv)
-        if changes:
-            job = queue.edit(job.id, changes, retry=True)
-        else:
-            job = queue.retry(job.id, RETRYABLE)
-        click.echo(f"{job.id} {job.state}")
-
-
-@cli.command()
-@click.option("--state", "states", multiple=True, required=True,
-              type=click.Choice(models.FINISHED_STATES), help="Purge jobs in this state (repeatable).")
-@click.option("--older-than", required=True, type=Duration(models.RANGES["age"]),
-              help="Only jobs last updated longer ago than this: 7d, 12h, 30m.")
-def purge(states, older_than):
-    """Delete finished jobs and their attempts (dependencies they satisfied stay satisfied).
-
-    \b
-    Example:
-      queuectl purge --state completed --state cancelled --older-than 7d
-    """
-    count = get_queue().purge(states, older_than)
-    click.echo(f"purged {count} job(s)")
-
-
-@cli.group("queue")
-def queue_group():
-    """Named queues: concurrency limits across all workers and hosts, pause and resume.
-
-    \b
-    Examples:
-      queuectl queue limit ci 1
-      queuectl queue pause ci
-    """
-
-
-@queue_group.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def queue_list(as_json):
-    """Queues with their limit, pause state and job counts.
-
-    \b
-    Example:
-      queuectl queue list
-    """
-    rows = get_queue().queues()
-    if as_json:
-        emit_json(rows)
-        return
-    table(({**r, "concurrency": r["concurrency"] or "-", "paused": "yes" if r["paused"] else ""} for r in rows),
-          ["name", "concurrency", "paused", "pending", "processing"])
-
-
-@queue_group.command("limit")
-@click.argument("name", shell_complete=complete_queues)
-@click.argument("limit", metavar="N|none")
-def queue_limit(name, limit):
-    """At most N jobs of queue NAME run at once, across all pools ('none' removes the limit).
-
-    \b
-    Example:
-      queuectl queue limit ci 2
-    """
-    if limit.lower() in ("none", "unlimited"):
-        value = None
-    else:
-        value = integer_flag("limit", limit, models.RANGES["concurrency"])
-    row = get_queue().set_queue(name, concurrency=value)
-    click.echo(f"{name}: limit {row['concurrency'] or 'none'}")
-
-
-@queue_group.command("pause")
-@click.argument("name", shell_complete=complete_queues)
-def queue_pause(name):
-    """Start nothing new from queue NAME; running jobs finish.
-
-    \b
-    Example:
-      queuectl queue pause ci
-    """
-    get_queue().set_queue(name, paused=True)
-    click.echo(f"{name}: paused")
-
-
-@queue_group.command("resume")
-@click.argument("name", shell_complete=complete_queues)
-def queue_resume(name):
-    """Let queue NAME run again.
-
-    \b
-    Example:
-      queuectl queue resume ci
-    """
-    get_queue().set_queue(name, paused=False)
-    click.echo(f"{name}: resumed")
-
-
-class WorkerGroup(click.Group):
-    def get_command(self, ctx, name):
-        if name == "start":     # plugins may add options to `worker start`
-            cli._worker_options(ctx.find_root())
-        return super().get_command(ctx, name)
-
-
-@cli.group(cls=WorkerGroup)
-def worker():
-    """Run or stop worker pools.
-
-    \b
-    Examples:
-      queuectl worker start --count 4
-      queuectl worker stop
-    """
-
-
-@worker.command("start")
-@click.option("-n", "--count", default=1, show_default=True, type=Integer(models.RANGES["workers"]),
-              help="Worker processes in this pool.")
-@click.option("--burst", is_flag=True, help="Exit 0 once nothing is runnable, processing or waiting for a retry.")
-@click.option("-v", "--verbose", is_flag=True, help="Log every attempt to stderr, with timestamps.")
-@click.option("--queue", "queues", metavar="NAME[,NAME...]", shell_complete=complete_queues,
-              help="Only run jobs of these queues (default: all).")
-def worker_start(count, burst, verbose, queues, **options):
-    """Start a pool of COUNT workers in the foreground, until stopped.
-
-    SIGTERM, SIGINT (Ctrl-C) or `queuectl worker stop`: running jobs finish, then the pool exits 0.
-    A second signal stops the running commands and records them as interrupted, to be retried.
-
-    \b
-    Examples:
-      queuectl worker start --count 4 -v
-      queuectl worker start --burst          # run what is there, then exit
-      queuectl worker start --queue ci,deploy
-    """
-    from .worker import Pool
-
-    queue = get_queue()
-    names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
-    for name in names or ():
-        if not models.QUEUE_PATTERN.match(name):
-            raise UsageError(f"queue name {name!r} is not valid")
-    sys.exit(Pool(queue, count, burst=burst, verbose=verbose, options=options, queues=names).run())
-
-
-@worker.command("stop")
-def worker_stop():
-    """Ask every running pool that shares this store to finish its jobs and exit.
-
-    \b
-    Example:
-      queuectl worker stop
-    """
-    count = get_queue().request_stop()
-    click.echo(f"stop requested for {count} pool(s)" if count else "no pool is running")
-
-
-@cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(as_json):
     """The config and store in use, jobs per state, workers and the jobs they run.
@@ -589,292 +408,24 @@ def list_jobs(state, queue, labels, grep, since, last, limit, offset, as_json):
     render_jobs(jobs, as_json)
 
 
-@cli.command()
-@click.argument("job_id", shell_complete=complete_job_ids)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def show(job_id, as_json):
-    """One job with all its attempts and its edit history.
-
-    \b
-    Example:
-      queuectl show 3f2a
-    """
-    queue = get_queue()
-    job = queue.get(job_id)
-    attempts = queue.attempts(job.id)
-    if as_json:
-        emit_json(dict(job.to_dict(), history=[a.to_dict() for a in attempts]))
-        return
-    for key, value in _show_fields(job):
-        echo(f"{key + ':':14} {value}")
-    for edit in job.edits:
-        before = ", ".join(f"{k} was {json.dumps(v)}" for k, v in edit["before"].items()) or "no change"
-        click.echo(for_terminal(f"{'edited:':14} {when(_epoch(edit['at']), exact=True)}: {before}"))
-    if attempts:
-        click.echo("")
-        table(({"attempt": a.attempt, "outcome": a.outcome, "exit": a.exit_code if a.signal is None else
-                f"signal {a.signal}", "duration": fmt_seconds(a.duration), "started": when(a.started_at),
-                "error": a.error} for a in attempts),
-              ["attempt", "outcome", "exit", "duration", "started", "error"], styles={"outcome": _outcome_style})
-
-
-TIME_FIELDS = ("created_at", "updated_at", "run_at")
-
-
-def _show_fields(job):
-    """(name, text) of each field that has a value: times local and relative on a terminal, texts escaped."""
-    data = job.to_dict()
-    data["attempts"] = attempts_text(job)
-    for key, value in data.items():
-        if value in (None, {}, "", []) or key == "edits":
-            continue
-        if key in TIME_FIELDS:
-            text = when(getattr(job, key), exact=True)
-        elif key == "state":
-            text = state_text(value)
-        elif key == "labels":
-            text = labels_text(value)
-        elif key == "worker":
-            text = f"pid {value['pid']} on {value['host']}, started {when(_epoch(value['started_at']))}"
-        else:
-            text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
-        yield key, text if key == "state" else for_terminal(text)
-
-
-def _outcome_style(outcome: str) -> str:
-    return "32" if outcome == models.SUCCEEDED else "2" if outcome == models.INTERRUPTED else "31"
-
-
-@cli.command()
-@click.argument("job_id", shell_complete=complete_job_ids)
-@click.option("--attempt", type=Integer(models.RANGES["attempt"]), help="Only this attempt (from 1).")
-@click.option("-f", "--follow", is_flag=True, help="Stream the output as it is produced, across retries, until "
-              "the job is terminal; exit like `wait`.")
-@click.option("--stdout", "only", flag_value="stdout", help="Only the job's stdout.")
-@click.option("--stderr", "only", flag_value="stderr", help="Only the job's stderr.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--raw", is_flag=True, help="On a terminal too, print output exactly as stored (escapes act).")
-def logs(job_id, attempt, follow, only, as_json, raw):
-    """Output, exit code, duration and time of each attempt of a job (the running one so far).
-
-    \b
-    Examples:
-      queuectl logs 3f2a
-      queuectl logs 3f2a --attempt 2 > attempt2.txt
-      queuectl logs -f 3f2a
-    """
-    if follow:
-        if as_json or attempt is not None:
-            raise UsageError("--follow cannot be combined with --json or --attempt")
-        raise click.exceptions.Exit(follow_logs(get_queue(), job_id, only))
-    queue = get_queue()
-    entries = queue.logs(job_id, attempt)
-    if as_json:
-        emit_json(entries)
-        return
-    stored = {a.attempt: a for a in queue.attempts(job_id, attempt)}     # finished attempts, as bytes
-    for entry in entries:
-        click.echo(for_terminal(attempt_header(entry), raw=raw))
-        for stream in (only,) if only else ("stdout", "stderr"):
-            if entry[stream]:
-                click.echo(f"--- {stream}")
-                record = stored.get(entry["attempt"])
-                if record is not None and not entry.get("running"):
-                    write_output(getattr(record, stream), raw=raw)     # piped: the stored bytes exactly
-                else:
-                    click.echo(for_terminal(entry[stream].rstrip("\n"), raw=raw))
-
-
-def attempt_header(entry: dict) -> str:
-    """``=== attempt N: ...``: how it ended, or that it is still running."""
-    if entry.get("running"):
-        return (f"=== attempt {entry['attempt']}: running since {entry['created_at']} "
-                f"({entry['duration']:.1f}s so far) on {entry['host']}")
-    how = f"exit {entry['exit_code']}" if entry["signal"] is None else f"signal {entry['signal']}"
-    return (f"=== attempt {entry['attempt']}: {entry['outcome']} ({how}) at {entry['created_at']} "
-            f"in {entry['duration']:.3f}s" + (f": {for_terminal(entry['error'])}" if entry["error"] else ""))
-
-
-def follow_logs(queue, job_id: str, only: Optional[str]) -> int:
-    """``logs --follow``: job output to stdout (its stderr to stderr, unless one stream is picked), exactly
-    as printed when piped; a header line per attempt on stderr. Returns the exit code, like `wait`."""
-    sinks = {name: OutputWriter(sys.stdout if only or name == "stdout" else sys.stderr)
-             for name in ("stdout", "stderr")}
-    try:
-        for event in queue.follow(job_id):
-            kind = event[0]
-            if kind == "attempt":
-                click.echo(f"=== attempt {event[1]}" + (" (running)" if event[2] is None else ""), err=True)
-            elif kind == "output" and only in (None, event[1]):
-                sinks[event[1]].write(event[2])
-            elif kind == "ended" and event[2] is not None:
-                click.echo(attempt_header(event[2]), err=True)
-            elif kind == "done":
-                click.echo(f"=== job {job_id} is {event[1].state}", err=True)
-                return exit_for_states([event[1].state])
-    except KeyboardInterrupt:
-        return 130
-    return EXIT_OK
-
-
-class OutputWriter:
-    """Job output as it came when piped; decoded (a character split between chunks kept whole) and
-    escaped on a terminal."""
-
-    def __init__(self, stream):
-        import codecs
-
-        self.stream = stream
-        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
-
-    def write(self, data: bytes) -> None:
-        if self.stream.isatty():
-            self.stream.write(for_terminal(self.decoder.decode(data), self.stream))
-        else:
-            self.stream.flush()
-            self.stream.buffer.write(data)
-        self.stream.flush()
-
-
-@cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def stats(as_json):
-    """Runs, failures, durations and throughput.
-
-    \b
-    Example:
-      queuectl stats --json
-    """
-    data = get_queue().stats()
-    if as_json:
-        emit_json(data)
-        return
-    for key, value in data.items():
-        if key.endswith("duration"):
-            value = fmt_seconds(value)
-        elif key.startswith("throughput"):
-            value = "-" if value is None else f"{value:.2f} runs/s"
-        click.echo(f"{key + ':':16} {value}")
-
-
-@cli.group("config")
-def config_group():
-    """Read and change settings (stored settings reach running workers without a restart).
-
-    \b
-    Examples:
-      queuectl config set max-retries 5
-      queuectl config list
-    """
-
-
-@config_group.command("set", context_settings={"ignore_unknown_options": True})
-@click.argument("key")
-@click.argument("value")
-def config_set(key, value):
-    """Store a setting in the store, for every worker and command that uses it.
-
-    \b
-    Example:
-      queuectl config set backoff-base 3
-    """
-    from .config import HIDDEN
-
-    queue = get_queue()
-    parsed = queue.config_set(key, value)
-    setting = queue.config.settings.get(key.replace("_", "-"))
-    shown = HIDDEN if setting is not None and setting.secret else json.dumps(parsed)
-    click.echo(f"{key} = {shown}")
-
-
-@config_group.command("unset")
-@click.argument("key")
-def config_unset(key):
-    """Remove a stored setting (config.yaml or the default applies again).
-
-    \b
-    Example:
-      queuectl config unset backoff-base
-    """
-    removed = get_queue().config_unset(key)
-    click.echo(f"{key}: {'removed from the store' if removed else 'was not set in the store'}")
-
-
-@config_group.command("get")
-@click.argument("key")
-def config_get(key):
-    """Print a setting's value.
-
-    \b
-    Example:
-      queuectl config get lease-timeout
-    """
-    value, _source = get_queue().config.lookup(key)
-    click.echo(json.dumps(value) if not isinstance(value, str) else value)
-
-
-@config_group.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def config_list(as_json):
-    """Every setting, its value and where the value comes from.
-
-    \b
-    Example:
-      queuectl config list --json
-    """
-    rows = get_queue().config.items()
-    if as_json:
-        emit_json(rows)
-        return
-    table(({"key": r["key"], "value": json.dumps(r["value"]), "source": r["source"], "plugin": r["plugin"]}
-           for r in rows), ["key", "value", "source", "plugin"])
-
-
-@cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def plugins(as_json):
-    """Loaded plugins and the hooks each implements.
-
-    \b
-    Example:
-      queuectl plugins --json
-    """
-    from .plugins import describe
-
-    data = describe(get_queue().pm)
-    if as_json:
-        emit_json(data)
-        return
-    for entry in data:
-        click.echo(f"{entry['name']} ({entry['origin']})")
-        for hook in entry["hooks"]:
-            click.echo(f"  {hook}")
-
-
-@cli.command()
-@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
-def completion(shell):
-    """Print the shell completion script (commands, options, job ids, states, queues, schedules).
-
-    \b
-    Examples:
-      eval "$(queuectl completion bash)"        # in ~/.bashrc
-      eval "$(queuectl completion zsh)"         # in ~/.zshrc
-      queuectl completion fish > ~/.config/fish/completions/queuectl.fish
-    """
-    from click.shell_completion import get_completion_class
-
-    script = get_completion_class(shell)(cli, {}, "queuectl", "_QUEUECTL_COMPLETE").source()
-    click.echo(script)
-
-
 # Commands that only read never create a store: `--db tyop.db list` is an error, not a new empty queue.
-for _read in (status, list_jobs, show, logs, stats, queue_list, config_get, config_list):
+for _read in (status, list_jobs):
     read_command(_read)
 
 
 def main(argv: Optional[list] = None) -> None:
-    """Entry point: one line on stderr and exit 1 or 2 for every error a user can cause."""
+    """Entry point: one line on stderr and exit 1 or 2 for every error a user can cause.
+
+    Run as the program (no ``argv``: the console script, ``python -m queuectl``), the objects
+    that exist by now (the modules imported: click's and ours) are moved out of the garbage
+    collector's sight with ``gc.freeze()``: they live until the process ends, and the collection
+    at exit would otherwise walk all of them, a good part of a short command's cost. What the
+    command creates from here on is collected (and finalized) as before.
+    """
+    if argv is None:
+        import gc
+
+        gc.freeze()
     try:
         code = cli.main(args=argv, prog_name="queuectl", standalone_mode=False)
         if isinstance(code, int) and not isinstance(code, bool):

@@ -19,15 +19,17 @@ These names are the stable contract described in docs/hooks.md; anything else ma
 """
 from __future__ import annotations
 
-import json
 from typing import Any, Iterable, Optional
 
 import click
 
 from . import models
 from .errors import QueueError, UsageError
+from ._lazy import LazyImport
 from .screen import format_table, human_duration, state_text, use_color, when
 from .term import for_terminal
+
+json = LazyImport("json", globals())
 
 __all__ = ["get_queue", "read_command", "emit_json", "table", "render_jobs", "short", "fmt_seconds", "job_options",
            "spec_from_options", "integer_flag", "Duration", "Integer", "Number", "DURATION", "UsageError",
@@ -329,7 +331,7 @@ def job_options(func=None, exclude: Iterable[str] = ()):
 
 def _add_job_options(func, exclude: set):
     for option in reversed(JOB_OPTIONS):
-        if _option_name(option) not in exclude:
+        if not exclude or _option_name(option) not in exclude:     # the probe builds an option: only if asked
             func = option(func)
     return func
 

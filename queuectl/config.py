@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .errors import QueueError, UsageError
-from .models import MAX_INTERVAL, MAX_WAIT
+from .models import MAX_INTERVAL, MAX_WAIT, record
 
 SOURCES = ("flag", "env", "store", "file", "default")
 
@@ -80,7 +80,7 @@ def string_list(value: Any) -> list:
 HIDDEN = "(hidden)"     # how config list and config set show a secret setting
 
 
-@dataclasses.dataclass
+@record
 class Setting:
     """One configuration key.
 
@@ -97,6 +97,17 @@ class Setting:
     path: bool = False
     plugin: str = "core"
     secret: bool = False
+
+    def __init__(self, name: str, default: Any, parse: Callable[[Any], Any] = text, help: str = "",
+                 file_only: bool = False, path: bool = False, plugin: str = "core", secret: bool = False) -> None:
+        self.name = name
+        self.default = default
+        self.parse = parse
+        self.help = help
+        self.file_only = file_only
+        self.path = path
+        self.plugin = plugin
+        self.secret = secret
 
     @property
     def env_var(self) -> str:

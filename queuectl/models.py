@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import reprlib
 import time
 from typing import Any, Optional
 
@@ -52,14 +53,87 @@ MAX_TIME = 253402300799.0               # 9999-12-31T23:59:59Z, the last second 
 MAX_ARG_BYTES = 131072
 
 
-@dataclasses.dataclass(frozen=True)
+# --- records ---------------------------------------------------------------------------------
+# The classes below are dataclasses (fields(), replace() and asdict() work on them, as plugins
+# may rely on), but their methods are written out here rather than generated: @dataclass compiles
+# each generated method when the module is imported, which was most of the import cost of this
+# module and of store.py on every command. tests/test_models.py checks the methods against the
+# ones @dataclass would generate.
+
+
+class _Factory:
+    """The default of a field made fresh for each instance (``dataclasses.field(default_factory=...)``)."""
+
+    def __repr__(self) -> str:
+        return "<factory>"
+
+
+FRESH: Any = _Factory()
+
+
+@reprlib.recursive_repr()
+def _record_repr(self) -> str:
+    names = _record_names(type(self))[0]
+    return f"{type(self).__qualname__}({', '.join(f'{name}={getattr(self, name)!r}' for name in names)})"
+
+
+def _record_eq(self, other):
+    if other.__class__ is self.__class__:
+        names = _record_names(type(self))[1]
+        return [getattr(self, name) for name in names] == [getattr(other, name) for name in names]
+    return NotImplemented
+
+
+_NAMES: dict = {}
+
+
+def _record_names(cls) -> tuple:
+    """The fields shown by repr and compared by ==, as @dataclass picks them."""
+    names = _NAMES.get(cls)
+    if names is None:
+        fields = dataclasses.fields(cls)
+        names = _NAMES[cls] = ([f.name for f in fields if f.repr], [f.name for f in fields if f.compare])
+    return names
+
+
+def record(cls):
+    """``@dataclass`` for a class that writes its own ``__init__``: repr and == as @dataclass makes them."""
+    cls = dataclasses.dataclass(cls, init=False, repr=False, eq=False)
+    cls.__repr__ = _record_repr
+    cls.__eq__ = _record_eq
+    cls.__hash__ = None            # as @dataclass(eq=True) leaves a mutable class: unhashable
+    return cls
+
+
+@dataclasses.dataclass(init=False, repr=False, eq=False)
 class Range:
-    """A closed range of integers or finite floats; ``check`` returns the value or raises ValueError."""
+    """A closed range of integers or finite floats; ``check`` returns the value or raises ValueError.
+
+    Immutable and hashable, as ``@dataclass(frozen=True)`` makes it (see ``record`` above).
+    """
 
     low: float
     high: float
     integer: bool = False
     low_open: bool = False        # the low end itself is excluded (a timeout of 0 means nothing)
+
+    def __init__(self, low: float, high: float, integer: bool = False, low_open: bool = False) -> None:
+        object.__setattr__(self, "low", low)
+        object.__setattr__(self, "high", high)
+        object.__setattr__(self, "integer", integer)
+        object.__setattr__(self, "low_open", low_open)
+
+    __repr__ = _record_repr
+    __eq__ = _record_eq
+
+    def __hash__(self) -> int:
+        return hash((self.low, self.high, self.integer, self.low_open))
+
+    def __setattr__(self, name: str, value) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
 
     def describe(self) -> str:
         kind = "an integer" if self.integer else "a number"
@@ -146,7 +220,7 @@ def finite(value, default=None):
     return out if math.isfinite(out) else default
 
 
-@dataclasses.dataclass
+@record
 class Lease:
     """Who holds a processing job, until when, and the fencing token that makes late writes harmless."""
 
@@ -161,8 +235,22 @@ class Lease:
     started_at: Optional[float] = None
     expired: bool = False
 
+    def __init__(self, owner: str, host: str, pid: int, pid_start: Optional[int], token: int, run_id: str,
+                 expires: float, pgid: Optional[int] = None, started_at: Optional[float] = None,
+                 expired: bool = False) -> None:
+        self.owner = owner
+        self.host = host
+        self.pid = pid
+        self.pid_start = pid_start
+        self.token = token
+        self.run_id = run_id
+        self.expires = expires
+        self.pgid = pgid
+        self.started_at = started_at
+        self.expired = expired
 
-@dataclasses.dataclass
+
+@record
 class Job:
     """A job: its command, its state, its retry budget and, while it runs, its lease."""
 
@@ -194,6 +282,42 @@ class Job:
     exit_code: Optional[int] = None
     lease: Optional[Lease] = None
 
+    def __init__(self, id: str, command: str, state: str = PENDING, attempts: int = 0, max_retries: int = 3,
+                 created_at: float = 0.0, updated_at: float = 0.0, run_at: float = 0.0, priority: int = 0,
+                 queue: str = "default", executor: str = "shell", cwd: Optional[str] = None, env: dict = FRESH,
+                 timeout: Optional[float] = None, source: Optional[str] = None, fields: dict = FRESH,
+                 tries: int = 0, unique_key: Optional[str] = None, after: list = FRESH, waiting_on: int = 0,
+                 cancel_requested: bool = False, labels: dict = FRESH, argv: Optional[list] = None,
+                 edits: list = FRESH, last_error: Optional[str] = None, exit_code: Optional[int] = None,
+                 lease: Optional[Lease] = None) -> None:
+        self.id = id
+        self.command = command
+        self.state = state
+        self.attempts = attempts
+        self.max_retries = max_retries
+        self.created_at = created_at
+        self.updated_at = updated_at
+        self.run_at = run_at
+        self.priority = priority
+        self.queue = queue
+        self.executor = executor
+        self.cwd = cwd
+        self.env = {} if env is FRESH else env
+        self.timeout = timeout
+        self.source = source
+        self.fields = {} if fields is FRESH else fields
+        self.tries = tries
+        self.unique_key = unique_key
+        self.after = [] if after is FRESH else after
+        self.waiting_on = waiting_on
+        self.cancel_requested = cancel_requested
+        self.labels = {} if labels is FRESH else labels
+        self.argv = argv
+        self.edits = [] if edits is FRESH else edits
+        self.last_error = last_error
+        self.exit_code = exit_code
+        self.lease = lease
+
     @property
     def retries_left(self) -> int:
         """Retries still allowed: the first attempt is not a retry, so a job that has not run has all of them."""
@@ -224,7 +348,7 @@ class Job:
         return out
 
 
-@dataclasses.dataclass
+@record
 class Attempt:
     """One run of a job: what it printed, how it ended, how long it took."""
 
@@ -241,6 +365,24 @@ class Attempt:
     worker: Optional[str] = None
     host: Optional[str] = None
     pid: Optional[int] = None
+
+    def __init__(self, job_id: str, attempt: int, outcome: str, started_at: float, finished_at: float,
+                 exit_code: Optional[int] = None, signal: Optional[int] = None, error: Optional[str] = None,
+                 stdout: bytes = b"", stderr: bytes = b"", worker: Optional[str] = None, host: Optional[str] = None,
+                 pid: Optional[int] = None) -> None:
+        self.job_id = job_id
+        self.attempt = attempt
+        self.outcome = outcome
+        self.started_at = started_at
+        self.finished_at = finished_at
+        self.exit_code = exit_code
+        self.signal = signal
+        self.error = error
+        self.stdout = stdout
+        self.stderr = stderr
+        self.worker = worker
+        self.host = host
+        self.pid = pid
 
     @property
     def duration(self) -> float:
@@ -262,7 +404,7 @@ class Attempt:
         }
 
 
-@dataclasses.dataclass
+@record
 class ExecResult:
     """What an executor reports when a run ends."""
 
@@ -273,14 +415,28 @@ class ExecResult:
     stdout: bytes = b""
     stderr: bytes = b""
 
+    def __init__(self, outcome: str, exit_code: Optional[int] = None, signal: Optional[int] = None,
+                 error: Optional[str] = None, stdout: bytes = b"", stderr: bytes = b"") -> None:
+        self.outcome = outcome
+        self.exit_code = exit_code
+        self.signal = signal
+        self.error = error
+        self.stdout = stdout
+        self.stderr = stderr
 
-@dataclasses.dataclass
+
+@record
 class RetryDecision:
     """The answer of the retry policy hook: retry after `delay` seconds, or give up."""
 
     retry: bool
     delay: float = 0.0
     reason: Optional[str] = None
+
+    def __init__(self, retry: bool, delay: float = 0.0, reason: Optional[str] = None) -> None:
+        self.retry = retry
+        self.delay = delay
+        self.reason = reason
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

@@ -86,7 +86,13 @@ def load_plugins_dir(pm: pluggy.PluginManager, folder: Path) -> list[str]:
         raise PluginError(f"plugins folder {folder} does not exist")
     check_trusted(folder)
     names = []
-    for path in sorted(folder.glob("*.py")):
+    # The names glob("*.py") gives, in the same order (and none in a folder we may not list, as
+    # glob has it), without compiling a pattern for them.
+    try:
+        listing = sorted(os.listdir(folder))
+    except PermissionError:
+        listing = []
+    for path in [folder / n for n in listing if n.endswith(".py")]:
         name = path.stem
         if pm.is_blocked(name):
             continue
@@ -126,13 +132,17 @@ class PluginManager(pluggy.PluginManager):
     and is most of the cost of registering a module full of imports. For a plain module,
     a name that is not a dunder resolves to the module's own ``__dict__`` entry, and one
     that is not a function, staticmethod, classmethod or bound method can be no hook, so
-    such names are skipped here; every other name goes through pluggy unchanged.
+    such names are skipped here, as are the dunders of a built-in's stand-in (which we
+    made); every other name goes through pluggy unchanged.
     """
 
     @staticmethod
     def _cannot_be_hook(obj: Any, name: str) -> bool:
-        if type(obj) is not ModuleType or (name.startswith("__") and name.endswith("__")):
+        if type(obj) is not ModuleType:
             return False
+        if name.startswith("__") and name.endswith("__"):
+            # A built-in's stand-in (see _lazy.stand_in) holds its hooks and the dunders ModuleType gives it.
+            return "__queuectl_loader__" in obj.__dict__
         try:
             value = obj.__dict__[name]
         except KeyError:
@@ -240,13 +250,17 @@ def _entry_points_fingerprint() -> Optional[list]:
             names = sorted(os.listdir(folder))
         except OSError:
             return None
+        # Each distribution by name and its entry_points.txt, the one file read for entry points.
+        # A .dist-info or .egg-info is named after its folder (in the listing); an egg by its
+        # EGG-INFO, so that folder is fingerprinted too.
         for name in names:
             if name.endswith((".dist-info", ".egg-info", ".egg")):
                 meta = os.path.join(name, "EGG-INFO") if name.endswith(".egg") else name
                 entries.append([entry, meta])
-                prints.append(fingerprint(os.path.join(folder, meta)))
-                entries.append([entry, meta, "entry_points.txt"])
                 prints.append(fingerprint(os.path.join(folder, meta, "entry_points.txt")))
+                if name.endswith(".egg"):
+                    entries.append([entry, meta, "."])
+                    prints.append(fingerprint(os.path.join(folder, meta)))
     return [entries, prints]
 
 

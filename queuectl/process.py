@@ -4,7 +4,6 @@ start time (so a reused pid never matches), and a host is its configured ``host-
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from typing import Optional
 
@@ -58,4 +57,11 @@ def pid_alive(pid: Optional[int], start: Optional[int]) -> bool:
 
 
 def host_id(queue) -> str:
-    return queue.config.get("host-id") or socket.gethostname()
+    host = queue.config.get("host-id")
+    if host:
+        return host
+    if sys.platform.startswith("linux"):
+        return os.uname().nodename      # what gethostname(2) returns on Linux, without importing socket
+    import socket
+
+    return socket.gethostname()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-import unicodedata
 from typing import Callable, Iterable, Optional, TextIO
 
 from .term import for_terminal, is_terminal
@@ -77,6 +76,8 @@ def cell_width(text: str) -> int:
     """Terminal columns of ``text``: East Asian wide characters take two, combining marks none."""
     if text.isascii():
         return len(text)
+    import unicodedata      # only for text that is not ASCII
+
     return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
 

@@ -6,13 +6,12 @@ every registered backend.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Optional, Protocol
 
-from .models import Attempt, Job
+from .models import Attempt, Job, record
 
 
-@dataclasses.dataclass
+@record
 class WorkerInfo:
     """A worker or pool process as the store knows it."""
 
@@ -24,8 +23,18 @@ class WorkerInfo:
     pool_id: Optional[str] = None
     queues: Optional[list] = None   # only claim jobs of these queues (None: every queue)
 
+    def __init__(self, id: str, host: str, pid: int, pid_start: Optional[int], kind: str = "worker",
+                 pool_id: Optional[str] = None, queues: Optional[list] = None) -> None:
+        self.id = id
+        self.host = host
+        self.pid = pid
+        self.pid_start = pid_start
+        self.kind = kind
+        self.pool_id = pool_id
+        self.queues = queues
 
-@dataclasses.dataclass
+
+@record
 class Transition:
     """Where a job goes after an attempt; applied only while the caller still holds the lease."""
 
@@ -33,6 +42,12 @@ class Transition:
     run_at: float
     error: Optional[str] = None
     count_try: bool = True        # False: the attempt does not use up a retry (interrupted by shutdown)
+
+    def __init__(self, state: str, run_at: float, error: Optional[str] = None, count_try: bool = True) -> None:
+        self.state = state
+        self.run_at = run_at
+        self.error = error
+        self.count_try = count_try
 
 
 def blocked_message(job_id: str, dependency: str, state: str) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import marshal
 import subprocess
 import os
 import sys
@@ -24,7 +25,7 @@ def private_cache(tmp_path, monkeypatch):
 
 
 def cache_files(folder, kind):
-    return sorted(p.name for p in folder.glob(f"{kind}-*.json")) if folder.is_dir() else []
+    return sorted(p.name for p in folder.glob(f"{kind}-*{_cache.SUFFIX}")) if folder.is_dir() else []
 
 
 def make_old(path, seconds=60):
@@ -74,14 +75,23 @@ def test_corrupt_or_foreign_cache_is_a_miss(tmp_path, monkeypatch, private_cache
     path.write_text("max-retries: 5\n")
     make_old(path)
     config_module.read_config_file(path)
-    (entry,) = private_cache.glob("config-*.json")
-    entry.write_text("{not json")
-    assert config_module.read_config_file(path) == {"max-retries": 5}
-    data = json.loads(entry.read_text())
-    data["value"] = {"max-retries": 99}
-    entry.write_text(json.dumps(data))
-    os.chmod(entry, 0o666)                      # others can write it: not trusted
-    assert config_module.read_config_file(path) == {"max-retries": 5}
+    (entry,) = private_cache.glob(f"config-*{_cache.SUFFIX}")
+    good = entry.read_bytes()
+    for garbage in (b"{not marshal", good[: len(good) // 2], marshal.dumps({"a": 1}), b""):
+        entry.write_bytes(garbage)
+        assert config_module.read_config_file(path) == {"max-retries": 5}
+    header, name, key, _value = marshal.loads(good)
+    for changed in ((header, name, key, {"max-retries": 99}),):
+        entry.write_bytes(marshal.dumps(changed))
+        assert config_module.read_config_file(path) == {"max-retries": 99}   # the entry is what is read...
+        os.chmod(entry, 0o666)                  # ...but others can write it: not trusted
+        assert config_module.read_config_file(path) == {"max-retries": 5}
+        os.chmod(entry, 0o600)
+    older = (header[0] - 1,) + header[1:]       # another format or another Python: a miss
+    for stale in ((older, name, key, {"max-retries": 99}), ((header[0], header[1], "2.7"), name, key, {"x": 1}),
+                  (header, name + "x", key, {"max-retries": 99})):
+        entry.write_bytes(marshal.dumps(stale))
+        assert config_module.read_config_file(path) == {"max-retries": 5}
 
 
 def test_no_cache_switch(tmp_path, monkeypatch, private_cache):
@@ -310,3 +320,58 @@ def test_a_changed_package_is_a_miss(tmp_path, monkeypatch, private_cache):
     assert plugins.get_plugin_manager(entry_points=False).get_plugin("dlq") is importlib.import_module(
         "queuectl.builtin.dlq")
     assert any(path.endswith(os.path.join("builtin", "dlq.py")) for path, _ in real())
+
+
+def test_a_plugin_added_or_changed_after_the_caches_are_warm_is_used_at_once(tmp_path, private_cache):
+    """The caches never skip a plugin: one dropped into the plugins folder, or edited, after every
+    cache is written is loaded and called by the very next command."""
+    wait_for_settled_package()
+    folder = tmp_path / "plugins"
+    folder.mkdir(mode=0o755)
+    os.chmod(folder, 0o755)
+    (tmp_path / "config.yaml").write_text("db: queue.db\nplugins-dir: plugins\n")
+    time.sleep(_cache.SETTLE + 0.1)             # the config is cached once it has settled (its ctime too)
+    env = {**os.environ, "QUEUECTL_CONFIG": str(tmp_path / "config.yaml")}
+
+    def enqueue(word):
+        return subprocess.run([sys.executable, "-m", "queuectl", "enqueue", "-c", f"echo {word}"], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=120)
+
+    for _ in range(2):                          # the second run reads every cache the first wrote
+        assert enqueue("LATE").returncode == 0
+    assert cache_files(private_cache, "builtins") and cache_files(private_cache, "config")
+    validator = ("from queuectl import hookimpl, JobValidationError\n\n@hookimpl\n"
+                 "def queuectl_validate_job(job, queue):\n    if {word!r} in job['command']:\n"
+                 "        raise JobValidationError('refused {word}')\n")
+    path = folder / "late.py"
+    path.write_text(validator.format(word="LATE"))
+    os.chmod(path, 0o644)
+    proc = enqueue("LATE")
+    assert proc.returncode == 2 and proc.stderr.strip() == "queuectl: error: refused LATE"
+    path.write_text(validator.format(word="EDIT"))      # same size, rewritten in place at once
+    assert enqueue("LATE").returncode == 0
+    proc = enqueue("EDIT")
+    assert proc.returncode == 2 and proc.stderr.strip() == "queuectl: error: refused EDIT"
+
+
+def test_quick_commands_leave_the_other_core_commands_unimported(tmp_path, private_cache):
+    check = ("import sys\nfrom queuectl.cli import main\nsys.argv = ['queuectl'] + sys.argv[1:]\n"
+             "try:\n    main()\nexcept SystemExit:\n    pass\nprint('cli_more', 'queuectl.cli_more' in sys.modules, "
+             "file=sys.stderr)\n")
+    (tmp_path / "config.yaml").write_text("db: queue.db\n")
+    env = {**os.environ, "QUEUECTL_CONFIG": str(tmp_path / "config.yaml")}
+
+    def imports_more(*args):
+        proc = subprocess.run([sys.executable, "-c", check, *args], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120)
+        return proc.stdout, proc.stderr.strip().splitlines()[-1] == "cli_more True"
+
+    assert imports_more("enqueue", "-c", "true")[1] is False
+    assert imports_more("list", "--limit", "5")[1] is False
+    assert imports_more("status")[1] is False
+    out, more = imports_more("show", "--help")
+    assert more and "Usage: queuectl show" in out
+    out, more = imports_more("--help")
+    listed = {line.split()[0] for line in out.split("Commands:")[1].splitlines() if line.startswith("  ")}
+    assert more and {"cancel", "edit", "retry", "purge", "queue", "worker", "show", "logs", "stats", "config",
+                     "plugins", "completion", "init", "enqueue", "status", "list", "dlq"} <= listed

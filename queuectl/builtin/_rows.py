@@ -1,11 +1,13 @@
 """Rows to models, shared by the built-in SQL backends (SQLite and PostgreSQL use the same columns)."""
 from __future__ import annotations
 
-import json
 import math
 from typing import Optional
 
+from queuectl._lazy import LazyImport
 from queuectl.models import INT64_MAX, MAX_SECONDS, PROCESSING, Attempt, Job, Lease, finite
+
+json = LazyImport("json", globals())
 
 JOB_COLUMNS = ("id, command, state, attempts, tries, max_retries, priority, queue, executor, cwd, env, timeout, "
                "source, fields, created_at, updated_at, run_at, last_error, exit_code, lease_owner, lease_host, "

@@ -12,8 +12,6 @@ Channels are notifiers, registered through ``queuectl_register_notifiers``: this
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import sys
 import time
@@ -26,8 +24,11 @@ import click
 from queuectl import hookimpl
 from queuectl.config import Setting, default_data_dir, integer, seconds, string_list, text
 from queuectl.errors import PluginError, QueueError
-from queuectl.models import COMPLETED, DEAD, FAILED, MAX_INTERVAL, MAX_WAIT, iso, now
+from queuectl.models import COMPLETED, DEAD, FAILED, MAX_INTERVAL, MAX_WAIT, iso, now, record
 from queuectl.plugins import call_registrations
+from queuectl._lazy import LazyImport
+
+json = LazyImport("json", globals())
 
 EVENTS = ("completed", "retry", "dead")
 STATE_EVENTS = {COMPLETED: "completed", FAILED: "retry", DEAD: "dead"}
@@ -85,13 +86,24 @@ def queuectl_register_settings(register):
 # --- notifiers ---------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
+@record
 class Notifier:
+    """A registered notifier: its name, how it delivers an event, which events it wants, whether a
+    failed delivery is retried, and the plugin that registered it."""
+
     name: str
     deliver: Callable[[dict, Any], Any]
     wants: Optional[Callable[[str, Any], bool]]
     retry: bool
     plugin: str
+
+    def __init__(self, name: str, deliver: Callable[[dict, Any], Any], wants: Optional[Callable[[str, Any], bool]],
+                 retry: bool, plugin: str) -> None:
+        self.name = name
+        self.deliver = deliver
+        self.wants = wants
+        self.retry = retry
+        self.plugin = plugin
 
 
 _NOTIFIERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()

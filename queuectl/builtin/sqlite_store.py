@@ -5,7 +5,6 @@ Idle workers are woken through Unix datagram sockets in a folder beside the stor
 """
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import stat
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Optional
 from queuectl import hookimpl
 from queuectl.config import Setting, choice
 from queuectl.plugins import private_group
+from queuectl._lazy import LazyImport
 from queuectl.errors import Conflict, NotFound, QueueError, SchemaError, StoreBusy, StoreMissing, StoreReplaced
 from queuectl.models import CANCELLED, COMPLETED, DEAD, PROCESSING, Attempt, Job
 from queuectl.builtin._rows import (
@@ -25,6 +25,8 @@ from queuectl.builtin._rows import (
     stats_summary,
 )
 from queuectl.store import Transition, WorkerInfo, blocked_message
+
+json = LazyImport("json", globals())
 
 if TYPE_CHECKING:
     import socket       # imported where it is used: enqueue rarely needs it

@@ -15,6 +15,7 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
 # environment and the command share.
 MAX_ENV_BYTES = min(1048576, (os.sysconf("SC_ARG_MAX") if hasattr(os, "sysconf") else 262144) // 4)
 MAX_UNIQUE_KEY = 1024
+_INPUT = frozenset(INPUT_FIELDS)
 
 
 def _in_range(name: str, value):
@@ -153,9 +154,10 @@ def queuectl_validate_job(job, queue):
     for field in PROTECTED_FIELDS:
         if field in job:
             raise JobValidationError(f"field {field!r} is set by queuectl and cannot be given")
-    known = set(INPUT_FIELDS) | set(queue.job_fields)
-    unknown = sorted(str(k) for k in job if k not in known)
-    if unknown:
+    fields = queue.job_fields
+    if not all(k in _INPUT or k in fields for k in job):
+        known = _INPUT | set(fields)
+        unknown = sorted(str(k) for k in job if k not in known)
         raise JobValidationError(f"unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
     _check_argv(job)
     _check_command(job)
