@@ -100,12 +100,23 @@ def run(args, root: Path) -> dict:
         wait_for(lambda: (spool / "work").is_dir(), 30, "the spool folder")
         drop(spool, "warmup.yaml", "command: 'true'\n")     # a drop that is filed means the watcher is live
         wait_for(lambda: done_count(spool) == 1, 60, "the warm-up file")
+        cpu = cpu_seconds(proc.pid)
         dropped = drop_all(spool, args.files, args.rate, root / "staging" if args.drop == "burst" else None)
         wait_for(lambda: done_count(spool) == args.files + 1, args.timeout, "every file to be filed")
+        cpu = cpu_seconds(proc.pid) - cpu
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-    return measure(root, dropped)
+    got = measure(root, dropped)
+    if not args.workers:       # a pool ingests in a process of its own, not measured here
+        got["watcher_cpu_us_per_file"] = round(cpu / args.files * 1e6, 1)
+    return got
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (Linux), in clock-tick resolution."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(root: Path, dropped: dict) -> dict:
