@@ -461,7 +461,7 @@ class Spool:
     def observe(self, name: str) -> None:
         """Note a file's size and times; it is due once they stay the same for the settle time."""
         try:
-            info = os.lstat(os.path.join(self.top, name))
+            info = os.lstat(f"{self.top}/{name}")
         except FileNotFoundError:
             self.settling.pop(name, None)
             return
@@ -508,12 +508,12 @@ class Spool:
 
     def claim(self, name: str) -> Optional[Drop]:
         self.settling.pop(name, None)
-        source = os.path.join(self.top, name)
+        source = f"{self.top}/{name}"
         try:
             if ignored(name) or stat.S_ISDIR(os.lstat(source).st_mode):
                 return None
             drop = Drop.new(self.host, name, *self.me())
-            os.rename(source, os.path.join(self.work_dir, drop.claim))
+            os.rename(source, f"{self.work_dir}/{drop.claim}")
         except FileNotFoundError:
             return None                  # another watcher took it, or its writer removed it
         return drop
@@ -585,7 +585,7 @@ class Spool:
         import hashlib
 
         try:
-            data = read_job_file(os.path.join(self.work_dir, drop.claim), self.max_size)
+            data = read_job_file(f"{self.work_dir}/{drop.claim}", self.max_size)
             jobs = self.build_jobs(drop, parse_job_file(self.queue, drop.name, data), defaults)
         except FileNotFoundError:
             return None                  # two processes resumed the same file; the other one filed it
@@ -671,7 +671,7 @@ class Spool:
 
     def file(self, drop: Drop, subfolder: str) -> None:
         try:
-            os.rename(os.path.join(self.work_dir, drop.claim), os.path.join(self.top, subfolder, drop.filed_name))
+            os.rename(f"{self.work_dir}/{drop.claim}", f"{self.top}/{subfolder}/{drop.filed_name}")
         except FileNotFoundError:
             pass                         # a racing resumer filed it already
 
