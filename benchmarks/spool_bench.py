@@ -13,6 +13,7 @@ bounded by how fast this process creates files (slow on a busy disk; see drop_se
 
     python benchmarks/spool_bench.py --files 5000
     python benchmarks/spool_bench.py --files 5000 --drop each
+    python benchmarks/spool_bench.py --files 5000 --pg-url postgresql://postgres@127.0.0.1:5432/test
     python benchmarks/spool_bench.py --files 5000 --workers 2        # ingest while a pool runs jobs
     python benchmarks/spool_bench.py --files 2000 --rate 200          # latency without a backlog
     python benchmarks/spool_bench.py --files 2000 --observer polling
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Optional
 
@@ -93,8 +95,9 @@ def start(root: Path, args) -> subprocess.Popen:
 
 def run(args, root: Path) -> dict:
     spool = root / "spool"
-    (root / "config.yaml").write_text(f"db: queue.db\nspool: spool\nspool-observer: {args.observer}\n"
-                                      f"poll-interval: 0.05\n")
+    pg_url = getattr(args, "pg_url", None)
+    store = f"db: {pg_url}\npg-schema: {args.pg_schema}\n" if pg_url else "db: queue.db\n"
+    (root / "config.yaml").write_text(f"{store}spool: spool\nspool-observer: {args.observer}\npoll-interval: 0.05\n")
     proc = start(root, args)
     try:
         wait_for(lambda: (spool / "work").is_dir(), 30, "the spool folder")
@@ -150,11 +153,21 @@ def main() -> None:
     parser.add_argument("--drop", choices=("burst", "each"), default="burst", help="burst: write every file "
                         "in a staging folder, then rename all into place; each: write and rename one by one")
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--pg-url", help="store the jobs in PostgreSQL at this URL (a private schema, dropped "
+                        "afterwards) instead of SQLite")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="spool-bench-") as tmp:
-        result = run(args, Path(tmp))
-    print(json.dumps(dict(result, workers=args.workers, observer=args.observer, rate=args.rate, drop=args.drop),
-                     indent=2))
+    args.pg_schema = f"spool_bench_{uuid.uuid4().hex[:10]}"
+    try:
+        with tempfile.TemporaryDirectory(prefix="spool-bench-") as tmp:
+            result = run(args, Path(tmp))
+    finally:
+        if args.pg_url:
+            import psycopg
+
+            with psycopg.connect(args.pg_url, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{args.pg_schema}" CASCADE')
+    print(json.dumps(dict(result, workers=args.workers, observer=args.observer, rate=args.rate, drop=args.drop,
+                          store="postgresql" if args.pg_url else "sqlite"), indent=2))
 
 
 if __name__ == "__main__":
