@@ -1,7 +1,7 @@
 """Figure 7: 5,000 job files dropped at once into a spool folder watched by `queuectl spool watch`.
 
 Runs benchmarks/spool_bench.py's measurement twice: the files renamed into place in one burst
-(written in a staging folder first: the rate is the watcher's), and written then renamed one by
+(every dotfile written first: the rate is the watcher's), and written then renamed one by
 one (the rate is also bounded by how fast the benchmark creates files). Both check exactly-once:
 every file is filed in done/ and makes exactly one job.
 """

@@ -1,13 +1,13 @@
 """Spool folder benchmark: ingestion rate and drop-to-enqueued latency.
 
-Drops FILES job files into a spool folder the documented way (write a dotfile or a file in
-another folder of the same filesystem, rename it into place) while a real `queuectl spool watch`
+Drops FILES job files into a spool folder the documented way (write a dotfile, rename it into
+place) while a real `queuectl spool watch`
 (or a worker pool, --workers N) watches it, then reads the receipts back. A file is enqueued at
 its receipt's created_at (stamped in its insert transaction, after its jobs, just before the
 commit); latency is that minus the moment its file was renamed into place.
 
---drop burst (the default) writes every file in a staging folder first, then renames them all
-into place in one burst: the files arrive at once, so the rate is the watcher's. --drop each
+--drop burst (the default) writes every dotfile first, then renames them all into place in one
+burst: the files arrive at once, so the rate is the watcher's. --drop each
 writes and renames one file after the other, as the first benchmark did: then the rate is
 bounded by how fast this process creates files (slow on a busy disk; see drop_seconds).
 
@@ -29,7 +29,6 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Optional
 
 QUEUECTL = [sys.executable, "-m", "queuectl"]
 
@@ -49,24 +48,23 @@ def drop(folder: Path, name: str, text: str) -> float:
     return at
 
 
-def drop_all(folder: Path, count: int, rate: float, staging: Optional[Path] = None) -> dict:
+def drop_all(folder: Path, count: int, rate: float, burst: bool = False) -> dict:
     """All at once (rate 0), or paced at `rate` files per second to see latency without a backlog.
 
-    With a staging folder, every file is written there first and then all are renamed into place."""
+    burst: every dotfile is written first (the watcher ignores them), then all are renamed into place."""
     names = [f"b{n:05}.yaml" for n in range(count)]
-    if staging is not None:
-        staging.mkdir(exist_ok=True)
+    if burst:
         for n, name in enumerate(names):
-            (staging / name).write_text(f"command: echo {n}\n")
+            (folder / f".{name}.tmp").write_text(f"command: echo {n}\n")
     dropped, began = {}, time.monotonic()
     for n, name in enumerate(names):
         if rate:
             time.sleep(max(0.0, began + n / rate - time.monotonic()))
-        if staging is None:
-            dropped[name] = drop(folder, name, f"command: echo {n}\n")
-        else:
+        if burst:
             dropped[name] = time.time()
-            os.rename(staging / name, folder / name)
+            os.rename(folder / f".{name}.tmp", folder / name)
+        else:
+            dropped[name] = drop(folder, name, f"command: echo {n}\n")
     return dropped
 
 
@@ -104,7 +102,7 @@ def run(args, root: Path) -> dict:
         drop(spool, "warmup.yaml", "command: 'true'\n")     # a drop that is filed means the watcher is live
         wait_for(lambda: done_count(spool) == 1, 60, "the warm-up file")
         cpu = cpu_seconds(proc.pid)
-        dropped = drop_all(spool, args.files, args.rate, root / "staging" if args.drop == "burst" else None)
+        dropped = drop_all(spool, args.files, args.rate, burst=args.drop == "burst")
         wait_for(lambda: done_count(spool) == args.files + 1, args.timeout, "every file to be filed")
         cpu = cpu_seconds(proc.pid) - cpu
     finally:
@@ -150,8 +148,8 @@ def main() -> None:
     parser.add_argument("--observer", choices=("native", "polling", "off"), default="native")
     parser.add_argument("--rate", type=float, default=0.0, help="drop at most this many files per second "
                         "(default 0: all at once)")
-    parser.add_argument("--drop", choices=("burst", "each"), default="burst", help="burst: write every file "
-                        "in a staging folder, then rename all into place; each: write and rename one by one")
+    parser.add_argument("--drop", choices=("burst", "each"), default="burst", help="burst: write every dotfile "
+                        "first, then rename all into place; each: write and rename one file after the other")
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--pg-url", help="store the jobs in PostgreSQL at this URL (a private schema, dropped "
                         "afterwards) instead of SQLite")

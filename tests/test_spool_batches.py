@@ -21,14 +21,12 @@ def spool_folder(instance) -> Path:
     return folder
 
 
-def drop_at_once(instance, folder: Path, files: dict) -> None:
-    """Write every file in a staging folder, then rename them all into the spool in one burst."""
-    staging = instance.root / "staging"
-    staging.mkdir(exist_ok=True)
+def drop_at_once(folder: Path, files: dict) -> None:
+    """Write every file as a dotfile, then rename them all into place in one burst."""
     for name, text in files.items():
-        (staging / name).write_text(text)
+        (folder / f".{name}.tmp").write_text(text)
     for name in files:
-        os.rename(staging / name, folder / name)
+        os.rename(folder / f".{name}.tmp", folder / name)
 
 
 def jobs_per_file(instance) -> collections.Counter:
@@ -43,7 +41,7 @@ def test_bad_files_in_a_batch_are_rejected_alone_and_the_rest_are_stored(instanc
     bad = {"bad-yaml.yaml": ('command: "echo\n', "invalid YAML"),                       # refused before the store
            "dup-id.yaml": ("id: taken\ncommand: echo again\n", "already exists"),       # refused by the store
            "no-dep.yaml": ("command: echo x\nafter: [no-such-job]\n", "no-such-job")}   # refused by the store
-    drop_at_once(instance, folder, dict(good, **{name: text for name, (text, _) in bad.items()}))
+    drop_at_once(folder, dict(good, **{name: text for name, (text, _) in bad.items()}))
 
     counts = instance.json("spool", "scan")                  # every file due at once: one batch
     assert (counts["files"], counts["jobs"], counts["rejected"]) == (120, 120, 3)
@@ -58,7 +56,7 @@ def test_bad_files_in_a_batch_are_rejected_alone_and_the_rest_are_stored(instanc
 def test_watchers_killed_in_the_middle_of_a_large_drop_make_exactly_one_job_per_file(instance):
     folder = spool_folder(instance)
     names = [f"k{n:04}.yaml" for n in range(1500)]
-    drop_at_once(instance, folder, {name: f"command: echo {name}\n" for name in names})
+    drop_at_once(folder, {name: f"command: echo {name}\n" for name in names})
 
     # Killed right after a batch's commit (its files still in work/, with receipts), right after a
     # batch's claim (in work/, no receipts), then by SIGKILL as soon as it has filed something new.

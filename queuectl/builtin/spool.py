@@ -616,12 +616,13 @@ class Spool:
         return jobs
 
     def store(self, ready: list) -> list:
+        """Store the jobs and receipts of one file, or of several in one transaction (add_deliveries)."""
         store = self.queue.store
-        deliveries = [(jobs, receipt) for _, jobs, receipt in ready]
-        if len(deliveries) == 1 or not hasattr(store, "add_deliveries"):
-            ids = [store.add_jobs(*deliveries[0])]
+        if len(ready) == 1:
+            [(_, jobs, receipt)] = ready
+            ids = [store.add_jobs(jobs, receipt=receipt)]
         else:
-            ids = store.add_deliveries(deliveries)
+            ids = store.add_deliveries([(jobs, receipt) for _, jobs, receipt in ready])
         store.notify()
         return ids
 
@@ -771,8 +772,11 @@ class Inotify:
     def _run(self) -> None:
         import select
 
+        poller = select.poll()            # not select(): a descriptor above 1023 is fine
+        for fd in (self.fd, self.wake_r):
+            poller.register(fd, select.POLLIN)
         while True:
-            if self.wake_r in select.select([self.fd, self.wake_r], [], [])[0]:
+            if any(fd == self.wake_r for fd, _ in poller.poll()):
                 return
             self.parse(os.read(self.fd, 1 << 16))
 
