@@ -120,6 +120,10 @@ CORE_SETTINGS = (
             "Seconds between a pool's checks for lost workers and stop requests."),
     Setting("timeout", 0.0, seconds(0.0), "Default job timeout in seconds (0: none)."),
     Setting("kill-grace", 5.0, seconds(0.0, MAX_WAIT), "Seconds between SIGTERM and SIGKILL when a job is stopped."),
+    Setting("worker-priority", "realtime", choice("realtime", "normal"),
+            "realtime: where allowed (root, RLIMIT_RTPRIO) workers run at SCHED_RR 1, so a killed worker dies at "
+            "once on a busy machine and its watchdog stops the command before it can finish; commands always "
+            "start at the normal policy. normal: workers run like any process."),
     Setting("lock-timeout", 60.0, seconds(0.0, MAX_WAIT), "Seconds a command waits out a locked store before failing "
             "(workers wait forever).", file_only=True),
 )
@@ -239,6 +243,7 @@ class Config:
         self.settings: dict[str, Setting] = {}
         self.store_loader: Optional[Callable[[], dict]] = None
         self._store_values: Optional[dict] = None
+        self._values: dict = {}               # get() results while the stored values are cached
         self.implicit_local = False           # found as ./config.yaml, not named by --config or $QUEUECTL_CONFIG
         self.ignored_path: Optional[Path] = None   # a ./config.yaml passed over as another tool's
         for setting in CORE_SETTINGS:
@@ -343,7 +348,16 @@ class Config:
         return setting.default
 
     def get(self, key: str) -> Any:
-        return self.lookup(key)[0]
+        # A worker asks for a few settings per job: parsing each again costs a tenth of its time, so
+        # a value is kept until refresh() forgets the stored values it may come from (or they were
+        # never read: the store is not open yet, nothing is kept).
+        try:
+            return self._values[key]
+        except KeyError:
+            value = self.lookup(key)[0]
+            if self._store_values is not None:
+                self._values[key] = value
+            return value
 
     def __getitem__(self, key: str) -> Any:
         return self.get(key)
@@ -360,11 +374,13 @@ class Config:
         """The same settings with their own cache of stored values."""
         twin = copy.copy(self)
         twin._store_values = None
+        twin._values = {}
         return twin
 
     def refresh(self) -> None:
         """Forget cached store values, so a running worker sees `config set` changes."""
         self._store_values = None
+        self._values = {}
 
     def items(self) -> list[dict]:
         rows = []

@@ -2,19 +2,27 @@
 
 Each worker forks one watchdog when it starts. The watchdog lives in a process group of its
 own (a SIGKILL of the pool's whole group does not reach it) and holds the read end of a pipe
-whose only writer is the worker. Before each attempt starts, the worker writes the job (with
-its lease: run id, and the process group once the command runs) into the pipe. When the pipe
-reaches end-of-file the worker is gone (exit, crash, SIGKILL): the watchdog asks the job's
+whose only writer is the worker. It sleeps in read() for the worker's whole life: when the pipe
+reaches end-of-file the worker is gone (exit, crash, SIGKILL), and the watchdog asks the job's
 executor to kill what is left of the last attempt (``reap``, the same call a pool's recovery
 makes) and exits. Why not only PR_SET_PDEATHSIG or the subreaper chain: a command that calls
 ``setsid`` or double-forks is neither the worker's direct child nor, once the worker and the
 pool die together, anyone's adopted child but init's; the watchdog outlives both.
+
+Which attempt runs is not sent through the pipe (a message would wake the watchdog, which runs
+at a real-time priority, twice per job: a fifth of a worker's time on short jobs) but written
+into memory the two share (a ``Board``): before each attempt starts, the worker writes the job
+with its lease into the slot not in use and then flips the one-byte index to it, so a worker
+killed mid-write leaves the previous, whole record; the command's process group is written
+into the live slot once the command runs. The watchdog reads the board only once, at the end.
 
 The watchdog is forked before the worker becomes a subreaper and detached by a double fork,
 so it is not the worker's child (the worker treats its children as parts of the attempt).
 """
 from __future__ import annotations
 
+import dataclasses
+import mmap
 import os
 import pickle
 import signal
@@ -22,12 +30,42 @@ import struct
 import sys
 from typing import Optional
 
-HEADER = struct.Struct("!I")
+SLOT = 4 << 20                    # bytes per slot: a job is bounded by the exec limit (ARG_MAX, 2 MiB here)
+SLOT_HEADER = struct.Struct("=II")  # (length of the pickled job, process group or 0)
 
 
-def start(queue) -> Optional[int]:
-    """Fork the watchdog; return the write end of its pipe (None when it could not be started)."""
+class Board:
+    """The worker's end: the write end of the pipe, and the shared record of the attempt that runs."""
+
+    def __init__(self, write_fd: int, memory: mmap.mmap):
+        self.write_fd = write_fd
+        self.memory = memory       # [live slot: 1 byte] [pad to 8] [slot 0] [slot 1]; pages are touched lazily
+
+    def watch(self, job) -> None:
+        """Record which attempt runs now (before its command starts)."""
+        data = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
+        if len(data) > SLOT - SLOT_HEADER.size:    # (cannot be, for a job the store took; stay safe anyway)
+            data = pickle.dumps(dataclasses.replace(job, command="", env={}, argv=None, labels={}),
+                                protocol=pickle.HIGHEST_PROTOCOL)
+        slot = 1 - self.memory[0]
+        at = 8 + slot * SLOT
+        SLOT_HEADER.pack_into(self.memory, at, len(data), 0)
+        self.memory[at + SLOT_HEADER.size:at + SLOT_HEADER.size + len(data)] = data
+        self.memory[0] = slot       # one byte: the record is whole before it is live
+
+    def watch_group(self, pgid: int) -> None:
+        """Record the process group of the attempt that runs, once its command runs."""
+        struct.pack_into("=I", self.memory, 8 + self.memory[0] * SLOT + 4, pgid)
+
+    def close(self) -> None:
+        """The worker ends: the watchdog sweeps the last attempt (nothing is left of it by now) and exits."""
+        os.close(self.write_fd)
+
+
+def start(queue) -> Optional[Board]:
+    """Fork the watchdog; None when it could not be started."""
     try:
+        memory = mmap.mmap(-1, 8 + 2 * SLOT)    # anonymous and shared: the watchdog sees every write
         read_fd, write_fd = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -36,24 +74,24 @@ def start(queue) -> Optional[int]:
         return None
     if middle == 0:
         os.close(write_fd)
-        _detach(queue, read_fd)
+        _detach(queue, read_fd, memory)
     os.close(read_fd)
     os.waitpid(middle, 0)       # the watchdog is orphaned before the worker becomes a subreaper
-    return write_fd
+    return Board(write_fd, memory)
 
 
-def watch(write_fd: Optional[int], job) -> None:
-    """Tell the watchdog which attempt runs now (called before its command starts, and again with its group)."""
-    if write_fd is None:
-        return
-    data = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
-    try:
-        os.write(write_fd, HEADER.pack(len(data)) + data)
-    except OSError:
-        pass        # the watchdog is gone: the pool's recovery still reaps orphans by their tag
+def _last_attempt(memory: mmap.mmap):
+    at = 8 + memory[0] * SLOT
+    size, pgid = SLOT_HEADER.unpack_from(memory, at)
+    if not size:
+        return None
+    job = pickle.loads(memory[at + SLOT_HEADER.size:at + SLOT_HEADER.size + size])
+    if pgid and job.lease is not None:
+        job = dataclasses.replace(job, lease=dataclasses.replace(job.lease, pgid=pgid))
+    return job
 
 
-def _detach(queue, read_fd: int) -> None:
+def _detach(queue, read_fd: int, memory: mmap.mmap) -> None:
     code = 0
     try:
         if os.fork() != 0:
@@ -68,7 +106,7 @@ def _detach(queue, read_fd: int) -> None:
         os.dup2(devnull, 1)
         os.closerange(3, read_fd)
         os.closerange(read_fd + 1, 1 << 16)
-        _serve(queue, read_fd)
+        _serve(queue, read_fd, memory)
     except BaseException:
         code = 1
     finally:
@@ -80,22 +118,15 @@ def _prompt() -> None:
     the moment its worker dies, even on a busy machine: a command in its last milliseconds must
     not get to finish. The watchdog sleeps in read() all the time, so it costs nothing meanwhile."""
     try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(2))     # above the workers (SCHED_RR 1)
     except (AttributeError, OSError):
         pass
 
 
-def _serve(queue, read_fd: int) -> None:
-    job = None
-    stream = os.fdopen(read_fd, "rb", buffering=0)
-    while True:
-        header = _read(stream, HEADER.size)
-        if header is None:
-            break
-        body = _read(stream, HEADER.unpack(header)[0])
-        if body is None:
-            break
-        job = pickle.loads(body)
+def _serve(queue, read_fd: int, memory: mmap.mmap) -> None:
+    while os.read(read_fd, 4096):
+        pass                        # (nothing is ever written: end-of-file is the worker's death)
+    job = _last_attempt(memory)
     if job is None or job.lease is None:
         return
     try:
@@ -107,12 +138,3 @@ def _serve(queue, read_fd: int) -> None:
         print(f"queuectl: worker {job.lease.pid} is gone; its watchdog killed {killed} process(es) of job "
               f"{job.id} attempt {job.attempts}", file=sys.stderr, flush=True)
 
-
-def _read(stream, size: int) -> Optional[bytes]:
-    data = b""
-    while len(data) < size:
-        chunk = stream.read(size - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data

@@ -7,7 +7,6 @@ expires by the store's clock.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import select
 import signal
@@ -130,6 +129,21 @@ def recover(queue, host: str, lost_owner: Optional[str] = None) -> int:
 # --- the worker -------------------------------------------------------------------------------
 
 
+def _prompt_death(config) -> None:
+    """Run the worker at a real-time priority where allowed (root, RLIMIT_RTPRIO) and wanted
+    (worker-priority), so that a SIGKILLed worker gets a CPU to die on at once even on a busy
+    machine: its watchdog acts only once the worker is gone, and a command in its last
+    milliseconds meanwhile would finish, unrecorded, and run again. SCHED_RESET_ON_FORK starts
+    every command (and anything else the worker starts) at the normal policy. A worker spends
+    its time waiting for its command and the store, so the priority costs the machine nothing."""
+    if config.get("worker-priority") != "realtime":
+        return
+    try:
+        os.sched_setscheduler(0, os.SCHED_RR | os.SCHED_RESET_ON_FORK, os.sched_param(1))
+    except (AttributeError, OSError):
+        pass
+
+
 class Worker:
     def __init__(self, queue, pool_id: Optional[str] = None, burst: bool = False, verbose: bool = False,
                  parent_pid: Optional[int] = None, queues: Optional[list] = None):
@@ -146,7 +160,7 @@ class Worker:
         self._next_beat = 0.0
         self._next_refresh = 0.0
         self._claimed_at = time.monotonic()
-        self._watchdog: Optional[int] = None    # write end of the watchdog's pipe
+        self._watchdog: Optional[watchdog.Board] = None
 
     def _on_signal(self, signum, frame) -> None:
         if self.stopping:
@@ -169,6 +183,7 @@ class Worker:
     def run(self) -> int:
         # Before becoming a subreaper: the watchdog must not be one of our children.
         self._watchdog = watchdog.start(self.queue)
+        _prompt_death(self.config)
         # Orphans of our commands (double forks, setsid children) become our children, not
         # init's, so a leftover is seen and killed when its attempt ends.
         prctl(PR_SET_CHILD_SUBREAPER, 1)
@@ -200,7 +215,7 @@ class Worker:
                 listener.close()
             store.remove_worker(self.info.id)
             if self._watchdog is not None:
-                os.close(self._watchdog)     # the watchdog sweeps the last attempt (nothing left) and exits
+                self._watchdog.close()
                 self._watchdog = None
         return 0
 
@@ -301,15 +316,15 @@ class Worker:
         env = {"QUEUECTL_JOB_ID": job.id, "QUEUECTL_ATTEMPT": str(attempt_no), "QUEUECTL_RUN_ID": job.lease.run_id}
         try:
             executor = self.queue.executor(job.executor)
-            watchdog.watch(self._watchdog, job)
+            if self._watchdog is not None:
+                self._watchdog.watch(job)
             run = executor.start(job, RunContext(attempt_no, job.lease.run_id, env, self.config,
                                                  output=live_output_sink(self.queue.store, job.id, attempt_no)))
         except (OSError, ValueError, QueueError) as exc:
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             return ExecResult(models.START_ERROR, error=f"could not start: {detail}")
-        if getattr(run, "pgid", None):
-            started = dataclasses.replace(job, lease=dataclasses.replace(job.lease, pgid=run.pgid))
-            watchdog.watch(self._watchdog, started)     # now with the group, for a kill in one call
+        if getattr(run, "pgid", None) and self._watchdog is not None:
+            self._watchdog.watch_group(run.pgid)     # now the group too, for a kill in one call
         return self._watch(job, run, claimed_at)
 
     def _watch(self, job: Job, run, claimed_at: float) -> ExecResult:

@@ -22,6 +22,8 @@ HIST_STEPS = 4          # duration histogram buckets per doubling (about 19% wid
 # maps to a Job that lists, shows and runs; an absurd value reads as the nearest sane one.
 
 def _text(value, default: Optional[str] = None) -> Optional[str]:
+    if type(value) is str:          # (the common case first: a worker reads two jobs per attempt)
+        return value
     if value is None:
         return default
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -30,6 +32,8 @@ def _text(value, default: Optional[str] = None) -> Optional[str]:
 
 
 def _int(value, default: Optional[int] = 0) -> Optional[int]:
+    if type(value) is int and -INT64_MAX <= value <= INT64_MAX:
+        return value
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int):
@@ -39,6 +43,8 @@ def _int(value, default: Optional[int] = 0) -> Optional[int]:
 
 
 def _json(value, kind: type):
+    if not value or value == EMPTY[kind]:
+        return kind()
     try:
         out = json.loads(value) if value else kind()
     except (ValueError, TypeError, RecursionError):
@@ -46,8 +52,17 @@ def _json(value, kind: type):
     return out if isinstance(out, kind) else kind()
 
 
+EMPTY = {dict: "{}", list: "[]"}
+
+
 def _env(value) -> dict:
     return {str(k): _text(v, "") for k, v in _json(value, dict).items()}
+
+
+def _float(value, default: Optional[float] = None) -> Optional[float]:
+    if type(value) is float and value - value == 0.0:       # finite (NaN and infinities give NaN)
+        return value
+    return finite(value, default)
 
 
 def _timeout(value) -> Optional[float]:
@@ -79,14 +94,14 @@ def job_from_row(row) -> Job:
     lease = None
     if state == PROCESSING and owner is not None:
         lease = Lease(owner=_text(owner), host=_text(host, ""), pid=_int(pid), pid_start=_int(pid_start, None),
-                      token=_int(token), run_id=_text(run_id, ""), expires=finite(expires, 0.0),
-                      pgid=_int(pgid, None), started_at=finite(started_at),
+                      token=_int(token), run_id=_text(run_id, ""), expires=_float(expires, 0.0),
+                      pgid=_int(pgid, None), started_at=_float(started_at),
                       expired=bool(row[N_JOB_COLUMNS]) if len(row) > N_JOB_COLUMNS else False)
     return Job(id=_text(id_, ""), command=_text(command, ""), state=_text(state, ""), attempts=_int(attempts),
                tries=_int(tries), max_retries=_int(max_retries), priority=_int(priority),
                queue=_text(queue, "default"), executor=_text(executor, "shell"), cwd=_text(cwd),
                env=_env(env), timeout=_timeout(timeout), source=_text(source), fields=_json(fields, dict),
-               created_at=finite(created_at, 0.0), updated_at=finite(updated_at, 0.0), run_at=finite(run_at, 0.0),
+               created_at=_float(created_at, 0.0), updated_at=_float(updated_at, 0.0), run_at=_float(run_at, 0.0),
                last_error=_text(last_error), exit_code=_int(exit_code, None), lease=lease,
                unique_key=_text(unique_key), after=[_text(a) for a in _json(after_ids, list)],
                waiting_on=_int(waiting_on), cancel_requested=bool(_int(cancel_requested)),

@@ -8,10 +8,13 @@ children while it lives.
 """
 from __future__ import annotations
 
+import errno
+import io
 import os
 import selectors
 import signal
 import subprocess
+import threading
 import time
 from typing import Optional
 
@@ -251,7 +254,16 @@ def has_leftovers(pgid: int) -> bool:
         return True
     except OSError:
         pass
-    return bool(children())
+    return has_children()
+
+
+def has_children() -> bool:
+    """Does this process have a child, live or exited? One system call; nothing is reaped."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        return True
+    except ChildProcessError:
+        return False
 
 
 class ShellRun:
@@ -337,7 +349,8 @@ class ShellRun:
             give_up = time.monotonic() + 2.0
             while self._pipes_open() and time.monotonic() < give_up:
                 self._pump(0.1)
-        reap(children())              # orphans reparented to us (the worker is a subreaper) that exited
+        if has_children():
+            reap(children())          # orphans reparented to us (the worker is a subreaper) that exited
         if self.live is not None:
             self.live.flush(force=True)   # a follower sees all of it before the attempt is recorded
         self.proc.stdout.close()
@@ -393,10 +406,9 @@ class ProcessExecutor:
         env = dict(os.environ)
         env.update(job.env)
         env.update(ctx.env)
-        proc = subprocess.Popen(self.argv(job, ctx), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=job.cwd, env=env,
-                                start_new_session=True)
+        proc = spawn(self.argv(job, ctx), env, job.cwd)
         return ShellRun(proc, ctx.run_id, ctx.config.get("output-cap"), getattr(ctx, "output", None))
+
 
     def reap(self, job, lease) -> int:
         if not lease.run_id:
@@ -431,3 +443,117 @@ def kill_group_first(pgid: Optional[int], run_id: str) -> int:
     except OSError:
         return 0
     return 1
+
+
+# --- starting a command ---------------------------------------------------------------------------
+# subprocess.Popen spends about 200 us of the worker's CPU per start, three times what posix_spawn
+# (a vfork-like clone in glibc) does with the same effect: its own session, stdin from /dev/null,
+# stdout and stderr into pipes, SIGPIPE and SIGXFSZ back to their defaults (Popen's restore_signals),
+# no descriptor of the worker left open in the command (Popen's close_fds: every descriptor Python
+# opens is close-on-exec already, a stray inheritable one is closed in the child), the command
+# looked up on the job's own PATH.
+
+_SIGDEF = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
+_devnull: tuple[int, int] = (-1, -1)      # (pid, descriptor): reopened in a forked child
+
+
+def _stdin() -> int:
+    global _devnull
+    if _devnull[0] != os.getpid():
+        _devnull = (os.getpid(), os.open(os.devnull, os.O_RDONLY))
+    return _devnull[1]
+
+
+def _inheritable(keep: tuple) -> list[int]:
+    """Descriptors above 2 that would survive exec (opened by a C library without close-on-exec)."""
+    stray = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            try:
+                if os.get_inheritable(fd):
+                    stray.append(fd)
+            except OSError:
+                pass          # the descriptor of the listing itself, closed by now
+    return stray
+
+
+def _spawn(argv: list, env: dict, actions: list) -> int:
+    """posix_spawn ``argv``, searching the job's PATH like execvpe; raises what Popen would."""
+    name = argv[0]
+    if os.sep in name:
+        return os.posix_spawn(name, argv, env, file_actions=actions, setsid=True, setsigdef=_SIGDEF)
+    denied: Optional[OSError] = None
+    for folder in os.get_exec_path(env):
+        try:
+            return os.posix_spawn(os.path.join(folder, name), argv, env, file_actions=actions, setsid=True,
+                                  setsigdef=_SIGDEF)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except PermissionError as exc:
+            denied = denied or exc
+    if denied is not None:
+        raise denied
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
+
+
+class Spawned:
+    """The command's leader, as ShellRun uses a Popen: pid, returncode, poll(), wait(), stdout, stderr."""
+
+    def __init__(self, pid: int, out_fd: int, err_fd: int):
+        self.pid = pid
+        self.returncode: Optional[int] = None
+        self.stdout = io.FileIO(out_fd, "rb")
+        self.stderr = io.FileIO(err_fd, "rb")
+
+    def _wait(self, flags: int) -> Optional[int]:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, flags)
+            except ChildProcessError:
+                pid, status = self.pid, 255 << 8     # reaped by someone else: its status is gone
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def poll(self) -> Optional[int]:
+        return self._wait(os.WNOHANG)
+
+    def wait(self) -> int:
+        return self._wait(0)
+
+
+def spawn(argv: list, env: dict, cwd: Optional[str] = None):
+    """Start ``argv`` in its own session with stdin from /dev/null and stdout, stderr through pipes."""
+    # posix_spawn cannot change folder: the worker steps into the job's folder for the call and back
+    # (through a descriptor of its own, which a renamed folder does not break). Only while it runs no
+    # other thread, which could be using a relative path meanwhile; else subprocess does it.
+    if cwd is None or threading.active_count() == 1:
+        stdin = _stdin()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        if min(stdin, out_w, err_w) > 2:          # else a descriptor 0-2 was free (the worker's own closed)
+            try:
+                actions = [(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, out_w, 1),
+                           (os.POSIX_SPAWN_DUP2, err_w, 2)]
+                actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable((stdin, out_w, err_w))]
+                if cwd is None:
+                    return Spawned(_spawn(argv, env, actions), out_r, err_r)
+                home = os.open(".", os.O_RDONLY | os.O_DIRECTORY)    # (the worker's folder)
+                try:
+                    os.chdir(cwd)
+                    return Spawned(_spawn(argv, env, actions), out_r, err_r)
+                finally:
+                    os.fchdir(home)
+                    os.close(home)
+            except BaseException:
+                os.close(out_r)
+                os.close(err_r)
+                raise
+            finally:
+                os.close(out_w)
+                os.close(err_w)
+        for fd in (out_r, out_w, err_r, err_w):
+            os.close(fd)
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=cwd, env=env, start_new_session=True)
