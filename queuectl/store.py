@@ -89,6 +89,12 @@ class Store(Protocol):
         a key already recorded raises Conflict and stores nothing.
         """
 
+    def add_deliveries(self, deliveries: list[tuple[list[Job], Optional[dict]]]) -> list[list[str]]:
+        """Several add_jobs calls, each (jobs, receipt), in one transaction: all are stored or none
+        (a Conflict or NotFound in any stores nothing); returns the ids of each, as add_jobs would.
+        Optional: the spool folder makes one add_jobs call per file with a store that lacks it.
+        """
+
     def get_receipt(self, key: str) -> Optional[dict]:
         """The receipt stored under ``key`` (with the ids of its jobs), or None."""
 

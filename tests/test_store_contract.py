@@ -19,7 +19,7 @@ import uuid
 import pytest
 
 from queuectl import Queue
-from queuectl.errors import Conflict, QueueError, SchemaError, StoreBusy
+from queuectl.errors import Conflict, NotFound, QueueError, SchemaError, StoreBusy
 from queuectl.models import Attempt, Job
 from queuectl.store import Transition, WorkerInfo
 
@@ -190,6 +190,26 @@ def test_receipts(store):
         store.add_jobs([make_job("r3")], receipt=receipt)
     assert store.get_job("r3") is None
     assert store.get_receipt("spool:other") is None
+
+
+def test_deliveries_are_stored_together_or_not_at_all(store):
+    store.add_jobs([make_job("u-old", unique_key="k")])
+    got = store.add_deliveries([([make_job("d1"), make_job("d2")], {"key": "spool:a", "name": "a", "sha256": "1"}),
+                                ([make_job("d3", unique_key="k")], {"key": "spool:b", "name": "b", "sha256": "2"}),
+                                ([make_job("d4", after=["d1"])], None)])
+    assert got == [["d1", "d2"], ["u-old"], ["d4"]]          # a unique key's holder stands in, as in add_jobs
+    assert store.get_receipt("spool:a")["job_ids"] == ["d1", "d2"] and store.get_receipt("spool:b")["job_ids"] == ["u-old"]
+    assert store.get_job("d4").waiting_on == 1
+
+    # a receipt already recorded, or a missing dependency, in the second delivery: the first is not stored either
+    for second, error in (("spool:b", Conflict), ("spool:new2", NotFound)):
+        after = ["d1"] if error is Conflict else ["no-such-job"]
+        with pytest.raises(error):
+            store.add_deliveries([([make_job("e1")], {"key": "spool:new1"}),
+                                  ([make_job("e2", after=after)], {"key": second})])
+        assert store.get_job("e1") is None and store.get_job("e2") is None
+        assert store.get_receipt("spool:new1") is None and store.get_receipt("spool:new2") is None
+    assert store.get_receipt("spool:b")["job_ids"] == ["u-old"]
 
 
 def test_list_jobs_order_state_limit_offset(store):

@@ -72,6 +72,21 @@ def _timeout(value) -> Optional[float]:
     return seconds if seconds is not None and seconds > 0 else None
 
 
+def split_ids(ids: list[str], deliveries: list) -> list[list[str]]:
+    """The ids of a batch stored in one go, cut back into the deliveries it was made of."""
+    split, start = [], 0
+    for jobs, _ in deliveries:
+        split.append(ids[start:start + len(jobs)])
+        start += len(jobs)
+    return split
+
+
+def receipt_conflict(keys: list[str]) -> str:
+    if len(keys) == 1:
+        return f"receipt {keys[0]!r} is already recorded"
+    return f"a receipt of this batch of {len(keys)} ({keys[0]!r}, ...) is already recorded"
+
+
 def job_from_row(row) -> Job:
     """A Job from JOB_COLUMNS; one more column, when present, says whether the lease has expired."""
     (id_, command, state, attempts, tries, max_retries, priority, queue, executor, cwd, env, timeout,

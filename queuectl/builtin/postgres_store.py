@@ -43,8 +43,8 @@ from queuectl.errors import Conflict, NotFound, QueueError, SchemaError, StoreBu
 from queuectl.models import CANCELLED, COMPLETED, DEAD, PROCESSING, Attempt, Job
 from queuectl.builtin._rows import (
     ATTEMPT_COLUMNS, EDIT_SET, JOB_COLUMNS, N_JOB_COLUMNS, attempt_from_row, bucket, edit_values, job_filters,
-    job_from_row, keyset_page, like_pattern, series_backfill, series_points, series_row, settings_from_rows,
-    stats_summary,
+    job_from_row, keyset_page, like_pattern, receipt_conflict, series_backfill, series_points, series_row,
+    settings_from_rows, split_ids, stats_summary,
 )
 from queuectl.store import Transition, WorkerInfo, blocked_message
 
@@ -609,14 +609,21 @@ class PostgresStore:
     # --- jobs ------------------------------------------------------------------------------------
 
     def add_jobs(self, jobs: list[Job], receipt: Optional[dict] = None) -> list[str]:
+        return self.add_deliveries([(jobs, receipt)])[0]
+
+    def add_deliveries(self, deliveries: list[tuple[list[Job], Optional[dict]]]) -> list[list[str]]:
+        jobs = [job for batch, _ in deliveries for job in batch]
+
         def insert(tx: _Tx):
-            ids = self._store_jobs(tx, jobs)
-            if receipt is not None:
-                try:
-                    tx.cur.execute(self.q(f"INSERT INTO {{s}}.receipts VALUES (%s, %s, %s, %s, {NOW})"),
-                                   (receipt["key"], receipt.get("name"), receipt.get("sha256"), json.dumps(ids)))
-                except self.pg.errors.UniqueViolation:
-                    raise Conflict(f"receipt {receipt['key']!r} is already recorded") from None
+            ids = split_ids(self._store_jobs(tx, jobs), deliveries)
+            receipts = [(r["key"], r.get("name"), r.get("sha256"), json.dumps(batch_ids))
+                        for (_, r), batch_ids in zip(deliveries, ids) if r is not None]
+            try:
+                if receipts:
+                    tx.cur.executemany(self.q(f"INSERT INTO {{s}}.receipts VALUES (%s, %s, %s, %s, {NOW})"),
+                                       receipts)
+            except self.pg.errors.UniqueViolation:
+                raise Conflict(receipt_conflict([r[0] for r in receipts])) from None
             return ids
 
         try:

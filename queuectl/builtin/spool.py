@@ -37,6 +37,7 @@ IGNORED_NAMES = {"readme", "readme.md", "readme.txt"}
 CRASH_AFTER_CLAIM = "QUEUECTL_SPOOL_CRASH_AFTER_CLAIM"      # test hooks: die at the worst moments
 CRASH_AFTER_INSERT = "QUEUECTL_SPOOL_CRASH_AFTER_INSERT"
 CRASH_EXIT = 86
+BATCH_FILES = 500            # files per transaction at most: the commit's cost shared, a crash's redo bounded
 NAME_MAX = 255
 CLAIM_PATTERN = re.compile(r"(\d{8}T\d{6}-[0-9a-f]{12})@([A-Za-z0-9._-]+)@(\d+)@(\d+)@(.+)", re.DOTALL)
 FILE_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
@@ -228,12 +229,9 @@ class Drop:
         return cls(drop_id, host, int(pid), int(start), name)
 
     @classmethod
-    def new(cls, host: str, name: str) -> "Drop":
-        from queuectl.process import pid_start_time
-
+    def new(cls, host: str, name: str, pid: int, pid_start: int) -> "Drop":
         drop_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + os.urandom(6).hex()
-        pid = os.getpid()
-        drop = cls(drop_id, host, pid, pid_start_time(pid) or 0, name)
+        drop = cls(drop_id, host, pid, pid_start, name)
         room = NAME_MAX - (len(os.fsencode(drop.claim)) - len(os.fsencode(name)))
         drop.name = os.fsdecode(os.fsencode(name)[:room])     # a long name is cut to fit the claim
         return drop
@@ -388,6 +386,8 @@ def refuse_anchors(data: bytes) -> None:
     """Anchors and aliases let a small file expand into a huge one ("billion laughs"): refuse them."""
     import yaml
 
+    if b"&" not in data and b"*" not in data:
+        return                          # an anchor needs a '&' and an alias a '*' (in UTF-16 and -32 too)
     for event in yaml.parse(data, Loader=safe_loader()):
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
             raise ValueError(f"{at(event.start_mark)}: YAML anchors and aliases are not accepted")
@@ -421,16 +421,19 @@ def job_specs(document: Any) -> list:
 
 
 class Spool:
-    """Claims, reads, enqueues and files away the drops of one folder, one at a time."""
+    """Claims, reads, enqueues and files away the drops of one folder, up to BATCH_FILES at a time."""
 
-    def __init__(self, queue, folder: Path, verbose: bool = False):
+    def __init__(self, queue, folder: Path, verbose: bool = False, stopping: Optional[threading.Event] = None):
         from queuectl.process import host_id
 
         self.queue = queue
         self.folder = Path(folder)
         self.work = self.folder / "work"
+        self.top, self.work_dir = str(self.folder), str(self.work)     # plain strings on the per-file path
         self.verbose = verbose
+        self.stopping = stopping or threading.Event()
         self.host = re.sub(r"[^A-Za-z0-9._-]", "_", host_id(queue)) or "_"
+        self.claimer = (0, 0)                     # (pid, pid start time), looked up once per process
         self.settling: dict[str, tuple] = {}      # name -> (stat signature, monotonic time first seen so)
         self.counts = {"files": 0, "jobs": 0, "rejected": 0, "waiting": 0}
         queue.store  # noqa: B018 - open it now: settings made with `config set` live there
@@ -458,7 +461,7 @@ class Spool:
     def observe(self, name: str) -> None:
         """Note a file's size and times; it is due once they stay the same for the settle time."""
         try:
-            info = os.lstat(self.folder / name)
+            info = os.lstat(f"{self.top}/{name}")
         except FileNotFoundError:
             self.settling.pop(name, None)
             return
@@ -487,26 +490,46 @@ class Spool:
 
     # claiming and ingesting
 
-    def take(self, name: str) -> None:
-        """Claim a complete file by renaming it into work/: of two racing processes one rename wins."""
+    def take(self, names: list) -> None:
+        """Claim complete files by renaming them into work/ (of two racing processes one rename
+        wins), then ingest them, BATCH_FILES per transaction."""
+        names = list(dict.fromkeys(names))        # two events for one name: one claim
+        for start in range(0, len(names), BATCH_FILES):
+            if self.stopping.is_set():
+                return                   # the rest stay in the folder, unclaimed
+            drops = [drop for drop in map(self.claim, names[start:start + BATCH_FILES]) if drop is not None]
+            if not drops:
+                continue
+            if self.durable:
+                self.sync_claim()
+            if os.environ.get(CRASH_AFTER_CLAIM) == "1":
+                os._exit(CRASH_EXIT)
+            self.ingest(drops)
+
+    def claim(self, name: str) -> Optional[Drop]:
         self.settling.pop(name, None)
-        source = self.folder / name
+        source = f"{self.top}/{name}"
         try:
             if ignored(name) or stat.S_ISDIR(os.lstat(source).st_mode):
-                return
-            drop = Drop.new(self.host, name)
-            os.rename(source, self.work / drop.claim)
+                return None
+            drop = Drop.new(self.host, name, *self.me())
+            os.rename(source, f"{self.work_dir}/{drop.claim}")
         except FileNotFoundError:
-            return                       # another watcher took it, or its writer removed it
-        if self.durable:
-            self.sync_claim()
-        if os.environ.get(CRASH_AFTER_CLAIM) == "1":
-            os._exit(CRASH_EXIT)
-        self.ingest(drop)
+            return None                  # another watcher took it, or its writer removed it
+        return drop
+
+    def me(self) -> tuple:
+        """This process's pid and start time (a pool's sources process is forked: the pid is checked)."""
+        from queuectl.process import pid_start_time
+
+        pid = os.getpid()
+        if self.claimer[0] != pid:
+            self.claimer = (pid, pid_start_time(pid) or 0)
+        return self.claimer
 
     def sync_claim(self) -> None:
-        """Make the claim survive a power loss before its jobs are stored: undone after the insert,
-        it would put the file back in the folder as a new drop, and its jobs would be made twice."""
+        """Make the claims survive a power loss before their jobs are stored: undone after the insert,
+        a claim would put the file back in the folder as a new drop, and its jobs would be made twice."""
         for folder in (self.folder, self.work):
             fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
@@ -518,35 +541,117 @@ class Spool:
         """Finish files that a dead process claimed: file them if their receipt exists, else ingest them."""
         from queuectl.process import pid_alive
 
+        left = []
         for claim in sorted(os.listdir(self.work)):
             drop = Drop.parse(claim)
             if drop is None or drop.host != self.host:
                 continue                 # not ours to judge: only its own host can tell if its claimer lives
             if drop.pid == os.getpid() or not pid_alive(drop.pid, drop.pid_start or None):
-                self.ingest(drop, resumed=True)
+                left.append(drop)
+        for start in range(0, len(left), BATCH_FILES):
+            self.ingest(left[start:start + BATCH_FILES], resumed=True)
 
-    def ingest(self, drop: Drop, resumed: bool = False) -> None:
-        """Jobs and receipt in one transaction, then the move to done/: a crash in between is
-        finished by resume(), which finds the receipt and only moves the file."""
-        if resumed and self.queue.store.get_receipt(drop.key) is not None:
-            self.file(drop, "done")
-            return
+    def ingest(self, drops: list, resumed: bool = False) -> None:
+        """Read and check each file, store the jobs and receipts of all in one transaction, then move
+        them to done/: a crash in between is finished by resume(), which finds the receipts and only
+        moves the files. A file that cannot become jobs is rejected on its own before the transaction;
+        when the store refuses the batch, its files are stored one by one, so only the culprit is."""
+        if resumed:
+            drops = [drop for drop in drops if not self.stored_before(drop)]
+        defaults = self.queue.job_defaults()
+        ready = [item for item in (self.read(drop, defaults) for drop in drops) if item is not None]
+        if len(ready) > 1 and hasattr(self.queue.store, "add_deliveries"):
+            try:
+                stored = self.store(ready)
+            except Exception as exc:
+                if transient(exc) or not self.store_answers():
+                    raise                # the store is away, busy or full: the rescan retries the files
+            else:
+                self.inserted()
+                for (drop, _, _), ids in zip(ready, stored):
+                    self.done(drop, ids)
+                return
+        for item in ready:               # one file, a store without batches, or a batch refused
+            self.ingest_one(item)
+
+    def stored_before(self, drop: Drop) -> bool:
+        if self.queue.store.get_receipt(drop.key) is None:
+            return False
+        self.file(drop, "done")
+        return True
+
+    def read(self, drop: Drop, defaults: dict) -> Optional[tuple]:
+        """(drop, jobs, receipt) for a file that makes valid jobs; None once it is rejected or gone."""
+        import hashlib
+
         try:
-            data = read_job_file(self.work / drop.claim, self.max_size)
-            ids = self.enqueue(drop, parse_job_file(self.queue, drop.name, data), data)
+            data = read_job_file(f"{self.work_dir}/{drop.claim}", self.max_size)
+            jobs = self.build_jobs(drop, parse_job_file(self.queue, drop.name, data), defaults)
         except FileNotFoundError:
-            return                       # two processes resumed the same file; the other one filed it
+            return None                  # two processes resumed the same file; the other one filed it
         except Rejected as exc:
             self.reject(drop, str(exc))
-            return
+            return None
         except Exception as exc:         # whatever this one file makes go wrong, the folder keeps flowing
             if transient(exc) or not self.store_answers():
-                raise                    # the store is away, busy or full: the rescan retries the file
-            self.reject(drop, f"refused: {exc}" if isinstance(exc, QueueError) else
-                        f"refused: {type(exc).__name__}: {exc}")
+                raise
+            self.reject(drop, refused(exc))
+            return None
+        return drop, jobs, {"key": drop.key, "name": drop.label, "sha256": hashlib.sha256(data).hexdigest()}
+
+    def build_jobs(self, drop: Drop, specs: list, defaults: dict) -> list:
+        """Validate a file's jobs as enqueue_many does, naming the failing job of a file with several."""
+        from queuectl.queue import check_no_cycle
+
+        jobs = []
+        for index, spec in enumerate(specs):
+            try:
+                jobs.append(self.queue.build_job(spec, f"spool:{drop.label}", defaults))
+            except (JobValidationError, UsageError, NotFound) as exc:
+                raise Rejected(f"{which(index, len(specs))}{exc}") from None
+        try:
+            check_no_cycle(jobs)
+        except JobValidationError as exc:
+            raise Rejected(str(exc)) from None
+        return jobs
+
+    def store(self, ready: list) -> list:
+        """Store the jobs and receipts of one file, or of several in one transaction (add_deliveries)."""
+        store = self.queue.store
+        if len(ready) == 1:
+            [(_, jobs, receipt)] = ready
+            ids = [store.add_jobs(jobs, receipt=receipt)]
+        else:
+            ids = store.add_deliveries([(jobs, receipt) for _, jobs, receipt in ready])
+        store.notify()
+        return ids
+
+    def ingest_one(self, item: tuple) -> None:
+        drop = item[0]
+        try:
+            [ids] = self.store([item])
+        except Conflict as exc:
+            if self.queue.store.get_receipt(drop.key) is None:
+                self.reject(drop, str(exc))
+                return
+            ids = []                     # a racing resumer stored this very drop first
+        except (UsageError, NotFound) as exc:
+            self.reject(drop, str(exc))
             return
+        except Exception as exc:
+            if transient(exc) or not self.store_answers():
+                raise
+            self.reject(drop, refused(exc))
+            return
+        self.inserted()
+        self.done(drop, ids)
+
+    @staticmethod
+    def inserted() -> None:
         if os.environ.get(CRASH_AFTER_INSERT) == "1":
             os._exit(CRASH_EXIT)
+
+    def done(self, drop: Drop, ids: list) -> None:
         self.file(drop, "done")
         if not ids:
             return                       # stored by the other resumer: its jobs exist once
@@ -563,35 +668,11 @@ class Spool:
         except Exception:
             return False
 
-    def enqueue(self, drop: Drop, specs: list, data: bytes) -> list:
-        import hashlib
-
-        receipt = {"key": drop.key, "name": drop.label, "sha256": hashlib.sha256(data).hexdigest()}
-        try:
-            return self.queue.enqueue_many(specs, source=f"spool:{drop.label}", receipt=receipt)
-        except JobValidationError as exc:
-            raise Rejected(self.locate(specs, exc)) from None
-        except Conflict as exc:
-            if self.queue.store.get_receipt(drop.key) is not None:
-                return []                # a racing resumer stored this very drop first
-            raise Rejected(str(exc)) from None
-        except (UsageError, NotFound) as exc:
-            raise Rejected(str(exc)) from None
-
-    def locate(self, specs: list, exc: JobValidationError) -> str:
-        """Name the failing job of a file with several (the batch only says what failed)."""
-        for index, spec in enumerate(specs):
-            try:
-                self.queue.build_job(spec)
-            except JobValidationError as error:
-                return f"{which(index, len(specs))}{error}"
-        return str(exc)
-
     # filing away
 
     def file(self, drop: Drop, subfolder: str) -> None:
         try:
-            os.rename(self.work / drop.claim, self.folder / subfolder / drop.filed_name)
+            os.rename(f"{self.work_dir}/{drop.claim}", f"{self.top}/{subfolder}/{drop.filed_name}")
         except FileNotFoundError:
             pass                         # a racing resumer filed it already
 
@@ -609,13 +690,18 @@ class Spool:
         self.rescan()
         if any(since > float("-inf") for _, since in self.settling.values()):
             time.sleep(self.settle)      # "unchanged for the settle time" needs the time to pass
-        for name in self.due():
-            self.take(name)
+        self.take(self.due())
         self.counts["waiting"] = len(self.settling)
         return dict(self.counts)
 
 
+def refused(exc: Exception) -> str:
+    return f"refused: {exc}" if isinstance(exc, QueueError) else f"refused: {type(exc).__name__}: {exc}"
+
+
 # --- the watcher ---------------------------------------------------------------------------------
+
+RESCAN = ("", "rescan")          # in the inbox: events were lost, rescan now
 
 
 class EventInbox:
@@ -640,6 +726,72 @@ class EventInbox:
             self.inbox.put((name, self.READY[event.event_type]))
 
 
+class Inotify:
+    """Linux file events for the top of the spool folder, read from inotify itself.
+
+    watchdog's observer pairs every move it sees with a linear search of the moves still waiting
+    for their other half: with thousands of files dropped at once that search cost more than the
+    ingesting (see docs/spool.md, Performance). The spool needs no pairing, only the names that
+    arrive, as EventInbox passes them on: a rename into the folder or a close after writing means
+    complete, a creation starts the settle clock. The watch is on the folder alone, so the spool's
+    own moves (out to work/, done/, rejected/) make no events at all. A lost event (the kernel's
+    queue overflowed) asks for a rescan at once.
+    """
+
+    CLOSE_WRITE, MOVED_TO, CREATE, Q_OVERFLOW, ISDIR, ONLYDIR = 0x8, 0x80, 0x100, 0x4000, 0x40000000, 0x1000000
+
+    def __init__(self, folder: str, inbox: queue_module.SimpleQueue):
+        import ctypes
+        import struct
+
+        self.inbox = inbox
+        self.header = struct.Struct("iIII")      # wd, mask, cookie, length of the name that follows
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = libc.inotify_init1(os.O_CLOEXEC)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        mask = self.CLOSE_WRITE | self.MOVED_TO | self.CREATE | self.ONLYDIR
+        if libc.inotify_add_watch(self.fd, os.fsencode(folder), mask) < 0:
+            error = ctypes.get_errno()
+            os.close(self.fd)
+            raise OSError(error, os.strerror(error))
+        self.wake_r, self.wake_w = os.pipe()
+        self.thread = threading.Thread(target=self._run, name="queuectl-spool-events", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        os.write(self.wake_w, b"!")
+
+    def join(self) -> None:
+        self.thread.join()
+        for fd in (self.fd, self.wake_r, self.wake_w):
+            os.close(fd)
+
+    def _run(self) -> None:
+        import select
+
+        poller = select.poll()            # not select(): a descriptor above 1023 is fine
+        for fd in (self.fd, self.wake_r):
+            poller.register(fd, select.POLLIN)
+        while True:
+            if any(fd == self.wake_r for fd, _ in poller.poll()):
+                return
+            self.parse(os.read(self.fd, 1 << 16))
+
+    def parse(self, data: bytes) -> None:
+        offset, header = 0, self.header
+        while offset < len(data):
+            _, mask, _, length = header.unpack_from(data, offset)
+            name = os.fsdecode(data[offset + header.size:offset + header.size + length].rstrip(b"\0"))
+            offset += header.size + length
+            if mask & self.Q_OVERFLOW:
+                self.inbox.put(RESCAN)
+            elif name and not mask & self.ISDIR and not ignored(name):
+                self.inbox.put((name, bool(mask & (self.MOVED_TO | self.CLOSE_WRITE))))
+
+
 class SpoolWatcher:
     """The spool as a job source: file events and periodic rescans feed one ingesting thread."""
 
@@ -654,7 +806,7 @@ class SpoolWatcher:
 
     def start(self) -> None:
         prepare(self.folder)
-        spool = Spool(self.queue, self.folder, self.verbose)
+        spool = Spool(self.queue, self.folder, self.verbose, self.stopping)
         self.queue.store.lock_timeout = None     # like a worker: wait out a locked store, never give up
         self.observer = self._start_observer(spool)      # before the first scan: no gap to miss a drop
         self.thread = threading.Thread(target=self._run, args=(spool,), name="queuectl-spool", daemon=True)
@@ -664,8 +816,8 @@ class SpoolWatcher:
         self.stopping.set()
         self.inbox.put(None)
         if self.thread is not None:
-            # Bounded: leaving mid-file is safe (the transaction rolls back or the receipt is kept,
-            # and the next start resumes the file from work/), only a stuck store makes us wait.
+            # Bounded: leaving mid-batch is safe (the transaction rolls back or the receipts are kept,
+            # and the next start resumes the files from work/), only a stuck store makes us wait.
             self.thread.join(timeout=10.0)
         if self.observer is not None:
             self.observer.stop()
@@ -676,8 +828,12 @@ class SpoolWatcher:
         if kind == "off":
             return None
         try:
-            observer = make_observer(kind)
-            schedule(observer, EventInbox(str(self.folder), self.inbox), str(self.folder), recursive=kind == "native")
+            if kind == "native" and sys.platform.startswith("linux"):
+                observer = Inotify(str(self.folder), self.inbox)
+            else:
+                observer = make_observer(kind)
+                schedule(observer, EventInbox(str(self.folder), self.inbox), str(self.folder),
+                         recursive=kind == "native")
             observer.start()
         except OSError as exc:           # e.g. out of inotify watches: rescans still find every file
             log(f"file events unavailable ({exc.strerror or exc}); rescanning every {spool.rescan_interval:g} s")
@@ -691,27 +847,35 @@ class SpoolWatcher:
                 if time.monotonic() >= next_rescan:
                     spool.rescan()
                     next_rescan = time.monotonic() + spool.rescan_interval
-                for name in spool.due():
-                    if self.stopping.is_set():
-                        break
-                    spool.take(name)
-                self._drain(spool, min(spool.tick, max(0.0, next_rescan - time.monotonic())))
+                spool.take(spool.due())
+                if self._drain(spool, min(spool.tick, max(0.0, next_rescan - time.monotonic()))):
+                    next_rescan = 0.0
             except Exception as exc:     # a folder or store problem: the rescan retries what is left
                 log(f"{type(exc).__name__}: {exc}; retrying")
                 self.stopping.wait(1.0)
 
-    def _drain(self, spool: Spool, timeout: float) -> None:
+    def _drain(self, spool: Spool, timeout: float) -> bool:
+        """Wait for events, then take every file that is complete by now, in batches: the files that
+        arrive while a batch is stored make the next one. True when events were lost (rescan now)."""
+        ready, lost = [], False
         try:
             item = self.inbox.get(timeout=timeout)
             while item is not None and not self.stopping.is_set():
-                name, ready = item
-                if ready:
-                    spool.take(name)
+                name, complete = item
+                if item is RESCAN:
+                    lost = True
+                elif complete:
+                    ready.append(name)
+                    if len(ready) >= BATCH_FILES:
+                        spool.take(ready)
+                        ready = []
                 else:
                     spool.observe(name)
                 item = self.inbox.get_nowait()
         except queue_module.Empty:
             pass
+        spool.take(ready)
+        return lost
 
 
 def make_observer(kind: str):

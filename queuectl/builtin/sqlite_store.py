@@ -21,8 +21,8 @@ from queuectl.errors import Conflict, NotFound, QueueError, SchemaError, StoreBu
 from queuectl.models import CANCELLED, COMPLETED, DEAD, PROCESSING, Attempt, Job
 from queuectl.builtin._rows import (
     ATTEMPT_COLUMNS, EDIT_SET, JOB_COLUMNS, N_JOB_COLUMNS, attempt_from_row, bucket, edit_values,
-    job_filters, job_from_row, keyset_page, series_backfill, series_points, series_row, settings_from_rows,
-    stats_summary,
+    job_filters, job_from_row, keyset_page, receipt_conflict, series_backfill, series_points, series_row,
+    settings_from_rows, split_ids, stats_summary,
 )
 from queuectl.store import Transition, WorkerInfo, blocked_message
 
@@ -385,15 +385,19 @@ class SQLiteStore:
                 json.dumps(j.labels) if j.labels else None, json.dumps(j.argv) if j.argv is not None else None)
 
     def add_jobs(self, jobs: list[Job], receipt: Optional[dict] = None) -> list[str]:
+        return self.add_deliveries([(jobs, receipt)])[0]
+
+    def add_deliveries(self, deliveries: list[tuple[list[Job], Optional[dict]]]) -> list[list[str]]:
+        jobs = [job for batch, _ in deliveries for job in batch]
+
         def insert(conn):
-            ids = self._store_jobs(conn, jobs)
-            if receipt is not None:
-                try:
-                    conn.execute("INSERT INTO receipts VALUES (?, ?, ?, ?, ?)",
-                                 (receipt["key"], receipt.get("name"), receipt.get("sha256"),
-                                  json.dumps(ids), time.time()))
-                except sqlite3.IntegrityError:
-                    raise Conflict(f"receipt {receipt['key']!r} is already recorded") from None
+            ids = split_ids(self._store_jobs(conn, jobs), deliveries)
+            receipts = [(r["key"], r.get("name"), r.get("sha256"), json.dumps(batch_ids), time.time())
+                        for (_, r), batch_ids in zip(deliveries, ids) if r is not None]
+            try:
+                conn.executemany("INSERT INTO receipts VALUES (?, ?, ?, ?, ?)", receipts)
+            except sqlite3.IntegrityError:
+                raise Conflict(receipt_conflict([r[0] for r in receipts])) from None
             return ids
         return self._write_jobs(insert, jobs)
 
