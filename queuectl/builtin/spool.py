@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import queue as queue_module
 import re
-import signal
 import stat
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import click
 
@@ -31,6 +29,9 @@ from queuectl.config import Setting, between, choice, seconds, text
 from queuectl.errors import Conflict, JobValidationError, NotFound, QueueError, StoreBusy, UsageError
 from queuectl.models import MAX_INTERVAL
 from queuectl.term import for_terminal
+
+if TYPE_CHECKING:
+    import queue as queue_module
 
 SUBFOLDERS = ("work", "done", "rejected")
 IGNORED_NAMES = {"readme", "readme.md", "readme.txt"}
@@ -799,6 +800,8 @@ class SpoolWatcher:
         self.folder = Path(folder)
         self.queue = queue
         self.verbose = verbose
+        import queue as queue_module     # (imported here: `status` loads this module for its section)
+
         self.inbox: queue_module.SimpleQueue = queue_module.SimpleQueue()
         self.stopping = threading.Event()
         self.observer = None
@@ -857,6 +860,8 @@ class SpoolWatcher:
     def _drain(self, spool: Spool, timeout: float) -> bool:
         """Wait for events, then take every file that is complete by now, in batches: the files that
         arrive while a batch is stored make the next one. True when events were lost (rescan now)."""
+        import queue as queue_module
+
         ready, lost = [], False
         try:
             item = self.inbox.get(timeout=timeout)
@@ -962,6 +967,8 @@ def queuectl_register_commands(cli):
 
 
 def run_until_signal(watcher: SpoolWatcher) -> None:
+    import signal
+
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
