@@ -11,7 +11,7 @@ from . import models
 from ._lazy import LazyImport
 from .cli import EXIT_OK, ArgvCommand, QueuectlCommand, QueuectlContext, _epoch, cli, given_argv
 from .command import (Duration, Integer, attempts_text, complete_job_ids, complete_queues, echo, emit_json,
-                      exit_for_states, fmt_seconds, get_queue, integer_flag, labels_text, parse_pairs, read_command,
+                      exit_for_states, fmt_seconds, get_queue, labels_text, parse_pairs, read_command,
                       table)
 from .errors import UsageError
 from .screen import state_text, when
@@ -184,9 +184,24 @@ def queue_list(as_json):
           ["name", "concurrency", "paused", "pending", "processing"])
 
 
-@queue_group.command("limit")
+class QueueLimit(Integer):
+    """N or none (no limit), for `queue limit NAME N`."""
+
+    name = "n|none"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.strip().lower() in ("none", "unlimited"):
+            return None
+        try:
+            return self.limit.check(value)
+        except ValueError:
+            self.fail(f"must be {self.limit.describe()} or none, got {models.shown(value)}", param, ctx)
+
+
+# ignore_unknown_options: `queue limit ci -1` is a bad N, not an unknown option "-1"
+@queue_group.command("limit", context_settings={"ignore_unknown_options": True})
 @click.argument("name", shell_complete=complete_queues)
-@click.argument("limit", metavar="N|none")
+@click.argument("limit", metavar="N|none", type=QueueLimit(models.RANGES["concurrency"]))
 def queue_limit(name, limit):
     """At most N jobs of queue NAME run at once, across all pools ('none' removes the limit).
 
@@ -194,11 +209,7 @@ def queue_limit(name, limit):
     Example:
       queuectl queue limit ci 2
     """
-    if limit.lower() in ("none", "unlimited"):
-        value = None
-    else:
-        value = integer_flag("limit", limit, models.RANGES["concurrency"])
-    row = get_queue().set_queue(name, concurrency=value)
+    row = get_queue().set_queue(name, concurrency=limit)
     click.echo(f"{name}: limit {row['concurrency'] or 'none'}")
 
 

@@ -55,9 +55,19 @@ def number(minimum: Optional[float] = None, allow_zero: bool = True, maximum: fl
 
 
 def text(value: Any) -> str:
+    """A string every store can hold and a process can be given (no NUL, no lone surrogate)."""
+    from .models import plain_text
+
     if not isinstance(value, (str, int, float)) or isinstance(value, bool):
         raise ValueError(f"expected a string, got {value!r}")
-    return str(value)
+    return plain_text(str(value), "the value")
+
+
+def line(value: Any) -> str:
+    """A short single-line string (a host name, shown in tables and log lines)."""
+    from .models import one_line
+
+    return one_line(text(value), "the value", 256)
 
 
 def choice(*options: str):
@@ -71,10 +81,24 @@ def choice(*options: str):
 
 def string_list(value: Any) -> list:
     if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
+        return [line(v.strip()) for v in value.split(",") if v.strip()]
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return list(value)
+        return [line(v) for v in value]
     raise ValueError(f"expected a list of names, got {value!r}")
+
+
+#: Built-in plugins that cannot be blocked: without the validator every check of a job's fields is gone
+#: (a third-party validator adds its own checks through queuectl_validate_job instead).
+UNBLOCKABLE = ("validate",)
+
+
+def plugin_names(value: Any) -> list:
+    names = string_list(value)
+    for name in names:
+        if name in UNBLOCKABLE:
+            raise ValueError(f"the built-in {name!r} plugin cannot be disabled (it checks every job; "
+                             f"add checks with a queuectl_validate_job hook of your own)")
+    return names
 
 
 HIDDEN = "(hidden)"     # how config list and config set show a secret setting
@@ -118,8 +142,8 @@ CORE_SETTINGS = (
     Setting("db", None, text, "Store location: a SQLite file path or a postgresql:// URL.", file_only=True, path=True),
     Setting("storage", "sqlite", text, "Storage backend used for a plain path.", file_only=True),
     Setting("plugins-dir", None, text, "Folder whose *.py files are loaded as plugins.", file_only=True, path=True),
-    Setting("disable-plugins", [], string_list, "Plugins to block by name (built-ins included).", file_only=True),
-    Setting("host-id", None, text, "Host name recorded in leases (default: this machine's hostname).", file_only=True),
+    Setting("disable-plugins", [], plugin_names, "Plugins to block by name (built-ins included).", file_only=True),
+    Setting("host-id", None, line, "Host name recorded in leases (default: this machine's hostname).", file_only=True),
     Setting("max-retries", 3, between(0, 1000, integer=True),
             "Retries after the first attempt; copied into each job at enqueue."),
     Setting("poll-interval", 1.0, seconds(0.001, MAX_INTERVAL),

@@ -148,7 +148,7 @@ class Range:
         return out
 
     def _error(self, name: str, value) -> ValueError:
-        return ValueError(f"{name + ' ' if name else ''}must be {self.describe()}, got {_show(value)}")
+        return ValueError(f"{name + ' ' if name else ''}must be {self.describe()}, got {shown(value)}")
 
     def _number(self, value, name: str):
         if isinstance(value, str):
@@ -170,7 +170,7 @@ def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
-def _show(value) -> str:
+def shown(value) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -193,6 +193,33 @@ RANGES = {
     "age": Range(0, MAX_SECONDS),                       # purge --older-than
     # settings
 }
+
+
+def plain_text(value: str, name: str, limit: int = MAX_ARG_BYTES) -> str:
+    """Text every store and exec can hold: no NUL byte, no lone surrogate (what a non-UTF-8 byte of a
+    command line or file name decodes to), shorter than ``limit`` bytes; ValueError naming ``name``."""
+    if "\0" in value:
+        raise ValueError(f"{name} contains a NUL byte")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError(f"{name} is not valid Unicode (it holds a lone surrogate, e.g. from a non-UTF-8 "
+                         f"byte)") from None
+    if size >= limit:                  # the limit counts the terminating NUL
+        raise ValueError(f"{name} is {size} bytes, longer than the {limit - 1} bytes a process can be given"
+                         if limit == MAX_ARG_BYTES else f"{name} is {size} bytes, more than {limit - 1}")
+    return value
+
+
+def one_line(value: str, name: str, limit: int = 1024) -> str:
+    """:func:`plain_text` on one line: no control character (C0, DEL, C1) and no line or paragraph
+    separator, which would break a table row or a log line (or steer a terminal)."""
+    import unicodedata
+
+    plain_text(value, name, limit)
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in value):
+        raise ValueError(f"{name} must be one line without control characters")
+    return value
 
 
 def now() -> float:
@@ -455,9 +482,9 @@ def parse_duration(value, high: float = MAX_SECONDS) -> float:
             raise ValueError(f"not a duration: {value!r} (use e.g. 90, 30s, 10m, 2h, 1d, 1h30m)")
         seconds = sum(float(n) * _UNITS[u or "s"] for n, u in parts)
     if seconds != seconds or seconds < 0:
-        raise ValueError(f"a duration cannot be negative: {_show(value)}")
+        raise ValueError(f"a duration cannot be negative: {shown(value)}")
     if seconds > high:
-        raise ValueError(f"a duration must be at most {_num(high)} seconds, got {_show(value)}")
+        raise ValueError(f"a duration must be at most {_num(high)} seconds, got {shown(value)}")
     return seconds
 
 

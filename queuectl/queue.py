@@ -245,7 +245,7 @@ class Queue:
             raise UsageError("a job id cannot be empty")
         ref = _job_id(ref)
         find = getattr(self.store, "find_ids", None)
-        if find is None:                 # a backend without prefix search: exact ids only
+        if find is None or not ref.isascii():    # ids are ASCII: other text can only be an exact id
             return ref
         ids = find(ref, AMBIGUOUS_SHOWN + 1)
         if ref in ids or len(ids) == 1:
@@ -274,6 +274,12 @@ class Queue:
         since = None if since is None else _in_range("run_at", since, "since")
         if queue is not None and (not isinstance(queue, str) or not models.QUEUE_PATTERN.match(queue)):
             raise UsageError(f"queue name {queue!r} is not valid")
+        grep = None if grep is None else _text(grep, "grep", line=False)
+        if labels is not None:
+            if not isinstance(labels, dict):
+                raise UsageError("labels must be a mapping of label names to values (None: any value)")
+            labels = {_text(k, "a label name"): None if v is None else _text(v, f"label {k}")
+                      for k, v in labels.items()}
         if last is not None and (limit is not None or offset):
             raise UsageError("give --last, or --limit/--offset, not both")
         filters = {k: v for k, v in (("queue", queue), ("labels", labels), ("grep", grep), ("since", since))
@@ -559,9 +565,20 @@ def _in_range(kind: str, value: Any, name: str) -> Any:
 
 
 def _job_id(job_id: Any) -> str:
-    if not isinstance(job_id, str) or not job_id or "\0" in job_id or len(job_id) > 1024:
+    if not isinstance(job_id, str) or not job_id or len(job_id) > 1024:
         raise UsageError(f"not a job id: {job_id!r}"[:120])
-    return job_id
+    return _text(job_id, "a job id")
+
+
+def _text(value: Any, name: str, line: bool = True) -> str:
+    """A text argument of a public method (an id, a filter, a name), checked before it reaches a store:
+    a string without NUL or lone surrogate (and, for ``line``, on one line)."""
+    if not isinstance(value, str):
+        raise UsageError(f"{name} must be a string, got {type(value).__name__}")
+    try:
+        return models.one_line(value, name, 65536) if line else models.plain_text(value, name)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def check_no_cycle(jobs: list[Job]) -> None:
@@ -587,7 +604,11 @@ def models_default_dir() -> Path:
     from .config import default_data_dir
 
     folder = default_data_dir()
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise QueueError(f"cannot create the default store's folder {folder}: {exc.strerror or exc} "
+                         f"(set --db, or XDG_DATA_HOME)") from None
     return folder
 
 

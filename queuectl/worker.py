@@ -36,6 +36,7 @@ CANCEL_CHECK = 0.5     # how often a running job asks the store whether it was c
 RENEW_BY = 0.6
 FENCE_AT = 0.8
 RENEW_WAIT_MAX = 2.0   # one renewal's wait for a locked store, so signals and timeouts are still seen
+BURST_TRIES = 5        # store errors in a row after which a --burst worker stops looking for work (about 8 s)
 
 
 def log(message: str) -> None:
@@ -193,20 +194,31 @@ class Worker:
         store.register_worker(self.info)
         listener = store.listener(self.info.id)
         job: Optional[Job] = None
+        failures = 0                       # store errors in a row while looking for work
         try:
             while True:
-                if job is None:
-                    if self.stopping:
-                        break
-                    if self.parent_pid is not None and os.getppid() != self.parent_pid:
-                        break              # the pool died: claim nothing new
-                    self._claimed_at = time.monotonic()
-                    job = store.claim(self.info, self.lease_timeout)
-                if job is None:
-                    if self.burst and not store.has_outstanding(self.info.queues):
-                        break
-                    self._idle(listener)
+                try:
+                    if job is None:
+                        if self.stopping:
+                            break
+                        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                            break              # the pool died: claim nothing new
+                        self._claimed_at = time.monotonic()
+                        job = store.claim(self.info, self.lease_timeout)
+                    if job is None:
+                        if self.burst and not store.has_outstanding(self.info.queues):
+                            break
+                        self._idle(listener)
+                        failures = 0
+                        continue
+                except StoreReplaced:
+                    raise                          # the pool says so and stops
+                except Exception as exc:           # a store that fails: never a traceback, never a busy loop
+                    failures += 1
+                    if not self._store_trouble(exc, failures):
+                        return 1                   # a burst worker gives up: its pool reports the work left
                     continue
+                failures = 0
                 # A job claimed is run, even if a stop signal came meanwhile: leaving it
                 # claimed would cost it a retry as "worker lost".
                 job = self.process(job)
@@ -218,6 +230,20 @@ class Worker:
                 self._watchdog.close()
                 self._watchdog = None
         return 0
+
+    def _store_trouble(self, exc: Exception, failures: int) -> bool:
+        """One line for a store error met while looking for work (the first of a streak and then every
+        tenth), then a wait that doubles up to 30 s. A patient worker retries for as long as it takes;
+        a --burst worker gives up after BURST_TRIES errors in a row. Returns whether to go on."""
+        what = str(exc) if isinstance(exc, QueueError) else f"{type(exc).__name__}: {exc}"
+        give_up = self.burst and failures >= BURST_TRIES
+        if failures == 1 or failures % 10 == 0 or give_up:
+            log(f"worker {os.getpid()}: cannot claim a job: {what.splitlines()[0] if what else '?'}"
+                + ("; giving up" if give_up else f"; retrying (error {failures} in a row)"))
+        if give_up:
+            return False
+        select.select([self._wake_r], [], [], min(30.0, 0.5 * 2 ** min(failures - 1, 6)))
+        return not self.stopping
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
@@ -478,6 +504,8 @@ class Pool:
                 self._begin_stop(force=handled > 1)
             self._reap(host)
             if not self._workers() and (self.stopping or self.burst):
+                if self.burst and not self.stopping:
+                    return self._burst_result(queue)
                 break
             if time.monotonic() >= next_tick:
                 if not queue.store.heartbeat_worker(self.info.id) and not self.stopping:
@@ -488,6 +516,19 @@ class Pool:
                 tick = self.config_tick()
                 next_tick = time.monotonic() + tick
             self._replace()
+        return 0
+
+    def _burst_result(self, queue) -> int:
+        """A --burst pool's exit code once its workers are gone: 0 only when no work is left (workers that
+        gave up on a failing store leave it), else 1 with one line."""
+        try:
+            left = queue.store.has_outstanding(self.queues)
+        except QueueError as exc:
+            log(f"error: burst: cannot tell whether work is left: {exc}")
+            return 1
+        if left:
+            log("error: burst: the workers stopped with work left (see the errors above)")
+            return 1
         return 0
 
     def config_tick(self) -> float:

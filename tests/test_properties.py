@@ -36,7 +36,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings, strategies as st   # noqa: E402
 
 EXAMPLES = int(os.environ.get("QUEUECTL_PROPERTY_EXAMPLES", "3"))
-WAYS = ("flags", "json", "file", "spool", "api", "config-set", "config-yaml", "environment")
+WAYS = ("flags", "json", "file", "spool", "api", "config-set", "config-yaml", "environment", "commands")
 COUNTS: dict = {}
 
 NASTY = ["", " ", "0", "-1", "1", "3", "0.5", "10m", "1h30m", "90", "2d", "inf", "-inf", "nan", "NaN", "1e309",
@@ -44,14 +44,31 @@ NASTY = ["", " ", "0", "-1", "1", "3", "0.5", "10m", "1h30m", "90", "2d", "inf",
          "2026-12-01T02:00:00Z", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59+00:00", "99999-01-01T00:00:00Z",
          "\x00", "\ud800", "a\x00b", "x" * 140_000, "0 0 30 2 *", "* * * * *", "none", "true", "Europe/Paris",
          "Mars/Base", "/tmp", "/no/such/dir", "75,69", "256", "-3", "null", "[]", "{}", "[" * 5000,
-         "\x1b]52;c;QQ==\x07"]
+         "\x1b]52;c;QQ==\x07",
+         # the second round (tests/test_inputs_classes.py): what a non-UTF-8 byte of a command line decodes
+         # to, the edge of Unicode, control characters and separators, odd numerals, URLs, plugin names
+         "\udcff", "k\udcff", "\U0010ffff", "k\U0010ffff", "a\u2028b", "\x85", "\x9b2J", "a\nb", "-0", "1_0",
+         "\u0661\u0662", "0x10", " 5 ", "http://a/\r\nX: y", "http://a:99999/", "http://\udcff/", "validate",
+         "dashboard,validate", "%", "_", "kept", "k", "none", "../../etc/passwd", "Factory", "5-3 * * * *"]
 SETTING_KEYS = ["max-retries", "poll-interval", "lease-timeout", "heartbeat-interval", "recovery-interval",
                 "timeout", "kill-grace", "lock-timeout", "backoff-base", "backoff-max", "backoff-scale",
                 "backoff-jitter", "retry-exit-codes", "dead-exit-codes", "schedule-missed", "schedule-grace",
                 "schedule-timezone", "schedule-interval", "output-cap", "spool-settle", "spool-rescan",
-                "spool-max-size", "spool-observer", "durability", "disable-plugins", "host-id", "colour"]
+                "spool-max-size", "spool-observer", "durability", "disable-plugins", "host-id", "colour",
+                "on-dead", "on-complete", "webhook-url", "webhook-secret", "webhook-events", "notify-retries"]
 OPTIONS = ["--max-retries", "--timeout", "--priority", "--delay", "--run-at", "--queue", "--id", "--cwd", "--env",
-           "--executor", "--unique-key", "--backoff-base", "--retry-on", "--dead-on", "--after"]
+           "--executor", "--unique-key", "--backoff-base", "--retry-on", "--dead-on", "--after", "--label"]
+#: Commands that take ids, prefixes, filters and names (X: the generated text).
+COMMANDS = [["show", "X"], ["show", "X", "--json"], ["logs", "X"], ["logs", "kept", "--attempt", "X"], ["cancel", "X"],
+            ["retry", "X"], ["dlq", "retry", "X"], ["edit", "X", "--command", "true"], ["edit", "kept", "--timeout", "X"],
+            ["edit", "kept", "--label", "X"], ["edit", "kept", "--env", "X"], ["list", "--grep", "X"],
+            ["list", "--label", "X"], ["list", "--since", "X"], ["list", "--queue", "X"], ["list", "--last", "X"],
+            ["list", "--offset", "X"], ["wait", "X", "--timeout", "1"], ["wait", "--queue", "X", "--timeout", "1"],
+            ["queue", "limit", "q", "X"], ["queue", "limit", "X", "2"], ["queue", "pause", "X"],
+            ["purge", "--state", "completed", "--older-than", "X"], ["dlq", "list", "--limit", "X"],
+            ["schedule", "add", "X", "--cron", "* * * * *", "--command", "true"],
+            ["schedule", "add", "s", "--cron", "X", "--command", "true"], ["schedule", "remove", "X"],
+            ["config", "get", "X"], ["config", "unset", "X"]]
 FIELDS = ["id", "max_retries", "timeout", "cwd", "env", "executor", "priority", "queue", "delay", "run_at", "after",
           "unique_key", "backoff_base", "retry_on", "dead_on", "state", "colour"]
 
@@ -200,6 +217,18 @@ class World:
         for option in data.draw(st.lists(st.sampled_from(OPTIONS), max_size=4, unique=True)):
             argv += [option, data.draw(nasty_text)]
         self.run_cli(argv)
+
+    def way_commands(self, data) -> None:
+        template = data.draw(st.sampled_from(COMMANDS))
+        value = data.draw(nasty_text)
+        argv = [value if word == "X" else word for word in template]
+        before = self.snapshot()
+        code, _out, err, trace = self.cli(*argv)
+        if argv[0] == "wait" and code in (3, 4):   # not completed / timed out: an answer, not a refusal
+            code = 0
+        self.judge(" ".join(a[:60] for a in argv), code, err, trace, before)
+        if template[0] == "schedule":
+            self.cli("schedule", "remove", value if template[2] == "X" else "s")   # a tick per second is not harm
 
     def way_json(self, data) -> None:
         text = data.draw(st.one_of(specs.map(lambda s: json.dumps(s)), nasty_text,

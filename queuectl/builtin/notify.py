@@ -57,8 +57,10 @@ def http_url(value: Any) -> str:
 
     url = text(value).strip()
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an http:// or https:// URL, got {url!r}")
+    if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > 2048 or \
+            any(c <= " " or c == "\x7f" or not c.isascii() and not c.isprintable() for c in url):
+        raise ValueError(f"expected an http:// or https:// URL (no spaces or control characters), got {url[:80]!r}")
+    parts.port        # ValueError for a port out of range
     return url
 
 

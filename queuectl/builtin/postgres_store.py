@@ -39,7 +39,7 @@ from typing import Optional
 
 from queuectl import hookimpl
 from queuectl.config import Setting
-from queuectl.errors import Conflict, NotFound, QueueError, SchemaError, StoreBusy, StoreMissing
+from queuectl.errors import Conflict, NotFound, QueueError, SchemaError, StoreBusy, StoreMissing, UsageError
 from queuectl.models import CANCELLED, COMPLETED, DEAD, PROCESSING, Attempt, Job
 from queuectl.builtin._rows import (
     ATTEMPT_COLUMNS, EDIT_SET, JOB_COLUMNS, N_JOB_COLUMNS, attempt_from_row, bucket, edit_values, job_filters,
@@ -376,6 +376,8 @@ class _Tx:
 
 class PostgresStore:
     def __init__(self, url: str, queue):
+        if "://" not in url:
+            raise UsageError(f"the postgres storage backend needs a postgresql:// URL, not the path {url!r}")
         self.pg = _psycopg()
         rest = url.split("://", 1)[1]
         self.conninfo = "postgresql://" + rest          # "postgresql+psycopg://" and "postgres://" too

@@ -193,8 +193,8 @@ def queuectl_register_commands(cli):
           queuectl schedule add sync --cron "*/5 * * * *" --command ./sync.sh --unique-key sync --replace
         """
         queue = get_queue()
-        if not name or "/" in name or len(name) > 64:
-            raise UsageError(f"schedule name {name!r} is not valid")
+        if not _name_ok(name):
+            raise UsageError(f"schedule name {name[:80]!r} is not valid")
         spec = spec_from_options(options)
         if "command" not in spec:
             raise UsageError("a schedule needs --command")
@@ -235,9 +235,16 @@ def queuectl_register_commands(cli):
         Example:
           queuectl schedule remove nightly
         """
+        if not _name_ok(name):
+            raise NotFound(f"no schedule named {name[:80]!r}")
         if not get_queue().store.remove_schedule(name):
             raise NotFound(f"no schedule named {name!r}")
         click.echo(f"{name} removed")
+
+
+def _name_ok(name: str) -> bool:
+    """A schedule name: the start of its ticks' job ids (the validator checks the whole id)."""
+    return bool(name) and "/" not in name and len(name) <= 64 and name.isascii() and name.isprintable()
 
 
 def schedule_rows(queue, schedules: Optional[list] = None, zone=None) -> list[dict]:

@@ -7,8 +7,8 @@ import re
 
 from queuectl import hookimpl
 from queuectl.errors import JobValidationError
-from queuectl.models import (INPUT_FIELDS, MAX_ARG_BYTES, PROTECTED_FIELDS, QUEUE_PATTERN, RANGES, parse_duration,
-                             parse_time)
+from queuectl.models import (INPUT_FIELDS, MAX_ARG_BYTES, PROTECTED_FIELDS, QUEUE_PATTERN, RANGES, one_line,
+                             parse_duration, parse_time, plain_text)
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
 # All of a job's variables together: a quarter of the exec limit (ARG_MAX), which the worker's own
@@ -27,15 +27,10 @@ def _in_range(name: str, value):
 
 def check_text(name: str, value: str, limit: int = MAX_ARG_BYTES) -> str:
     """Text that can reach exec: no NUL byte, valid Unicode (no lone surrogate), at most ``limit`` bytes."""
-    if "\0" in value:
-        raise JobValidationError(f"{name} contains a NUL byte")
     try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise JobValidationError(f"{name} is not valid Unicode (it holds a lone surrogate)") from None
-    if size >= limit:                  # the limit counts the terminating NUL
-        raise JobValidationError(f"{name} is {size} bytes, longer than the {limit - 1} bytes a process can be given")
-    return value
+        return plain_text(value, name, limit)
+    except ValueError as exc:
+        raise JobValidationError(str(exc)) from None
 
 
 def _check_command(job: dict) -> None:
@@ -65,9 +60,12 @@ def _check_labels(value) -> dict:
         if isinstance(val, bool) or not isinstance(val, (str, int, float)):
             raise JobValidationError(f"label {key} must be a string, got {val!r}")
         val = str(val)
-        if len(val) > LABEL_VALUE_MAX or any(ord(c) < 32 or ord(c) == 127 for c in val):
-            raise JobValidationError(f"label {key} must be one line of at most {LABEL_VALUE_MAX} characters")
-        labels[key] = val
+        try:
+            if len(val) > LABEL_VALUE_MAX:
+                raise ValueError(f"label {key} must be at most {LABEL_VALUE_MAX} characters")
+            labels[key] = one_line(val, f"label {key}")
+        except ValueError as exc:
+            raise JobValidationError(str(exc)) from None
     return labels
 
 

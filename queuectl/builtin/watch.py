@@ -91,12 +91,12 @@ def _targets(queue, job_ids, queue_name: Optional[str], everything: bool) -> lis
         for job_id in job_ids:
             queue.get(job_id)                 # an unknown id: one error line, exit 1
         return list(dict.fromkeys(job_ids))
-    jobs = unfinished_jobs(queue)
-    return [j.id for j in jobs if queue_name is None or j.queue == queue_name]
+    return [j.id for j in unfinished_jobs(queue, queue_name)]
 
 
-def unfinished_jobs(queue) -> list:
-    return [job for state in UNFINISHED for job in queue.list(state=state)]
+def unfinished_jobs(queue, queue_name: Optional[str] = None) -> list:
+    """Jobs not finished yet, of one queue (a name the store checks) or of all."""
+    return [job for state in UNFINISHED for job in queue.list(state=state, queue=queue_name)]
 
 
 class Waiter:
