@@ -106,10 +106,11 @@ def test_an_unmakeable_default_store_folder_is_one_line(tmp_path):
     assert "cannot create the default store's folder" in proc.stderr
 
 
-def test_the_postgres_backend_for_a_plain_path_is_one_line(instance, backend):
-    if backend == "postgres":
-        pytest.skip("the point is a path, not a URL")
-    proc = instance.run("list", env={"QUEUECTL_STORAGE": "postgres"}, check=False)
+def test_the_postgres_backend_for_a_plain_path_is_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUEUECTL_")}
+    env.update(XDG_DATA_HOME=str(tmp_path), XDG_CONFIG_HOME=str(tmp_path), QUEUECTL_STORAGE="postgres")
+    proc = subprocess.run([*QUEUECTL, "--db", str(tmp_path / "queue.db"), "list"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
     assert "needs a postgresql:// URL" in proc.stderr
 
