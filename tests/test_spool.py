@@ -272,7 +272,16 @@ def test_folder_permissions(instance, spool):
     spool.chmod(0o770)
     assert "group-writable" in instance.run("spool", "scan").stderr
 
-    fresh = instance.root / "fresh"
-    instance.run("spool", "scan", fresh)
+    fresh = instance.root / "fresh"             # the configured folder is made when missing (a DIR typed is not)
+    instance.write_config(dict(instance.config, spool=str(fresh)))
+    instance.run("spool", "scan")
     for folder in (fresh, fresh / "work", fresh / "done", fresh / "rejected"):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+
+
+def test_scan_of_a_folder_that_does_not_exist_is_one_line_and_creates_nothing(instance):
+    typo = instance.root / "drpo"
+    proc = instance.run("spool", "scan", str(typo), check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"queuectl: error: no spool folder {typo} ('queuectl spool watch' creates one)")
+    assert not typo.exists()

@@ -916,10 +916,12 @@ def schedule(observer, handler, folder: str, recursive: bool) -> None:
 def queuectl_register_commands(cli):
     from queuectl.command import emit_json, get_queue
 
-    def folder_of(queue, folder: Optional[str]) -> Path:
+    def folder_of(queue, folder: Optional[str], create: bool = True) -> Path:
         path = chosen_folder(queue, folder)
         if path is None:
             raise UsageError("no spool folder: give DIR, or set spool in config.yaml")
+        if folder is not None and not create and not os.path.isdir(path):    # a typo must not make a new folder
+            raise UsageError(f"no spool folder {path} ('queuectl spool watch' creates one)")
         prepare(path)
         return path
 
@@ -957,7 +959,7 @@ def queuectl_register_commands(cli):
           queuectl spool scan --json
         """
         queue = get_queue()
-        path = folder_of(queue, folder)
+        path = folder_of(queue, folder, create=False)
         counts = Spool(queue, path).scan_once()
         if as_json:
             emit_json(dict(counts, folder=str(path)))
