@@ -190,7 +190,9 @@ def test_kill_grace_longer_than_the_lease_is_cut_to_fit_it(instance):
         job = instance.wait_for_state(job_id, "dead", timeout=60)
         h = job["history"][0]
         assert h["outcome"] == "timed_out" and h["signal"] == signal.SIGKILL, h
-        assert h["duration"] < 1 + 5, "SIGKILL came within the lease, not after 30 s"
+        # SIGKILL is due before the 5 s lease ends (uncut, it would come after 30 s); the attempt is
+        # recorded a little later on a loaded machine: 4 s of room, far below the uncut grace.
+        assert h["duration"] < 1 + 5 + 4, "SIGKILL came within the lease, not after 30 s"
         assert attempt_pids(job_id) == []
         assert "kill-grace cut" in log.read_text()
     finally:

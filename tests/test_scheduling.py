@@ -174,11 +174,13 @@ def test_dead_dependency_kills_dependents_which_are_retryable(instance):
     (["--id", "self", "--after", "self"], "cannot depend on itself"),
 ])
 def test_bad_scheduling_values_are_one_clear_error(instance, args, message):
-    instance.run("init")                       # status/list are read commands: they never create the store
+    # status/list are read commands: they never create the store. Set-up and the look afterwards run
+    # the CLI in this process; the bad input goes through a real `queuectl` process.
+    assert instance.cli("init")[0] == 0
     proc = instance.run("enqueue", "--command", "true", *args, check=False)
     assert proc.returncode == (1 if "nosuchjob" in args else 2) and len(proc.stderr.splitlines()) == 1, proc.stderr
     assert message in proc.stderr
-    assert instance.json("list") == []
+    assert instance.cli_json("list") == []
 
 
 def test_a_cycle_in_one_batch_is_refused(instance):
