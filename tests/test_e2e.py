@@ -39,7 +39,7 @@ def test_two_pools_run_200_jobs_each_exactly_once(instance):
 
 
 def test_failing_job_is_dead_after_max_retries_plus_one_with_growing_gaps(instance):
-    instance.run("config", "set", "backoff-scale", "0.1")     # gaps of 0.2, 0.4, 0.8 s with base 2
+    instance.run("config", "set", "backoff-scale", "0.25")    # gaps of 0.5, 1, 2 s with base 2
     job_id = instance.enqueue("echo try $QUEUECTL_ATTEMPT; exit 7", max_retries=3)
     pool = instance.start_pool(1, "--burst")
     assert pool.wait(timeout=60) == 0
@@ -48,10 +48,13 @@ def test_failing_job_is_dead_after_max_retries_plus_one_with_growing_gaps(instan
     history = job["history"]
     assert [a["exit_code"] for a in history] == [7, 7, 7, 7]
     assert [a["stdout"] for a in history] == [f"try {n}\n" for n in (1, 2, 3, 4)]
-    starts = [time.mktime(time.strptime(a["created_at"][:19], "%Y-%m-%dT%H:%M:%S")) +
-              float("0." + a["created_at"][20:23]) for a in history]
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
-    assert gaps[0] >= 0.2 and gaps[1] >= 0.4 and gaps[2] >= 0.8, gaps
+    def epoch(text):
+        return time.mktime(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S")) + float("0." + text[20:23])
+
+    # From the end of one attempt to the start of the next: the backoff, then the worker's claim
+    # (a poll-interval; longer on a loaded machine, by less than the 0.5 s steps between the gaps).
+    gaps = [epoch(b["created_at"]) - epoch(a["finished_at"]) for a, b in zip(history, history[1:])]
+    assert gaps[0] >= 0.5 and gaps[1] >= 1.0 and gaps[2] >= 2.0, gaps
     assert gaps[0] < gaps[1] < gaps[2], gaps
     assert [j["id"] for j in instance.json("dlq", "list")] == [job_id]
     assert "gave up after 4 attempt(s)" in job["last_error"]

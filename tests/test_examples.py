@@ -7,6 +7,7 @@ site-packages. A failed install skips on a developer's machine and fails under C
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -29,7 +30,21 @@ def walkthrough_files() -> dict:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    base = tmp_path_factory.mktemp("examples")
+    """The installed examples, built once per test run: parallel workers (pytest-xdist) share one
+    build in the run's common temporary folder, the first to come builds it under a lock."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent                      # this run's folder, above each worker's own
+    with open(shared / "examples.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        target = shared / "examples-site"
+        if not (target / ".complete").exists():
+            _build_site(tmp_path_factory.mktemp("examples"), target)
+            (target / ".complete").touch()
+    return target
+
+
+def _build_site(base, target) -> None:
     sources = []
     for name in EXAMPLES:            # built from a copy: setuptools writes build/ and *.egg-info beside the sources
         shutil.copytree(ROOT / "examples" / name, base / name, ignore=shutil.ignore_patterns("build", "*.egg-info"))
@@ -39,7 +54,6 @@ def site(tmp_path_factory):
     for name, content in walkthrough_files().items():
         (batch / name).write_text(content)
     sources.append(str(batch))
-    target = base / "site"
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
                            "--no-build-isolation", "--target", str(target), *sources],
                           capture_output=True, text=True, timeout=600)
@@ -48,7 +62,6 @@ def site(tmp_path_factory):
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
-    return target
 
 
 def test_the_walkthrough_shows_both_files_of_its_distribution():

@@ -54,6 +54,9 @@ def spawn_pty(instance, *args, rows: int = 24, cols: int = 80) -> tuple[int, int
     pid, master = pty.fork()
     if pid == 0:
         try:
+            # A terminal's session starts with Ctrl-C at its default, even when the tests were started
+            # in the background (`nohup cmd &` ignores SIGINT, and an ignored signal survives exec).
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.chdir(instance.root)
             os.execve(QUEUECTL[0], [*QUEUECTL, *args], {**instance.env, "TERM": "xterm"})
         finally:

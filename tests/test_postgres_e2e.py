@@ -129,7 +129,9 @@ def test_four_hosts_run_every_job_once_across_a_server_restart(pg_instance):
 
 def test_idle_worker_wakes_on_notify_not_on_the_poll(pg_instance):
     inst = pg_instance
-    config = dict(inst.config, **{"poll-interval": 30})
+    # The poll comes only every 10 minutes: a pickup within the test's time at all is the notify. The
+    # bound (10 s) is loose for a loaded machine and still far below the poll.
+    config = dict(inst.config, **{"poll-interval": 600})
     inst.write_config(config)
     cluster = local_cluster()
     pool = inst.start_pool(1)
@@ -144,19 +146,19 @@ def test_idle_worker_wakes_on_notify_not_on_the_poll(pg_instance):
             queue.store                                   # connect first: time the enqueue, not the connection
             sent = time.time()
             queue.enqueue(command=f"date +%s.%N > {marker}")
-        wait_until(lambda: marker.exists() and marker.read_text().strip(), 20, 0.01, f"job {tag} to start")
+        wait_until(lambda: marker.exists() and marker.read_text().strip(), 60, 0.01, f"job {tag} to start")
         return float(marker.read_text()) - sent
 
-    time.sleep(1.0)                                       # the worker is idle in select(), 30 s to go
+    time.sleep(1.0)                                       # the worker is idle in select(), 600 s to go
     latencies = []
     for n in range(3):
         latencies.append(pickup_latency(f"idle{n}"))
         time.sleep(0.5)
-    assert max(latencies) < 1.0, latencies
+    assert max(latencies) < 10.0, latencies
 
     restart_pg(cluster)                                   # its LISTEN connection is cut: it must listen again
     time.sleep(1.5)
     after = pickup_latency("after-restart")
-    assert after < 1.0, after
+    assert after < 10.0, after
     stop_pool(pool)
     print(f"pickup latencies {[round(x, 3) for x in latencies]} s; after a restart {after:.3f} s")

@@ -80,8 +80,8 @@ def test_leftovers_of_a_finished_command_are_killed(instance):
 
 
 def test_second_signal_stops_the_whole_tree_as_interrupted(instance):
-    config = dict(FAST_CONFIG)
-    del config["kill-grace"], config["lease-timeout"]   # the defaults: SIGKILL 5 s after SIGTERM, 30 s leases
+    config = dict(FAST_CONFIG, **{"kill-grace": 2})
+    del config["lease-timeout"]            # SIGKILL 2 s after SIGTERM (default 5: a shorter wait), 30 s leases
     instance.write_config(config)
     marker = instance.root / "tree"
     job_id = instance.enqueue(TREE.format(marker=marker), max_retries=0)
@@ -96,7 +96,7 @@ def test_second_signal_stops_the_whole_tree_as_interrupted(instance):
     pool.send_signal(signal.SIGTERM)
     second = time.monotonic()
     assert pool.wait(timeout=60) == 0
-    assert time.monotonic() - second >= 5 * 0.9, "processes that ignore SIGTERM get the whole kill-grace"
+    assert time.monotonic() - second >= 2 * 0.9, "processes that ignore SIGTERM get the whole kill-grace"
     job = instance.job(job_id)
     assert job["state"] == "failed" and job["history"][0]["outcome"] == "interrupted"
     assert job["retries_left"] == 0, "an interrupted attempt does not use up a retry (of max_retries 0)"
@@ -190,7 +190,9 @@ def test_kill_grace_longer_than_the_lease_is_cut_to_fit_it(instance):
         job = instance.wait_for_state(job_id, "dead", timeout=60)
         h = job["history"][0]
         assert h["outcome"] == "timed_out" and h["signal"] == signal.SIGKILL, h
-        assert h["duration"] < 1 + 5, "SIGKILL came within the lease, not after 30 s"
+        # SIGKILL is due before the 5 s lease ends (uncut, it would come after 30 s); the attempt is
+        # recorded a little later on a loaded machine: 4 s of room, far below the uncut grace.
+        assert h["duration"] < 1 + 5 + 4, "SIGKILL came within the lease, not after 30 s"
         assert attempt_pids(job_id) == []
         assert "kill-grace cut" in log.read_text()
     finally:

@@ -131,9 +131,11 @@ def test_human_durations_in_show_and_stats(instance):
 
 
 def all_commands(instance):
-    """Every command path, plugins' included, from the real CLI's help."""
+    """Every command path, plugins' included, from the real CLI's help (run in this process: some
+    thirty process start-ups would cost more than everything else the test does)."""
     def walk(path):
-        out = instance.run(*path, "--help").stdout
+        code, out, err = instance.cli(*path, "--help")
+        assert code == 0, err
         names = re.findall(r"^  (\S+)\s{2,}", out.split("Commands:\n", 1)[1], re.M) if "Commands:\n" in out else []
         yield path, out
         for name in names:

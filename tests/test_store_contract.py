@@ -23,7 +23,7 @@ from queuectl.errors import Conflict, NotFound, QueueError, SchemaError, StoreBu
 from queuectl.models import Attempt, Job
 from queuectl.store import Transition, WorkerInfo
 
-from conftest import PG_URL, pg_execute, require_pg
+from conftest import PG_URL, pg_execute, require_pg, wait_until
 
 BACKENDS = ["sqlite", "postgres"]
 
@@ -290,11 +290,11 @@ def test_finish_records_and_claims_next_in_one_step(store):
 def test_failed_job_waits_for_its_run_at(store):
     store.add_jobs([make_job("w")])
     job = store.claim(worker(), 30)
-    store.finish(job.id, job.lease.token, attempt(job, "failed"), Transition("failed", time.time() + 0.6, "boom"))
+    # 2 s: room for a slow machine between the finish and the first claim, which must find nothing
+    store.finish(job.id, job.lease.token, attempt(job, "failed"), Transition("failed", time.time() + 2.0, "boom"))
     assert store.claim(worker(), 30) is None
-    assert 0 < store.next_run_at() - time.time() <= 0.7
-    time.sleep(0.7)
-    again = store.claim(worker(), 30)
+    assert 0 < store.next_run_at() - time.time() <= 2.1
+    again = wait_until(lambda: store.claim(worker(), 30), 30, 0.05, "the retry to be due")
     assert (again.id, again.attempts, again.tries) == ("w", 2, 2)
 
 
@@ -303,12 +303,12 @@ def test_failed_job_waits_for_its_run_at(store):
 
 def test_leases_expire_by_the_store_clock(store):
     store.add_jobs([make_job("e1"), make_job("e2")])
-    short = store.claim(worker(1), 0.5)
+    short = store.claim(worker(1), 2.0)          # room for a slow machine before the first look
     store.claim(worker(2), 30)
     leases = {j.id: j.lease for j in store.leases()}
     assert set(leases) == {"e1", "e2"} and not leases["e1"].expired and not leases["e2"].expired
-    time.sleep(0.8)
-    leases = {j.id: j.lease for j in store.leases()}
+    leases = wait_until(lambda: (lambda ls: ls if ls["e1"].expired else None)(
+        {j.id: j.lease for j in store.leases()}), 30, 0.05, "the short lease to expire")
     assert leases["e1"].expired and not leases["e2"].expired
     assert store.renew(short.id, short.lease.token, 30)           # still held: nobody took it over
     assert not {j.id: j.lease for j in store.leases()}["e1"].expired
@@ -740,10 +740,10 @@ def test_has_outstanding_and_next_run_at(store):
     store.add_jobs([make_job("later", run_at=later)])
     assert not store.has_outstanding()                              # scheduled for later
     assert abs(store.next_run_at() - later) < 5
-    store.add_jobs([make_job("now", run_at=time.time() + 0.3), make_job("blocked", after=["later"])])
+    store.add_jobs([make_job("now", run_at=time.time() + 2.0), make_job("blocked", after=["later"])])
     assert not store.has_outstanding()                              # waiting jobs do not count
     assert store.next_run_at() < later - 60                         # nor for the next run
-    time.sleep(0.4)
+    wait_until(store.has_outstanding, 30, 0.05, "'now' to be due")
     assert store.has_outstanding() and store.has_outstanding(["default"]) and not store.has_outstanding(["q"])
     job = store.claim(worker(), 30)
     assert job.id == "now" and store.has_outstanding()              # processing
@@ -900,16 +900,17 @@ def test_pg_counting_never_waits_for_another_transaction(pg):
     def claim_and_hold(tx):
         job = first._claim(tx, worker(1), 30)
         holding.set()
-        release.wait(10)
+        release.wait(60)
         return job
 
     thread = threading.Thread(target=lambda: first._write(claim_and_hold))
     thread.start()
     try:
         assert holding.wait(5)
-        started = time.monotonic()
         job = second.claim(worker(2), 30)
-        assert job.id == "h2" and time.monotonic() - started < 1.0
+        # the claim returned while the first transaction was still open (waiting, it would have
+        # returned only once that transaction ended: no time bound needed)
+        assert job.id == "h2" and thread.is_alive() and not release.is_set()
         second.finish(job.id, job.lease.token, attempt(job), Transition("completed", time.time()))
     finally:
         release.set()
@@ -944,12 +945,12 @@ def test_pg_unreachable_server_honours_lock_timeout(tmp_path):
     started = time.monotonic()
     with pytest.raises(QueueError, match="unavailable for"):
         queue.store
-    assert 0.4 < time.monotonic() - started < 5
+    assert 0.4 < time.monotonic() - started < 20        # gave up (at 0.5 s; room for a loaded machine)
     config.write_text(f"db: {PG_URL.rsplit('/', 1)[0]}/no_such_database_qt\nlock-timeout: 30\n")
     started = time.monotonic()
     with pytest.raises(QueueError, match="does not exist"):
         Queue.open(config=str(config), env={}).store       # a permanent error fails at once
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 20                  # not the 30 s lock-timeout
 
 
 def test_pg_schema_setting_is_validated(tmp_path):
@@ -982,7 +983,7 @@ def test_pg_lock_waits_honour_lock_timeout(pg):
         started = time.monotonic()
         with pytest.raises(StoreBusy, match="locked by another process"):
             store.retry_job("locked", ("pending",))
-        assert 1.4 < time.monotonic() - started < 5
+        assert 1.4 < time.monotonic() - started < 20     # gave up (at 1.5 s; room for a loaded machine)
         assert store.claim(worker(), 30) is None          # the claim skips the locked row, it does not wait
         store.lock_timeout = None                         # a worker waits it out
         releaser = threading.Timer(1.5, holder.rollback)
