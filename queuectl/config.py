@@ -156,9 +156,9 @@ CORE_SETTINGS = (
     Setting("timeout", 0.0, seconds(0.0), "Default job timeout in seconds (0: none)."),
     Setting("kill-grace", 5.0, seconds(0.0, MAX_WAIT), "Seconds between SIGTERM and SIGKILL when a job is stopped."),
     Setting("worker-priority", "realtime", choice("realtime", "normal"),
-            "realtime: where allowed (root, RLIMIT_RTPRIO) workers run at SCHED_RR 1, so a killed worker dies at "
-            "once on a busy machine and its watchdog stops the command before it can finish; commands always "
-            "start at the normal policy. normal: workers run like any process."),
+            "realtime: where allowed (root, RLIMIT_RTPRIO) a worker runs at SCHED_RR 1 while its command runs, "
+            "so a killed worker dies at once on a busy machine and its watchdog stops the command before it "
+            "can finish; commands always start at the normal policy. normal: workers run like any process."),
     Setting("lock-timeout", 60.0, seconds(0.0, MAX_WAIT), "Seconds a command waits out a locked store before failing "
             "(workers wait forever).", file_only=True),
 )

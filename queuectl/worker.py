@@ -157,6 +157,7 @@ class Priority:
         if self.wanted:
             self._set(os.SCHED_OTHER, 0)
 
+
 class Worker:
     def __init__(self, queue, pool_id: Optional[str] = None, burst: bool = False, verbose: bool = False,
                  parent_pid: Optional[int] = None, queues: Optional[list] = None):

@@ -48,7 +48,7 @@ def _json(value, kind: type):
     if not value or value == EMPTY[kind]:
         return kind()
     try:
-        out = json.loads(value) if value else kind()
+        out = json.loads(value)
     except (ValueError, TypeError, RecursionError):
         return kind()
     return out if isinstance(out, kind) else kind()

@@ -409,7 +409,6 @@ class ProcessExecutor:
         proc = spawn(self.argv(job, ctx), env, job.cwd)
         return ShellRun(proc, ctx.run_id, ctx.config.get("output-cap"), getattr(ctx, "output", None))
 
-
     def reap(self, job, lease) -> int:
         if not lease.run_id:
             return 0
@@ -537,15 +536,15 @@ def spawn(argv: list, env: dict, cwd: Optional[str] = None):
                 actions = [(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, out_w, 1),
                            (os.POSIX_SPAWN_DUP2, err_w, 2)]
                 actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable((stdin, out_w, err_w))]
-                if cwd is None:
-                    return Spawned(_spawn(argv, env, actions), out_r, err_r)
-                home = os.open(".", os.O_RDONLY | os.O_DIRECTORY)    # (the worker's folder)
+                home = None if cwd is None else os.open(".", os.O_RDONLY | os.O_DIRECTORY)   # the worker's folder
                 try:
-                    os.chdir(cwd)
+                    if home is not None:
+                        os.chdir(cwd)
                     return Spawned(_spawn(argv, env, actions), out_r, err_r)
                 finally:
-                    os.fchdir(home)
-                    os.close(home)
+                    if home is not None:
+                        os.fchdir(home)
+                        os.close(home)
             except BaseException:
                 os.close(out_r)
                 os.close(err_r)
