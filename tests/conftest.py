@@ -61,6 +61,31 @@ def run_on_pty(instance, *args, env: dict | None = None, cols: int = 80, timeout
     os.close(master)
     return proc.returncode, seen
 
+
+def describe_group(pgid: int) -> str:
+    """Each process of a process group with its state, kernel wait channel, scheduling policy and
+    kernel stack (where readable): what a test prints about a pool that should have exited."""
+    lines = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            if int(fields[2]) != pgid:
+                continue
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            wchan = Path(f"/proc/{entry}/wchan").read_text()
+            policy = {0: "OTHER", 1: "FIFO", 2: "RR"}.get(int(fields[38]), fields[38])
+            lines.append(f"{entry} ppid {fields[1]} state {fields[0]} wchan {wchan} policy {policy}: {cmd[:120]}")
+            try:
+                lines.extend("    " + row for row in Path(f"/proc/{entry}/stack").read_text().splitlines()[:8])
+            except OSError:
+                pass
+        except (OSError, ValueError, IndexError):
+            continue                    # gone meanwhile
+    return "\n".join(lines) or f"(no process left in group {pgid})"
+
 def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, message: str = "condition"):
     """Poll until predicate() is truthy; generous deadlines keep slow machines green."""
     deadline = time.monotonic() + timeout
@@ -227,11 +252,15 @@ class Instance:
     def cleanup(self) -> None:
         for proc in self.pools:
             if proc.poll() is None:
+                hung = describe_group(proc.pid)     # a test that failed with its pool running: why it ran on
                 try:
                     os.killpg(proc.pid, signal.SIGKILL)
                 except OSError:
                     pass
                 proc.wait()
+                if proc.stderr is not None and not proc.stderr.closed:
+                    hung += "\n--- its stderr\n" + proc.stderr.read()[-4000:]
+                print(f"pool {proc.pid} still running at the end of the test:\n{hung}")
 
 
 PG_URL = os.environ.get("QUEUECTL_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
