@@ -307,10 +307,8 @@ def test_job_text_from_every_field_renders_as_text(instance, browser):
             browser.get(server.url + path)
             wait_until(lambda: PAYLOAD in (text_of(browser, where) or ""), 30, message=f"the text on /{path}")
             if path.startswith("jobs/"):     # the script has redrawn the fields and attempts from JSON
-                wait_until(lambda: browser.execute_script(
-                    "return document.querySelector('#live').textContent !== '' || "
-                    "document.querySelector('[data-field=state]').textContent === 'dead'"), 30,
-                    message="the job page's own refresh")
+                wait_until(lambda: browser.execute_script("return document.body.dataset.rendered"), 30,
+                           message="the job page's own refresh")
             assert injected(browser) == [], path
         assert PAYLOAD in text_of(browser, "#schedules")
     finally:

@@ -182,6 +182,7 @@ function renderJob(data) {
     }
     return section;
   }));
+  document.body.dataset.rendered = String(Number(document.body.dataset.rendered || 0) + 1);
 }
 
 async function refreshJob() {
