@@ -563,3 +563,47 @@ class Relay:
 
     def close(self) -> None:
         self.cut()
+
+
+def test_actions_from_the_pages(instance, dashboard, browser):
+    """Each action through the page's own buttons and form, checked in the store: a DLQ retry of a
+    filtered set (a typo in its exit code retries nothing), cancel of a pending and of a running job,
+    pause and resume of a queue."""
+    three = [instance.enqueue("exit 3", max_retries=0) for _ in range(2)]
+    four = instance.enqueue("exit 4", max_retries=0)
+    instance.run("worker", "start", "--burst", timeout=120)
+    dashboard.login(browser, "dlq")
+
+    def submit(exit_code: str) -> str:
+        box = browser.find_element("css selector", "#dlq-retry input[name=exit_code]")
+        box.clear()
+        box.send_keys(exit_code)
+        browser.execute_script("document.getElementById('flash').textContent = ''")
+        browser.find_element("css selector", "#dlq-retry button[type=submit]").click()
+        return wait_until(lambda: text_of(browser, "#flash"), 30, message="the form's answer")
+
+    assert "retry refused: exit_code must be an integer from 0 to 255" in submit("3x")
+    assert {instance.job(j)["state"] for j in [*three, four]} == {"dead"}
+    assert submit("3").startswith("2 dead job(s) moved to pending")
+    assert [instance.job(j)["state"] for j in [*three, four]] == ["pending", "pending", "dead"]
+
+    instance.run("cancel", *three)
+    started, release = instance.root / "started", instance.root / "release"
+    running = instance.enqueue(f"touch {started}; while [ ! -e {release} ]; do sleep 0.05; done", queue="live")
+    waiting = instance.enqueue("echo never", queue="held")
+    instance.run("queue", "pause", "held")
+    instance.start_pool(1, "--queue", "live")
+    wait_until(started.exists, 60, message="the job to start")
+    for job_id, before in ((waiting, "pending"), (running, "processing")):
+        browser.get(dashboard.url + "jobs/" + job_id)
+        wait_until(lambda: text_of(browser, '[data-field="state"]') == before, 30, message=f"the {before} job")
+        browser.find_element("css selector", f'button[data-action="cancel"][data-job="{job_id}"]').click()
+        wait_until(lambda: instance.job(job_id)["state"] == "cancelled", 30, message=f"the {before} job cancelled")
+
+    browser.get(dashboard.url)
+    for action, paused in (("resume", False), ("pause", True)):
+        wait_until(lambda: browser.find_elements("css selector", f'button[data-action="{action}"][data-queue="held"]'),
+                   30, message=f"the {action} button")
+        browser.find_element("css selector", f'button[data-action="{action}"][data-queue="held"]').click()
+        wait_until(lambda: {q["name"]: q["paused"] for q in instance.json("queue", "list")}.get("held") is paused,
+                   30, message=f"the queue {action}d")
