@@ -139,6 +139,7 @@ function renderOverview(data) {
   chart("chart-day-runs", data.day, RUNS);
   chart("chart-day-duration", data.day, DURATIONS);
   document.getElementById("updated").textContent = "Last update " + new Date().toISOString().slice(11, 19) + "Z.";
+  if (!document.body.dataset.loaded) document.body.dataset.drawnAt = String(performance.now());   // for the benchmark
   document.body.dataset.loaded = "1";
 }
 
