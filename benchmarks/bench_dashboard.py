@@ -163,7 +163,8 @@ def main(argv=None) -> int:
                     if med is None:
                         print(f"{size:>9,}  {name}")
                     else:
-                        print(f"{size:>9,}  {name:<34} {med:8.1f} {worst:8.1f} {format(length, ",") if length else "-":>8}")
+                        size_text = f"{length:,}" if length else "-"
+                        print(f"{size:>9,}  {name:<34} {med:8.1f} {worst:8.1f} {size_text:>8}")
             finally:
                 if args.pg:
                     import psycopg
