@@ -18,6 +18,7 @@ import urllib.parse
 import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import IN_CI, PG_URL, QUEUECTL, ROOT, pg_execute, wait_until
 
@@ -212,8 +213,6 @@ def test_actions_need_the_token_and_the_same_origin(instance, dashboard, browser
 
 
 def test_metrics_parse_and_match_the_store(instance, dashboard):
-    from prometheus_client.parser import text_string_to_metric_families
-
     seed(instance)
     code, text = dashboard.request("/metrics")                 # no token needed
     assert code == 200
@@ -237,6 +236,15 @@ def test_metrics_parse_and_match_the_store(instance, dashboard):
     # `queuectl metrics` prints the same families once
     once = {f.name for f in text_string_to_metric_families(instance.run("metrics").stdout)}
     assert once == set(families)
+    # the charts come from the store: a dashboard started after the runs shows them
+    later = Dashboard(instance)
+    try:
+        data = json.loads(later.request("/api/overview", headers=later.cookie)[1])
+    finally:
+        later.stop()
+    for series in (data["hour"], data["day"]):
+        assert sum(p["runs"] for p in series) == 3 and sum(p["failed"] for p in series) == 2
+    assert data["counts"] == status
 
 
 def test_without_the_web_extra_it_says_how_to_install_it(instance, tmp_path):
@@ -300,7 +308,10 @@ def test_job_text_from_every_field_renders_as_text(instance, browser):
         wait_until(lambda: browser.execute_script("return document.body.dataset.loaded") == "1", 60,
                    message="the overview's data (drawn by the script)")
         wait_until(lambda: PAYLOAD in (text_of(browser, "#workers") or ""), 30, message="the worker's host")
+        assert running in text_of(browser, "#workers")               # with the job it runs
         assert injected(browser) == []
+        families = {f.name: f for f in text_string_to_metric_families(server.request("/metrics")[1])}
+        assert PAYLOAD in {s.labels["host"] for s in families["queuectl_workers"].samples}
         for path, where in [(f"jobs/{dead}", "#attempts"), (f"jobs/{running}", "#fields"), ("jobs", "#jobs"),
                             ("jobs?q=" + urllib.parse.quote(PAYLOAD), "#jobs"), ("dlq", "#jobs"),
                             ("schedules", "#schedules")]:
@@ -602,9 +613,10 @@ def test_actions_from_the_pages(instance, dashboard, browser):
 
     browser.get(dashboard.url)
     for action, paused in (("resume", False), ("pause", True)):
-        wait_until(lambda: browser.find_elements("css selector", f'button[data-action="{action}"][data-queue="held"]'),
-                   30, message=f"the {action} button")
-        browser.find_element("css selector", f'button[data-action="{action}"][data-queue="held"]').click()
+        # found and clicked in one step: the overview redraws its tables every 2 s
+        wait_until(lambda: browser.execute_script(
+            "const b = document.querySelector(arguments[0]); if (b) b.click(); return !!b;",
+            f'button[data-action="{action}"][data-queue="held"]'), 30, message=f"the {action} button")
         wait_until(lambda: {q["name"]: q["paused"] for q in instance.json("queue", "list")}.get("held") is paused,
                    30, message=f"the queue {action}d")
 

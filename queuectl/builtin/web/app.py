@@ -71,6 +71,12 @@ def create_app(queue, token: str, local: bool = True, on_fatal=None) -> Starlett
         return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 
     async def guard(request: Request, call_next):
+        response = await checked(request, call_next)
+        for name, value in EVERY_RESPONSE.items():    # JSON, redirects and refusals too, not only pages
+            response.headers.setdefault(name, value)
+        return response
+
+    async def checked(request: Request, call_next):
         if local and not is_loopback(host_name(request.headers.get("host", ""))):
             return refused(request, f"Host {models.shown(request.headers.get('host', ''))} refused: this "
                                     f"dashboard listens on loopback and answers only localhost names")
@@ -194,6 +200,8 @@ def cookie_name(request: Request) -> str:
     return f"queuectl_token_{request.url.port or 80}"
 
 
+EVERY_RESPONSE = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+                  "X-Frame-Options": "DENY"}
 HEADINGS = {400: "Bad request", 403: "Not allowed", 404: "Not found", 409: "Not now", 500: "Internal error",
             503: "Store unavailable"}
 
