@@ -595,8 +595,11 @@ def test_actions_from_the_pages(instance, dashboard, browser):
 
     assert "retry refused: exit_code must be an integer from 0 to 255" in submit("3x")
     assert {instance.job(j)["state"] for j in [*three, four]} == {"dead"}
+    loaded = browser.execute_script("return performance.timeOrigin")
     assert submit("3").startswith("2 dead job(s) moved to pending")
     assert [instance.job(j)["state"] for j in [*three, four]] == ["pending", "pending", "dead"]
+    wait_until(lambda: browser.execute_script("return performance.timeOrigin") != loaded, 30,
+               message="the DLQ page to reload")
 
     instance.run("cancel", *three)
     started, release = instance.root / "started", instance.root / "release"
@@ -608,8 +611,12 @@ def test_actions_from_the_pages(instance, dashboard, browser):
     for job_id, before in ((waiting, "pending"), (running, "processing")):
         browser.get(dashboard.url + "jobs/" + job_id)
         wait_until(lambda: text_of(browser, '[data-field="state"]') == before, 30, message=f"the {before} job")
+        loaded = browser.execute_script("return performance.timeOrigin")
         browser.find_element("css selector", f'button[data-action="cancel"][data-job="{job_id}"]').click()
         wait_until(lambda: instance.job(job_id)["state"] == "cancelled", 30, message=f"the {before} job cancelled")
+        # the page reloads itself after an action: let it, or it could cancel the next browser.get
+        wait_until(lambda: browser.execute_script("return performance.timeOrigin") != loaded, 30,
+                   message="the job page to reload")
 
     browser.get(dashboard.url)
     for action, paused in (("resume", False), ("pause", True)):
