@@ -126,8 +126,6 @@ def test_dashboard_in_chromium(instance, dashboard, browser, backend):
     status = instance.json("status")["counts"]
     shown = {state: int(text_of(browser, f"#count-{state}")) for state in status}
     assert shown == status and shown["dead"] == 2 and shown["completed"] == 1
-    if backend == "sqlite":
-        browser.save_screenshot(str(SCREENSHOT))
 
     # the overview updates itself: a job enqueued now shows without a reload
     before = browser.execute_script("return performance.timeOrigin")
@@ -163,6 +161,10 @@ def test_dashboard_in_chromium(instance, dashboard, browser, backend):
                             f"echo finished-now", queue="live")
     instance.start_pool(1, "--queue", "live")
     wait_until(started.exists, 60, message="the job to start")
+    if backend == "sqlite":          # the README's picture: with a worker and the job it runs
+        browser.get(dashboard.url)
+        wait_until(lambda: live in (text_of(browser, "#workers") or ""), 30, message="the worker on the overview")
+        browser.save_screenshot(str(SCREENSHOT))
     browser.get(dashboard.url + "jobs/" + live)
     wait_until(lambda: text_of(browser, '[data-field="state"]') == "processing", 30, message="the running job")
     loaded = browser.execute_script("return performance.timeOrigin")
