@@ -272,8 +272,7 @@ class Queue:
         offset = _in_range("count", offset, "offset")
         last = None if last is None else _in_range("count", last, "last")
         since = None if since is None else _in_range("run_at", since, "since")
-        if queue is not None and (not isinstance(queue, str) or not models.QUEUE_PATTERN.match(queue)):
-            raise UsageError(f"queue name {queue!r} is not valid")
+        queue = None if queue is None else _queue_name(queue)
         grep = None if grep is None else _text(grep, "grep", line=False)
         if labels is not None:
             if not isinstance(labels, dict):
@@ -383,8 +382,7 @@ class Queue:
         return self.store.cancel_job(self.resolve(job_id))
 
     def set_queue(self, name: str, concurrency=..., paused: Optional[bool] = None) -> dict:
-        if not isinstance(name, str) or not models.QUEUE_PATTERN.match(name):
-            raise UsageError(f"queue name {name!r} is not valid")
+        name = _queue_name(name)
         if concurrency is not ... and concurrency is not None:
             concurrency = _in_range("concurrency", concurrency, "a queue limit")
         if paused is not None and not isinstance(paused, bool):
@@ -480,6 +478,9 @@ class Queue:
             raise UsageError(f"unknown state {state!r} (one of: {', '.join(models.STATES)})")
         if not 0 < limit <= 1000:
             raise UsageError("a page holds 1 to 1000 jobs")
+        queue = None if queue is None else _queue_name(queue)
+        text = None if text is None else _text(text, "the text filter", line=False, limit=PAGE_TEXT_BYTES)
+        before = None if before is None else _in_range("last", before, "the page cursor")
         return self._reader("page_jobs")(state=state, queue=queue, text=text, before=before, limit=limit)
 
     def _dead_workers(self, host: Optional[str] = None) -> tuple[list, list]:
@@ -570,13 +571,23 @@ def _job_id(job_id: Any) -> str:
     return _text(job_id, "a job id")
 
 
-def _text(value: Any, name: str, line: bool = True) -> str:
+#: Bytes of a job page's text filter (Queue.page): a search is typed or pasted, not a whole script.
+PAGE_TEXT_BYTES = 4096
+
+
+def _queue_name(name: Any) -> str:
+    if not isinstance(name, str) or not models.QUEUE_PATTERN.match(name):
+        raise UsageError(f"queue name {models.shown(name)} is not valid")
+    return name
+
+
+def _text(value: Any, name: str, line: bool = True, limit: int = models.MAX_ARG_BYTES) -> str:
     """A text argument of a public method (an id, a filter, a name), checked before it reaches a store:
     a string without NUL or lone surrogate (and, for ``line``, on one line)."""
     if not isinstance(value, str):
         raise UsageError(f"{name} must be a string, got {type(value).__name__}")
     try:
-        return models.one_line(value, name, 65536) if line else models.plain_text(value, name)
+        return models.one_line(value, name, 65536) if line else models.plain_text(value, name, limit)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 

@@ -27,19 +27,11 @@ def _web(module: str):
                          f"{EXTRA_HINT}") from None
 
 
-def _loopback(host: str) -> bool:
-    import ipaddress      # here, not at the top: every command loads this plugin, few serve pages
-
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
 @hookimpl
 def queuectl_register_commands(cli):
     from queuectl.command import get_queue, read_command
 
+    @read_command            # a typo in --db is an error, not a dashboard over a new empty store
     @cli.command()
     @click.option("--host", default="127.0.0.1", show_default=True,
                   help="Address to listen on (loopback unless you say otherwise).")
@@ -61,7 +53,7 @@ def queuectl_register_commands(cli):
         token = secrets.token_urlsafe(24)
 
         def announce(url: str, token: str) -> None:
-            if not _loopback(host):
+            if not app.is_loopback(host):
                 click.echo(f"queuectl: warning: the dashboard listens on {host}, reachable from other machines; "
                            f"anyone with the token can retry and cancel jobs", err=True)
             click.echo(f"queuectl dashboard: {url}?token={token}", err=True)

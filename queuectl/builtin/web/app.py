@@ -4,11 +4,14 @@ Safety: every page and API needs the token (from ``?token=``, which sets an Http
 Jupyter does); an action also needs the token in the ``X-Queuectl-Token`` header (a cross-site
 page can neither read it nor send custom headers without a preflight this server refuses), a
 JSON body, and an Origin, when sent, equal to this server. /metrics needs no token (read-only).
-Job text reaches the browser only through autoescaped templates and ``textContent``.
+A server on a loopback address answers only requests whose Host is a loopback name (DNS
+rebinding: a page whose name was made to point at 127.0.0.1 sends its own Host). Job text
+reaches the browser only through autoescaped templates and ``textContent``.
 """
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import sys
 from pathlib import Path
 from typing import Optional
@@ -24,9 +27,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from queuectl import models
+from queuectl.builtin._rows import SCAN_BUDGET
 from queuectl.builtin.dlq import dead_matching
 from queuectl.builtin.schedule import schedule_rows
-from queuectl.errors import NotFound, QueueError, UsageError
+from queuectl.command import parse_since
+from queuectl.errors import Conflict, NotFound, QueueError, StoreReplaced, UsageError
 from queuectl.builtin.web.metrics import render as render_metrics
 
 HERE = Path(__file__).parent
@@ -34,7 +39,24 @@ PAGE_SIZE = 50
 OPEN_PATHS = ("/metrics", "/static/")
 
 
-def create_app(queue, token: str) -> Starlette:
+def is_loopback(host: str) -> bool:
+    """Is ``host`` (an address or a name, without port) this machine's loopback?"""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower().rstrip(".") == "localhost"
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header: ``[::1]:8754`` -> ``::1``, ``localhost:8754`` -> ``localhost``."""
+    if header.startswith("["):
+        return header[1:header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def create_app(queue, token: str, local: bool = True, on_fatal=None) -> Starlette:
+    """The application. ``local``: it listens on loopback, so only loopback Host names are answered;
+    ``on_fatal(exc)``: called when the store was deleted or replaced (the server should stop)."""
     templates = Environment(loader=FileSystemLoader(str(HERE / "templates")),
                             autoescape=select_autoescape(default=True, default_for_string=True))
     templates.filters["iso"] = models.iso
@@ -49,28 +71,52 @@ def create_app(queue, token: str) -> Starlette:
         return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 
     async def guard(request: Request, call_next):
-        path = request.url.path
-        if path.startswith(OPEN_PATHS):
-            return await call_next(request)
+        response = await checked(request, call_next)
+        for name, value in EVERY_RESPONSE.items():    # JSON, redirects and refusals too, not only pages
+            response.headers.setdefault(name, value)
+        return response
+
+    async def checked(request: Request, call_next):
+        if local and not is_loopback(host_name(request.headers.get("host", ""))):
+            return refused(request, f"Host {models.shown(request.headers.get('host', ''))} refused: this "
+                                    f"dashboard listens on loopback and answers only localhost names")
+        problem = None if request.url.path.startswith(OPEN_PATHS) else entry_problem(request)
+        if isinstance(problem, Response):
+            return problem
+        if problem:
+            return refused(request, problem)
+        try:
+            response = await call_next(request)
+        except Exception as exc:         # a bug, not a bad request: one line for the operator, no traceback
+            log.say(f"{request.method} {request.url.path} failed: {type(exc).__name__}: {exc}")
+            return refused(request, f"internal error ({type(exc).__name__}); the dashboard's terminal has "
+                                    f"the details", status=500)
+        if response.status_code < 500:
+            log.forget()
+        return response
+
+    def entry_problem(request: Request):
+        """Why a request to a guarded path is refused, a redirect that stores the token, or None."""
         given = request.query_params.get("token")
         if given is not None and request.method == "GET":
             if not hmac.compare_digest(given.encode(), token.encode()):
-                return refused(request, "wrong token")
+                return "wrong token"
+            # the token leaves the address bar (and history) for the cookie; "//x" would be another host
             rest = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
-            response = RedirectResponse(path + ("?" + rest if rest else ""), status_code=303)
+            response = RedirectResponse("/" + request.url.path.lstrip("/") + ("?" + rest if rest else ""),
+                                        status_code=303, headers={"Cache-Control": "no-store"})
             response.set_cookie(cookie_name(request), token, httponly=True, samesite="strict", path="/")
             return response
         if not allowed(request):
-            return refused(request, "this dashboard needs its token: open the URL printed by `queuectl dashboard`")
+            return "this dashboard needs its token: open the URL printed by `queuectl dashboard`"
         if request.method != "GET":
-            problem = action_problem(request, token)
-            if problem:
-                return refused(request, problem)
-        return await call_next(request)
+            return action_problem(request, token)
+        return None
 
     def refused(request: Request, why: str, status: int = 403) -> Response:
-        if request.method == "GET" and not request.url.path.startswith("/api/"):
-            return page("refused.html", request, status=status, trusted=False, why=why)
+        if request.method == "GET" and not request.url.path.startswith(("/api/", "/metrics")):
+            return page("refused.html", request, status=status, trusted=False, why=why,
+                        heading=HEADINGS.get(status, "Refused"))
         return JSONResponse({"error": why}, status_code=status)
 
     # --- pages ------------------------------------------------------------------------------
@@ -82,30 +128,20 @@ def create_app(queue, token: str) -> Starlette:
         state = request.query_params.get("state") or None
         name = request.query_params.get("queue") or None
         text = request.query_params.get("q") or None
-        before = request.query_params.get("before")
-        try:
-            result = queue.page(state=state, queue=name, text=text,
-                                before=int(before) if before else None, limit=PAGE_SIZE)
-        except (QueueError, ValueError) as exc:
-            return page("refused.html", request, status=400, why=str(exc))
+        result = queue.page(state=state, queue=name, text=text, before=cursor(request), limit=PAGE_SIZE)
         filters = urlencode([(k, v) for k, v in (("state", state), ("queue", name), ("q", text)) if v])
         return page("jobs.html", request, jobs=result["jobs"], filters=filters, next=result["next"], state=state,
                     queue=name, text=text, total=filtered_total(queue, state, name, text), states=models.STATES,
-                    queues=sorted(queue.queue_counts()), dlq=False)
+                    queues=sorted(queue.queue_counts()), dlq=False, scanned=SCAN_BUDGET)
 
     async def dlq(request: Request):
-        before = request.query_params.get("before")
-        result = queue.page(state=models.DEAD, before=int(before) if before and before.isdigit() else None,
-                            limit=PAGE_SIZE)
+        result = queue.page(state=models.DEAD, before=cursor(request), limit=PAGE_SIZE)
         return page("jobs.html", request, jobs=result["jobs"], filters="", next=result["next"], state=models.DEAD,
                     queue=None, text=None, total=queue.counts()[models.DEAD], states=models.STATES,
                     queues=[], dlq=True)
 
     async def job(request: Request):
-        try:
-            data = job_data(queue, request.path_params["job_id"])
-        except QueueError as exc:
-            return page("refused.html", request, status=404, why=str(exc))
+        data = job_data(queue, request.path_params["job_id"])
         return page("job.html", request, job=data["job"], attempts=data["attempts"])
 
     async def schedules(request: Request):
@@ -117,10 +153,7 @@ def create_app(queue, token: str) -> Starlette:
         return JSONResponse(overview_data(queue))
 
     async def api_job(request: Request):
-        try:
-            return JSONResponse(job_data(queue, request.path_params["job_id"]))
-        except QueueError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=404)
+        return JSONResponse(job_data(queue, request.path_params["job_id"]))
 
     # --- actions ----------------------------------------------------------------------------
 
@@ -131,22 +164,30 @@ def create_app(queue, token: str) -> Starlette:
             body = None
         if not isinstance(body, dict):
             return JSONResponse({"error": "expected a JSON object"}, status_code=400)
-        try:
-            return JSONResponse(perform(queue, request.path_params["action"], body))
-        except QueueError as exc:
-            code = 404 if isinstance(exc, NotFound) else 409 if exc.exit_code == 1 else 400
-            return JSONResponse({"error": str(exc)}, status_code=code)
+        return JSONResponse(perform(queue, request.path_params["action"], body))
 
     async def metrics(request: Request):
         return Response(render_metrics(queue), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    async def store_failed(request: Request, exc: QueueError):
-        # the store went away or stayed locked: one line for the operator, the reason for the page
-        print(f"queuectl: error: {exc}", file=sys.stderr, flush=True)
+    async def queue_error(request: Request, exc: QueueError):
+        """A refusal in the words of the Queue: a bad value (400), an unknown id (404), a job in the wrong
+        state (409); a store that went away or stayed locked (503: one line for the operator, once)."""
+        if isinstance(exc, UsageError):
+            return refused(request, str(exc), status=400)
+        if isinstance(exc, NotFound):
+            return refused(request, str(exc), status=404)
+        if isinstance(exc, StoreReplaced):
+            if on_fatal is not None:
+                on_fatal(exc)            # it names itself when the server has stopped
+            return refused(request, str(exc), status=503)
+        if isinstance(exc, Conflict):
+            return refused(request, str(exc), status=409)
+        log.say(str(exc))
         return refused(request, str(exc), status=503)
 
+    log = OnceLog()
     return Starlette(middleware=[Middleware(BaseHTTPMiddleware, dispatch=guard)],
-                     exception_handlers={QueueError: store_failed}, routes=[
+                     exception_handlers={QueueError: queue_error}, routes=[
         Route("/", overview), Route("/jobs", jobs), Route("/jobs/{job_id}", job), Route("/dlq", dlq),
         Route("/schedules", schedules), Route("/api/overview", api_overview),
         Route("/api/jobs/{job_id}", api_job), Route("/api/{action}", act, methods=["POST"]),
@@ -157,6 +198,40 @@ def create_app(queue, token: str) -> Starlette:
 def cookie_name(request: Request) -> str:
     """Cookies are not kept apart by port: each dashboard on a host names its own."""
     return f"queuectl_token_{request.url.port or 80}"
+
+
+EVERY_RESPONSE = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+                  "X-Frame-Options": "DENY"}
+HEADINGS = {400: "Bad request", 403: "Not allowed", 404: "Not found", 409: "Not now", 500: "Internal error",
+            503: "Store unavailable"}
+
+
+class OnceLog:
+    """Store failures for the operator's terminal: one line each, not one per refresh of every open page
+    (a page polls every second or two); a success in between lets the same line be said again."""
+
+    def __init__(self):
+        self.last: Optional[str] = None
+
+    def say(self, line: str) -> None:
+        if line != self.last:
+            print(f"queuectl: error: {line}", file=sys.stderr, flush=True)
+            self.last = line
+
+    def forget(self) -> None:
+        self.last = None
+
+
+def cursor(request: Request) -> Optional[int]:
+    """A job page's ``before`` (a seq): ASCII digits only, as int() would also take '１' or '1_0';
+    its range is the Queue's to check."""
+    value = request.query_params.get("before")
+    if not value:
+        return None
+    if not (value.isascii() and value.isdigit() and len(value) <= 20):
+        raise UsageError(f"the page cursor must be an integer from 1 to {models.INT64_MAX}, "
+                         f"got {models.shown(value)}")
+    return int(value)
 
 
 SECURITY_HEADERS = {
@@ -185,7 +260,7 @@ def perform(queue, action: str, body: dict) -> dict:
     def text(key: str) -> str:
         value = body.get(key)
         if not isinstance(value, str) or not value:
-            raise QueueError(f"{action} needs {key!r}")
+            raise UsageError(f"{action} needs {key!r} (a string)")
         return value
 
     if action == "retry":
@@ -193,17 +268,27 @@ def perform(queue, action: str, body: dict) -> dict:
     if action == "cancel":
         return {"state": queue.cancel(text("job_id"))}
     if action == "dlq-retry":
-        exit_code = body.get("exit_code")
-        if exit_code is not None and (not isinstance(exit_code, int) or isinstance(exit_code, bool)):
-            raise QueueError("exit_code must be an integer")
-        try:
-            after = models.parse_time(text("since")) if body.get("since") else None
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        return {"retried": [queue.retry(j.id).id for j in dead_matching(queue, exit_code, after)]}
+        after = parse_since(text("since")) if body.get("since") not in (None, "") else None
+        return {"retried": [queue.retry(j.id).id for j in dead_matching(queue, exit_code_of(body), after)]}
     if action in ("pause", "resume"):
         return {"queue": queue.set_queue(text("queue"), paused=action == "pause")}
     raise NotFound(f"no action {action!r}")
+
+
+def exit_code_of(body: dict) -> Optional[int]:
+    """The DLQ form's exit code: absent or empty (any), else 0-255 as a number or its digits. Anything
+    else is refused: read as "any", a typo would retry every dead job."""
+    value = body.get("exit_code")
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value) < 10:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError(f"exit_code must be an integer from 0 to 255, got {models.shown(value)}")
+    try:
+        return models.RANGES["exit_code"].check(value, "exit_code")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def overview_data(queue, charts: bool = True) -> dict:
@@ -239,7 +324,8 @@ def filtered_total(queue, state, name, text) -> Optional[int]:
 
 
 def serve(queue, host: str, port: int, token: str, announce) -> None:
-    """Bind, announce the URL (with the real port), serve until interrupted."""
+    """Bind, announce the URL (with the real port), serve until interrupted, or until the store file
+    is found deleted or replaced (then that is raised: one error line, exit 1, as a pool does)."""
     import socket
 
     import uvicorn
@@ -255,5 +341,15 @@ def serve(queue, host: str, port: int, token: str, announce) -> None:
     sock.listen(128)
     bound = sock.getsockname()[1]
     announce(f"http://{'[' + host + ']' if ':' in host else host}:{bound}/", token)
-    config = uvicorn.Config(create_app(queue, token), log_level="warning", lifespan="off", access_log=False)
-    uvicorn.Server(config).run(sockets=[sock])
+    fatal: list = []
+
+    def stop(exc: QueueError) -> None:
+        fatal.append(exc)
+        server.should_exit = True
+
+    config = uvicorn.Config(create_app(queue, token, local=is_loopback(host), on_fatal=stop),
+                            log_level="warning", lifespan="off", access_log=False)
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    if fatal:
+        raise fatal[0]
