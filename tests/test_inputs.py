@@ -138,6 +138,41 @@ def test_absurd_stored_rows_never_poison_a_read_or_a_worker(instance, backend):
     assert instance.job("far")["state"] == "pending"     # runnable in 9999: it waits, it does not block
 
 
+def test_absurd_stored_schedules_never_poison_a_read_and_the_good_ones_fire(instance, backend):
+    instance.run("config", "set", "schedule-interval", "0.1")
+    instance.run("schedule", "add", "good", "--cron", "* * * * *", "--command", "true", "--missed", "once")
+    instance.run("schedule", "add", "nojson", "--cron", "* * * * *", "--command", "true")
+    instance.run("schedule", "add", "nocommand", "--cron", "* * * * *", "--command", "true")
+    instance.run("schedule", "add", "garbage", "--cron", "* * * * *", "--command", "true")
+    # written by another tool: a spec that is not JSON, one that is JSON but no job, a missed policy
+    # and times of the wrong type; every tick is due (last_tick an hour back)
+    hour_ago = time.time() - 3600
+    _poison(instance, backend, [
+        f"UPDATE {{s}}.schedules SET last_tick = {hour_ago}",
+        "UPDATE {s}.schedules SET spec = '{{not json' WHERE name = 'nojson'",
+        "UPDATE {s}.schedules SET spec = '{\"cwd\": 5}' WHERE name = 'nocommand'",
+        "UPDATE {s}.schedules SET spec = '[1, 2]', missed = 'sometimes', cron = 'x y' WHERE name = 'garbage'",
+    ])
+    for args in (["schedule", "list"], ["schedule", "list", "--json"]):
+        proc = instance.run(*args)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    listed = {s["name"] for s in strict_json(instance.run("schedule", "list", "--json").stdout)}
+    assert listed == {"good", "nojson", "nocommand", "garbage"}
+    pool = instance.start_pool(1)
+    try:
+        wait_until(lambda: any(j["source"] == "schedule:good" for j in instance.cli_json("list")),
+                   60, 0.1, "the good schedule to fire")
+    finally:
+        pool.send_signal(signal.SIGTERM)
+        assert pool.wait(timeout=60) == 0
+    err = pool.stderr.read()
+    assert "Traceback" not in err, err
+    assert err.count("schedule nojson: its job is refused") == 1, err
+    assert err.count("schedule nocommand: its job is refused") == 1, err
+    sources = {j["source"] for j in instance.cli_json("list")}
+    assert sources == {"schedule:good"}
+
+
 def test_bad_stored_setting_logs_one_line_and_the_pool_keeps_running(instance, backend):
     _poison(instance, backend, [
         "INSERT INTO {s}.settings VALUES ('poll-interval', 'Infinity')",

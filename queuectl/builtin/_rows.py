@@ -72,6 +72,21 @@ def _timeout(value) -> Optional[float]:
     return seconds if seconds is not None and seconds > 0 else None
 
 
+def schedule_from_row(row) -> dict:
+    """A stored schedule (name, cron, spec, missed, last_tick, created_at) as a dict, whatever the row holds."""
+    name, cron, spec, missed, last_tick, created_at = row
+    return {"name": _text(name, ""), "cron": _text(cron, ""), "spec": _json(spec, dict),
+            "missed": _text(missed, "once"), "last_tick": _float(last_tick, 0.0) or 0.0,
+            "created_at": _float(created_at, 0.0) or 0.0}
+
+
+def receipt_from_row(row) -> dict:
+    """A stored receipt (key, name, sha256, job_ids, created_at) as a dict, whatever the row holds."""
+    key, name, sha, job_ids, created = row
+    return {"key": _text(key, ""), "name": _text(name), "sha256": _text(sha),
+            "job_ids": [_text(i, "") for i in _json(job_ids, list)], "created_at": _float(created, 0.0) or 0.0}
+
+
 def split_ids(ids: list[str], deliveries: list) -> list[list[str]]:
     """The ids of a batch stored in one go, cut back into the deliveries it was made of."""
     split, start = [], 0

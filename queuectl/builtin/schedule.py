@@ -18,7 +18,7 @@ import click
 
 from queuectl import hookimpl
 from queuectl.config import Setting, choice, seconds
-from queuectl.errors import NotFound, StoreReplaced, UsageError
+from queuectl.errors import NotFound, QueueError, StoreReplaced, UsageError
 from queuectl.models import MAX_INTERVAL, iso
 
 MISSED = ("once", "skip")
@@ -106,8 +106,11 @@ def _next_run(schedule: dict, zone) -> Optional[float]:
         return None
 
 
-def fire_due(queue, now: float) -> list[str]:
-    """Enqueue the due tick of every schedule; returns the ids this call enqueued."""
+def fire_due(queue, now: float, refused: Optional[dict] = None) -> list[str]:
+    """Enqueue the due tick of every schedule; returns the ids this call enqueued.
+
+    A schedule whose stored job the validator refuses (stored by another tool, or valid under an
+    older rule) is skipped, its reason put in ``refused`` by name; the others fire."""
     from datetime import datetime, timezone
 
     zone, grace, fired = _zone(queue), queue.config.get("schedule-grace"), []
@@ -124,7 +127,12 @@ def fire_due(queue, now: float) -> list[str]:
         if not (late and schedule["missed"] == "skip"):
             stamp = datetime.fromtimestamp(tick, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
             spec = dict(schedule["spec"], id=f"{schedule['name']}-{stamp}")
-            jobs = [queue.build_job(spec, source=f"schedule:{schedule['name']}")]
+            try:
+                jobs = [queue.build_job(spec, source=f"schedule:{schedule['name']}")]
+            except QueueError as exc:
+                if refused is not None:
+                    refused[schedule["name"]] = str(exc)
+                continue
         if queue.store.fire_schedule(schedule["name"], schedule["last_tick"], tick, jobs):
             fired.extend(job.id for job in jobs)
     return fired
@@ -148,13 +156,20 @@ class ScheduleSource:
         self.thread.join(timeout=5)
 
     def _run(self) -> None:
+        told: dict = {}                    # a refused schedule is said once per reason, not every interval
         while not self.stopping.is_set():
+            refused: dict = {}
             try:
-                fire_due(self.queue, time.time())
+                fire_due(self.queue, time.time(), refused)
             except StoreReplaced:
                 return                     # the pool says so and stops
             except Exception as exc:       # a bad schedule must not stop the others next time
                 click.echo(f"queuectl: schedules: {type(exc).__name__}: {exc}", err=True)
+            for name, why in refused.items():
+                if told.get(name) != why:
+                    click.echo(f"queuectl: schedule {name}: its job is refused, so it does not fire: {why}",
+                               err=True)
+            told = refused
             self.stopping.wait(self.queue.config.get("schedule-interval"))
 
 

@@ -21,8 +21,8 @@ from queuectl.errors import Conflict, NotFound, QueueError, SchemaError, StoreBu
 from queuectl.models import CANCELLED, COMPLETED, DEAD, PROCESSING, Attempt, Job
 from queuectl.builtin._rows import (
     ATTEMPT_COLUMNS, EDIT_SET, JOB_COLUMNS, N_JOB_COLUMNS, attempt_from_row, bucket, edit_values,
-    job_filters, job_from_row, keyset_page, receipt_conflict, series_backfill, series_points, series_row,
-    settings_from_rows, split_ids, stats_summary,
+    job_filters, job_from_row, keyset_page, receipt_conflict, receipt_from_row, schedule_from_row,
+    series_backfill, series_points, series_row, settings_from_rows, split_ids, stats_summary,
 )
 from queuectl.store import Transition, WorkerInfo, blocked_message
 
@@ -471,8 +471,7 @@ class SQLiteStore:
         rows = self._read("SELECT key, name, sha256, job_ids, created_at FROM receipts WHERE key = ?", (key,))
         if not rows:
             return None
-        key, name, sha, job_ids, created = rows[0]
-        return {"key": key, "name": name, "sha256": sha, "job_ids": json.loads(job_ids), "created_at": created}
+        return receipt_from_row(rows[0])
 
     @staticmethod
     def _duplicate_message(conn, jobs: list[Job]) -> str:
@@ -728,8 +727,7 @@ class SQLiteStore:
 
     def schedules(self) -> list[dict]:
         rows = self._read("SELECT name, cron, spec, missed, last_tick, created_at FROM schedules ORDER BY name")
-        return [{"name": n, "cron": c, "spec": json.loads(sp), "missed": m, "last_tick": lt, "created_at": ca}
-                for n, c, sp, m, lt, ca in rows]
+        return [schedule_from_row(row) for row in rows]
 
     def fire_schedule(self, name: str, last_tick: float, tick: float, jobs: list[Job]) -> bool:
         """Advance a schedule from ``last_tick`` to ``tick`` and enqueue ``jobs``, once across all pools."""
