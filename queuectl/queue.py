@@ -10,6 +10,7 @@ from . import models
 from .config import Config, Setting
 from .errors import JobValidationError, NotFound, PluginError, QueueError, StoreMissing, UsageError
 from .models import Attempt, Job
+from ._lazy import Deferred     # a built-in's value, checked when it was recorded
 from .plugins import call_each, call_registrations, get_plugin_manager, plugin_warning
 
 
@@ -86,7 +87,8 @@ class Queue:
                     if name in table:
                         raise PluginError(f"{kind} {name!r} is registered twice (by {table[name][2]} and {plugin}); "
                                           f"block one with disable-plugins")
-                    if kind == "executor" and not all(callable(getattr(value, m, None)) for m in ("start", "reap")):
+                    if kind == "executor" and not isinstance(value, Deferred) and \
+                            not all(callable(getattr(value, m, None)) for m in ("start", "reap")):
                         raise PluginError(f"executor {name!r} of plugin {plugin} has no start() and reap() methods")
                     table[name] = (value, options, plugin)
                 return register
