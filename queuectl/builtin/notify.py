@@ -229,7 +229,7 @@ def http_post(url: str, body: bytes, headers: dict, timeout: float) -> tuple:
         answer.read(65536)
         return answer.status, answer.reason, answer.getheader("Location")
     except (OSError, http.client.HTTPException, ValueError) as exc:
-        if expired.is_set():
+        if expired.is_set() or isinstance(exc, TimeoutError):
             raise DeliveryError(f"webhook failed: no whole answer within {timeout:g}s") from None
         raise DeliveryError(f"webhook failed: {exc or type(exc).__name__}") from None
     finally:
