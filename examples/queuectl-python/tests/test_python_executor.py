@@ -6,6 +6,8 @@ import os
 import signal
 import textwrap
 
+import pytest
+
 from conftest import wait_until
 
 TASKS = textwrap.dedent('''
@@ -101,12 +103,13 @@ def test_an_exception_fails_the_attempt_with_its_traceback(instance):
     assert "RuntimeError: boom" in log["stderr"] and "Traceback" in log["stderr"]
 
 
-def test_a_crash_is_a_death_by_signal(instance):
-    job_id = delay(instance, "crash.delay()")
+@pytest.mark.parametrize("call, sig", [("crash.delay()", signal.SIGABRT), ("segfault.delay()", signal.SIGSEGV)])
+def test_a_crash_is_a_death_by_signal(instance, call, sig):
+    job_id = delay(instance, call)          # os.abort(), and a read of address 0
     instance.start_pool()
     instance.wait_for_state(job_id, "dead")
     [log] = instance.json("logs", job_id)
-    assert log["signal"] == signal.SIGABRT and log["exit_code"] is None
+    assert log["signal"] == sig and log["exit_code"] is None
 
 
 def test_timeout_stops_the_function_and_what_it_started(instance):
@@ -157,14 +160,6 @@ def test_a_task_of_a_script_is_imported_by_its_file_name(instance):
     job = instance.wait_for_state(job_id, "dead", "completed")
     assert (job["state"], job["exit_code"]) == ("dead", 3)
     assert instance.json("logs", job_id)[-1]["stdout"] == "report ran\n"
-
-
-def test_a_segfault_is_a_death_by_sigsegv(instance):
-    job_id = delay(instance, "segfault.delay()")
-    instance.start_pool()
-    instance.wait_for_state(job_id, "dead")
-    [log] = instance.json("logs", job_id)
-    assert log["signal"] == signal.SIGSEGV and log["exit_code"] is None
 
 
 def test_a_function_that_ignores_sigterm_is_killed_at_the_timeout_plus_kill_grace(instance):
