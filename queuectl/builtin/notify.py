@@ -161,7 +161,7 @@ def notifiers(queue) -> dict:
 def queuectl_register_notifiers(register):
     register("webhook", post_webhook,
              wants=lambda event, queue: bool(queue.config.get("webhook-url")) and event in queue.config.get("webhook-events"),
-             timeout=lambda queue: queue.config.get("webhook-timeout") + OWN_BOUND_SLACK)
+             timeout=lambda queue: queue.config.get("webhook-timeout"))      # then cut short: cancel_webhook
     register("callback", run_callback, wants=lambda event, queue: bool(queue.config.get(CALLBACKS[event])), retry=False,
              timeout=lambda queue: queue.config.get("callback-timeout") + OWN_BOUND_SLACK)
 
@@ -200,9 +200,13 @@ def post_webhook(event: dict, queue) -> None:
         raise DeliveryError(f"webhook answered {status} {reason}")
 
 
+_EXCHANGES: dict = {}       # thread id -> [the connection of the webhook it is sending, cut short?]
+
+
 def http_post(url: str, body: bytes, headers: dict, timeout: float) -> tuple:
-    """POST ``body``; (status, reason, Location). ``timeout`` bounds the whole exchange, not each read,
-    so an endpoint that trickles its answer a byte at a time is cut off too."""
+    """POST ``body``; (status, reason, Location). ``timeout`` bounds each step, and the deliverer cuts
+    the whole exchange at ``webhook-timeout`` (see ``cancel_webhook``), so an endpoint that trickles
+    its answer a byte at a time cannot hold a delivery either."""
     import http.client
     import threading
     from urllib.parse import urlsplit
@@ -210,31 +214,36 @@ def http_post(url: str, body: bytes, headers: dict, timeout: float) -> tuple:
     parts = urlsplit(url)
     kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     conn = kind(parts.hostname, parts.port, timeout=timeout)
-    expired = threading.Event()
-
-    def cut() -> None:
-        expired.set()
-        sock = conn.sock
-        if sock is not None:
-            try:
-                sock.shutdown(2)                # SHUT_RDWR: a blocked read returns at once
-            except OSError:
-                pass
-    timer = threading.Timer(timeout, cut)
-    timer.daemon = True
-    timer.start()
+    exchange = _EXCHANGES[threading.get_ident()] = [conn, False]
     try:
         conn.request("POST", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), body, headers)
         answer = conn.getresponse()
         answer.read(65536)
         return answer.status, answer.reason, answer.getheader("Location")
     except (OSError, http.client.HTTPException, ValueError) as exc:
-        if expired.is_set() or isinstance(exc, TimeoutError):
+        if exchange[1] or isinstance(exc, TimeoutError):
             raise DeliveryError(f"webhook failed: no whole answer within {timeout:g}s") from None
         raise DeliveryError(f"webhook failed: {exc or type(exc).__name__}") from None
     finally:
-        timer.cancel()
+        _EXCHANGES.pop(threading.get_ident(), None)
         conn.close()
+
+
+def cancel_webhook(thread) -> None:
+    """Cut short the webhook ``thread`` is sending: a blocked read returns at once."""
+    exchange = _EXCHANGES.get(thread.ident)
+    if exchange is None:
+        return
+    exchange[1] = True
+    sock = exchange[0].sock
+    if sock is not None:
+        try:
+            sock.shutdown(2)                # SHUT_RDWR
+        except OSError:
+            pass
+
+
+post_webhook.cancel = cancel_webhook
 
 
 # --- shell callbacks -------------------------------------------------------------------------------
@@ -456,7 +465,7 @@ class Deliverer:
         self.box = box
         self.lock_fd: Optional[int] = None
         self.not_before: dict = {}        # path -> when it is due again
-        self.stuck: dict = {}             # channel -> the thread of its delivery that did not return
+        self.lanes: dict = {}             # channel -> the Lane (thread) that runs its deliveries
 
     def lock(self, wait: bool = False) -> bool:
         import fcntl
@@ -534,36 +543,20 @@ class Deliverer:
 
     def busy(self, channel: Optional[str]) -> bool:
         """Is an abandoned delivery of this channel still running? Its next ones wait for it to return."""
-        thread = self.stuck.get(channel)
-        if thread is not None and not thread.is_alive():
-            del self.stuck[channel]
+        lane = self.lanes.get(channel)
+        if lane is None or not lane.stuck:
+            return False
+        if lane.returned():
             log(f"notifier {channel} returned; its deliveries resume")
-            thread = None
-        return thread is not None
+            return False
+        return True
 
     def bounded(self, notifier: Notifier, event: dict, limit: float) -> None:
-        """``notifier.deliver(event, queue)`` in a thread of its own, for at most ``limit`` seconds. Python
-        cannot stop a thread: a notifier that hangs is left running, logged, and not called again until it
-        returns, so it holds up neither the other channels nor the next pass."""
-        import threading
-
-        outcome: list = []
-
-        def deliver() -> None:
-            try:
-                notifier.deliver(event, self.queue)
-                outcome.append(None)
-            except BaseException as exc:             # noqa: B036 - carried to the deliverer thread
-                outcome.append(exc)
-        thread = threading.Thread(target=deliver, name=f"queuectl-notify-{notifier.name}", daemon=True)
-        thread.start()
-        thread.join(limit)
-        if thread.is_alive():
-            self.stuck[notifier.name] = thread
-            raise DeliveryError(f"notifier {notifier.name} (plugin {notifier.plugin}) did not return within "
-                                f"{limit:g}s; abandoned, and not used again until it returns")
-        if outcome and outcome[0] is not None:
-            raise outcome[0]
+        """``notifier.deliver(event, queue)`` in the channel's own thread, for at most ``limit`` seconds."""
+        lane = self.lanes.get(notifier.name)
+        if lane is None:
+            lane = self.lanes[notifier.name] = Lane(notifier.name)
+        lane.call(notifier, event, self.queue, limit)
 
     def failed(self, path: Path, delivery: dict, notifier: Optional[Notifier], exc: Exception) -> None:
         error = str(exc) if isinstance(exc, (DeliveryError, QueueError)) else f"{type(exc).__name__}: {exc}"
@@ -582,6 +575,63 @@ class Deliverer:
         delivery["next_at"] = time.time() + delay
         self.box.write(path, delivery)
         log(f"{what} failed: {error}; retry {tries} of {retries} in {delay:g}s")
+
+
+class Lane:
+    """The thread that runs one channel's deliveries, one at a time, each for a bounded time. It lives as
+    long as the deliverer (a thread per delivery cost as much as the HTTP request it made). Python cannot
+    stop a thread: a delivery that outlasts its bound is given up on, the notifier's ``cancel`` (if any)
+    is asked to cut it short, and the lane is ``stuck`` until it returns; other channels go on."""
+
+    def __init__(self, name: str):
+        import queue as queue_module
+        import threading
+
+        self.requests: Any = queue_module.SimpleQueue()
+        self.results: Any = queue_module.SimpleQueue()
+        self.empty = queue_module.Empty
+        self.stuck = False
+        self.thread = threading.Thread(target=self.run, name=f"queuectl-notify-{name}", daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while True:
+            notifier, event, queue = self.requests.get()
+            try:
+                notifier.deliver(event, queue)
+                self.results.put(None)
+            except BaseException as exc:             # carried to the deliverer's thread
+                self.results.put(exc)
+
+    def call(self, notifier: Notifier, event: dict, queue, limit: float) -> None:
+        self.requests.put((notifier, event, queue))
+        try:
+            outcome = self.results.get(timeout=limit)
+        except self.empty:
+            outcome = self._cut_short(notifier, limit)
+        if outcome is not None:
+            raise outcome
+
+    def _cut_short(self, notifier: Notifier, limit: float):
+        cancel = getattr(notifier.deliver, "cancel", None)
+        if cancel is not None:
+            cancel(self.thread)
+            try:
+                return self.results.get(timeout=1.0)       # cut short: its own error says why
+            except self.empty:
+                pass
+        self.stuck = True
+        return DeliveryError(f"notifier {notifier.name} (plugin {notifier.plugin}) did not return within "
+                             f"{limit:g}s; abandoned, and not used again until it returns")
+
+    def returned(self) -> bool:
+        """Has the stuck delivery returned? (Its outcome is dropped: that try was counted as failed.)"""
+        try:
+            self.results.get_nowait()
+        except self.empty:
+            return False
+        self.stuck = False
+        return True
 
 
 def event_label(event: dict) -> str:
