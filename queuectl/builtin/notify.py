@@ -204,9 +204,9 @@ _EXCHANGES: dict = {}       # thread id -> [the connection of the webhook it is 
 
 
 def http_post(url: str, body: bytes, headers: dict, timeout: float) -> tuple:
-    """POST ``body``; (status, reason, Location). ``timeout`` bounds each step, and the deliverer cuts
-    the whole exchange at ``webhook-timeout`` (see ``cancel_webhook``), so an endpoint that trickles
-    its answer a byte at a time cannot hold a delivery either."""
+    """POST ``body``; (status, reason, Location). ``timeout`` bounds each step, and the deliverer's
+    Watchdog cuts the whole exchange at ``webhook-timeout``, so an endpoint that trickles its answer a
+    byte at a time cannot hold a delivery either."""
     import http.client
     import threading
     from urllib.parse import urlsplit
@@ -229,9 +229,9 @@ def http_post(url: str, body: bytes, headers: dict, timeout: float) -> tuple:
         conn.close()
 
 
-def cancel_webhook(thread) -> None:
-    """Cut short the webhook ``thread`` is sending: a blocked read returns at once."""
-    exchange = _EXCHANGES.get(thread.ident)
+def cancel_webhook(ident: int) -> None:
+    """Cut short the webhook that thread ``ident`` is sending: a blocked read returns at once."""
+    exchange = _EXCHANGES.get(ident)
     if exchange is None:
         return
     exchange[1] = True
@@ -243,7 +243,51 @@ def cancel_webhook(thread) -> None:
             pass
 
 
-post_webhook.cancel = cancel_webhook
+class Watchdog:
+    """One thread that cuts short a webhook still running at its deadline. Arming it costs the deliverer
+    no wait: the watchdog is woken only when it was idle, and otherwise finds the newer deadline when
+    its current wait ends."""
+
+    def __init__(self):
+        import threading
+
+        self.cond = threading.Condition()
+        self.slot: Optional[tuple] = None          # (deadline, thread id) of the webhook being sent
+        self.idle = False
+        threading.Thread(target=self.run, name="queuectl-notify-watchdog", daemon=True).start()
+
+    def run(self) -> None:
+        with self.cond:
+            while True:
+                if self.slot is None:
+                    self.idle = True
+                    self.cond.wait()
+                    self.idle = False
+                    continue
+                deadline, ident = self.slot
+                left = deadline - time.monotonic()
+                if left > 0:
+                    self.cond.wait(left)
+                    continue
+                self.slot = None
+                cancel_webhook(ident)
+
+    def watching(self, limit: float):
+        import contextlib
+        import threading
+
+        @contextlib.contextmanager
+        def watch():
+            with self.cond:
+                self.slot = (time.monotonic() + limit, threading.get_ident())
+                if self.idle:
+                    self.cond.notify()
+            try:
+                yield
+            finally:
+                with self.cond:
+                    self.slot = None
+        return watch()
 
 
 # --- shell callbacks -------------------------------------------------------------------------------
@@ -465,7 +509,8 @@ class Deliverer:
         self.box = box
         self.lock_fd: Optional[int] = None
         self.not_before: dict = {}        # path -> when it is due again
-        self.lanes: dict = {}             # channel -> the Lane (thread) that runs its deliveries
+        self.lanes: dict = {}             # channel -> the Lane (thread) that runs a plugin's deliveries
+        self.watchdog: Optional[Watchdog] = None
 
     def lock(self, wait: bool = False) -> bool:
         import fcntl
@@ -552,7 +597,19 @@ class Deliverer:
         return True
 
     def bounded(self, notifier: Notifier, event: dict, limit: float) -> None:
-        """``notifier.deliver(event, queue)`` in the channel's own thread, for at most ``limit`` seconds."""
+        """``notifier.deliver(event, queue)`` for at most ``limit`` seconds. The built-in channels bound
+        themselves (a callback is killed at its timeout, a webhook cut short by the watchdog) and run
+        here; a plugin's runs in its channel's own thread, which can be given up on if it hangs. (A
+        hand-off to another thread and back on every delivery made bursts of events wait: under load
+        each wake-up of a thread can take a scheduler tick.)"""
+        if notifier.plugin == "notify":
+            if notifier.deliver is post_webhook:
+                self.watchdog = self.watchdog or Watchdog()
+                with self.watchdog.watching(limit):
+                    notifier.deliver(event, self.queue)
+            else:
+                notifier.deliver(event, self.queue)
+            return
         lane = self.lanes.get(notifier.name)
         if lane is None:
             lane = self.lanes[notifier.name] = Lane(notifier.name)
@@ -578,10 +635,10 @@ class Deliverer:
 
 
 class Lane:
-    """The thread that runs one channel's deliveries, one at a time, each for a bounded time. It lives as
-    long as the deliverer (a thread per delivery cost as much as the HTTP request it made). Python cannot
-    stop a thread: a delivery that outlasts its bound is given up on, the notifier's ``cancel`` (if any)
-    is asked to cut it short, and the lane is ``stuck`` until it returns; other channels go on."""
+    """The thread that runs one plugin channel's deliveries, one at a time, each for a bounded time. It
+    lives as long as the deliverer (a thread per delivery cost as much as the HTTP request it made).
+    Python cannot stop a thread: a delivery that outlasts its bound is given up on and the lane is
+    ``stuck`` until it returns; the other channels go on."""
 
     def __init__(self, name: str):
         import queue as queue_module
@@ -608,21 +665,11 @@ class Lane:
         try:
             outcome = self.results.get(timeout=limit)
         except self.empty:
-            outcome = self._cut_short(notifier, limit)
+            self.stuck = True
+            outcome = DeliveryError(f"notifier {notifier.name} (plugin {notifier.plugin}) did not return within "
+                                    f"{limit:g}s; abandoned, and not used again until it returns")
         if outcome is not None:
             raise outcome
-
-    def _cut_short(self, notifier: Notifier, limit: float):
-        cancel = getattr(notifier.deliver, "cancel", None)
-        if cancel is not None:
-            cancel(self.thread)
-            try:
-                return self.results.get(timeout=1.0)       # cut short: its own error says why
-            except self.empty:
-                pass
-        self.stuck = True
-        return DeliveryError(f"notifier {notifier.name} (plugin {notifier.plugin}) did not return within "
-                             f"{limit:g}s; abandoned, and not used again until it returns")
 
     def returned(self) -> bool:
         """Has the stuck delivery returned? (Its outcome is dropped: that try was counted as failed.)"""
