@@ -775,6 +775,8 @@ def run_sources(queue, options: dict) -> int:
         for source in sources:
             try:
                 source.stop()
+            except StoreReplaced:
+                pass                    # the pool says so, once
             except Exception as exc:
                 log(f"a job source failed to stop: {type(exc).__name__}: {exc}")
     return 0
