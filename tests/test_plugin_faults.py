@@ -229,3 +229,22 @@ def test_an_entry_point_that_fails_to_import_is_one_line_and_can_be_switched_off
     instance.run("worker", "start", "--burst", env=env)
     assert instance.job(job_id)["state"] == "completed"
     assert "broken" not in {p["name"] for p in json.loads(instance.run("plugins", "--json", env=env).stdout)}
+
+
+def test_a_job_file_parser_that_raises_rejects_the_file_with_one_line(instance):
+    write_plugin(instance, "parser", '''
+        from queuectl import hookimpl
+
+        @hookimpl
+        def queuectl_parse_job_file(path):
+            raise RuntimeError("parser broke")
+    ''')
+    spool = instance.root / "incoming"
+    spool.mkdir()
+    (spool / "a.yaml").write_text("command: echo hi\n")
+    proc = instance.run("spool", "scan", spool)
+    assert "Traceback" not in proc.stderr
+    assert "rejected a.yaml: the job file parser failed: RuntimeError: parser broke" in proc.stderr
+    [error] = (spool / "rejected").glob("*.error")
+    assert error.read_text() == "a.yaml: the job file parser failed: RuntimeError: parser broke\n"
+    assert instance.json("list") == []
