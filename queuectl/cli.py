@@ -15,7 +15,7 @@ import click
 from . import models
 from .command import (App, Integer, complete_queues, echo, emit_json, get_queue, job_options, parse_pairs,
                       parse_since, pass_app, read_command, render_jobs, spec_from_options, table)
-from .errors import JobValidationError, NotFound, QueueError, UsageError
+from .errors import JobValidationError, NotFound, PluginError, QueueError, UsageError
 from ._lazy import LazyImport
 from .screen import COLOR_MODES, human_duration, set_color_mode, state_text, when
 
@@ -90,11 +90,27 @@ class QueuectlGroup(click.Group):
             app = ctx.obj = App(**{k: ctx.params.get(k) for k in ("config", "db", "plugins_dir")})
         cached = getattr(app, "plugin_commands", None)
         if cached is None:
-            group = click.Group("plugins")
-            hook = app.queue.pm.hook
-            hook.queuectl_register_commands(cli=group)
-            cached = app.plugin_commands = dict(group.commands)
+            cached = app.plugin_commands = self._collect_plugin_commands(app.queue.pm)
         return cached
+
+    def _collect_plugin_commands(self, pm) -> dict:
+        """Each plugin's commands; a name that is the core's or another plugin's is one error line
+        (click would let the later one silently replace the earlier, or the core hide it)."""
+        from .plugins import call_each
+
+        _all_commands()
+        group, owners = click.Group("plugins"), {name: "the core" for name in self.commands}
+        before: dict = {}
+        for plugin, _ in call_each(pm, "queuectl_register_commands", {"cli": group}):
+            for name, command in group.commands.items():
+                if before.get(name) is command:
+                    continue
+                if name in owners:
+                    raise PluginError(f"command {name!r} is registered twice (by {owners[name]} and plugin "
+                                      f"{plugin}); block one with disable-plugins")
+                owners[name] = f"plugin {plugin}"
+            before = dict(group.commands)
+        return dict(group.commands)
 
     def _worker_options(self, ctx: click.Context) -> None:
         """Add the options plugins give `worker start` (asked only for that command: it imports them)."""
@@ -105,8 +121,14 @@ class QueuectlGroup(click.Group):
         app.worker_options_added = True
         from .cli_more import worker_start
 
+        from .plugins import call_each
+
         known = {param.name for param in worker_start.params}
-        for options in app.queue.pm.hook.queuectl_worker_options():
+        for plugin, options in call_each(app.queue.pm, "queuectl_worker_options", {}):
+            if options is not None and not (isinstance(options, (list, tuple)) and
+                                            all(isinstance(o, click.Option) for o in options)):
+                raise PluginError(f"plugin {plugin} failed in queuectl_worker_options: returned {options!r}, "
+                                  f"not a list of click.Option")
             for option in options or []:
                 if option.name not in known:      # the command object outlives one invocation
                     worker_start.params.append(option)

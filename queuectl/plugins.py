@@ -11,12 +11,12 @@ import stat
 import sys
 from pathlib import Path
 from types import FunctionType, MethodType, ModuleType
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError
+from .errors import PluginError, QueueError
 
 #: Built-in plugin modules, registered under these names (block one to replace it).
 BUILTINS = (
@@ -107,7 +107,7 @@ def load_plugins_dir(pm: pluggy.PluginManager, folder: Path) -> list[str]:
             exec(compile(source, str(path), "exec", dont_inherit=True), module.__dict__)
         except Exception as exc:  # a broken plugin is the user's to fix: say which and why
             sys.modules.pop(module_name, None)
-            raise PluginError(f"plugin {path} failed to load: {type(exc).__name__}: {exc}") from None
+            raise PluginError(f"plugin {path} failed to load: {type(exc).__name__}: {exc}{without(name)}") from None
         _register(pm, module, name, origin=str(path))
         names.append(name)
     return names
@@ -198,7 +198,7 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
         try:
             plugin = load()
         except Exception as exc:
-            raise PluginError(f"plugin {name} ({value}) failed to load: {type(exc).__name__}: {exc}") from None
+            raise PluginError(f"plugin {name} ({value}) failed to load: {type(exc).__name__}: {exc}{without(name)}") from None
         _register(pm, plugin, name, origin=f"entry point {value}")
 
 
@@ -287,11 +287,53 @@ def _loader(value: str) -> Callable[[], Any]:
     return load
 
 
-def call_registrations(pm: pluggy.PluginManager, hook_name: str, make_register: Callable[[str], Callable]) -> None:
-    """Call a ``register``-style hook once per plugin, so each registration knows its plugin."""
-    hook = getattr(pm.hook, hook_name)
-    for impl in reversed(hook.get_hookimpls()):
-        impl.function(register=make_register(impl.plugin_name))
+def hook_failure(plugin: str, hook: str, exc: BaseException) -> str:
+    """The one line that says which plugin failed in which hook, and how."""
+    return f"plugin {plugin} failed in {hook}: {type(exc).__name__}: {exc}"
+
+
+def without(plugin: str) -> str:
+    """How to run without a broken plugin, appended to the error that names it."""
+    return f" (to run without it: QUEUECTL_DISABLE_PLUGINS={plugin}, or disable-plugins: [{plugin}] in config.yaml)"
+
+
+def plugin_warning(plugin: str, hook: str, exc: BaseException) -> None:
+    """Log a plugin's failure in a report, which never fails a job (one line on stderr)."""
+    print(f"queuectl: {hook_failure(plugin, hook, exc)}", file=sys.stderr, flush=True)
+
+
+def call_each(pm: pluggy.PluginManager, hook_name: str, kwargs: Any,
+              on_error: Optional[Callable[[str, Exception], None]] = None) -> Iterator[tuple[str, Any]]:
+    """Call each implementation of a hook in pluggy's order, with the arguments it takes, and yield
+    (plugin name, result): the one place where the core calls plugin code and meets its failures.
+    ``kwargs`` is a dict, or a function of the plugin name that gives one.
+
+    Without ``on_error``, a ``QueueError`` a plugin raises on purpose (a ``JobValidationError``, a
+    ``UsageError``) passes through and any other exception becomes a ``PluginError``: one line naming
+    the plugin and the hook. With ``on_error``, every exception goes to ``on_error(plugin, exc)`` and
+    the next implementation is called (for reports, which must never fail a job)."""
+    for impl in reversed(getattr(pm.hook, hook_name).get_hookimpls()):
+        args = kwargs(impl.plugin_name) if callable(kwargs) else kwargs
+        try:
+            result = impl.function(**{k: v for k, v in args.items() if k in impl.argnames})
+        except Exception as exc:
+            if on_error is None and isinstance(exc, QueueError):
+                raise
+            if on_error is None:
+                raise PluginError(hook_failure(impl.plugin_name, hook_name, exc) + without(impl.plugin_name)) from None
+            on_error(impl.plugin_name, exc)
+            continue
+        yield impl.plugin_name, result
+
+
+def call_registrations(pm: pluggy.PluginManager, hook_name: str, make_register: Callable[[str], Callable],
+                       on_error: Optional[Callable[[str, Exception], None]] = None) -> None:
+    """Call a ``register``-style hook once per plugin, so each registration knows its plugin.
+
+    A plugin that raises is named in one line (a ``PluginError``), or, with ``on_error``, passed to
+    ``on_error(plugin, exc)`` while the other plugins still register."""
+    for _ in call_each(pm, hook_name, lambda plugin: {"register": make_register(plugin)}, on_error):
+        pass
 
 
 def describe(pm: pluggy.PluginManager) -> list[dict]:

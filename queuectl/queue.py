@@ -10,7 +10,8 @@ from . import models
 from .config import Config, Setting
 from .errors import JobValidationError, NotFound, PluginError, QueueError, StoreMissing, UsageError
 from .models import Attempt, Job
-from .plugins import call_registrations, get_plugin_manager
+from ._lazy import Deferred     # a built-in's value, checked when it was recorded
+from .plugins import call_each, call_registrations, get_plugin_manager, plugin_warning
 
 
 AMBIGUOUS_SHOWN = 10            # candidates named when a job id prefix is ambiguous
@@ -86,6 +87,9 @@ class Queue:
                     if name in table:
                         raise PluginError(f"{kind} {name!r} is registered twice (by {table[name][2]} and {plugin}); "
                                           f"block one with disable-plugins")
+                    if kind == "executor" and not isinstance(value, Deferred) and \
+                            not all(callable(getattr(value, m, None)) for m in ("start", "reap")):
+                        raise PluginError(f"executor {name!r} of plugin {plugin} has no start() and reap() methods")
                     table[name] = (value, options, plugin)
                 return register
             return make
@@ -122,12 +126,8 @@ class Queue:
 
     def report(self, hook: str, **kwargs) -> None:
         """Call a reporting hook; a failing reporter is logged and never fails the job."""
-        for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
-            try:
-                impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
-            except Exception as exc:
-                print(f"queuectl: plugin {impl.plugin_name} failed in {hook}: {type(exc).__name__}: {exc}",
-                      file=sys.stderr)
+        for _ in call_each(self.pm, hook, kwargs, on_error=lambda plugin, exc: plugin_warning(plugin, hook, exc)):
+            pass
 
     # --- the store ---------------------------------------------------------------------
 
@@ -180,6 +180,12 @@ class Queue:
 
     # --- jobs ----------------------------------------------------------------------------
 
+    def validate(self, fields: dict) -> None:
+        """Every validator plugin on these fields: a refusal is its JobValidationError, a plugin's bug
+        one line naming it (PluginError); either way nothing is stored."""
+        for _ in call_each(self.pm, "queuectl_validate_job", {"job": fields, "queue": self}):
+            pass
+
     def build_job(self, spec: Any, source: Optional[str] = None, defaults: Optional[dict] = None) -> Job:
         """Validate a job spec through the ingestion hooks and fill in defaults.
 
@@ -189,7 +195,7 @@ class Queue:
             raise JobValidationError("a job must be a mapping of fields (a JSON object)")
         defaults = defaults or self.job_defaults()
         fields = dict(spec)
-        self.pm.hook.queuectl_validate_job(job=fields, queue=self)
+        self.validate(fields)
         now = models.now()
         core = {k: fields.pop(k) for k in models.INPUT_FIELDS if k in fields}
         max_retries = core.get("max_retries")
@@ -320,7 +326,7 @@ class Queue:
         else:
             spec = {"argv": job.argv} if job.argv is not None else {"command": job.command}
         spec.update({k: changes[k] for k in ("env", "cwd", "timeout", "labels") if changes.get(k) is not None})
-        self.pm.hook.queuectl_validate_job(job=spec, queue=self)
+        self.validate(spec)
         checked = {"command": spec["command"], "argv": spec.get("argv")}
         checked.update({k: spec.get(k) for k in ("env", "cwd", "timeout", "labels") if k in changes})
         return checked
@@ -534,7 +540,12 @@ class Queue:
 
     def plugin_status(self) -> dict:
         sections = {}
-        for result in self.pm.hook.queuectl_status_info(queue=self):
+        def failed(plugin: str, exc: Exception) -> None:
+            plugin_warning(plugin, "queuectl_status_info", exc)
+        for plugin, result in call_each(self.pm, "queuectl_status_info", {"queue": self}, on_error=failed):
+            if result is not None and not isinstance(result, dict):
+                failed(plugin, TypeError(f"returned {type(result).__name__}, not a dict of sections"))
+                continue
             sections.update(result or {})
         return sections
 

@@ -20,6 +20,7 @@ from . import models, watchdog
 from .errors import QueueError, StoreReplaced
 from .executor import RunContext
 from .output import expire_live_output, live_output_sink
+from .plugins import call_each, hook_failure
 from .process import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, host_id, pid_alive, pid_start_time, prctl
 from .models import Attempt, ExecResult, Job
 from .store import Transition, WorkerInfo
@@ -64,11 +65,28 @@ def decide(queue, job: Job, attempt: Attempt) -> Transition:
         return Transition(models.FAILED, now, attempt.error, count_try=False)
     if attempt.outcome == models.STOPPED:
         return Transition(models.CANCELLED, now, attempt.error)
-    decision = queue.pm.hook.queuectl_retry_decision(job=job, attempt=attempt, queue=queue)
+    decision = retry_decision(queue, job, attempt)
     if decision is not None and decision.retry:
         return Transition(models.FAILED, now + max(0.0, decision.delay), attempt.error)
     reason = decision.reason if decision is not None else None
     return Transition(models.DEAD, now, reason or attempt.error)
+
+
+def retry_decision(queue, job: Job, attempt: Attempt) -> Optional[models.RetryDecision]:
+    """The first retry policy's answer (``firstresult``). A policy that raises or answers something
+    that is not a RetryDecision is logged and passed over, so the next one (in the end the built-in
+    backoff) decides: a broken policy plugin never leaves a job unrecorded."""
+    def failed(plugin: str, exc: Exception) -> None:
+        log(hook_failure(plugin, "queuectl_retry_decision", exc) + "; asking the next retry policy")
+    for plugin, answer in call_each(queue.pm, "queuectl_retry_decision", {"job": job, "attempt": attempt,
+                                                                          "queue": queue}, on_error=failed):
+        if answer is None:
+            continue
+        if isinstance(answer, models.RetryDecision) and isinstance(answer.retry, bool) and \
+                models.finite(answer.delay) is not None and not isinstance(answer.delay, bool):
+            return answer
+        failed(plugin, TypeError(f"returned {answer!r}, not a RetryDecision with a finite delay"))
+    return None
 
 
 def record(queue, job: Job, attempt: Attempt, claim_next: Optional[WorkerInfo] = None,
@@ -367,9 +385,21 @@ class Worker:
         except (OSError, ValueError, QueueError) as exc:
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             return ExecResult(models.START_ERROR, error=f"could not start: {detail}")
+        except Exception as exc:        # an executor plugin's bug: a failed attempt, retried like any other
+            return ExecResult(models.START_ERROR, error=f"could not start: executor {job.executor!r} failed: "
+                                                        f"{type(exc).__name__}: {exc}")
         if getattr(run, "pgid", None) and self._watchdog is not None:
             self._watchdog.watch_group(run.pgid)     # now the group too, for a kill in one call
-        return self._watch(job, run, claimed_at)
+        try:
+            result = self._watch(job, run, claimed_at)
+            if not isinstance(result, ExecResult):
+                raise TypeError(f"its run returned {type(result).__name__}, not an ExecResult")
+            return result
+        except Exception as exc:        # the run's wait() or stop() raised, or answered nonsense
+            error = f"executor {job.executor!r} failed: {type(exc).__name__}: {exc}"
+            log(f"job {job.id}: {error}")
+            self._kill_run(run)
+            return ExecResult(models.EXITED, error=error)
 
     def _watch(self, job: Job, run, claimed_at: float) -> ExecResult:
         """Wait for the run while renewing the lease, enforcing the timeout and honouring signals.
@@ -418,6 +448,19 @@ class Worker:
             if limit and time.monotonic() - began >= limit:
                 return self._stop(job, run, grace, models.TIMED_OUT, f"timed out after {limit:g} s",
                                   renewed_at, lease_timeout)
+
+    @staticmethod
+    def _kill_run(run) -> None:
+        """What is left of a run whose executor failed: its stop() if it works, else its group killed."""
+        try:
+            run.stop(0, models.EXITED, "executor failed")
+        except Exception:
+            pgid = getattr(run, "pgid", None)
+            if isinstance(pgid, int) and pgid > 1:
+                try:
+                    os.killpg(pgid, signal.SIGKILL)
+                except OSError:
+                    pass
 
     def _stop(self, job: Job, run, grace: float, outcome: str, reason: str, renewed_at: float,
               lease_timeout: float) -> ExecResult:
@@ -708,14 +751,32 @@ def run_sources(queue, options: dict) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, on_term)
     sources = []
-    for result in queue.pm.hook.queuectl_job_sources(queue=queue, options=options):
-        sources.extend(result or [])
-    for source in sources:
-        source.start()
+
+    def failed(plugin: str, exc: Exception) -> None:
+        log(hook_failure(plugin, "queuectl_job_sources", exc) + "; its sources do not run")
+    for plugin, result in call_each(queue.pm, "queuectl_job_sources", {"queue": queue, "options": options},
+                                    on_error=failed):
+        if result is not None and not (isinstance(result, (list, tuple)) and
+                                       all(callable(getattr(s, "start", None)) and callable(getattr(s, "stop", None))
+                                           for s in result)):
+            failed(plugin, TypeError(f"returned {result!r}, not a list of sources with start() and stop()"))
+            continue
+        for source in result or []:
+            try:
+                source.start()
+            except Exception as exc:
+                failed(plugin, exc)
+                continue
+            sources.append(source)
     try:
         while not stop["now"]:
             select.select([wake_r], [], [], 0.2)
     finally:
         for source in sources:
-            source.stop()
+            try:
+                source.stop()
+            except StoreReplaced:
+                pass                    # the pool says so, once
+            except Exception as exc:
+                log(f"a job source failed to stop: {type(exc).__name__}: {exc}")
     return 0

@@ -260,3 +260,156 @@ def test_the_webhook_secret_is_hidden_from_config_list_and_set(instance):
     assert "s3cr3t-key" not in instance.run("config", "list").stdout
     assert instance.run("config", "get", "webhook-secret").stdout == "s3cr3t-key\n"    # asked for by name
     assert instance.run("config", "set", "max-retries", "5").stdout == "max-retries = 5\n"
+
+
+class Endpoint:
+    """A raw TCP endpoint on 127.0.0.1 that reads each request and then misbehaves: ``redirect``
+    answers 302 to another path (and records any request that follows it), ``silent`` never
+    answers, ``trickle`` sends its status line one byte every 0.1 s, forever."""
+
+    def __init__(self, mode: str):
+        import socket
+
+        self.mode, self.requests, self.stopping = mode, [], threading.Event()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.answer, args=(conn,), daemon=True).start()
+
+    def answer(self, conn):
+        try:
+            self.misbehave(conn)
+        except OSError:                    # the client gave up on us: what is being tested
+            pass
+
+    def misbehave(self, conn):
+        with conn:
+            conn.settimeout(30)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            self.requests.append(data.split(b" ", 2)[:2])
+            if self.mode == "redirect":
+                conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:1/elsewhere\r\nContent-Length: 0\r\n\r\n")
+            elif self.mode == "trickle":
+                for byte in b"HTTP/1.1 200 OK\r\n" * 1000:
+                    if self.stopping.wait(0.1):
+                        return
+                    conn.sendall(bytes([byte]))
+            else:
+                self.stopping.wait(60)
+
+    def close(self):
+        self.stopping.set()
+        self.sock.close()
+
+
+@pytest.mark.parametrize("mode", ["redirect", "silent", "trickle"])
+def test_a_webhook_that_redirects_never_answers_or_trickles_fails_cleanly_in_bounded_time(instance, mode):
+    endpoint = Endpoint(mode)
+    try:
+        configure(instance, **{"webhook-url": endpoint.url, "webhook-timeout": 0.5, "notify-retries": 1})
+        jobs = [instance.enqueue(f"echo {n}") for n in range(2)]
+        pool = instance.start_pool(1)
+        wait_until(lambda: [d["state"] for d in instance.json("notify", "list")] == ["failed", "failed"], 60,
+                   message="both deliveries to be given up")
+        assert all(instance.job(j)["state"] == "completed" for j in jobs)
+        errors = {d["last_error"] for d in instance.json("notify", "list")}
+        if mode == "redirect":
+            assert errors == {"webhook answered 302 Found to http://127.0.0.1:1/elsewhere; redirects are not "
+                              "followed (set webhook-url to where it points)"}
+        else:          # a per-read timeout would never fire on the trickle: the whole exchange is bounded
+            assert errors == {"webhook failed: no whole answer within 0.5s"}
+        assert [method for method, _ in endpoint.requests] == [b"POST"] * 4      # two tries each, never a GET
+        os.killpg(pool.pid, signal.SIGTERM)
+        _, err = pool.communicate(timeout=60)
+        assert "Traceback" not in err and err.count("gave up after 2 tries") == 2
+    finally:
+        endpoint.close()
+
+
+HANGING = '''
+import threading
+from queuectl import hookimpl
+
+def hang(event, queue):
+    threading.Event().wait()          # never returns
+
+def picky(event, queue):
+    raise ZeroDivisionError("picky cannot decide")
+
+@hookimpl
+def queuectl_register_notifiers(register):
+    register("stuck", hang)
+    register("picky", lambda event, queue: None, wants=picky)
+'''
+
+
+def test_a_notifier_that_hangs_is_abandoned_and_the_other_channels_go_on(instance, receiver):
+    server = receiver()
+    (instance.plugins / "hang.py").write_text(HANGING)
+    (instance.plugins / "hang.py").chmod(0o644)
+    configure(instance, **{"webhook-url": server.url, "notify-timeout": 0.5})
+    jobs = [instance.enqueue(f"echo {n}") for n in range(3)]
+    pool = instance.start_pool(1)
+    wait_until(lambda: {e["job"]["id"] for e in server.delivered()} == set(jobs), 60,
+               message="every webhook delivered while the stuck notifier hangs")
+    stuck = wait_until(lambda: (lambda rows: rows if len(rows) == 3 and any(r["tries"] for r in rows) else None)(
+        [d for d in instance.json("notify", "list") if d["channel"] == "stuck"]), 30, message="stuck's deliveries")
+    assert sorted(r["tries"] for r in stuck) == [0, 0, 1]     # abandoned once, then not called while it hangs
+    os.killpg(pool.pid, signal.SIGTERM)
+    _, err = pool.communicate(timeout=60)
+    assert "notifier stuck (plugin hang) did not return within 0.5s; abandoned, and not used again until it returns" in err
+    assert "notifier picky (plugin hang) failed in wants: ZeroDivisionError: picky cannot decide; the completed " \
+           "event is not sent to it" in err
+    assert "Traceback" not in err
+    assert all(instance.job(j)["state"] == "completed" for j in jobs)
+
+
+def test_a_callback_that_floods_output_reads_stdin_and_leaves_a_child_is_bounded(instance):
+    callback = ('cat; head -c 5000000 /dev/zero | tr "\\0" x; (sleep 300; touch survived) & echo $! > child.pid; '
+                'echo done > callback.done')
+    configure(instance, **{"on-complete": callback, "callback-timeout": 60})
+    job = instance.enqueue("true")
+    log = instance.root / "pool.log"           # a file: a pipe read only at the end would fill and block the pool
+    with open(log, "w") as fh:
+        pool = instance.start_pool(1, stderr=fh)
+    wait_until(lambda: (instance.root / "callback.done").exists(), 60, message="the callback to finish")
+    child = int(wait_until(lambda: (instance.root / "child.pid").read_text().strip(), 10, message="its child's pid"))
+    wait_until(lambda: not os.path.exists(f"/proc/{child}") or
+               open(f"/proc/{child}/stat").read().split(") ")[1][0] == "Z", 30, message="its child to be killed")
+    wait_until(lambda: instance.json("notify", "list") == [], 30, message="the delivery to be done")
+    os.killpg(pool.pid, signal.SIGTERM)
+    pool.communicate(timeout=60)
+    err = log.read_text()
+    assert err.count("x") <= 65536 + 100 and "x" * 65536 in err
+    assert f"on-complete callback printed {5000000 - 65536} bytes more than the 65536 shown; dropped" in err
+    assert not (instance.root / "survived").exists() and instance.job(job)["state"] == "completed"
+
+
+def test_callback_variables_carry_newlines_and_unicode_exactly(instance):
+    dump = ('printf %s "$QUEUECTL_COMMAND" > command.txt; printf %s "$QUEUECTL_LABELS" > labels.txt; '
+            'printf %s "$QUEUECTL_ERROR" > error.txt')
+    configure(instance, **{"on-dead": dump})
+    command = "echo 'Grüße, 世界 🚀'\nexit 9"
+    job = instance.run("enqueue", "--command", command, "--max-retries", "0", "--label", "owner=Zoë").stdout.strip()
+    pool = instance.start_pool(1)
+    wait_until(lambda: (instance.root / "error.txt").exists(), 60, message="the on-dead callback")
+    wait_until(lambda: instance.json("notify", "list") == [], 30, message="the delivery to be done")
+    os.killpg(pool.pid, signal.SIGTERM)
+    pool.communicate(timeout=60)
+    assert (instance.root / "command.txt").read_text() == command
+    assert (instance.root / "labels.txt").read_text() == "owner=Zoë"
+    assert (instance.root / "error.txt").read_text() == instance.job(job)["history"][0]["error"]

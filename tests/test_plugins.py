@@ -251,17 +251,117 @@ def test_group_writable_plugin_is_refused_unless_the_group_is_ours_alone(instanc
     assert proc.returncode == 1 and "other users can write it" in proc.stderr
 
 
+#: What a plugin must never import: the CLI's internals and the worker (docs/hooks.md, the plugin surface).
+NOT_FOR_PLUGINS = ("queuectl.cli", "queuectl.cli_more", "queuectl.worker")
+IMPORT_CALLS = {"import_module", "__import__", "LazyImport"}
+
+
+def imported_modules(source: str, module: str) -> set:
+    """Every module a plugin's source imports, anywhere in it (inside functions too), as absolute
+    names: ``import a.b``, ``from a import b`` (``a`` and ``a.b``: b may be a module), relative
+    imports resolved against ``module``, and ``importlib.import_module``/``__import__``/``LazyImport``
+    calls (a name built at run time is kept as its constant prefix and a trailing ``*``)."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = module.split(".")[:-node.level]
+                base = ".".join(parent + ([base] if base else []))
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Call) and node.args and \
+                getattr(node.func, "id", getattr(node.func, "attr", None)) in IMPORT_CALLS:
+            name = node.args[0]
+            if isinstance(name, ast.Constant) and isinstance(name.value, str):
+                found.add(name.value)
+            else:
+                first = name.values[0] if isinstance(name, ast.JoinedStr) and name.values else None
+                found.add((first.value if isinstance(first, ast.Constant) else "") + "*")
+    return found
+
+
+def forbidden(modules: set) -> set:
+    """The imports among ``modules`` that are, or could be (a run-time name), the CLI or the worker."""
+    def bad(name: str) -> bool:
+        if name.endswith("*"):
+            prefix = name[:-1]
+            # A name wholly built at run time (the python example imports the user's module) is the
+            # user's; one whose constant part could still become the CLI or the worker is not.
+            return bool(prefix) and any(f.startswith(prefix) or prefix.startswith(f + ".") for f in NOT_FOR_PLUGINS)
+        return any(name == f or name.startswith(f + ".") for f in NOT_FOR_PLUGINS)
+    return {name for name in modules if bad(name)}
+
+
+def plugin_sources() -> dict:
+    """Every plugin the project ships, by its module name: the built-ins (subpackages too), the
+    plugins folder, the example distributions (their tests too) and the docs/hooks.md walkthrough."""
+    sources = {}
+    for path in sorted((ROOT / "queuectl" / "builtin").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        sources[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path.read_text()
+    for path in sorted((ROOT / "plugins").glob("*.py")):
+        sources[f"queuectl_local_plugins.{path.stem}"] = path.read_text()
+    for path in sorted((ROOT / "examples").rglob("*.py")):
+        if {"build", ".venv"} & set(path.relative_to(ROOT).parts):
+            continue                               # what pip or a developer built there
+        parts = path.relative_to(ROOT / "examples").with_suffix("").parts[1:]
+        sources[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path.read_text()
+    from test_examples import walkthrough_files
+
+    sources["queuectl_batch"] = walkthrough_files()["queuectl_batch.py"]
+    return sources
+
+
 def test_builtins_use_the_plugin_surface_not_the_cli_or_worker():
-    """Built-in plugins (and the example distributions) are ordinary plugins: they use
-    queuectl.command and queuectl.process, the documented surface, never the CLI's or the worker's internals."""
-    offenders = {}
-    for path in sorted((ROOT / "queuectl" / "builtin").glob("*.py")) + sorted((ROOT / "plugins").glob("*.py")) + \
-            sorted((ROOT / "examples").rglob("*.py")):
-        modules = {node.module for node in ast.walk(ast.parse(path.read_text()))
-                   if isinstance(node, ast.ImportFrom) and node.module}
-        modules |= {alias.name for node in ast.walk(ast.parse(path.read_text()))
-                    if isinstance(node, ast.Import) for alias in node.names}
-        bad = modules & {"queuectl.cli", "queuectl.worker"}
-        if bad:
-            offenders[path.name] = bad
-    assert offenders == {}
+    """Built-in plugins (and the examples) are ordinary plugins: they use queuectl.command and
+    queuectl.process, the documented surface, never the CLI's or the worker's internals."""
+    sources = plugin_sources()
+    assert {"queuectl.builtin.dlq", "queuectl.builtin.schedule", "queuectl.builtin.spool",
+            "queuectl.builtin.web.app", "queuectl_python.plugin", "queuectl_slack", "queuectl_batch"} <= set(sources)
+    offenders = {name: forbidden(imported_modules(source, name)) for name, source in sources.items()}
+    assert {name: bad for name, bad in offenders.items() if bad} == {}
+    users = {name for name, source in sources.items() if "queuectl.command" in imported_modules(source, name)}
+    assert {"queuectl.builtin.dlq", "queuectl.builtin.schedule", "queuectl.builtin.spool"} <= users
+    assert "queuectl.process" in imported_modules(sources["queuectl.builtin.spool"], "queuectl.builtin.spool")
+
+
+@pytest.mark.parametrize("source", [
+    "import queuectl.cli",
+    "import queuectl.worker as w",
+    "from queuectl import cli",
+    "from queuectl import worker",
+    "from queuectl.cli import get_queue",
+    "from queuectl.cli_more import worker_start",
+    "from .. import cli",
+    "from ..worker import log",
+    "def later():\n    from queuectl.cli import table\n    return table",
+    "def later():\n    import importlib\n    return importlib.import_module('queuectl.cli')",
+    "w = __import__('queuectl.worker')",
+    "from queuectl._lazy import LazyImport\ncli = LazyImport('queuectl.cli', globals())",
+    "import importlib\nname = 'cli'\nmod = importlib.import_module(f'queuectl.{name}')",
+], ids=lambda s: s.splitlines()[-1].strip()[:40])
+def test_the_import_check_catches_every_way_to_reach_the_cli_or_worker(source):
+    assert forbidden(imported_modules(source, "queuectl.builtin.example"))
+
+
+@pytest.mark.parametrize("source", [
+    "from queuectl.command import get_queue",
+    "from queuectl import process, hookimpl",
+    "from . import _rows",
+    "import importlib\nm = importlib.import_module(f'queuectl.builtin.web.{1}')",
+], ids=lambda s: s.splitlines()[-1].strip()[:40])
+def test_the_import_check_lets_the_surface_through(source):
+    assert not forbidden(imported_modules(source, "queuectl.builtin.example"))
+
+
+def test_loading_every_builtin_imports_neither_the_cli_nor_the_worker():
+    """At run time too: importing each built-in module (and what it imports) loads neither."""
+    names = [n for n in plugin_sources() if n.startswith("queuectl.builtin")]
+    code = ("import importlib, sys\n"
+            f"for name in {names!r}:\n    importlib.import_module(name)\n"
+            f"print(sorted(m for m in sys.modules if m in {NOT_FOR_PLUGINS!r}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -25,7 +25,7 @@ from queuectl import hookimpl
 from queuectl.config import Setting, default_data_dir, integer, seconds, string_list, text
 from queuectl.errors import PluginError, QueueError
 from queuectl.models import COMPLETED, DEAD, FAILED, MAX_INTERVAL, MAX_WAIT, iso, now, record
-from queuectl.plugins import call_registrations
+from queuectl.plugins import call_registrations, hook_failure
 from queuectl._lazy import LazyImport
 
 json = LazyImport("json", globals())
@@ -35,6 +35,8 @@ STATE_EVENTS = {COMPLETED: "completed", FAILED: "retry", DEAD: "dead"}
 CALLBACKS = {"completed": "on-complete", "retry": "on-retry", "dead": "on-dead"}
 MAX_BACKOFF = 3600.0
 TAIL = 2048            # bytes of the last attempt's stderr carried in an event
+OWN_BOUND_SLACK = 5.0  # webhooks and callbacks stop themselves; the outer bound is only a safety net
+CALLBACK_OUTPUT = 65536  # bytes of a callback's output passed to the pool's stderr; the rest is dropped
 
 
 class DeliveryError(Exception):
@@ -79,6 +81,8 @@ def queuectl_register_settings(register):
                      "Seconds to wait for a webhook's answer."))
     register(Setting("notify-retries", 5, integer(0, 1000),
                      "Retries of a failed delivery (webhooks, plugin notifiers)."))
+    register(Setting("notify-timeout", 60.0, seconds(0.1, MAX_WAIT),
+                     "Seconds one delivery of a plugin's notifier may take before it is abandoned and retried."))
     register(Setting("notify-backoff", 1.0, seconds(0.001, MAX_INTERVAL),
                      "Seconds before a delivery's first retry; doubles each time."))
     register(Setting("notify-outbox", None, text, "Folder of pending deliveries (default: beside the store).",
@@ -98,14 +102,31 @@ class Notifier:
     wants: Optional[Callable[[str, Any], bool]]
     retry: bool
     plugin: str
+    timeout: Optional[Callable[[Any], float]] = None
 
     def __init__(self, name: str, deliver: Callable[[dict, Any], Any], wants: Optional[Callable[[str, Any], bool]],
-                 retry: bool, plugin: str) -> None:
+                 retry: bool, plugin: str, timeout: Optional[Callable[[Any], float]] = None) -> None:
         self.name = name
         self.deliver = deliver
         self.wants = wants
         self.retry = retry
         self.plugin = plugin
+        self.timeout = timeout
+
+    def limit(self, queue) -> float:
+        """Seconds one delivery may take: the notifier's own bound, else notify-timeout."""
+        return self.timeout(queue) if self.timeout is not None else queue.config.get("notify-timeout")
+
+    def wanted(self, event: str, queue) -> bool:
+        """Is this event for this notifier? A ``wants`` that raises is logged: the event is not queued for it."""
+        if self.wants is None:
+            return True
+        try:
+            return bool(self.wants(event, queue))
+        except Exception as exc:
+            log(f"notifier {self.name} (plugin {self.plugin}) failed in wants: {type(exc).__name__}: {exc}; "
+                f"the {event} event is not sent to it")
+            return False
 
 
 _NOTIFIERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -118,12 +139,20 @@ def notifiers(queue) -> dict:
         found = {}
 
         def make(plugin: str):
-            def register(name: str, deliver, wants=None, retry: bool = True):
+            def register(name: str, deliver, wants=None, retry: bool = True, timeout=None):
                 if name in found:
                     raise PluginError(f"notifier {name!r} is registered twice (by {found[name].plugin} and {plugin})")
-                found[name] = Notifier(name, deliver, wants, retry, plugin)
+                if not callable(deliver) or wants is not None and not callable(wants):
+                    raise PluginError(f"notifier {name!r}: deliver and wants must be functions")
+                found[name] = Notifier(name, deliver, wants, retry, plugin, timeout)
             return register
-        call_registrations(queue.pm, "queuectl_register_notifiers", make)
+
+        def skipped(plugin: str, exc: Exception) -> None:
+            # One plugin's failure costs its own notifiers, not everyone's (logged once per process).
+            for name in [n for n, notifier in found.items() if notifier.plugin == plugin]:
+                del found[name]
+            log(f"{hook_failure(plugin, 'queuectl_register_notifiers', exc)}; its notifiers are not used")
+        call_registrations(queue.pm, "queuectl_register_notifiers", make, on_error=skipped)
         _NOTIFIERS[queue.pm] = found
     return found
 
@@ -131,8 +160,10 @@ def notifiers(queue) -> dict:
 @hookimpl
 def queuectl_register_notifiers(register):
     register("webhook", post_webhook,
-             wants=lambda event, queue: bool(queue.config.get("webhook-url")) and event in queue.config.get("webhook-events"))
-    register("callback", run_callback, wants=lambda event, queue: bool(queue.config.get(CALLBACKS[event])), retry=False)
+             wants=lambda event, queue: bool(queue.config.get("webhook-url")) and event in queue.config.get("webhook-events"),
+             timeout=lambda queue: queue.config.get("webhook-timeout"))      # then cut short: cancel_webhook
+    register("callback", run_callback, wants=lambda event, queue: bool(queue.config.get(CALLBACKS[event])), retry=False,
+             timeout=lambda queue: queue.config.get("callback-timeout") + OWN_BOUND_SLACK)
 
 
 def event_name(event: dict) -> str:
@@ -151,9 +182,6 @@ def signature(secret: str, body: bytes) -> str:
 
 
 def post_webhook(event: dict, queue) -> None:
-    import urllib.error
-    import urllib.request
-
     from queuectl import __version__
 
     body = json.dumps(event, separators=(",", ":"), sort_keys=True).encode()
@@ -162,14 +190,104 @@ def post_webhook(event: dict, queue) -> None:
     secret = queue.config.get("webhook-secret")
     if secret:
         headers["X-Queuectl-Signature"] = signature(secret, body)
-    request = urllib.request.Request(queue.config.get("webhook-url"), data=body, headers=headers, method="POST")
+    status, reason, location = http_post(queue.config.get("webhook-url"), body, headers,
+                                         queue.config.get("webhook-timeout"))
+    if 300 <= status < 400:
+        # Not followed: urllib would turn a 301/302/303 into a GET without the body and call it sent.
+        raise DeliveryError(f"webhook answered {status} {reason} to {location or '?'}; redirects are not "
+                            f"followed (set webhook-url to where it points)")
+    if status >= 400 or status < 200:
+        raise DeliveryError(f"webhook answered {status} {reason}")
+
+
+_EXCHANGES: dict = {}       # thread id -> [the connection of the webhook it is sending, cut short?]
+
+
+def http_post(url: str, body: bytes, headers: dict, timeout: float) -> tuple:
+    """POST ``body``; (status, reason, Location). ``timeout`` bounds each step, and the deliverer's
+    Watchdog cuts the whole exchange at ``webhook-timeout``, so an endpoint that trickles its answer a
+    byte at a time cannot hold a delivery either."""
+    import http.client
+    import threading
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = kind(parts.hostname, parts.port, timeout=timeout)
+    exchange = _EXCHANGES[threading.get_ident()] = [conn, False]
     try:
-        with urllib.request.urlopen(request, timeout=queue.config.get("webhook-timeout")) as answer:
-            answer.read(65536)
-    except urllib.error.HTTPError as exc:
-        raise DeliveryError(f"webhook answered {exc.code} {exc.reason}") from None
-    except (OSError, ValueError) as exc:
-        raise DeliveryError(f"webhook failed: {getattr(exc, 'reason', exc)}") from None
+        conn.request("POST", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), body, headers)
+        answer = conn.getresponse()
+        answer.read(65536)
+        return answer.status, answer.reason, answer.getheader("Location")
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        if exchange[1] or isinstance(exc, TimeoutError):
+            raise DeliveryError(f"webhook failed: no whole answer within {timeout:g}s") from None
+        raise DeliveryError(f"webhook failed: {exc or type(exc).__name__}") from None
+    finally:
+        _EXCHANGES.pop(threading.get_ident(), None)
+        conn.close()
+
+
+def cancel_webhook(ident: int) -> None:
+    """Cut short the webhook that thread ``ident`` is sending: a blocked read returns at once."""
+    exchange = _EXCHANGES.get(ident)
+    if exchange is None:
+        return
+    exchange[1] = True
+    sock = exchange[0].sock
+    if sock is not None:
+        try:
+            sock.shutdown(2)                # SHUT_RDWR
+        except OSError:
+            pass
+
+
+class Watchdog:
+    """One thread that cuts short a webhook still running at its deadline. Arming it costs the deliverer
+    no wait: the watchdog is woken only when it was idle, and otherwise finds the newer deadline when
+    its current wait ends."""
+
+    def __init__(self):
+        import threading
+
+        self.cond = threading.Condition()
+        self.slot: Optional[tuple] = None          # (deadline, thread id) of the webhook being sent
+        self.idle = False
+        threading.Thread(target=self.run, name="queuectl-notify-watchdog", daemon=True).start()
+
+    def run(self) -> None:
+        with self.cond:
+            while True:
+                if self.slot is None:
+                    self.idle = True
+                    self.cond.wait()
+                    self.idle = False
+                    continue
+                deadline, ident = self.slot
+                left = deadline - time.monotonic()
+                if left > 0:
+                    self.cond.wait(left)
+                    continue
+                self.slot = None
+                cancel_webhook(ident)
+
+    def watching(self, limit: float):
+        import contextlib
+        import threading
+
+        @contextlib.contextmanager
+        def watch():
+            with self.cond:
+                self.slot = (time.monotonic() + limit, threading.get_ident())
+                if self.idle:
+                    self.cond.notify()
+            try:
+                yield
+            finally:
+                with self.cond:
+                    self.slot = None
+        return watch()
 
 
 # --- shell callbacks -------------------------------------------------------------------------------
@@ -191,28 +309,73 @@ def callback_env(event: dict) -> dict:
 
 
 def run_callback(event: dict, queue) -> None:
-    """Run the event's shell callback, killed (its whole group) after callback-timeout seconds."""
-    import signal
+    """Run the event's shell callback in a session of its own, stdin from /dev/null. Its output goes
+    to the pool's stderr up to CALLBACK_OUTPUT bytes (the rest is counted, not kept); it is killed
+    (its whole group) after callback-timeout seconds, and whatever it left running in its group when
+    it exits is killed then, so no callback outlives its delivery."""
     import subprocess
 
-    command = queue.config.get(CALLBACKS[event_name(event)])
+    key = CALLBACKS[event_name(event)]
     timeout = queue.config.get("callback-timeout")
     cwd = event["job"].get("cwd")
     env = {k: v for k, v in os.environ.items() if k not in ("QUEUECTL_JOB_ID", "QUEUECTL_ATTEMPT", "QUEUECTL_RUN_ID")}
     env.update(callback_env(event))
-    proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(),
-                            cwd=cwd if cwd and os.path.isdir(cwd) else None, env=env, start_new_session=True)
+    proc = subprocess.Popen(["/bin/sh", "-c", queue.config.get(key)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, cwd=cwd if cwd and os.path.isdir(cwd) else None, env=env,
+                            start_new_session=True)
     try:
-        code = proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
+        code, dropped = _supervise(proc, time.monotonic() + timeout)
+    finally:
+        _kill_group(proc.pid)
+        proc.stdout.close()
         proc.wait()
-        raise DeliveryError(f"{CALLBACKS[event_name(event)]} callback ran longer than {timeout:g}s; killed") from None
+    if dropped:
+        log(f"{key} callback printed {dropped} bytes more than the {CALLBACK_OUTPUT} shown; dropped")
+    if code is None:
+        raise DeliveryError(f"{key} callback ran longer than {timeout:g}s; killed")
     if code:
-        raise DeliveryError(f"{CALLBACKS[event_name(event)]} callback exited {code}")
+        raise DeliveryError(f"{key} callback exited {code}")
+
+
+def _supervise(proc, deadline: float) -> tuple:
+    """Pass the callback's output on until it exits (then what its pipe still holds, briefly) or the
+    deadline passes; (its exit code or None when it ran too long, bytes of output dropped)."""
+    import select
+
+    fd, shown, dropped, code = proc.stdout.fileno(), 0, 0, None
+    drain_until, eof = None, False
+    while True:
+        now = time.monotonic()
+        if code is None:
+            code = proc.poll()
+            if code is not None:
+                drain_until = min(deadline, now + 0.2)   # a child of it may still hold the pipe open
+        limit = deadline if drain_until is None else drain_until
+        if eof and code is not None or now >= limit:
+            return code, dropped
+        if eof:                                          # it closed its output but runs on
+            time.sleep(min(0.05, limit - now))
+            continue
+        ready, _, _ = select.select([fd], [], [], min(0.05, limit - now))
+        if not ready:
+            continue
+        data = os.read(fd, 65536)
+        eof = not data
+        keep = data[:max(0, CALLBACK_OUTPUT - shown)]
+        if keep:
+            sys.stderr.flush()
+            os.write(sys.stderr.fileno(), keep)
+        shown += len(keep)
+        dropped += len(data) - len(keep)
+
+
+def _kill_group(pgid: int) -> None:
+    import signal
+
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
 
 
 # --- events and the outbox ---------------------------------------------------------------------------
@@ -320,7 +483,7 @@ def queuectl_attempt_finished(job, attempt, queue):
     name = STATE_EVENTS.get(job.state)
     if name is None:
         return
-    wanted = [n for n in notifiers(queue).values() if n.wants is None or n.wants(name, queue)]
+    wanted = [n for n in notifiers(queue).values() if n.wanted(name, queue)]
     if not wanted:
         return
     event = build_event(job, attempt, name)
@@ -346,6 +509,8 @@ class Deliverer:
         self.box = box
         self.lock_fd: Optional[int] = None
         self.not_before: dict = {}        # path -> when it is due again
+        self.lanes: dict = {}             # channel -> the Lane (thread) that runs a plugin's deliveries
+        self.watchdog: Optional[Watchdog] = None
 
     def lock(self, wait: bool = False) -> bool:
         import fcntl
@@ -381,7 +546,9 @@ class Deliverer:
             delivery = None if wait > 0 and not everything else self.box.read(path)
             if delivery is not None:
                 wait = delivery.get("next_at", 0) - time.time()
-            if wait > 0 and not everything:
+            if delivery is not None and self.busy(delivery.get("channel")):
+                wait = max(wait, 1.0)                  # not a try: asked again once the channel is free
+            if wait > 0 and (not everything or delivery is not None and self.busy(delivery.get("channel"))):
                 self.not_before[path] = time.time() + wait
                 next_due = min(next_due, wait)
             elif delivery is None:
@@ -405,17 +572,48 @@ class Deliverer:
     def attempt(self, path: Path, delivery: dict) -> bool:
         """One try of one delivery: done (file removed), rescheduled with backoff, or given up."""
         self.queue.config.refresh()
+        limit = self.queue.config.get("notify-timeout")     # also reads the stored settings, here
         notifier = notifiers(self.queue).get(delivery.get("channel"))
         event = delivery["event"]
         try:
             if notifier is None:
                 raise DeliveryError(f"no notifier named {delivery.get('channel')!r} is registered")
-            notifier.deliver(event, self.queue)
+            limit = notifier.limit(self.queue)
+            self.bounded(notifier, event, limit)
         except Exception as exc:
             self.failed(path, delivery, notifier, exc)
             return False
         path.unlink(missing_ok=True)
         return True
+
+    def busy(self, channel: Optional[str]) -> bool:
+        """Is an abandoned delivery of this channel still running? Its next ones wait for it to return."""
+        lane = self.lanes.get(channel)
+        if lane is None or not lane.stuck:
+            return False
+        if lane.returned():
+            log(f"notifier {channel} returned; its deliveries resume")
+            return False
+        return True
+
+    def bounded(self, notifier: Notifier, event: dict, limit: float) -> None:
+        """``notifier.deliver(event, queue)`` for at most ``limit`` seconds. The built-in channels bound
+        themselves (a callback is killed at its timeout, a webhook cut short by the watchdog) and run
+        here; a plugin's runs in its channel's own thread, which can be given up on if it hangs. (A
+        hand-off to another thread and back on every delivery made bursts of events wait: under load
+        each wake-up of a thread can take a scheduler tick.)"""
+        if notifier.plugin == "notify":
+            if notifier.deliver is post_webhook:
+                self.watchdog = self.watchdog or Watchdog()
+                with self.watchdog.watching(limit):
+                    notifier.deliver(event, self.queue)
+            else:
+                notifier.deliver(event, self.queue)
+            return
+        lane = self.lanes.get(notifier.name)
+        if lane is None:
+            lane = self.lanes[notifier.name] = Lane(notifier.name)
+        lane.call(notifier, event, self.queue, limit)
 
     def failed(self, path: Path, delivery: dict, notifier: Optional[Notifier], exc: Exception) -> None:
         error = str(exc) if isinstance(exc, (DeliveryError, QueueError)) else f"{type(exc).__name__}: {exc}"
@@ -434,6 +632,53 @@ class Deliverer:
         delivery["next_at"] = time.time() + delay
         self.box.write(path, delivery)
         log(f"{what} failed: {error}; retry {tries} of {retries} in {delay:g}s")
+
+
+class Lane:
+    """The thread that runs one plugin channel's deliveries, one at a time, each for a bounded time. It
+    lives as long as the deliverer (a thread per delivery cost as much as the HTTP request it made).
+    Python cannot stop a thread: a delivery that outlasts its bound is given up on and the lane is
+    ``stuck`` until it returns; the other channels go on."""
+
+    def __init__(self, name: str):
+        import queue as queue_module
+        import threading
+
+        self.requests: Any = queue_module.SimpleQueue()
+        self.results: Any = queue_module.SimpleQueue()
+        self.empty = queue_module.Empty
+        self.stuck = False
+        self.thread = threading.Thread(target=self.run, name=f"queuectl-notify-{name}", daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while True:
+            notifier, event, queue = self.requests.get()
+            try:
+                notifier.deliver(event, queue)
+                self.results.put(None)
+            except BaseException as exc:             # carried to the deliverer's thread
+                self.results.put(exc)
+
+    def call(self, notifier: Notifier, event: dict, queue, limit: float) -> None:
+        self.requests.put((notifier, event, queue))
+        try:
+            outcome = self.results.get(timeout=limit)
+        except self.empty:
+            self.stuck = True
+            outcome = DeliveryError(f"notifier {notifier.name} (plugin {notifier.plugin}) did not return within "
+                                    f"{limit:g}s; abandoned, and not used again until it returns")
+        if outcome is not None:
+            raise outcome
+
+    def returned(self) -> bool:
+        """Has the stuck delivery returned? (Its outcome is dropped: that try was counted as failed.)"""
+        try:
+            self.results.get_nowait()
+        except self.empty:
+            return False
+        self.stuck = False
+        return True
 
 
 def event_label(event: dict) -> str:
@@ -459,7 +704,8 @@ class DeliverySource:
         self.stopping.set()
         os.write(self.stop_w, b"!")
         # bounded: what a delivery in flight may take; a file not done by then stays for the next pool
-        self.thread.join(max(self.queue.config.get("webhook-timeout"), self.queue.config.get("callback-timeout")) + 1)
+        self.thread.join(max(self.queue.config.get("webhook-timeout"), self.queue.config.get("callback-timeout"),
+                             self.queue.config.get("notify-timeout")) + OWN_BOUND_SLACK + 1)
 
     def run(self) -> None:
         deliverer = Deliverer(self.queue, self.box)

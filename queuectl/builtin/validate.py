@@ -6,7 +6,7 @@ import os
 import re
 
 from queuectl import hookimpl
-from queuectl.errors import JobValidationError
+from queuectl.errors import JobValidationError, PluginError
 from queuectl.models import (INPUT_FIELDS, MAX_ARG_BYTES, PROTECTED_FIELDS, QUEUE_PATTERN, RANGES, one_line,
                              parse_duration, parse_time, plain_text)
 
@@ -189,3 +189,6 @@ def queuectl_validate_job(job, queue):
                 job[name] = check(job[name])
             except ValueError as exc:
                 raise JobValidationError(f"{name}: {exc}") from None
+            except Exception as exc:       # the check's own bug, not the user's value: say whose
+                raise PluginError(f"plugin {plugin} failed checking job field {name!r}: "
+                                  f"{type(exc).__name__}: {exc}") from None

@@ -11,17 +11,38 @@ import json
 import sys
 
 
+class NotFound(Exception):
+    """The job's module:function cannot be found or called: one line on stderr, exit 1 (retried, since
+    a deploy may bring the module), never a traceback of this module's own code."""
+
+
 def resolve(target: str):
     module_name, _, attribute = target.partition(":")
-    obj = importlib.import_module(module_name)
+    try:
+        obj = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):       # the job's module, not one it imports
+            raise NotFound(f"cannot import {module_name!r}: {exc}") from None
+        raise
     for part in attribute.split("."):
-        obj = getattr(obj, part)
-    return getattr(obj, "func", obj)           # a @task: call the function, not the wrapper
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise NotFound(f"{target}: {getattr(obj, '__name__', type(obj).__name__)} has no attribute {part!r}") from None
+    obj = getattr(obj, "func", obj)           # a @task: call the function, not the wrapper
+    if not callable(obj):
+        raise NotFound(f"{target} is not callable: {obj!r:.60}")
+    return obj
 
 
 def main(argv: list) -> int:
     target, payload = argv[1], json.loads(argv[2])
-    result = resolve(target)(*payload["args"], **payload["kwargs"])
+    try:
+        function = resolve(target)
+    except NotFound as exc:
+        print(f"queuectl-python: {exc}", file=sys.stderr)
+        return 1
+    result = function(*payload["args"], **payload["kwargs"])
     if result is not None:
         sys.stdout.write(json.dumps(result, default=str) + "\n")
     return 0

@@ -29,16 +29,25 @@ def payload(fields: dict) -> str:
                       separators=(",", ":"))
 
 
+def as_json(value):
+    """``value`` as JSON gives it back, or a ValueError naming what JSON cannot carry (an object, a
+    set, NaN or infinity, a key that is not a string): the worker would otherwise fail on it later."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+
+
 def json_list(value):
-    if not isinstance(value, list):
+    if not isinstance(value, (list, tuple)):
         raise ValueError(f"expected a JSON array, got {type(value).__name__}")
-    return json.loads(json.dumps(value))          # refuses what JSON cannot carry
+    return as_json(list(value))
 
 
 def json_object(value):
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise ValueError("expected a JSON object with string keys")
-    return json.loads(json.dumps(value))
+    return as_json(value)
 
 
 @hookimpl
