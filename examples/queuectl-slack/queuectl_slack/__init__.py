@@ -2,14 +2,20 @@
 
 A notifier (``queuectl_register_notifiers``): the built-in notify plugin keeps each message in its
 outbox, sends it from the pool's job source process (never from a worker) and retries a failure
-with backoff (``notify-retries``, ``notify-backoff``). Settings: ``slack-webhook-url`` and
-``slack-events`` (default: ``dead``). ``queuectl slack test`` posts one message to check the setup.
+with backoff (``notify-retries``, ``notify-backoff``), and gives up on a notifier that hangs
+(``notify-timeout``). Settings: ``slack-webhook-url`` (a secret: Slack's URL is the credential, so
+``config list`` hides it) and ``slack-events`` (default: ``dead``). ``queuectl slack test`` posts one
+message to check the setup.
+
+A redirect is not followed (urllib would turn it into a GET without the message and call it sent),
+and ``webhook-timeout`` bounds the whole exchange, not each read.
 """
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
+import socket
+from typing import Any
+from urllib.parse import urlsplit
 
 import click
 
@@ -19,10 +25,28 @@ from queuectl.config import Setting, string_list, text
 EMOJI = {"completed": ":white_check_mark:", "retry": ":repeat:", "dead": ":skull:"}
 
 
+def webhook_url(value: Any) -> str:
+    url = text(value).strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(c <= " " or c == "\x7f" for c in url):
+        raise ValueError("expected an http:// or https:// URL without spaces or control characters")
+    parts.port                              # ValueError for a port out of range
+    return url
+
+
+def event_names(value: Any) -> list:
+    names = string_list(value)
+    unknown = [name for name in names if name not in EMOJI]
+    if unknown:
+        raise ValueError(f"unknown event {unknown[0]!r} (events: {', '.join(EMOJI)})")
+    return names
+
+
 @hookimpl
 def queuectl_register_settings(register):
-    register(Setting("slack-webhook-url", None, text, "Slack incoming webhook that receives job events."))
-    register(Setting("slack-events", ["dead"], string_list, "Events posted to Slack: completed, retry, dead."))
+    register(Setting("slack-webhook-url", None, webhook_url, "Slack incoming webhook that receives job events.",
+                     secret=True))
+    register(Setting("slack-events", ["dead"], event_names, "Events posted to Slack: completed, retry, dead."))
 
 
 @hookimpl
@@ -46,15 +70,50 @@ def message(event: dict) -> dict:
 
 
 def post(url: str, payload: dict, timeout: float) -> None:
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+    """POST the message; a redirect or an error status is a failure (retried by the notify plugin).
+
+    ``timeout`` bounds each step, and a timer cuts the connection when the whole exchange outlasts
+    it, so an endpoint that trickles its answer a byte at a time cannot hold a delivery either."""
+    import http.client
+    import threading
+
+    parts = urlsplit(url)
+    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = kind(parts.hostname, parts.port, timeout=timeout)
+    cut = threading.Event()
+    held = []        # the socket: the connection lets go of it once an answer says it will close
+
+    def cut_short():
+        cut.set()
+        sock = held[0] if held else conn.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)          # a blocked read returns at once
+            except OSError:
+                pass
+    timer = threading.Timer(timeout, cut_short)
+    timer.daemon = True
+    timer.start()
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
-            answer.read(4096)
-    except urllib.error.HTTPError as exc:
-        raise QueueError(f"Slack answered {exc.code} {exc.reason}") from None
-    except OSError as exc:                 # refused, unreachable, timed out
-        raise QueueError(f"cannot reach Slack: {getattr(exc, 'reason', exc)}") from None
+        conn.request("POST", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+                     json.dumps(payload).encode(), {"Content-Type": "application/json"})
+        held.append(conn.sock)
+        answer = conn.getresponse()
+        answer.read(65536)
+        status, reason = answer.status, answer.reason
+    except (OSError, http.client.HTTPException, ValueError) as exc:   # refused, unreachable, timed out
+        if cut.is_set() or isinstance(exc, socket.timeout):
+            raise QueueError(f"Slack gave no whole answer within {timeout:g}s") from None
+        raise QueueError(f"cannot reach Slack: {exc or type(exc).__name__}") from None
+    finally:
+        timer.cancel()
+        conn.close()
+    if cut.is_set():
+        raise QueueError(f"Slack gave no whole answer within {timeout:g}s")
+    if 300 <= status < 400:
+        raise QueueError(f"Slack answered {status} {reason} (redirects are not followed)")
+    if not 200 <= status < 300:
+        raise QueueError(f"Slack answered {status} {reason}")
 
 
 def post_event(event: dict, queue) -> None:

@@ -77,3 +77,54 @@ def test_slack_test_posts_a_message_or_says_what_is_missing(tmp_path, slack):
     assert refused.returncode == 1 and refused.stderr == "queuectl: error: Slack answered 503 Service Unavailable\n"
     assert queuectl(tmp_path, "slack", "test").stdout == "posted\n"
     assert received[-1] == {"text": "queuectl: test message"}
+
+
+@pytest.fixture
+def odd_slack():
+    """A Slack stand-in that redirects /moved and trickles its answer to /slow a byte every 0.3 s."""
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            if self.path == "/moved":
+                self.send_response(302)
+                self.send_header("Location", "/elsewhere")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            for _ in range(100):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.3)
+
+        def log_message(self, *args):
+            pass
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_redirect_is_not_followed_and_a_trickled_answer_is_cut_at_the_timeout(tmp_path, odd_slack):
+    (tmp_path / "config.yaml").write_text(f"db: queue.db\nslack-webhook-url: {odd_slack}/moved\n")
+    moved = queuectl(tmp_path, "slack", "test")
+    assert moved.returncode == 1 and "Slack answered 302" in moved.stderr and "not followed" in moved.stderr
+    (tmp_path / "config.yaml").write_text(f"db: queue.db\nslack-webhook-url: {odd_slack}/slow\nwebhook-timeout: 1\n")
+    start = time.monotonic()
+    slow = queuectl(tmp_path, "slack", "test")
+    assert slow.returncode == 1 and "no whole answer within 1s" in slow.stderr, slow.stderr
+    assert time.monotonic() - start < 20          # 100 bytes at 0.3 s each would take 30 s
+
+
+def test_the_url_is_a_secret_and_events_are_checked(tmp_path):
+    (tmp_path / "config.yaml").write_text("db: queue.db\nslack-webhook-url: https://hooks.slack.com/services/T0/B0/secret\n")
+    listed = queuectl(tmp_path, "config", "list")
+    assert listed.returncode == 0 and "T0/B0/secret" not in listed.stdout and "slack-webhook-url" in listed.stdout
+    for key, value in (("slack-events", "[dead, exploded]"), ("slack-webhook-url", "ftp://x")):
+        (tmp_path / "config.yaml").write_text(f"db: queue.db\n{key}: {value}\n")
+        bad = queuectl(tmp_path, "list")
+        assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1 and key in bad.stderr, bad.stderr
