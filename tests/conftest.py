@@ -340,7 +340,8 @@ def pg_execute(sql: str, params=()):
 def pytest_generate_tests(metafunc):
     """Modules that set BOTH_BACKENDS = True run each `instance` test on SQLite and PostgreSQL."""
     if getattr(metafunc.module, "BOTH_BACKENDS", False) and "instance" in metafunc.fixturenames:
-        metafunc.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+        only = metafunc.definition.get_closest_marker("only_backend")   # a test of one backend's own part
+        metafunc.parametrize("backend", list(only.args) if only else ["sqlite", "postgres"], indirect=True)
 
 
 @pytest.fixture
@@ -417,6 +418,7 @@ def pytest_configure(config):
     editable install has no bytecode, so each one would compile every module it imports again (a
     third of a command's CPU time); an installed package would have been compiled by pip.
     """
+    config.addinivalue_line("markers", "only_backend(name): in a BOTH_BACKENDS module, run on that backend only")
     if not hasattr(config, "workerinput"):          # the controller (or an -n0 run), not each worker
         import compileall
 

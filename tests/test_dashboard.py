@@ -491,9 +491,8 @@ def test_a_missing_store_is_one_line_and_no_new_store(instance, tmp_path):
     assert not missing.exists()
 
 
-def test_a_store_deleted_under_the_dashboard_stops_it_with_one_line(instance, backend):
-    if backend != "sqlite":
-        pytest.skip("a store file: SQLite only")
+@pytest.mark.only_backend("sqlite")          # a store file
+def test_a_store_deleted_under_the_dashboard_stops_it_with_one_line(instance):
     instance.enqueue("true")
     server = Dashboard(instance)
     assert server.request("/api/overview", headers=server.cookie)[0] == 200
@@ -506,10 +505,9 @@ def test_a_store_deleted_under_the_dashboard_stops_it_with_one_line(instance, ba
     assert err.startswith("queuectl: error: the store ") and len(err.splitlines()) == 1, err
 
 
-def test_postgres_going_away_is_a_clear_page_and_one_line(instance, backend, browser):
+@pytest.mark.only_backend("postgres")
+def test_postgres_going_away_is_a_clear_page_and_one_line(instance, browser):
     """The dashboard reaches PostgreSQL through a TCP relay that this test cuts and restores."""
-    if backend != "postgres":
-        pytest.skip("PostgreSQL only")
     instance.enqueue("true")
     relay = Relay("127.0.0.1", 5432)
     url = PG_URL.replace("127.0.0.1:5432", f"127.0.0.1:{relay.port}")
