@@ -118,6 +118,15 @@ def _register(pm: pluggy.PluginManager, plugin: Any, name: str, origin: str) -> 
         raise PluginError(f"two plugins are named {name!r} ({origin} and {pm_origin(pm, name)}); "
                           f"block one with disable-plugins")
     pm.register(plugin, name=name)
+    wrappers = sorted(caller.name for caller in pm.get_hookcallers(plugin) or []
+                      for impl in caller.get_hookimpls()
+                      if impl.plugin is plugin and (impl.hookwrapper or getattr(impl, "wrapper", False)))
+    if wrappers:
+        # The core calls each implementation itself (call_each), so a wrapper would be called as a
+        # plain function and silently do nothing: refused instead.
+        pm.unregister(plugin)
+        raise PluginError(f"plugin {name} ({origin}): {wrappers[0]} is a hook wrapper, which queuectl's hooks "
+                          f"do not take; implement the hook itself" + without(name))
     pm.origins[name] = origin
 
 

@@ -248,3 +248,24 @@ def test_a_job_file_parser_that_raises_rejects_the_file_with_one_line(instance):
     [error] = (spool / "rejected").glob("*.error")
     assert error.read_text() == "a.yaml: the job file parser failed: RuntimeError: parser broke\n"
     assert instance.json("list") == []
+
+
+@pytest.mark.parametrize("marker", ["hookwrapper=True", "wrapper=True"])
+def test_a_hook_wrapper_is_refused_with_one_line_not_called_as_a_plain_hook(instance, marker):
+    job_id = instance.enqueue("echo fine")
+    write_plugin(instance, "wrapping", f'''
+        from pathlib import Path
+        from queuectl import hookimpl
+
+        @hookimpl({marker})
+        def queuectl_attempt_finished(job):
+            Path("wrapped").write_text("ran")
+            return (yield)
+    ''')
+    for args in (["enqueue", "--command", "true"], ["worker", "start", "--burst"], ["list"]):
+        proc = instance.run(*args, check=False)
+        assert proc.returncode != 0 and len(proc.stderr.splitlines()) == 1, proc.stderr
+        assert "plugin wrapping" in proc.stderr and "queuectl_attempt_finished is a hook wrapper" in proc.stderr
+        assert "QUEUECTL_DISABLE_PLUGINS=wrapping" in proc.stderr
+    shown = instance.json("show", job_id, env={"QUEUECTL_DISABLE_PLUGINS": "wrapping"})
+    assert shown["state"] == "pending" and not (instance.root / "wrapped").exists()
