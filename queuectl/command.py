@@ -160,18 +160,23 @@ def fmt_seconds(value: Optional[float]) -> str:
 
 
 def parse_since(value: Optional[str]) -> Optional[float]:
-    """--since: a duration back from now (10m, 2h, 1d) or an ISO-8601 time with a zone."""
+    """--since: a duration back from now (10m, 2h, 1d) or an ISO-8601 time with a zone, not in the future
+    (nothing could match it: a wrong year or zone, said rather than answered with "no jobs")."""
     if value is None:
         return None
+    now = models.now()
     try:
-        return models.now() - models.parse_duration(value)
+        return now - models.parse_duration(value)
     except ValueError:
         pass
     try:
-        return models.parse_time(value)
+        since = models.parse_time(value)
     except ValueError:
         raise UsageError(f"--since expects a duration (10m, 2h, 1d) or an ISO-8601 time "
                          f"(2026-12-01T02:00:00Z), got {value!r}") from None
+    if since > now:
+        raise UsageError(f"--since {value} is in the future (now is {models.iso(now)})")
+    return since
 
 
 def parse_pairs(option: str, pairs: Iterable[str], value_required: bool = True) -> dict:
@@ -217,18 +222,23 @@ def _complete(ctx, fetch) -> list:
 
 
 def complete_job_ids(ctx, param, incomplete: str) -> list:
+    """Ids starting with ``incomplete``; after a comma (``--after a1,b``) the last one is completed."""
     from click.shell_completion import CompletionItem
+
+    head, comma, incomplete = incomplete.rpartition(",")     # no id or queue name holds a comma
 
     def fetch(queue):
         if incomplete:
             ids = queue.store.find_ids(incomplete, 50)
-            return [CompletionItem(i) for i in ids]
-        return [CompletionItem(j.id, help=f"{j.state}: {short(j.command, 40)}") for j in queue.list(last=50)]
+            return [CompletionItem(head + comma + i) for i in ids]
+        return [CompletionItem(head + comma + j.id, help=f"{j.state}: {short(j.command, 40)}")
+                for j in queue.list(last=50)]
     return _complete(ctx, fetch)
 
 
 def complete_queues(ctx, param, incomplete: str) -> list:
-    return _complete(ctx, lambda q: [r["name"] for r in q.queues() if r["name"].startswith(incomplete)])
+    head, comma, incomplete = incomplete.rpartition(",")
+    return _complete(ctx, lambda q: [head + comma + r["name"] for r in q.queues() if r["name"].startswith(incomplete)])
 
 
 def complete_schedules(ctx, param, incomplete: str) -> list:
@@ -301,10 +311,12 @@ JOB_OPTIONS = (
     click.option("--executor", help="Executor plugin to run the job with (default: shell)."),
     click.option("--priority", type=Integer(models.RANGES["priority"]),
                  help="Higher runs first (-100..100, default 0)."),
-    click.option("--queue", "queue", help="Queue name (default: default)."),
+    click.option("--queue", "queue", metavar="NAME", shell_complete=complete_queues,
+                 help="Queue name (default: default)."),
     click.option("--delay", type=DURATION, help="Run no earlier than this from now: 90, 30s, 10m, 2h, 1d."),
     click.option("--run-at", "run_at", help="Run no earlier than this time: 2026-12-01T02:00:00Z."),
-    click.option("--after", help="Run after these jobs complete: ID[,ID...]."),
+    click.option("--after", metavar="ID[,ID...]", shell_complete=complete_job_ids,
+                 help="Run after these jobs complete (ids or unique prefixes)."),
     click.option("--unique-key", "unique_key", help="While a job with this key is pending, failed or processing, "
                  "enqueueing returns its id instead."),
     click.option("--backoff-base", "backoff_base", type=Number(models.RANGES["backoff_base"]),

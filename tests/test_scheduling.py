@@ -263,7 +263,10 @@ def test_retry_completed_job_and_dlq_retry_all_with_filters(instance):
     dry = instance.run("dlq", "retry", "--all", "--exit-code", "4", "--dry-run").stdout
     assert dry.strip() == f"{b} would be retried"
     assert instance.job(b)["state"] == "dead"
-    assert instance.run("dlq", "retry", "--all", "--since", "2999-01-01T00:00:00Z").stdout == ""
+    future = instance.run("dlq", "retry", "--all", "--since", "2999-01-01T00:00:00Z", check=False)
+    assert future.returncode == 2 and future.stderr.strip().endswith("is in the future (now is "
+                                                                     f"{future.stderr.split('now is ')[1]}")
+    assert instance.job(a)["state"] == instance.job(b)["state"] == "dead"
     assert instance.run("dlq", "retry", "--all", "--exit-code", "4").stdout.strip() == f"{b} pending"
     assert instance.job(a)["state"] == "dead" and instance.job(b)["state"] == "pending"
     bad = instance.run("dlq", "retry", "--all", "--since", "yesterday", check=False)
