@@ -321,7 +321,7 @@ def show(job_id, as_json):
         echo(f"{key + ':':14} {value}")
     for edit in job.edits:
         before = ", ".join(f"{k} was {json.dumps(v)}" for k, v in edit["before"].items()) or "no change"
-        click.echo(for_terminal(f"{'edited:':14} {when(_epoch(edit['at']), exact=True)}: {before}"))
+        echo(for_terminal(f"{'edited:':14} {when(_epoch(edit['at']), exact=True)}: {before}"))
     if attempts:
         click.echo("")
         table(({"attempt": a.attempt, "outcome": a.outcome, "exit": a.exit_code if a.signal is None else
@@ -386,7 +386,7 @@ def logs(job_id, attempt, follow, only, as_json, raw):
         return
     stored = {a.attempt: a for a in queue.attempts(job_id, attempt)}     # finished attempts, as bytes
     for entry in entries:
-        click.echo(for_terminal(attempt_header(entry), raw=raw))
+        echo(for_terminal(attempt_header(entry), raw=raw))
         for stream in (only,) if only else ("stdout", "stderr"):
             if entry[stream]:
                 click.echo(f"--- {stream}")
@@ -394,7 +394,7 @@ def logs(job_id, attempt, follow, only, as_json, raw):
                 if record is not None and not entry.get("running"):
                     write_output(getattr(record, stream), raw=raw)     # piped: the stored bytes exactly
                 else:
-                    click.echo(for_terminal(entry[stream].rstrip("\n"), raw=raw))
+                    echo(for_terminal(entry[stream].rstrip("\n"), raw=raw))
 
 
 def attempt_header(entry: dict, stream=None) -> str:

@@ -26,7 +26,7 @@ import click
 from . import models
 from .errors import QueueError, UsageError
 from ._lazy import LazyImport
-from .screen import format_table, human_duration, state_text, use_color, when
+from .screen import format_table, human_duration, state_text, when
 from .term import for_terminal
 
 json = LazyImport("json", globals())
@@ -117,8 +117,9 @@ def table(rows: Iterable[dict], columns: list[str], styles: Optional[dict] = Non
 
 
 def echo(text: str) -> None:
-    """A line to stdout; with --color always its colors survive a pipe (click strips them otherwise)."""
-    click.echo(text, color=True if use_color() else None)
+    """A line to stdout, as it is: click would strip what looks like a color code from a pipe, but
+    queuectl's own colors are only there when wanted (``use_color``), and a job's text piped stays exact."""
+    click.echo(text, color=True)
 
 
 def short(text: Optional[str], width: int = 48) -> str:
