@@ -36,7 +36,7 @@ def cancel(job_ids):
 
 
 EDIT_OPTIONS = (
-    click.option("-c", "--command", "command", help="The new shell command (an argv job becomes a shell job)."),
+    click.option("-c", "--command", "command", metavar="CMD", help="The new shell command (an argv job becomes a shell job)."),
     click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Set a variable (repeatable)."),
     click.option("--unset-env", multiple=True, metavar="KEY", help="Remove a variable (repeatable)."),
     click.option("--cwd", metavar="DIR", help="The new working folder."),

@@ -303,7 +303,8 @@ class Worker:
 
             how = f"signal {attempt.signal}" if attempt.signal is not None else f"exit {attempt.exit_code}"
             dead = f": {stored.last_error}" if stored.state == models.DEAD else ""    # the one dead-job line
-            due = f", retry in {human_duration(stored.run_at - models.now())}" if stored.state == models.FAILED else ""
+            wait = stored.run_at - models.now()
+            due = "" if stored.state != models.FAILED else f", retry in {human_duration(wait)}" if wait > 0 else ", retry now"
             log(f"job {job.id} attempt {attempt_no}: {attempt.outcome} ({how}) in "
                 f"{human_duration(attempt.duration)} -> {stored.state}{dead}{due}")
         elif stored is not None and stored.state == models.DEAD:

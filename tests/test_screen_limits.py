@@ -245,3 +245,51 @@ def test_bash_completes_ids_states_queues_and_schedules(instance):
         shell.expect(r"alpha-1\s+alpha-2")                                 # and, on a double Tab, both
     finally:
         shell.close()
+
+
+# --- one format for times in all JSON -------------------------------------------------------------
+
+
+def epoch_like(value, path="") -> list[str]:
+    """Where ``value`` holds a number that reads as a Unix time (2001..2286), or a time-named field
+    that is not an ISO-8601 UTC text."""
+    found = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key.endswith(("_at", "_try")) or key in ("at", "next_run", "last_tick"):
+                if item is not None and not (isinstance(item, str) and re.fullmatch(
+                        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", item)):
+                    found.append(f"{path}.{key}={item!r}")
+            found += epoch_like(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for number, item in enumerate(value):
+            found += epoch_like(item, f"{path}[{number}]")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and 1e9 <= value < 1e10:
+        found.append(f"{path}={value!r}")
+    return found
+
+
+def test_every_json_output_gives_times_as_iso_8601_utc(instance):
+    import json
+
+    instance.run("enqueue", "--id", "gone", "--max-retries", "0", "--label", "team=ops", "exit 3")
+    instance.run("enqueue", "--id", "runs", "sleep 30")
+    instance.run("enqueue", "--id", "later", "--delay", "1h", "--queue", "ci", "true")
+    instance.run("schedule", "add", "nightly", "--cron", "0 2 * * *", "--command", "true")
+    instance.run("queue", "limit", "ci", "2")
+    instance.run("edit", "later", "--label", "k=v")
+    pool = instance.start_pool(1)
+    try:
+        instance.wait_for_state("runs", "processing")
+        instance.wait_for_state("gone", "dead")
+        outputs = {" ".join(args): json.loads(instance.run(*args, "--json", check=False).stdout) for args in (
+            ["list"], ["show", "gone"], ["show", "later"], ["status"], ["dlq", "list"], ["schedule", "list"],
+            ["queue", "list"], ["config", "list"], ["stats"], ["plugins"], ["notify", "list"], ["logs", "gone"],
+            ["logs", "runs"], ["wait", "gone"])}          # wait exits 3: gone is dead
+    finally:
+        pool.terminate()
+        pool.wait(timeout=60)
+    assert outputs["status"]["workers"] and outputs["status"]["running"]
+    assert outputs["show later"]["edits"] and outputs["schedule list"][0]["next_run"]
+    bad = {name: epoch_like(data) for name, data in outputs.items() if epoch_like(data)}
+    assert not bad, bad
