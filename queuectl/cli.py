@@ -363,7 +363,7 @@ def status(as_json):
     store = data["store"]
     click.echo(f"config:  {data['config_file'] or '(none: built-in defaults)'}")
     if data.get("ignored_config"):
-        click.echo(f"         ({data['ignored_config']} is not queuectl's: none of its keys is a queuectl setting)")
+        click.echo(f"         ({data['ignored_config']} is not queuectl's: it names no queuectl setting)")
     click.echo(f"store:   {store['backend']} {store['location']} (schema {store['schema_version']})")
     echo(wrap_items("jobs:    ", [f"{state_text(state)} {n}" for state, n in data["counts"].items()]))
     for section, values in data["plugins"].items():

@@ -61,10 +61,12 @@ class Queue:
             # A ./config.yaml none of whose keys queuectl or an installed plugin knows is another
             # tool's (a web app's "name:"): pass it over, and do not load plugins/ beside it.
             fallback = cls._build(Config.load(config, flags, env, skip_local=True), plugins)
-            if not set(cfg.file_data) & set(fallback.config.settings):
+            if not cfg.written_keys() & set(fallback.config.settings):
                 fallback.config.ignored_path = cfg.path
                 return fallback
             fallback.close()
+            if cfg.unreadable is not None:       # names a plugin's setting: ours, with a mistake
+                raise cfg.unreadable
         return cls._build(cfg, plugins)
 
     @classmethod

@@ -293,3 +293,37 @@ def test_every_json_output_gives_times_as_iso_8601_utc(instance):
     assert outputs["show later"]["edits"] and outputs["schedule list"][0]["next_run"]
     bad = {name: epoch_like(data) for name, data in outputs.items() if epoch_like(data)}
     assert not bad, bad
+
+
+# --- another tool's config.yaml that is not even a YAML mapping -----------------------------------
+
+
+@pytest.mark.parametrize("content", [b"- a\n- b\n", b"just a string\n", b"replicas: {{ .Values.replicas }}\n",
+                                     b"key: [unclosed\n", b"\tname: tab\n", b"\xff\xfe binary"])
+def test_an_unreadable_config_yaml_of_another_tool_is_passed_over(instance, tmp_path, content):
+    folder = tmp_path / "chart"
+    folder.mkdir()
+    (folder / "config.yaml").write_bytes(content)
+    env = {k: v for k, v in instance.env.items() if k != "QUEUECTL_CONFIG"}
+    run = lambda *args: subprocess.run([sys.executable, "-m", "queuectl", *args], cwd=folder, env=env,
+                                       capture_output=True, text=True)
+    assert run("enqueue", "true").returncode == 0
+    status = run("status")
+    assert status.returncode == 0 and "is not queuectl's" in status.stdout, status.stderr
+    assert len(run("list", "--json").stdout) > 2
+
+
+@pytest.mark.parametrize("content", [b"db: [unclosed\n", b"  max_retries: 3\n- x\n", b"spool: [oops\n",
+                                     b"db: \xff\n"])
+def test_an_unreadable_config_yaml_that_names_a_setting_is_an_error(instance, tmp_path, content):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "config.yaml").write_bytes(content)
+    env = {k: v for k, v in instance.env.items() if k != "QUEUECTL_CONFIG"}
+    proc = subprocess.run([sys.executable, "-m", "queuectl", "enqueue", "true"], cwd=folder, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == "" and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert "config file" in proc.stderr and not (instance.root / "xdg-data").exists()
+    named = subprocess.run([sys.executable, "-m", "queuectl", "--config", str(folder / "config.yaml"), "list"],
+                           cwd=folder, env=env, capture_output=True, text=True)
+    assert named.returncode == 2 and len(named.stderr.splitlines()) == 1
