@@ -17,7 +17,7 @@ from .command import (App, Integer, complete_queues, echo, emit_json, get_queue,
                       parse_since, pass_app, read_command, render_jobs, spec_from_options, table)
 from .errors import JobValidationError, NotFound, PluginError, QueueError, UsageError
 from ._lazy import LazyImport
-from .screen import COLOR_MODES, human_duration, set_color_mode, state_text, when
+from .screen import COLOR_MODES, human_duration, set_color_mode, state_text, when, wrap_items
 
 json = LazyImport("json", globals())
 
@@ -188,8 +188,9 @@ def given_argv() -> Optional[list]:
               "the user's config).")
 @click.option("--db", metavar="PATH|URL", help="Store location (overrides the config; also $QUEUECTL_DB).")
 @click.option("--plugins-dir", metavar="DIR", help="Load every *.py in DIR as a plugin.")
-@click.option("--color", type=click.Choice(COLOR_MODES), help="Colors on a terminal: auto (the default: unless "
-              "NO_COLOR is set), always (pipes too), never. Also $QUEUECTL_COLOR.")
+@click.option("--color", type=click.Choice(COLOR_MODES, case_sensitive=False), envvar="QUEUECTL_COLOR",
+              help="Colors on a terminal: auto (the default: unless NO_COLOR is set), always (pipes too), never. "
+              "Also $QUEUECTL_COLOR.")
 @click.version_option(package_name="queuectl")
 @click.pass_context
 def cli(ctx, config, db, plugins_dir, color):
@@ -202,7 +203,7 @@ def cli(ctx, config, db, plugins_dir, color):
       queuectl worker start --count 2
       queuectl list --last 10
     """
-    set_color_mode(color)
+    set_color_mode(color and color.lower())
     if ctx.obj is None:
         ctx.obj = App(config, db, plugins_dir)
 
@@ -384,9 +385,9 @@ def status(as_json):
     store = data["store"]
     click.echo(f"config:  {data['config_file'] or '(none: built-in defaults)'}")
     if data.get("ignored_config"):
-        click.echo(f"         ({data['ignored_config']} is not queuectl's: none of its keys is a queuectl setting)")
+        click.echo(f"         ({data['ignored_config']} is not queuectl's: it names no queuectl setting)")
     click.echo(f"store:   {store['backend']} {store['location']} (schema {store['schema_version']})")
-    echo("jobs:    " + "  ".join(f"{state_text(state)} {n}" for state, n in data["counts"].items()))
+    echo(wrap_items("jobs:    ", [f"{state_text(state)} {n}" for state, n in data["counts"].items()]))
     for section, values in data["plugins"].items():
         click.echo(f"{section + ':':9}" + "  ".join(f"{k} {v}" for k, v in values.items()))
     workers = [w for w in data["workers"] if w["kind"] == "worker"]

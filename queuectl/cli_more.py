@@ -36,7 +36,7 @@ def cancel(job_ids):
 
 
 EDIT_OPTIONS = (
-    click.option("-c", "--command", "command", help="The new shell command (an argv job becomes a shell job)."),
+    click.option("-c", "--command", "command", metavar="CMD", help="The new shell command (an argv job becomes a shell job)."),
     click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Set a variable (repeatable)."),
     click.option("--unset-env", multiple=True, metavar="KEY", help="Remove a variable (repeatable)."),
     click.option("--cwd", metavar="DIR", help="The new working folder."),
@@ -321,7 +321,7 @@ def show(job_id, as_json):
         echo(f"{key + ':':14} {value}")
     for edit in job.edits:
         before = ", ".join(f"{k} was {json.dumps(v)}" for k, v in edit["before"].items()) or "no change"
-        click.echo(for_terminal(f"{'edited:':14} {when(_epoch(edit['at']), exact=True)}: {before}"))
+        echo(for_terminal(f"{'edited:':14} {when(_epoch(edit['at']), exact=True)}: {before}"))
     if attempts:
         click.echo("")
         table(({"attempt": a.attempt, "outcome": a.outcome, "exit": a.exit_code if a.signal is None else
@@ -386,7 +386,7 @@ def logs(job_id, attempt, follow, only, as_json, raw):
         return
     stored = {a.attempt: a for a in queue.attempts(job_id, attempt)}     # finished attempts, as bytes
     for entry in entries:
-        click.echo(for_terminal(attempt_header(entry), raw=raw))
+        echo(for_terminal(attempt_header(entry), raw=raw))
         for stream in (only,) if only else ("stdout", "stderr"):
             if entry[stream]:
                 click.echo(f"--- {stream}")
@@ -394,17 +394,19 @@ def logs(job_id, attempt, follow, only, as_json, raw):
                 if record is not None and not entry.get("running"):
                     write_output(getattr(record, stream), raw=raw)     # piped: the stored bytes exactly
                 else:
-                    click.echo(for_terminal(entry[stream].rstrip("\n"), raw=raw))
+                    echo(for_terminal(entry[stream].rstrip("\n"), raw=raw))
 
 
-def attempt_header(entry: dict) -> str:
-    """``=== attempt N: ...``: how it ended, or that it is still running."""
+def attempt_header(entry: dict, stream=None) -> str:
+    """``=== attempt N: ...``: how it ended, or that it is still running (for ``stream``, stdout by default)."""
+    started = when(_epoch(entry["created_at"]), stream)      # relative on a terminal, ISO-8601 UTC elsewhere
     if entry.get("running"):
-        return (f"=== attempt {entry['attempt']}: running since {entry['created_at']} "
-                f"({entry['duration']:.1f}s so far) on {entry['host']}")
+        return (f"=== attempt {entry['attempt']}: running since {started} "
+                f"({fmt_seconds(entry['duration'])} so far) on {entry['host']}")
     how = f"exit {entry['exit_code']}" if entry["signal"] is None else f"signal {entry['signal']}"
-    return (f"=== attempt {entry['attempt']}: {entry['outcome']} ({how}) at {entry['created_at']} "
-            f"in {entry['duration']:.3f}s" + (f": {for_terminal(entry['error'])}" if entry["error"] else ""))
+    error = f": {for_terminal(entry['error'], stream)}" if entry["error"] else ""
+    return (f"=== attempt {entry['attempt']}: {entry['outcome']} ({how}) in {fmt_seconds(entry['duration'])}, "
+            f"started {started}{error}")
 
 
 def follow_logs(queue, job_id: str, only: Optional[str]) -> int:
@@ -420,7 +422,7 @@ def follow_logs(queue, job_id: str, only: Optional[str]) -> int:
             elif kind == "output" and only in (None, event[1]):
                 sinks[event[1]].write(event[2])
             elif kind == "ended" and event[2] is not None:
-                click.echo(attempt_header(event[2]), err=True)
+                click.echo(attempt_header(event[2], sys.stderr), err=True)
             elif kind == "done":
                 click.echo(f"=== job {job_id} is {event[1].state}", err=True)
                 return exit_for_states([event[1].state])

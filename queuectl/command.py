@@ -26,7 +26,7 @@ import click
 from . import models
 from .errors import QueueError, UsageError
 from ._lazy import LazyImport
-from .screen import format_table, human_duration, state_text, use_color, when
+from .screen import format_table, human_duration, state_text, when
 from .term import for_terminal
 
 json = LazyImport("json", globals())
@@ -117,8 +117,9 @@ def table(rows: Iterable[dict], columns: list[str], styles: Optional[dict] = Non
 
 
 def echo(text: str) -> None:
-    """A line to stdout; with --color always its colors survive a pipe (click strips them otherwise)."""
-    click.echo(text, color=True if use_color() else None)
+    """A line to stdout, as it is: click would strip what looks like a color code from a pipe, but
+    queuectl's own colors are only there when wanted (``use_color``), and a job's text piped stays exact."""
+    click.echo(text, color=True)
 
 
 def short(text: Optional[str], width: int = 48) -> str:
@@ -160,18 +161,23 @@ def fmt_seconds(value: Optional[float]) -> str:
 
 
 def parse_since(value: Optional[str]) -> Optional[float]:
-    """--since: a duration back from now (10m, 2h, 1d) or an ISO-8601 time with a zone."""
+    """--since: a duration back from now (10m, 2h, 1d) or an ISO-8601 time with a zone, not in the future
+    (nothing could match it: a wrong year or zone, said rather than answered with "no jobs")."""
     if value is None:
         return None
+    now = models.now()
     try:
-        return models.now() - models.parse_duration(value)
+        return now - models.parse_duration(value)
     except ValueError:
         pass
     try:
-        return models.parse_time(value)
+        since = models.parse_time(value)
     except ValueError:
         raise UsageError(f"--since expects a duration (10m, 2h, 1d) or an ISO-8601 time "
                          f"(2026-12-01T02:00:00Z), got {value!r}") from None
+    if since > now:
+        raise UsageError(f"--since {value} is in the future (now is {models.iso(now)})")
+    return since
 
 
 def parse_pairs(option: str, pairs: Iterable[str], value_required: bool = True) -> dict:
@@ -217,18 +223,23 @@ def _complete(ctx, fetch) -> list:
 
 
 def complete_job_ids(ctx, param, incomplete: str) -> list:
+    """Ids starting with ``incomplete``; after a comma (``--after a1,b``) the last one is completed."""
     from click.shell_completion import CompletionItem
+
+    head, comma, incomplete = incomplete.rpartition(",")     # no id or queue name holds a comma
 
     def fetch(queue):
         if incomplete:
             ids = queue.store.find_ids(incomplete, 50)
-            return [CompletionItem(i) for i in ids]
-        return [CompletionItem(j.id, help=f"{j.state}: {short(j.command, 40)}") for j in queue.list(last=50)]
+            return [CompletionItem(head + comma + i) for i in ids]
+        return [CompletionItem(head + comma + j.id, help=f"{j.state}: {short(j.command, 40)}")
+                for j in queue.list(last=50)]
     return _complete(ctx, fetch)
 
 
 def complete_queues(ctx, param, incomplete: str) -> list:
-    return _complete(ctx, lambda q: [r["name"] for r in q.queues() if r["name"].startswith(incomplete)])
+    head, comma, incomplete = incomplete.rpartition(",")
+    return _complete(ctx, lambda q: [head + comma + r["name"] for r in q.queues() if r["name"].startswith(incomplete)])
 
 
 def complete_schedules(ctx, param, incomplete: str) -> list:
@@ -290,27 +301,29 @@ DURATION = Duration()
 
 
 JOB_OPTIONS = (
-    click.option("-c", "--command", "command", help="Shell command to run."),
-    click.option("--id", "id", help="Job id (default: generated)."),
+    click.option("-c", "--command", "command", metavar="CMD", help="Shell command to run."),
+    click.option("--id", "id", metavar="ID", help="Job id (default: generated)."),
     click.option("--max-retries", "max_retries", type=Integer(models.RANGES["max_retries"]),
                  help="Retries after the first attempt (0-1000)."),
     click.option("--timeout", type=Duration(models.RANGES["timeout"]),
                  help="Time before the job is stopped and counted as failed: 90, 10m, 1h30m."),
-    click.option("--cwd", help="Working folder (default: the current one)."),
+    click.option("--cwd", metavar="DIR", help="Working folder (default: the current one)."),
     click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment variable (repeatable)."),
-    click.option("--executor", help="Executor plugin to run the job with (default: shell)."),
+    click.option("--executor", metavar="NAME", help="Executor plugin to run the job with (default: shell)."),
     click.option("--priority", type=Integer(models.RANGES["priority"]),
                  help="Higher runs first (-100..100, default 0)."),
-    click.option("--queue", "queue", help="Queue name (default: default)."),
+    click.option("--queue", "queue", metavar="NAME", shell_complete=complete_queues,
+                 help="Queue name (default: default)."),
     click.option("--delay", type=DURATION, help="Run no earlier than this from now: 90, 30s, 10m, 2h, 1d."),
-    click.option("--run-at", "run_at", help="Run no earlier than this time: 2026-12-01T02:00:00Z."),
-    click.option("--after", help="Run after these jobs complete: ID[,ID...]."),
-    click.option("--unique-key", "unique_key", help="While a job with this key is pending, failed or processing, "
+    click.option("--run-at", "run_at", metavar="TIME", help="Run no earlier than this time: 2026-12-01T02:00:00Z."),
+    click.option("--after", metavar="ID[,ID...]", shell_complete=complete_job_ids,
+                 help="Run after these jobs complete (ids or unique prefixes)."),
+    click.option("--unique-key", "unique_key", metavar="KEY", help="While a job with this key is pending, failed or processing, "
                  "enqueueing returns its id instead."),
     click.option("--backoff-base", "backoff_base", type=Number(models.RANGES["backoff_base"]),
                  help="This job's backoff base (1-1000)."),
-    click.option("--retry-on", "retry_on", help="Exit codes that are retried (others go to the DLQ): 75,69."),
-    click.option("--dead-on", "dead_on", help="Exit codes that go to the DLQ at once: 64."),
+    click.option("--retry-on", "retry_on", metavar="CODE[,CODE...]", help="Exit codes that are retried (others go to the DLQ): 75,69."),
+    click.option("--dead-on", "dead_on", metavar="CODE[,CODE...]", help="Exit codes that go to the DLQ at once: 64."),
     click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
                  help="A label, shown by `list` and filtered on with `list --label` (repeatable)."),
     click.option("--env-from-caller", "env_from_caller", is_flag=True, default=None,

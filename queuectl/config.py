@@ -203,9 +203,11 @@ def read_config_file(path: Optional[Path]) -> dict:
 
 def _parse_config_file(path: Path) -> dict:
     try:
-        raw = path.read_text(encoding="utf-8")
+        raw = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise QueueError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"config file {path} is not UTF-8 text (byte {exc.start + 1})") from None
     import yaml  # only when there is a file to parse
 
     try:
@@ -281,6 +283,7 @@ class Config:
         self._values: dict = {}               # get() results while the stored values are cached
         self.implicit_local = False           # found as ./config.yaml, not named by --config or $QUEUECTL_CONFIG
         self.ignored_path: Optional[Path] = None   # a ./config.yaml passed over as another tool's
+        self.unreadable: Optional[UsageError] = None   # why an implicit ./config.yaml could not be read as settings
         for setting in CORE_SETTINGS:
             self.register(setting)
 
@@ -289,14 +292,37 @@ class Config:
              skip_local: bool = False) -> "Config":
         env = os.environ if env is None else env
         path = find_config_file(config_path, env, skip_local)
-        cfg = cls(path, read_config_file(path), flags, env)
-        cfg.implicit_local = bool(path) and not (config_path or env.get("QUEUECTL_CONFIG"))
-        cfg.implicit_local = cfg.implicit_local and path == Path("config.yaml").resolve()
+        implicit = bool(path) and not (config_path or env.get("QUEUECTL_CONFIG")) and path == Path("config.yaml").resolve()
+        try:
+            data, unreadable = read_config_file(path), None
+        except UsageError as exc:       # not YAML, not a mapping, not UTF-8: whose it is is decided by its keys
+            if not implicit:
+                raise
+            data, unreadable = {}, exc
+        cfg = cls(path, data, flags, env)
+        cfg.implicit_local, cfg.unreadable = implicit, unreadable
         return cfg
 
+    def written_keys(self) -> set:
+        """The setting names the file holds; for a file that could not be read as settings, the names
+        that open one of its lines as a YAML key would (``db:``, ``max-retries:``)."""
+        if self.unreadable is None:
+            return set(self.file_data)
+        import re
+
+        text = self.path.read_bytes().decode("utf-8", "replace") if self.path else ""
+        return {normalise_key(k) for k in re.findall(r"^[ \t]*-?[ \t]*[\"']?([A-Za-z][\w-]*)[\"']?[ \t]*:", text, re.M)}
+
     def maybe_foreign(self) -> bool:
-        """An implicit ./config.yaml with keys, none of them a core setting: perhaps another tool's."""
-        return self.implicit_local and bool(self.file_data) and not set(self.file_data) & set(self.settings)
+        """An implicit ./config.yaml with keys, none of them a core setting: perhaps another tool's. One
+        that could not be read is another tool's unless a line names a core setting (then its error stands)."""
+        if not self.implicit_local:
+            return False
+        if self.unreadable is not None:
+            if self.written_keys() & set(self.settings):
+                raise self.unreadable
+            return True
+        return bool(self.file_data) and not set(self.file_data) & set(self.settings)
 
     @property
     def base_dir(self) -> Path:

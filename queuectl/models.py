@@ -38,6 +38,15 @@ INPUT_FIELDS = ("id", "command", "max_retries", "timeout", "cwd", "env", "execut
 #: Fields only queuectl sets.
 PROTECTED_FIELDS = ("state", "attempts", "created_at", "updated_at")
 QUEUE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")
+
+
+def check_label_name(key) -> str:
+    """``key`` if it is a label name (on a job and in ``list --label``), else ValueError."""
+    if not isinstance(key, str) or not LABEL_PATTERN.match(key):
+        raise ValueError(f"label name {key!r} is not valid: use 1-64 letters, digits and ._/- "
+                         f"starting with a letter or digit")
+    return key
 
 # --- ranges: every number a job, an option or a setting holds, defined once -----------------
 # The validator, the settings and the click option types all check against these, so SQLite and
@@ -466,7 +475,11 @@ class RetryDecision:
         self.reason = reason
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+_SIZES = tuple(_UNITS.values())
+#: A duration: a number of seconds alone, or numbers with units, each unit once and the largest first
+#: (``1h30m``, ``1h 30m``); units are lower case, so ``10M`` (a month, to some tools) is refused.
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)|" + r"\s*".join(rf"(?:(\d+(?:\.\d+)?)\s*{u})?" for u in _UNITS))
 
 
 def parse_duration(value, high: float = MAX_SECONDS) -> float:
@@ -476,11 +489,12 @@ def parse_duration(value, high: float = MAX_SECONDS) -> float:
     if isinstance(value, (int, float)):
         seconds = float(value)
     else:
-        text = str(value).strip().lower()
-        parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhdw]?)", text)
-        if not text or re.sub(r"(\d+(?:\.\d+)?)\s*([smhdw]?)", "", text).strip() or not parts:
+        text = str(value).strip()
+        match = _DURATION.fullmatch(text)
+        if match is None or not any(match.groups()):
             raise ValueError(f"not a duration: {value!r} (use e.g. 90, 30s, 10m, 2h, 1d, 1h30m)")
-        seconds = sum(float(n) * _UNITS[u or "s"] for n, u in parts)
+        number, *parts = match.groups()
+        seconds = float(number) if number else sum(float(n) * size for n, size in zip(parts, _SIZES) if n)
     if seconds != seconds or seconds < 0:
         raise ValueError(f"a duration cannot be negative: {shown(value)}")
     if seconds > high:

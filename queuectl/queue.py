@@ -8,7 +8,7 @@ from typing import Any, Iterable, Optional
 
 from . import models
 from .config import Config, Setting
-from .errors import JobValidationError, NotFound, PluginError, QueueError, StoreMissing, UsageError
+from .errors import Conflict, JobValidationError, NotFound, PluginError, QueueError, StoreMissing, UsageError
 from .models import Attempt, Job
 from ._lazy import Deferred     # a built-in's value, checked when it was recorded
 from .plugins import call_each, call_registrations, get_plugin_manager, plugin_warning
@@ -62,10 +62,12 @@ class Queue:
             # A ./config.yaml none of whose keys queuectl or an installed plugin knows is another
             # tool's (a web app's "name:"): pass it over, and do not load plugins/ beside it.
             fallback = cls._build(Config.load(config, flags, env, skip_local=True), plugins)
-            if not set(cfg.file_data) & set(fallback.config.settings):
+            if not cfg.written_keys() & set(fallback.config.settings):
                 fallback.config.ignored_path = cfg.path
                 return fallback
             fallback.close()
+            if cfg.unreadable is not None:       # names a plugin's setting: ours, with a mistake
+                raise cfg.unreadable
         return cls._build(cfg, plugins)
 
     @classmethod
@@ -283,8 +285,7 @@ class Queue:
         if labels is not None:
             if not isinstance(labels, dict):
                 raise UsageError("labels must be a mapping of label names to values (None: any value)")
-            labels = {_text(k, "a label name"): None if v is None else _text(v, f"label {k}")
-                      for k, v in labels.items()}
+            labels = {_label_name(k): None if v is None else _text(v, f"label {k}") for k, v in labels.items()}
         if last is not None and (limit is not None or offset):
             raise UsageError("give --last, or --limit/--offset, not both")
         filters = {k: v for k, v in (("queue", queue), ("labels", labels), ("grep", grep), ("since", since))
@@ -302,6 +303,9 @@ class Queue:
         in the job's ``edits`` and its attempts stay.
         """
         job = self.get(job_id)
+        if job.state == models.COMPLETED and not retry:     # the store refuses it too; this says what to do
+            raise Conflict(f"job {job.id!r} is completed: to change it and run it again, "
+                             f"use queuectl retry {job.id} with the same options")
         unknown = sorted(set(changes) - set(EDITABLE))
         if unknown:
             raise UsageError(f"{unknown[0]!r} cannot be edited (only {', '.join(EDITABLE)})")
@@ -599,6 +603,14 @@ def _text(value: Any, name: str, line: bool = True, limit: int = models.MAX_ARG_
         raise UsageError(f"{name} must be a string, got {type(value).__name__}")
     try:
         return models.one_line(value, name, 65536) if line else models.plain_text(value, name, limit)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _label_name(key: Any) -> str:
+    """A label name to filter on: one a job could have (``list --label =x`` is a mistake, not "no jobs")."""
+    try:
+        return models.check_label_name(key)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 

@@ -13,6 +13,7 @@ so a table, a state or a time looks the same everywhere:
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from typing import Callable, Iterable, Optional, TextIO
@@ -34,7 +35,8 @@ FLEX_COLUMNS = {"command": 12, "last_error": 8, "error": 8, "labels": 8, "value"
 FIRST_TIER = ("command", "last_error", "error", "labels", "value")
 SECOND_TIER = ("id", "job")
 #: Optional columns left out, in this order, when even the shrunk table is too wide.
-DROP_ORDER = ("due", "queue", "labels", "up", "error", "last_error")
+DROP_ORDER = ("due", "queue", "labels", "up", "host", "error", "last_error")
+MIN_CUT = 4             # the fewest columns a free text or an id is cut to on a very narrow terminal
 PIPE_TEXT_MAX = 120     # a free text in a pipe is cut here too, so that one row stays one line
 
 
@@ -62,23 +64,38 @@ def state_text(state: str, stream: Optional[TextIO] = None) -> str:
 
 
 def terminal_width(stream: Optional[TextIO] = None) -> Optional[int]:
-    """Columns of the terminal that ``stream`` is, else None (a pipe is never fitted)."""
+    """Columns of the terminal that ``stream`` is, else None (a pipe is never fitted).
+
+    The terminal's own size wins over $COLUMNS, which is often a stale value exported before the
+    window was resized; $COLUMNS counts only for a terminal that does not know its size (0 columns).
+    """
     stream = sys.stdout if stream is None else stream
     if not is_terminal(stream):
         return None
     try:
-        return os.get_terminal_size(stream.fileno()).columns or None
+        columns = os.get_terminal_size(stream.fileno()).columns
     except (OSError, ValueError, AttributeError):
-        return None
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = int(os.environ.get("COLUMNS", ""))
+        except ValueError:
+            columns = 0
+    return columns if columns > 0 else None
 
 
 def cell_width(text: str) -> int:
-    """Terminal columns of ``text``: East Asian wide characters take two, combining marks none."""
+    """Terminal columns of ``text``: East Asian wide characters take two; combining and enclosing
+    marks and format characters (zero-width space and joiner, variation selectors) none."""
     if text.isascii():
         return len(text)
     import unicodedata      # only for text that is not ASCII
 
-    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+    return sum(0 if unicodedata.category(c) in _ZERO_WIDTH else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+               for c in text)
+
+
+_ZERO_WIDTH = ("Mn", "Me", "Cf")
 
 
 def fit(text: str, width: int) -> str:
@@ -163,36 +180,61 @@ def _cell(value, stream: Optional[TextIO]) -> str:
 
 
 def _widths(rows: list[dict], columns: list[str], limit: Optional[int], flex: dict) -> dict:
-    """Natural widths; then, to fit ``limit``, free texts shrink (widest first, down to their floor),
-    then ids, then the optional columns of DROP_ORDER go, then columns from the right."""
-    widths = {c: max([cell_width(c)] + [cell_width(r[c]) for r in rows]) for c in columns}
+    """Natural widths; to fit ``limit``, the first of these layouts that fits: free texts shrunk
+    (widest first, down to their floor); then without the optional columns of DROP_ORDER, ids
+    shrunk too; then without other columns, from the right (the first column and the free texts
+    stay, so a narrow terminal still shows what each job runs); last, free texts and ids below
+    their floors, then columns from the right."""
+    natural = {c: max([cell_width(c)] + [cell_width(r[c]) for r in rows]) for c in columns}
     if limit is None:
-        return widths
-
-    def excess() -> int:
-        return sum(widths.values()) + 2 * (len(widths) - 1) - limit
-
-    def shrink(tier) -> None:
-        shrinkable = [c for c in widths if c in flex and c in tier]
-        while excess() > 0 and shrinkable:
-            widest = max(shrinkable, key=lambda c: widths[c])
-            if widths[widest] <= flex[widest]:
-                shrinkable.remove(widest)
-                continue
-            second = max([widths[c] for c in shrinkable if c != widest] + [flex[widest]])
-            widths[widest] -= max(1, min(excess(), widths[widest] - second))
-
-    def drop(names) -> None:
-        for column in names:
-            if excess() > 0 and column in widths and len(widths) > 1:
-                del widths[column]
-
-    shrink(FIRST_TIER)
-    drop(DROP_ORDER[:2])
-    shrink(SECOND_TIER)
-    drop(DROP_ORDER[2:])
-    drop(list(reversed(list(widths))))
+        return natural
+    widths = natural
+    for kept, tiers in _layouts(columns, flex):
+        widths = {c: natural[c] for c in columns if c in kept}
+        for tier in tiers:          # free texts to their floors before an id is cut
+            _shrink(widths, {c: flex[c] for c in widths if c in flex and c in tier}, limit)
+        if _excess(widths, limit) <= 0:
+            return widths
+    _shrink(widths, {c: MIN_CUT for c in widths if c in flex}, limit)
+    while _excess(widths, limit) > 0 and len(widths) > 1:
+        del widths[list(widths)[-1]]
+    if _excess(widths, limit) > 0:
+        widths = {c: max(1, limit) for c in widths}
     return widths
+
+
+def _layouts(columns: list[str], flex: dict):
+    """(columns kept, columns that may shrink) to try in turn, from the whole table down."""
+    kept = list(columns)
+    yield kept, (FIRST_TIER,)
+    kept = [c for c in kept if c not in DROP_ORDER[:2]]
+    yield kept, (FIRST_TIER,)
+    both = (FIRST_TIER, SECOND_TIER)
+    yield kept, both
+    for column in DROP_ORDER[2:]:
+        if column in kept:
+            kept = [c for c in kept if c != column]
+            yield kept, both
+    for column in reversed(kept[1:]):
+        if column not in flex:
+            kept = [c for c in kept if c != column]
+            yield kept, both
+
+
+def _excess(widths: dict, limit: int) -> int:
+    return sum(widths.values()) + 2 * (len(widths) - 1) - limit
+
+
+def _shrink(widths: dict, floors: dict, limit: int) -> None:
+    """Narrow the columns of ``floors`` (widest first, never below their floor) until ``widths`` fit."""
+    shrinkable = list(floors)
+    while _excess(widths, limit) > 0 and shrinkable:
+        widest = max(shrinkable, key=lambda c: widths[c])
+        if widths[widest] <= floors[widest]:
+            shrinkable.remove(widest)
+            continue
+        second = max([widths[c] for c in shrinkable if c != widest] + [floors[widest]])
+        widths[widest] -= max(1, min(_excess(widths, limit), widths[widest] - second))
 
 
 def format_table(rows: Iterable[dict], columns: list[str], stream: Optional[TextIO] = None,
@@ -224,6 +266,24 @@ def format_table(rows: Iterable[dict], columns: list[str], stream: Optional[Text
             parts.append(shown + " " * (widths[c] - cell_width(text)))
         lines.append("  ".join(parts).rstrip())
     return lines
+
+
+def wrap_items(lead: str, items: list[str], stream: Optional[TextIO] = None) -> str:
+    """``lead`` then ``items`` two spaces apart, on lines of the terminal's width (continued under the
+    first item); one line in a pipe. Items may be colored: their width is counted without SGR codes."""
+    limit, indent = terminal_width(stream), cell_width(lead)
+    lines, line, used = [], lead, indent
+    for item in items:
+        width = cell_width(_SGR.sub("", item))
+        if used > indent and limit is not None and used + 2 + width > limit:
+            lines.append(line)
+            line, used = " " * indent, indent
+        gap = "  " if used > indent else ""
+        line, used = line + gap + item, used + len(gap) + width
+    return "\n".join(lines + [line])
+
+
+_SGR = re.compile("\x1b\\[[0-9;]*m")
 
 
 # --- diagnostics --------------------------------------------------------------------------------

@@ -13,8 +13,10 @@ from typing import Optional, TextIO
 
 __all__ = ["is_terminal", "escape_controls", "for_terminal", "write_output"]
 
-# C0 controls but tab and newline, DEL, and the C1 range (which some terminals obey as CSI/OSC).
-_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# C0 controls but tab and newline, DEL, the C1 range (which some terminals obey as CSI/OSC), and the
+# bidirectional embeddings, overrides and isolates and the line and paragraph separators, with which a
+# text can show itself in another order than it runs ("Trojan Source", CVE-2021-42574).
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028-\u202e\u2066-\u2069]")
 
 
 def is_terminal(stream: Optional[TextIO] = None) -> bool:
@@ -26,11 +28,12 @@ def is_terminal(stream: Optional[TextIO] = None) -> bool:
 
 
 def _escape(match: "re.Match[str]") -> str:
-    return f"\\x{ord(match.group()):02x}"
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def escape_controls(text: str) -> str:
-    """Every control character but newline and tab as a visible ``\\xNN``."""
+    """Every control character but newline and tab as a visible ``\\xNN`` (``\\u202e`` above U+00FF)."""
     return _CONTROLS.sub(_escape, text)
 
 

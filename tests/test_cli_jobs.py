@@ -192,6 +192,7 @@ def test_a_running_or_completed_job_cannot_be_edited(instance):
     for job_id, state in (("runs", "processing"), ("done", "completed")):
         proc = instance.run("edit", job_id, "--command", "echo edited", check=False)
         assert proc.returncode == 1 and f"is {state}" in proc.stderr
+        assert state != "completed" or "use queuectl retry done" in proc.stderr
         assert instance.job(job_id)["edits"] == [] and instance.job(job_id)["command"] != "echo edited"
     instance.run("cancel", "runs")
     instance.wait_for_state("runs", "cancelled")

@@ -1,6 +1,7 @@
 """Scheduling and control through real workers: priorities, delays, queues, dependencies, unique keys,
 cancel, pause, recurring jobs, exit-code policy, retry and purge."""
 import json
+import re
 import signal
 import subprocess
 import time
@@ -263,7 +264,10 @@ def test_retry_completed_job_and_dlq_retry_all_with_filters(instance):
     dry = instance.run("dlq", "retry", "--all", "--exit-code", "4", "--dry-run").stdout
     assert dry.strip() == f"{b} would be retried"
     assert instance.job(b)["state"] == "dead"
-    assert instance.run("dlq", "retry", "--all", "--since", "2999-01-01T00:00:00Z").stdout == ""
+    future = instance.run("dlq", "retry", "--all", "--since", "2999-01-01T00:00:00Z", check=False)
+    assert future.returncode == 2 and re.fullmatch(r"queuectl: error: --since 2999-01-01T00:00:00Z is in the "
+                                                   r"future \(now is [\d:.TZ-]+\)\n", future.stderr), future.stderr
+    assert instance.job(a)["state"] == instance.job(b)["state"] == "dead"
     assert instance.run("dlq", "retry", "--all", "--exit-code", "4").stdout.strip() == f"{b} pending"
     assert instance.job(a)["state"] == "dead" and instance.job(b)["state"] == "pending"
     bad = instance.run("dlq", "retry", "--all", "--since", "yesterday", check=False)

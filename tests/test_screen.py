@@ -201,9 +201,11 @@ def test_readme_gives_an_install_line_per_shell():
 def test_worker_banner_ctrl_c_and_timestamped_verbose_lines(instance):
     instance.run("enqueue", "--id", "slow", "sleep 3")
     instance.run("enqueue", "--id", "bad", "--max-retries", "0", "exit 4")
+    instance.run("enqueue", "--id", "flaky", "--max-retries", "1", "exit 75")
     pool = instance.start_pool(2, "-v")
     instance.wait_for_state("slow", "processing")
     instance.wait_for_state("bad", "dead")
+    instance.wait_for_state("flaky", "dead")
     os.killpg(pool.pid, signal.SIGINT)                 # what a terminal's Ctrl-C sends to the group
     _, err = pool.communicate(timeout=60)
     assert pool.returncode == 0
@@ -214,6 +216,8 @@ def test_worker_banner_ctrl_c_and_timestamped_verbose_lines(instance):
     assert any("finishing 1 running job(s); press Ctrl-C again to stop them" in line for line in lines), lines
     dead = [line for line in lines if "bad" in line and "dead" in line]
     assert len(dead) == 1, lines                       # the dead job is reported once
+    assert any(re.search(r"job flaky attempt 1: failed \(exit 75\) in \d+ms -> failed, retry in \d+ms$", line)
+               for line in lines), lines
     assert instance.job("slow")["state"] == "completed"
 
 

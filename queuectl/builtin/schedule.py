@@ -195,10 +195,10 @@ def queuectl_register_commands(cli):
 
     @schedule.command("add")
     @click.argument("name")
-    @click.option("--cron", required=True, help='Cron expression, e.g. "*/5 * * * *".')
+    @click.option("--cron", required=True, metavar="EXPR", help='Cron expression, e.g. "*/5 * * * *".')
     @click.option("--missed", type=click.Choice(MISSED), help="Ticks missed while no pool ran: once or skip.")
     @click.option("--replace", is_flag=True, help="Replace a schedule of the same name.")
-    @job_options(exclude=("id", "run_at"))     # a tick's id comes from its name; a fixed time fits no tick
+    @job_options(exclude=("id", "run_at", "after"))   # a tick's id comes from its name; a fixed time or job fits no tick
     def schedule_add(name, cron, missed, replace, **options):
         """Enqueue a job every time CRON ticks.
 

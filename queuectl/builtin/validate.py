@@ -7,8 +7,8 @@ import re
 
 from queuectl import hookimpl
 from queuectl.errors import JobValidationError, PluginError
-from queuectl.models import (INPUT_FIELDS, MAX_ARG_BYTES, PROTECTED_FIELDS, QUEUE_PATTERN, RANGES, one_line,
-                             parse_duration, parse_time, plain_text)
+from queuectl.models import (INPUT_FIELDS, MAX_ARG_BYTES, PROTECTED_FIELDS, QUEUE_PATTERN, RANGES, check_label_name,
+                             one_line, parse_duration, parse_time, plain_text)
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
 # All of a job's variables together: a quarter of the exec limit (ARG_MAX), which the worker's own
@@ -44,7 +44,6 @@ def _check_command(job: dict) -> None:
     check_text("command", command)
 
 
-LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")
 LABEL_VALUE_MAX = 256
 
 
@@ -54,9 +53,10 @@ def _check_labels(value) -> dict:
         raise JobValidationError("labels must be a mapping of names to values")
     labels = {}
     for key, val in value.items():
-        if not isinstance(key, str) or not LABEL_KEY.match(key):
-            raise JobValidationError(f"label name {key!r} is not valid: use 1-64 letters, digits and ._/- "
-                                     f"starting with a letter or digit")
+        try:
+            check_label_name(key)
+        except ValueError as exc:
+            raise JobValidationError(str(exc)) from None
         if isinstance(val, bool) or not isinstance(val, (str, int, float)):
             raise JobValidationError(f"label {key} must be a string, got {val!r}")
         val = str(val)

@@ -14,8 +14,8 @@ from typing import Optional
 import click
 
 from queuectl import hookimpl, models
-from queuectl.command import (EXIT_TIMEOUT, Duration, Number, QueueError, UsageError, exit_for_states, get_queue,
-                              read_command)
+from queuectl.command import (EXIT_TIMEOUT, Duration, QueueError, UsageError, complete_job_ids, complete_queues,
+                              exit_for_states, get_queue, read_command)
 from queuectl.term import escape_controls
 
 WAIT_POLL = 0.25            # seconds between looks at the jobs being waited for
@@ -34,8 +34,9 @@ def queuectl_register_commands(cli):
 
 
 @click.command()
-@click.argument("job_ids", nargs=-1)
-@click.option("--queue", "queue_name", help="Every job of this queue not finished yet.")
+@click.argument("job_ids", nargs=-1, shell_complete=complete_job_ids)
+@click.option("--queue", "queue_name", metavar="NAME", shell_complete=complete_queues,
+              help="Every job of this queue not finished yet.")
 @click.option("--all", "everything", is_flag=True, help="Every job not finished yet.")
 @click.option("--timeout", type=Duration(), help="Give up after this long: 90, 30s, 10m, 1h (exit 4).")
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs' final states as JSON.")
@@ -50,7 +51,7 @@ def wait(job_ids, queue_name, everything, timeout, as_json):
       queuectl wait --queue nightly --timeout 2h
       queuectl wait --all --json
     """
-    limit = _duration("--timeout", timeout)
+    limit = timeout
     queue = get_queue()
     targets = _targets(queue, job_ids, queue_name, everything)
     waiter = Waiter(queue, targets)
@@ -72,15 +73,6 @@ def wait(job_ids, queue_name, everything, timeout, as_json):
         raise click.exceptions.Exit(130) from None
     view.close(waiter, timed_out=False)
     raise click.exceptions.Exit(exit_for_states(waiter.states.values()))
-
-
-def _duration(flag: str, value: Optional[str]) -> Optional[float]:
-    if value is None:
-        return None
-    try:
-        return models.parse_duration(value)
-    except ValueError as exc:
-        raise UsageError(f"{flag}: {exc}") from None
 
 
 def _targets(queue, job_ids, queue_name: Optional[str], everything: bool) -> list[str]:
@@ -208,15 +200,15 @@ def fmt_eta(seconds: Optional[float]) -> str:
 
 
 @click.command()
-@click.option("--interval", default=TOP_REFRESH, type=Number(models.Range(0.1, models.MAX_INTERVAL)),
+@click.option("--interval", default=TOP_REFRESH, type=Duration(models.Range(0.1, models.MAX_INTERVAL)),
               show_default=True,
-              help="Seconds between refreshes.")
+              help="Time between refreshes: 0.5, 2s, 1m.")
 def top(interval):
     """A live view of the queue: jobs per state and queue, throughput, workers, latest failures (q quits).
 
     \b
     Example:
-      queuectl top --interval 2
+      queuectl top --interval 2s
     """
     try:
         from queuectl.builtin import top_view
