@@ -36,6 +36,11 @@ FIRST_TIER = ("command", "last_error", "error", "labels", "value")
 SECOND_TIER = ("id", "job")
 #: Optional columns left out, in this order, when even the shrunk table is too wide.
 DROP_ORDER = ("due", "queue", "labels", "up", "host", "error", "last_error")
+#: Before any of that, the command keeps a readable width: the optional columns (errors first, which
+#: `show` has whole) give way until it has COMFORT columns and ids are whole; only when even that
+#: does not fit does the command shrink toward its floor above.
+COMFORT = {"command": 20}
+COMFORT_DROP_ORDER = ("due", "queue", "up", "host", "error", "last_error", "labels")
 MIN_CUT = 4             # the fewest columns a free text or an id is cut to on a very narrow terminal
 PIPE_TEXT_MAX = 120     # a free text in a pipe is cut here too, so that one row stays one line
 
@@ -188,6 +193,17 @@ def _widths(rows: list[dict], columns: list[str], limit: Optional[int], flex: di
     natural = {c: max([cell_width(c)] + [cell_width(r[c]) for r in rows]) for c in columns}
     if limit is None:
         return natural
+    comfort = {c: max(flex[c], COMFORT.get(c, 0)) for c in flex}
+    kept = list(columns)
+    for column in (None,) + COMFORT_DROP_ORDER:     # the command kept readable, ids whole
+        if column is not None:
+            if column not in kept:
+                continue
+            kept.remove(column)
+        widths = {c: natural[c] for c in kept}
+        _shrink(widths, {c: comfort[c] for c in widths if c in flex and c in FIRST_TIER}, limit)
+        if _excess(widths, limit) <= 0:
+            return widths
     widths = natural
     for kept, tiers in _layouts(columns, flex):
         widths = {c: natural[c] for c in columns if c in kept}

@@ -49,6 +49,26 @@ def test_no_line_is_wider_than_the_terminal_and_the_command_stays(varied, cols):
     assert "echo" in rows["cjk"] and "make" in next(r for k, r in rows.items() if "build-web-frontend-2026".startswith(k))
 
 
+def test_at_80_columns_the_command_stays_readable_and_ids_whole_before_errors_show(instance):
+    """Errors and labels give way before the command shrinks below its comfortable width."""
+    ids = [instance.enqueue(f"make -C site deploy TARGET=production-{n} && ./notify.sh --channel ops",
+                            max_retries=0, labels={"team": "web"}) for n in range(2)]
+    pool = instance.start_pool(1, "--burst")         # make finds no site/: both die, with an error
+    assert pool.wait(timeout=60) == 0
+    instance.run("enqueue", "--label", "team=data", "python3 etl.py --from 2026-11-01 --to 2026-11-30")
+    for cols, shows_labels in ((80, True), (200, True)):
+        lines = [ANSI.sub("", line) for line in screen(instance, "list", cols=cols)]
+        header = lines[0].split()
+        assert all(columns_of(line) <= cols for line in lines)
+        command_at = lines[0].index("COMMAND")
+        for line in lines[1:]:
+            assert line.split()[0] in ids or len(line.split()[0]) == 16     # no id cut
+            assert columns_of(line[command_at:].rstrip("…")) >= 20, line
+        assert ("LABELS" in header) == shows_labels
+    wide = [ANSI.sub("", line) for line in screen(instance, "list", cols=200)]
+    assert "ERROR" in wide[0].split()      # a wide terminal shows every column
+
+
 def test_wide_and_zero_width_characters_keep_the_columns_aligned(varied):
     lines = [ANSI.sub("", line) for line in screen(varied, "list", cols=80)]
     at = columns_of(lines[0][:lines[0].index("UPDATED")])
