@@ -1170,3 +1170,38 @@ def test_a_version_4_store_gets_its_counters_and_series_on_migration(backend):
     assert store.queue_counts() == {"q1": {"pending": 1, "dead": 1}, "q2": {"completed": 1}}
     hour = store.series(3600, 60)
     assert sum(p["runs"] for p in hour) == 2 and sum(p["failed"] for p in hour) == 1
+
+
+def test_a_forked_child_never_uses_the_connection_it_inherited(backend):
+    """A store opened before fork: the child opens its own connection (on PostgreSQL another server
+    session), its finalizers say nothing on the parent's socket, and the parent's connection goes on."""
+    queue = backend.open()
+    queue.store.add_jobs([make_job("before")])
+    session = queue.store._read("SELECT pg_backend_pid()")[0][0] if backend.kind == "postgres" else None
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                      # the child: use the store, then drop everything
+        code = 1
+        try:
+            import gc
+
+            queue.store.add_jobs([make_job("from-child")])
+            child_session = queue.store._read("SELECT pg_backend_pid()")[0][0] if backend.kind == "postgres" else 0
+            queue.close()
+            del queue
+            gc.collect()                              # finalizers of what the child inherited run now
+            os.write(write, f"{child_session}\n".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    reported = os.read(read, 100).decode().strip()
+    os.close(read)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    if backend.kind == "postgres":
+        assert int(reported) != session               # its own server session
+        assert queue.store._read("SELECT pg_backend_pid()")[0][0] == session     # ours was not ended
+    assert {j.id for j in queue.store.list_jobs()} == {"before", "from-child"}
+    queue.store.add_jobs([make_job("after")])
+    assert queue.store.get_job("after") is not None

@@ -395,6 +395,7 @@ class PostgresStore:
             raise QueueError(f"invalid PostgreSQL URL {redact(url)}: {_first_line(exc)}") from None
         self.connect_args = {k: v for k, v in CONNECT_DEFAULTS.items() if k not in given}
         self._conn = None
+        self._pid = os.getpid()          # the process that opened _conn: a fork's child opens its own
         self._sql = {}
 
     def q(self, sql: str) -> str:
@@ -416,13 +417,19 @@ class PostgresStore:
         return conn
 
     def _connection(self):
+        if self._conn is not None and self._pid != os.getpid():
+            disown(self._conn)
+            self._conn = None
         if self._conn is None or self._conn.closed:
             self._conn = self.connect()
+            self._pid = os.getpid()
         return self._conn
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
+        if conn is not None and self._pid != os.getpid():
+            disown(conn)
+        elif conn is not None:
             try:
                 conn.close()
             except Exception:
@@ -1287,6 +1294,29 @@ class PostgresStore:
 
     def listener(self, name: str):
         return PGListener(self)
+
+
+_DISOWNED: list = []
+
+
+def disown(conn) -> None:
+    """Forget a connection this process inherited across fork, without a word on its socket.
+
+    Its parent still talks to the server over the same socket: a query from here would mix the two
+    processes' results, and closing it would end the parent's session (psycopg sends Terminate). So
+    the descriptor is pointed at /dev/null (whatever is written to it later, by psycopg's finalizer
+    too, goes nowhere) and the object is kept, never used again.
+    """
+    try:
+        fd = conn.fileno()
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(null, fd)
+        finally:
+            os.close(null)
+    except Exception:                 # already closed: nothing of the parent's is left to protect
+        pass
+    _DISOWNED.append(conn)
 
 
 class PGListener:

@@ -197,6 +197,9 @@ def check_store_file(path: Path) -> tuple:
     return identity
 
 
+_INHERITED: list = []        # connections a forked child found open: kept, never used or closed
+
+
 class SQLiteStore:
     def __init__(self, url: str, queue):
         path = url[len("sqlite://"):] if url.startswith("sqlite://") else url
@@ -207,6 +210,7 @@ class SQLiteStore:
         self.durability = queue.config.get("durability")
         self.wake_dir = self.path.parent / f".{self.path.name}.wake"
         self._conn: Optional[sqlite3.Connection] = None
+        self._pid = os.getpid()                      # the process that opened _conn
         self._identity: Optional[tuple] = None       # (st_dev, st_ino) of the file opened
         self._identity_checked = 0.0
         self.disk_full = False                       # said so already (once per episode)
@@ -216,6 +220,11 @@ class SQLiteStore:
 
     @property
     def conn(self) -> sqlite3.Connection:
+        if self._conn is not None and self._pid != os.getpid():
+            # Inherited across fork: SQLite forbids using it here, and closing it could touch the
+            # parent's locks and WAL index. Kept (never used, never closed); this process opens its own.
+            _INHERITED.append(self._conn)
+            self._conn = None
         if self._conn is None:
             if not self.path.parent.is_dir():
                 raise QueueError(f"the folder of the store {self.path} does not exist")
@@ -240,7 +249,7 @@ class SQLiteStore:
                 self._retry(self._setup, conn)
             except sqlite3.DatabaseError as exc:
                 raise QueueError(f"cannot open the store {self.path}: {exc}") from None
-            self._conn = conn
+            self._conn, self._pid = conn, os.getpid()
             self._identity_checked = time.monotonic()
         elif time.monotonic() - self._identity_checked >= IDENTITY_CHECK:
             self._check_identity()
@@ -355,7 +364,10 @@ class SQLiteStore:
 
     def close(self) -> None:
         if self._conn is not None:
-            self._conn.close()
+            if self._pid == os.getpid():
+                self._conn.close()
+            else:
+                _INHERITED.append(self._conn)      # a fork's: see conn
             self._conn = None
         if self._notify_sock is not None:
             self._notify_sock.close()
