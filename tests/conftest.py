@@ -425,6 +425,14 @@ def pytest_configure(config):
         compileall.compile_dir(str(ROOT / "queuectl"), quiet=1)
 
 
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: two test processes per core. Most of a test's time is spent waiting for the
+    processes it drives (a pool running its jobs, a server coming back), so a core has room for a
+    second test: measured on 2 cores, 122 tests of scheduling, jobs and end-to-end runs took 140 s
+    and 143 s with 4 processes against 195 s and 159 s with 2, in alternating runs."""
+    return max(2, 2 * (os.cpu_count() or 1))
+
+
 def pytest_collection_modifyitems(config, items):
     rank = {name: n for n, name in enumerate(SLOW_FIRST)}
 
