@@ -395,11 +395,11 @@ def status(as_json):
     busy = sum(1 for w in workers if w["id"] in running)
     click.echo(f"workers: {len(workers)} ({busy} busy)")
     if workers:
-        table(({"pid": w["pid"], "host": w["host"], "up": when(_epoch(w["started_at"])),
+        table(({"pid": w["pid"], "host": w["host"], "started": when(_epoch(w["started_at"])),
                 "job": running.get(w["id"], {}).get("id") or "(idle)",
                 "elapsed": human_duration(running[w["id"]]["elapsed"]) if w["id"] in running else "",
                 "command": running.get(w["id"], {}).get("command")} for w in workers),
-              ["pid", "host", "up", "job", "elapsed", "command"])
+              ["pid", "host", "started", "job", "elapsed", "command"])
 
 
 def _epoch(text: Optional[str]) -> Optional[float]:

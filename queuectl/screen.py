@@ -35,12 +35,12 @@ FLEX_COLUMNS = {"command": 12, "last_error": 8, "error": 8, "labels": 8, "value"
 FIRST_TIER = ("command", "last_error", "error", "labels", "value")
 SECOND_TIER = ("id", "job")
 #: Optional columns left out, in this order, when even the shrunk table is too wide.
-DROP_ORDER = ("due", "queue", "labels", "up", "host", "error", "last_error")
+DROP_ORDER = ("due", "queue", "labels", "started", "host", "error", "last_error")
 #: Before any of that, the command keeps a readable width: the optional columns (errors first, which
 #: `show` has whole) give way until it has COMFORT columns and ids are whole; only when even that
 #: does not fit does the command shrink toward its floor above.
 COMFORT = {"command": 20}
-COMFORT_DROP_ORDER = ("due", "queue", "up", "host", "error", "last_error", "labels")
+COMFORT_DROP_ORDER = ("due", "queue", "started", "host", "error", "last_error", "labels")
 MIN_CUT = 4             # the fewest columns a free text or an id is cut to on a very narrow terminal
 PIPE_TEXT_MAX = 120     # a free text in a pipe is cut here too, so that one row stays one line
 
