@@ -378,7 +378,7 @@ def logs(job_id, attempt, follow, only, as_json, raw):
     if follow:
         if as_json or attempt is not None:
             raise UsageError("--follow cannot be combined with --json or --attempt")
-        raise click.exceptions.Exit(follow_logs(get_queue(), job_id, only))
+        raise click.exceptions.Exit(follow_logs(get_queue(), job_id, only, raw))
     queue = get_queue()
     entries = queue.logs(job_id, attempt)
     if as_json:
@@ -402,15 +402,17 @@ def attempt_header(entry: dict) -> str:
     if entry.get("running"):
         return (f"=== attempt {entry['attempt']}: running since {entry['created_at']} "
                 f"({entry['duration']:.1f}s so far) on {entry['host']}")
-    how = f"exit {entry['exit_code']}" if entry["signal"] is None else f"signal {entry['signal']}"
-    return (f"=== attempt {entry['attempt']}: {entry['outcome']} ({how}) at {entry['created_at']} "
+    how = (f" (signal {entry['signal']})" if entry["signal"] is not None else
+           f" (exit {entry['exit_code']})" if entry["exit_code"] is not None else "")    # never ran, or worker lost
+    return (f"=== attempt {entry['attempt']}: {entry['outcome']}{how} at {entry['created_at']} "
             f"in {entry['duration']:.3f}s" + (f": {for_terminal(entry['error'])}" if entry["error"] else ""))
 
 
-def follow_logs(queue, job_id: str, only: Optional[str]) -> int:
+def follow_logs(queue, job_id: str, only: Optional[str], raw: bool = False) -> int:
     """``logs --follow``: job output to stdout (its stderr to stderr, unless one stream is picked), exactly
-    as printed when piped; a header line per attempt on stderr. Returns the exit code, like `wait`."""
-    sinks = {name: OutputWriter(sys.stdout if only or name == "stdout" else sys.stderr)
+    as printed when piped or with ``raw``; a header line per attempt on stderr. Returns the exit code,
+    like `wait` (a job purged while followed: 3)."""
+    sinks = {name: OutputWriter(sys.stdout if only or name == "stdout" else sys.stderr, raw)
              for name in ("stdout", "stderr")}
     try:
         for event in queue.follow(job_id):
@@ -420,9 +422,9 @@ def follow_logs(queue, job_id: str, only: Optional[str]) -> int:
             elif kind == "output" and only in (None, event[1]):
                 sinks[event[1]].write(event[2])
             elif kind == "ended" and event[2] is not None:
-                click.echo(attempt_header(event[2]), err=True)
+                click.echo(for_terminal(attempt_header(event[2]), sys.stderr), err=True)
             elif kind == "done":
-                click.echo(f"=== job {job_id} is {event[1].state}", err=True)
+                click.echo(f"=== job {event[1].id} is {event[1].state}", err=True)
                 return exit_for_states([event[1].state])
     except KeyboardInterrupt:
         return 130
@@ -430,17 +432,17 @@ def follow_logs(queue, job_id: str, only: Optional[str]) -> int:
 
 
 class OutputWriter:
-    """Job output as it came when piped; decoded (a character split between chunks kept whole) and
-    escaped on a terminal."""
+    """Job output as it came when piped (or ``raw``); decoded (a character split between chunks kept
+    whole) and escaped on a terminal."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, raw: bool = False):
         import codecs
 
-        self.stream = stream
+        self.stream, self.raw = stream, raw
         self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
 
     def write(self, data: bytes) -> None:
-        if self.stream.isatty():
+        if self.stream.isatty() and not self.raw:
             self.stream.write(for_terminal(self.decoder.decode(data), self.stream))
         else:
             self.stream.flush()

@@ -15,18 +15,32 @@ import time
 from typing import Iterator, Optional
 
 from . import models
-from .errors import QueueError
+from .errors import NotFound, QueueError
 
 RETENTION = 60.0        # seconds the chunks of a finished attempt are kept for followers
 SINK_WAIT = 0.25        # how long a worker waits for a busy store to take output (it offers it again later)
 POLL = 0.05             # a follower's poll where the store cannot wake it (SQLite)
 WAKE_POLL = 0.5         # a follower's poll for state changes where output wakes it (PostgreSQL)
 STREAMS = ("stdout", "stderr")
+PURGED = "purged"       # the state reported for a job deleted (`purge`) while it was followed or waited for
 
 
 def truncation_marker(dropped: int) -> bytes:
     """What stands in for the middle of an output longer than the cap."""
     return f"\n[... queuectl: {dropped} bytes truncated ...]\n".encode()
+
+
+def purged(job_id: str) -> models.Job:
+    """What a job deleted while it was watched finished as: state ``purged`` (finished, not completed)."""
+    return models.Job(id=job_id, command="", state=PURGED)
+
+
+def current(queue, job_id: str) -> models.Job:
+    """The job as it is now; a job purged meanwhile (found no more) is ``purged``, never an error."""
+    try:
+        return queue.get(job_id)
+    except NotFound:
+        return purged(job_id)
 
 
 def supported(store) -> bool:
@@ -109,7 +123,8 @@ def follow(queue, job_id: str) -> Iterator[tuple]:
     """Events of a job's output until it is terminal, from its first attempt on.
 
     ``("attempt", n, entry)`` starts attempt n (``entry``: its logs entry, None while it runs);
-    ``("output", stream, bytes)``; ``("ended", n, entry)`` after an attempt; ``("done", job)`` last.
+    ``("output", stream, bytes)``; ``("ended", n, entry)`` after an attempt; ``("done", job)`` last
+    (state ``purged`` for a job deleted meanwhile). ``job_id`` is a whole id (Queue.follow resolves it).
     """
     store = queue.store
     live = supported(store)
@@ -117,7 +132,7 @@ def follow(queue, job_id: str) -> Iterator[tuple]:
     number, assembler, announced = 1, Assembler(), False
     try:
         while True:
-            job = queue.get(job_id)
+            job = current(queue, job_id)
             running = job.state == models.PROCESSING and job.attempts == number
             if running and not announced:
                 yield ("attempt", number, None)
@@ -128,7 +143,7 @@ def follow(queue, job_id: str) -> Iterator[tuple]:
                 yield from _finished(queue, job_id, number, assembler, announced)
                 number, assembler, announced = number + 1, Assembler(), False
                 continue                             # the next attempt may be over already
-            if job.state in models.FINISHED_STATES:
+            if job.state in models.FINISHED_STATES or job.state == PURGED:
                 yield ("done", job)
                 return
             _sleep(listener)

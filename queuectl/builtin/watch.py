@@ -13,7 +13,7 @@ from typing import Optional
 
 import click
 
-from queuectl import hookimpl, models
+from queuectl import hookimpl, models, output
 from queuectl.command import (EXIT_TIMEOUT, Duration, Number, QueueError, UsageError, exit_for_states, get_queue,
                               read_command)
 from queuectl.term import escape_controls
@@ -87,11 +87,13 @@ def _targets(queue, job_ids, queue_name: Optional[str], everything: bool) -> lis
     """The ids to wait for: those given (each must exist), or the unfinished jobs of a queue or of all."""
     if bool(job_ids) + bool(queue_name) + everything != 1:
         raise UsageError("give job ids, --queue NAME or --all (one of them)")
-    if job_ids:
-        for job_id in job_ids:
-            queue.get(job_id)                 # an unknown id: one error line, exit 1
-        return list(dict.fromkeys(job_ids))
-    return [j.id for j in unfinished_jobs(queue, queue_name)]
+    if job_ids:       # each resolved once (an unknown id: one error line, exit 1; an ambiguous prefix: 2)
+        return list(dict.fromkeys(queue.get(job_id).id for job_id in job_ids))
+    found = [j.id for j in unfinished_jobs(queue, queue_name)]
+    if not found:
+        where = f" in queue {queue_name!r}" if queue_name else ""
+        click.echo(f"queuectl: nothing to wait for: no unfinished job{where}", err=True)
+    return found
 
 
 def unfinished_jobs(queue, queue_name: Optional[str] = None) -> list:
@@ -110,26 +112,19 @@ class Waiter:
         self.started = time.monotonic()
 
     def poll(self) -> list:
-        """The jobs that finished since the last poll."""
+        """The jobs that finished since the last poll (a job purged meanwhile finished as ``purged``)."""
         candidates = list(self.remaining)
         if len(candidates) > BY_ID:
             unfinished = {job.id for job in unfinished_jobs(self.queue)}
             candidates = [job_id for job_id in candidates if job_id not in unfinished]
         done = []
         for job_id in candidates:
-            job = self._get(job_id)
-            if job is None or job.state in models.FINISHED_STATES:
+            job = output.current(self.queue, job_id)
+            if job.state not in UNFINISHED:
                 self.remaining.pop(job_id)
-                self.states[job_id] = job.state if job is not None else "purged"
-                done.append(job or models.Job(id=job_id, command="", state="purged", max_retries=0,
-                                              created_at=0.0, updated_at=0.0, run_at=0.0))
+                self.states[job_id] = job.state
+                done.append(job)
         return done
-
-    def _get(self, job_id: str):
-        try:
-            return self.queue.get(job_id)
-        except QueueError:
-            return None                       # purged while we waited: it is finished, not completed
 
     @property
     def done(self) -> int:
