@@ -384,7 +384,8 @@ def logs(job_id, attempt, follow, only, as_json, raw):
     if as_json:
         emit_json(entries)
         return
-    stored = {a.attempt: a for a in queue.attempts(job_id, attempt)}     # finished attempts, as bytes
+    asked_running = attempt is not None and entries[0].get("running")      # `--attempt N` of the running one
+    stored = {} if asked_running else {a.attempt: a for a in queue.attempts(job_id, attempt)}   # finished, bytes
     for entry in entries:
         click.echo(for_terminal(attempt_header(entry), raw=raw))
         for stream in (only,) if only else ("stdout", "stderr"):

@@ -307,3 +307,18 @@ def test_live_output_keeps_local_files_private_and_postgres_watchers_need_none(i
     assert waited.returncode == 0 and waited.stdout.split() == [job_id.encode(), b"completed"]
     # nothing kept here (start-up caches aside, which only speed a command up)
     assert [p for name in ("cwd", "data", "config") for p in (elsewhere / name).rglob("*")] == []
+
+
+def test_logs_attempt_n_of_the_running_attempt_shows_it(instance):
+    job_id = instance.enqueue(f"echo so-far; {BLOCK.format(name='release')}")
+    instance.start_pool(1)
+    wait_until(lambda: any(e["running"] and e["stdout"] == "so-far\n" for e in instance.json("logs", job_id)),
+               message="the running attempt's output")
+    shown = instance.run("logs", job_id, "--attempt", "1", check=False)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("=== attempt 1: running since ") and "so-far" in shown.stdout
+    missing = instance.run("logs", job_id, "--attempt", "2", check=False)
+    assert missing.returncode == 1 and missing.stderr.strip() == f"queuectl: error: job '{job_id}' has no attempt 2"
+    (instance.root / "release").touch()
+    instance.wait_for_state(job_id, "completed")
+    assert "attempt 1: succeeded (exit 0)" in instance.run("logs", job_id, "--attempt", "1").stdout

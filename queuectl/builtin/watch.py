@@ -18,7 +18,8 @@ from queuectl.command import (EXIT_TIMEOUT, Duration, Number, QueueError, UsageE
                               read_command)
 from queuectl.term import escape_controls
 
-WAIT_POLL = 0.25            # seconds between looks at the jobs being waited for
+WAIT_POLL = 0.25            # seconds between looks at the jobs being waited for, at least
+WAIT_SHARE = 0.1            # at most this share of the time goes to looking (a look at 20,000 jobs takes 0.1 s)
 BY_ID = 20                  # up to this many jobs are looked up one by one; more, by listing unfinished ones
 UNFINISHED = (models.PENDING, models.PROCESSING, models.FAILED)
 TOP_REFRESH = 1.0
@@ -53,20 +54,22 @@ def wait(job_ids, queue_name, everything, timeout, as_json):
     limit = _duration("--timeout", timeout)
     queue = get_queue()
     targets = _targets(queue, job_ids, queue_name, everything)
-    waiter = Waiter(queue, targets)
+    waiter = Waiter(queue, targets, queue_name)
     view = ProgressBar(len(targets)) if sys.stdout.isatty() and not as_json else PlainLines(as_json)
     deadline = None if limit is None else time.monotonic() + limit
     try:
         while True:
+            began = time.monotonic()
             for job in waiter.poll():
                 view.finished(job)
+            pause = max(WAIT_POLL, (time.monotonic() - began) * (1 / WAIT_SHARE - 1))
             view.update(waiter)
             if not waiter.remaining:
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 view.close(waiter, timed_out=True)
                 raise click.exceptions.Exit(EXIT_TIMEOUT)
-            time.sleep(WAIT_POLL if deadline is None else max(0.0, min(WAIT_POLL, deadline - time.monotonic())))
+            time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
     except KeyboardInterrupt:
         view.close(waiter, timed_out=False)
         raise click.exceptions.Exit(130) from None
@@ -102,10 +105,11 @@ def unfinished_jobs(queue, queue_name: Optional[str] = None) -> list:
 
 
 class Waiter:
-    """Which of the target jobs are finished; few are looked up by id, many by listing the unfinished."""
+    """Which of the target jobs are finished; few are looked up by id, many by listing the unfinished
+    (of ``queue_name`` alone when the targets are that queue's)."""
 
-    def __init__(self, queue, targets: list[str]):
-        self.queue = queue
+    def __init__(self, queue, targets: list[str], queue_name: Optional[str] = None):
+        self.queue, self.queue_name = queue, queue_name
         self.total = len(targets)
         self.remaining = dict.fromkeys(targets)
         self.states: dict[str, str] = {}
@@ -115,7 +119,7 @@ class Waiter:
         """The jobs that finished since the last poll (a job purged meanwhile finished as ``purged``)."""
         candidates = list(self.remaining)
         if len(candidates) > BY_ID:
-            unfinished = {job.id for job in unfinished_jobs(self.queue)}
+            unfinished = {job.id for job in unfinished_jobs(self.queue, self.queue_name)}
             candidates = [job_id for job_id in candidates if job_id not in unfinished]
         done = []
         for job_id in candidates:
