@@ -388,14 +388,24 @@ def logs(job_id, attempt, follow, only, as_json, raw):
     stored = {} if asked_running else {a.attempt: a for a in queue.attempts(job_id, attempt)}   # finished, bytes
     for entry in entries:
         click.echo(for_terminal(attempt_header(entry), raw=raw))
+        # piped: the stored bytes exactly, of a finished attempt and of the running one's output so far
+        data = _output_bytes(queue, entry, stored.get(entry["attempt"]))
         for stream in (only,) if only else ("stdout", "stderr"):
             if entry[stream]:
                 click.echo(f"--- {stream}")
-                record = stored.get(entry["attempt"])
-                if record is not None and not entry.get("running"):
-                    write_output(getattr(record, stream), raw=raw)     # piped: the stored bytes exactly
+                if data is not None:
+                    write_output(data[stream], raw=raw)
                 else:
                     click.echo(for_terminal(entry[stream].rstrip("\n"), raw=raw))
+
+
+def _output_bytes(queue, entry: dict, record) -> Optional[dict]:
+    """An attempt's stdout and stderr as bytes: from its record once finished, else its live output so far."""
+    if entry.get("running"):
+        from .output import live_bytes
+
+        return live_bytes(queue, entry["job_id"], entry["attempt"])
+    return None if record is None else {name: getattr(record, name) for name in ("stdout", "stderr")}
 
 
 def attempt_header(entry: dict) -> str:

@@ -102,14 +102,20 @@ class Assembler:
         return pieces
 
 
+def live_bytes(queue, job_id: str, attempt: int) -> dict:
+    """The live output of an attempt so far, per stream, as bytes (the middle the cap dropped: a marker)."""
+    text = {name: bytearray() for name in STREAMS}
+    if supported(queue.store):
+        for stream, data in Assembler().feed(queue.store.output_chunks(job_id, attempt, 0)):
+            text[stream] += data
+    return {name: bytes(data) for name, data in text.items()}
+
+
 def running_attempt(queue, job) -> Optional[dict]:
     """The running attempt of ``job`` as a logs entry (``running`` true, output so far), or None."""
     if job.state != models.PROCESSING or job.lease is None:
         return None
-    text = {name: bytearray() for name in STREAMS}
-    if supported(queue.store):
-        for stream, data in Assembler().feed(queue.store.output_chunks(job.id, job.attempts, 0)):
-            text[stream] += data
+    text = live_bytes(queue, job.id, job.attempts)
     lease, now = job.lease, models.now()
     started = lease.started_at or now
     return {"job_id": job.id, "attempt": job.attempts, "outcome": "running", "exit_code": None, "signal": None,

@@ -130,6 +130,10 @@ def test_odd_bytes_are_followed_exactly_and_shown_as_valid_json(instance):
     entry = wait_until(lambda: next((e for e in instance.json("logs", job_id) if e["running"] and "75%" in e["stdout"]),
                                     None), message="the odd output while it runs")
     assert entry["stdout"] == ODD_OUT.decode("utf-8", "replace") and entry["stderr"] == "err \ufffd\n"
+    piped = subprocess.run([*QUEUECTL, "logs", job_id[:6], "--stdout"], cwd=instance.root, env=instance.env,
+                           capture_output=True, timeout=60)
+    assert piped.returncode == 0 and piped.stdout.startswith(b"=== attempt 1: running since ")
+    assert piped.stdout.endswith(b"--- stdout\n" + ODD_OUT)       # the bytes so far, exactly, like a finished one
     proc = follow(instance, job_id)
     (instance.root / "release").touch()
     out, err = proc.communicate(timeout=60)
