@@ -231,7 +231,9 @@ def top_in_tmux(instance, cols: int, rows: int, stdin: str = ""):
     instance.run("init")
     name = f"qe-{os.getpid()}-{time.monotonic_ns()}"
     env = " ".join(f"{k}='{v}'" for k, v in instance.env.items() if k.startswith(("QUEUECTL_", "XDG_", "PYTHON")))
-    command = f"cd '{instance.root}' && env {env} {' '.join(QUEUECTL)} top --interval 0.3 {stdin}; echo rc=$? > rc.txt"
+    # COLUMNS and LINES exported (by a shell, or by the tmux server's environment) must not pin the size
+    command = (f"cd '{instance.root}' && env {env} COLUMNS=80 LINES=24 {' '.join(QUEUECTL)} top --interval 0.3 "
+               f"{stdin}; echo rc=$? > rc.txt")
     tmux("new-session", "-d", "-s", name, "-x", str(cols), "-y", str(rows), command)
     return name
 

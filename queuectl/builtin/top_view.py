@@ -89,6 +89,8 @@ def render(data: dict, height: int, width: int = 80):
 
 def run(queue, interval: float) -> int:
     """Redraw every ``interval`` seconds until q (exit 0) or Ctrl-C (exit 130)."""
+    for name in ("COLUMNS", "LINES"):     # exported, rich would take them over the terminal's size and its resizes
+        os.environ.pop(name, None)
     console = Console()
     stdin = sys.stdin.fileno()
     saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None
