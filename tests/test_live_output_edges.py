@@ -328,3 +328,19 @@ def test_logs_attempt_n_of_the_running_attempt_shows_it(instance):
     (instance.root / "release").touch()
     instance.wait_for_state(job_id, "completed")
     assert "attempt 1: succeeded (exit 0)" in instance.run("logs", job_id, "--attempt", "1").stdout
+
+
+def test_wait_bar_fits_the_terminal_whatever_columns_says(instance):
+    job_id = instance.enqueue(BLOCK.format(name="release"))
+    instance.env["COLUMNS"] = "200"                  # exported and stale: the terminal has 50 columns
+    pid, master = spawn_pty(instance, "wait", job_id, cols=50)
+    try:
+        screen = read_until(master, b"0/1")
+        instance.start_pool(1)
+        (instance.root / "release").touch()
+        screen += read_until(master, b"1/1 finished")
+        assert exit_status(pid) == 0
+    finally:
+        os.close(master)
+    bars = [line for line in screen.replace(b"\r", b"\n").split(b"\n") if line.startswith(b"[")]
+    assert bars and all(len(line.replace(b"\x1b[K", b"")) <= 50 for line in bars)

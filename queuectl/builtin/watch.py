@@ -6,7 +6,7 @@ PostgreSQL queue. ``top`` draws with rich, imported only by that command.
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import sys
 import time
 from typing import Optional
@@ -174,7 +174,7 @@ class ProgressBar:
             click.echo(escape_controls(f"{job.id}  {job.state}  {job.last_error or ''}".rstrip()))
 
     def update(self, waiter) -> None:
-        width = shutil.get_terminal_size((80, 24)).columns
+        width = terminal_width()
         rate = waiter.rate()
         eta = len(waiter.remaining) / rate if rate and waiter.remaining else None
         right = f" {waiter.done}/{waiter.total}  {rate or 0:.1f}/s  ETA {fmt_eta(eta)}"
@@ -194,6 +194,14 @@ class ProgressBar:
         failed = sum(1 for state in waiter.states.values() if state != models.COMPLETED)
         summary = f"{waiter.done}/{waiter.total} finished, {failed} not completed"
         click.echo(summary + (f"; timed out with {len(waiter.remaining)} waiting" if timed_out else ""))
+
+
+def terminal_width() -> int:
+    """The terminal's columns now (a resize counts; an exported COLUMNS, which a resize leaves stale, does not)."""
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns or 80
+    except (OSError, ValueError):
+        return 80
 
 
 def fmt_eta(seconds: Optional[float]) -> str:
