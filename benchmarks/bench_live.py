@@ -152,7 +152,8 @@ def main(argv=None) -> int:
                 with psycopg.connect(PG_URL, autocommit=True) as conn:
                     conn.execute(f'DROP SCHEMA IF EXISTS "{config["pg-schema"]}" CASCADE')
         print(f"{name}: job printing {args.mib} MiB: {found['state']} in {found['job_seconds']:.2f} s; "
-              f"worker peak RSS {found['worker_hwm'] / mib:.1f} MiB (before the job {found['worker_hwm_before'] / mib:.1f}); "
+              f"worker peak RSS {found['worker_hwm'] / mib:.1f} MiB "
+              f"(before the job {found['worker_hwm_before'] / mib:.1f}); "
               f"stored stdout {found['stored_stdout']:,} B; live output held at most {found['live_peak']:,} B "
               f"({found['samples']} samples); follower exit {found['follow_exit']}, peak RSS "
               f"{found['follower_maxrss'] / mib:.1f} MiB, wrote {found['followed_bytes']:,} B", flush=True)

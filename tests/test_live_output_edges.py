@@ -17,7 +17,7 @@ import time
 import pytest
 
 from conftest import QUEUECTL, wait_until
-from test_live_output import BLOCK, exit_status, follow, read_until, spawn_pty, tmux
+from test_live_output import BLOCK, exit_status, follow, read_until, spawn_pty, tmux, wait_on_a_terminal
 
 BOTH_BACKENDS = True
 
@@ -331,16 +331,6 @@ def test_logs_attempt_n_of_the_running_attempt_shows_it(instance):
 
 
 def test_wait_bar_fits_the_terminal_whatever_columns_says(instance):
-    job_id = instance.enqueue(BLOCK.format(name="release"))
     instance.env["COLUMNS"] = "200"                  # exported and stale: the terminal has 50 columns
-    pid, master = spawn_pty(instance, "wait", job_id, cols=50)
-    try:
-        screen = read_until(master, b"0/1")
-        instance.start_pool(1)
-        (instance.root / "release").touch()
-        screen += read_until(master, b"1/1 finished")
-        assert exit_status(pid) == 0
-    finally:
-        os.close(master)
-    bars = [line for line in screen.replace(b"\r", b"\n").split(b"\n") if line.startswith(b"[")]
-    assert bars and all(len(line.replace(b"\x1b[K", b"")) <= 50 for line in bars)
+    _, bars = wait_on_a_terminal(instance, [instance.enqueue(BLOCK.format(name="release"))], cols=50)
+    assert bars and all(len(line) <= 50 for line in bars)
