@@ -378,23 +378,34 @@ def logs(job_id, attempt, follow, only, as_json, raw):
     if follow:
         if as_json or attempt is not None:
             raise UsageError("--follow cannot be combined with --json or --attempt")
-        raise click.exceptions.Exit(follow_logs(get_queue(), job_id, only))
+        raise click.exceptions.Exit(follow_logs(get_queue(), job_id, only, raw))
     queue = get_queue()
     entries = queue.logs(job_id, attempt)
     if as_json:
         emit_json(entries)
         return
-    stored = {a.attempt: a for a in queue.attempts(job_id, attempt)}     # finished attempts, as bytes
+    asked_running = attempt is not None and entries[0].get("running")      # `--attempt N` of the running one
+    stored = {} if asked_running else {a.attempt: a for a in queue.attempts(job_id, attempt)}   # finished, bytes
     for entry in entries:
         echo(for_terminal(attempt_header(entry), raw=raw))
+        # piped: the stored bytes exactly, of a finished attempt and of the running one's output so far
+        data = _output_bytes(queue, entry, stored.get(entry["attempt"]))
         for stream in (only,) if only else ("stdout", "stderr"):
             if entry[stream]:
                 click.echo(f"--- {stream}")
-                record = stored.get(entry["attempt"])
-                if record is not None and not entry.get("running"):
-                    write_output(getattr(record, stream), raw=raw)     # piped: the stored bytes exactly
+                if data is not None:
+                    write_output(data[stream], raw=raw)
                 else:
                     echo(for_terminal(entry[stream].rstrip("\n"), raw=raw))
+
+
+def _output_bytes(queue, entry: dict, record) -> Optional[dict]:
+    """An attempt's stdout and stderr as bytes: from its record once finished, else its live output so far."""
+    if entry.get("running"):
+        from .output import live_bytes
+
+        return live_bytes(queue, entry["job_id"], entry["attempt"])
+    return None if record is None else {name: getattr(record, name) for name in ("stdout", "stderr")}
 
 
 def attempt_header(entry: dict, stream=None) -> str:
@@ -403,16 +414,18 @@ def attempt_header(entry: dict, stream=None) -> str:
     if entry.get("running"):
         return (f"=== attempt {entry['attempt']}: running since {started} "
                 f"({fmt_seconds(entry['duration'])} so far) on {entry['host']}")
-    how = f"exit {entry['exit_code']}" if entry["signal"] is None else f"signal {entry['signal']}"
+    how = (f" (signal {entry['signal']})" if entry["signal"] is not None else
+           f" (exit {entry['exit_code']})" if entry["exit_code"] is not None else "")    # never ran, or worker lost
     error = f": {for_terminal(entry['error'], stream)}" if entry["error"] else ""
-    return (f"=== attempt {entry['attempt']}: {entry['outcome']} ({how}) in {fmt_seconds(entry['duration'])}, "
+    return (f"=== attempt {entry['attempt']}: {entry['outcome']}{how} in {fmt_seconds(entry['duration'])}, "
             f"started {started}{error}")
 
 
-def follow_logs(queue, job_id: str, only: Optional[str]) -> int:
+def follow_logs(queue, job_id: str, only: Optional[str], raw: bool = False) -> int:
     """``logs --follow``: job output to stdout (its stderr to stderr, unless one stream is picked), exactly
-    as printed when piped; a header line per attempt on stderr. Returns the exit code, like `wait`."""
-    sinks = {name: OutputWriter(sys.stdout if only or name == "stdout" else sys.stderr)
+    as printed when piped or with ``raw``; a header line per attempt on stderr. Returns the exit code,
+    like `wait` (a job purged while followed: 3)."""
+    sinks = {name: OutputWriter(sys.stdout if only or name == "stdout" else sys.stderr, raw)
              for name in ("stdout", "stderr")}
     try:
         for event in queue.follow(job_id):
@@ -424,7 +437,7 @@ def follow_logs(queue, job_id: str, only: Optional[str]) -> int:
             elif kind == "ended" and event[2] is not None:
                 click.echo(attempt_header(event[2], sys.stderr), err=True)
             elif kind == "done":
-                click.echo(f"=== job {job_id} is {event[1].state}", err=True)
+                click.echo(f"=== job {event[1].id} is {event[1].state}", err=True)
                 return exit_for_states([event[1].state])
     except KeyboardInterrupt:
         return 130
@@ -432,17 +445,17 @@ def follow_logs(queue, job_id: str, only: Optional[str]) -> int:
 
 
 class OutputWriter:
-    """Job output as it came when piped; decoded (a character split between chunks kept whole) and
-    escaped on a terminal."""
+    """Job output as it came when piped (or ``raw``); decoded (a character split between chunks kept
+    whole) and escaped on a terminal."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, raw: bool = False):
         import codecs
 
-        self.stream = stream
+        self.stream, self.raw = stream, raw
         self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
 
     def write(self, data: bytes) -> None:
-        if self.stream.isatty():
+        if self.stream.isatty() and not self.raw:
             self.stream.write(for_terminal(self.decoder.decode(data), self.stream))
         else:
             self.stream.flush()

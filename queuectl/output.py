@@ -15,18 +15,32 @@ import time
 from typing import Iterator, Optional
 
 from . import models
-from .errors import QueueError
+from .errors import NotFound, QueueError
 
 RETENTION = 60.0        # seconds the chunks of a finished attempt are kept for followers
 SINK_WAIT = 0.25        # how long a worker waits for a busy store to take output (it offers it again later)
 POLL = 0.05             # a follower's poll where the store cannot wake it (SQLite)
 WAKE_POLL = 0.5         # a follower's poll for state changes where output wakes it (PostgreSQL)
 STREAMS = ("stdout", "stderr")
+PURGED = "purged"       # the state reported for a job deleted (`purge`) while it was followed or waited for
 
 
 def truncation_marker(dropped: int) -> bytes:
     """What stands in for the middle of an output longer than the cap."""
     return f"\n[... queuectl: {dropped} bytes truncated ...]\n".encode()
+
+
+def purged(job_id: str) -> models.Job:
+    """What a job deleted while it was watched finished as: state ``purged`` (finished, not completed)."""
+    return models.Job(id=job_id, command="", state=PURGED)
+
+
+def current(queue, job_id: str) -> models.Job:
+    """The job as it is now; a job purged meanwhile (found no more) is ``purged``, never an error."""
+    try:
+        return queue.get(job_id)
+    except NotFound:
+        return purged(job_id)
 
 
 def supported(store) -> bool:
@@ -88,14 +102,20 @@ class Assembler:
         return pieces
 
 
+def live_bytes(queue, job_id: str, attempt: int) -> dict:
+    """The live output of an attempt so far, per stream, as bytes (the middle the cap dropped: a marker)."""
+    text = {name: bytearray() for name in STREAMS}
+    if supported(queue.store):
+        for stream, data in Assembler().feed(queue.store.output_chunks(job_id, attempt, 0)):
+            text[stream] += data
+    return {name: bytes(data) for name, data in text.items()}
+
+
 def running_attempt(queue, job) -> Optional[dict]:
     """The running attempt of ``job`` as a logs entry (``running`` true, output so far), or None."""
     if job.state != models.PROCESSING or job.lease is None:
         return None
-    text = {name: bytearray() for name in STREAMS}
-    if supported(queue.store):
-        for stream, data in Assembler().feed(queue.store.output_chunks(job.id, job.attempts, 0)):
-            text[stream] += data
+    text = live_bytes(queue, job.id, job.attempts)
     lease, now = job.lease, models.now()
     started = lease.started_at or now
     return {"job_id": job.id, "attempt": job.attempts, "outcome": "running", "exit_code": None, "signal": None,
@@ -109,7 +129,8 @@ def follow(queue, job_id: str) -> Iterator[tuple]:
     """Events of a job's output until it is terminal, from its first attempt on.
 
     ``("attempt", n, entry)`` starts attempt n (``entry``: its logs entry, None while it runs);
-    ``("output", stream, bytes)``; ``("ended", n, entry)`` after an attempt; ``("done", job)`` last.
+    ``("output", stream, bytes)``; ``("ended", n, entry)`` after an attempt; ``("done", job)`` last
+    (state ``purged`` for a job deleted meanwhile). ``job_id`` is a whole id (Queue.follow resolves it).
     """
     store = queue.store
     live = supported(store)
@@ -117,7 +138,7 @@ def follow(queue, job_id: str) -> Iterator[tuple]:
     number, assembler, announced = 1, Assembler(), False
     try:
         while True:
-            job = queue.get(job_id)
+            job = current(queue, job_id)
             running = job.state == models.PROCESSING and job.attempts == number
             if running and not announced:
                 yield ("attempt", number, None)
@@ -128,7 +149,7 @@ def follow(queue, job_id: str) -> Iterator[tuple]:
                 yield from _finished(queue, job_id, number, assembler, announced)
                 number, assembler, announced = number + 1, Assembler(), False
                 continue                             # the next attempt may be over already
-            if job.state in models.FINISHED_STATES:
+            if job.state in models.FINISHED_STATES or job.state == PURGED:
                 yield ("done", job)
                 return
             _sleep(listener)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -362,7 +361,7 @@ class Queue:
         """
         from . import output
 
-        self.get(job_id)
+        job_id = self.get(job_id).id
         if not output.supported(self.store):
             return [], cursor
         rows = self.store.output_chunks(job_id, attempt, cursor)
@@ -373,8 +372,7 @@ class Queue:
         """Events of a job's output as it is produced, until the job is terminal (see queuectl.output.follow)."""
         from . import output
 
-        self.get(job_id)
-        return output.follow(self, job_id)
+        return output.follow(self, self.get(job_id).id)
 
     def retry(self, job_id: str, states: tuple = (models.DEAD,)) -> Job:
         """Dead (or another finished state) -> pending with a fresh retry budget; the history stays."""

@@ -245,22 +245,29 @@ def test_wait_all_and_queue_with_json(instance):
     assert instance.job(other)["state"] == "completed"
 
 
-def test_wait_draws_a_progress_bar_on_a_terminal(instance):
-    ids = [instance.enqueue(BLOCK.format(name="release")) for _ in range(4)]
-    pid, master = spawn_pty(instance, "wait", *ids)
+def wait_on_a_terminal(instance, ids: list, cols: int = 80) -> tuple[bytes, list]:
+    """`wait IDS` on a pty of ``cols`` columns while the jobs (held by a release file) run: the screen,
+    and its bar lines as drawn."""
+    pid, master = spawn_pty(instance, "wait", *ids, cols=cols)
     try:
-        screen = read_until(master, b"0/4")
-        assert b"\r[" in screen and b"0/4" in screen and b"ETA" in screen
+        screen = read_until(master, f"0/{len(ids)}".encode())
+        assert b"\r[" in screen and b"ETA" in screen
         instance.start_pool(2)
         (instance.root / "release").touch()
-        screen += read_until(master, b"4/4 finished")
+        screen += read_until(master, f"{len(ids)}/{len(ids)} finished".encode())
         assert exit_status(pid) == 0
     finally:
         os.close(master)
+    bars = [line.replace(b"\x1b[K", b"") for line in screen.replace(b"\r", b"\n").split(b"\n") if line.startswith(b"[")]
+    return screen, bars
+
+
+def test_wait_draws_a_progress_bar_on_a_terminal(instance):
+    ids = [instance.enqueue(BLOCK.format(name="release")) for _ in range(4)]
+    screen, bars = wait_on_a_terminal(instance, ids)
     assert b"4/4 finished, 0 not completed" in screen
     assert not any(job_id.encode() in screen for job_id in ids)     # no line per job on a terminal
-    bar_lines = [line for line in screen.replace(b"\r", b"\n").split(b"\n") if line.startswith(b"[")]
-    assert bar_lines and all(len(line.replace(b"\x1b[K", b"")) <= 80 for line in bar_lines)
+    assert bars and all(len(line) <= 80 for line in bars)
 
 
 # --- top ------------------------------------------------------------------------------------------------

@@ -59,15 +59,15 @@ def _table(title: str, columns: list[str], rows: list[list], limit: int, more: i
     return table
 
 
-def render(data: dict, height: int):
+def render(data: dict, height: int, width: int = 80):
     counts, stats = data["counts"], data["stats"]
     rate = stats.get("throughput_1m")
     title = Text.assemble(("queuectl top", "bold"), f"  {models.iso(data['at'])[11:19]}  q quits  ",
                           f"last minute: {'-' if rate is None else f'{rate:.2f}'} runs/s  ", _text(data["store"]),
                           no_wrap=True, overflow="ellipsis")
-    states = Text("  ".join(f"{state} {counts.get(state, 0)}" for state in models.STATES), no_wrap=True,
-                  overflow="ellipsis")
-    room = max(3, height - 3 - 6)          # title, states, a spare line; each table's title and header
+    line = "  ".join(f"{state} {counts.get(state, 0)}" for state in models.STATES)
+    states = Text(line)                    # wraps on a narrow terminal: no count is ever cut off
+    room = max(3, height - 2 - -(-len(line) // max(1, width)) - 6)   # title, states, a spare line; tables
     n_queues = min(len(data["queues"]), max(1, room // 4))
     n_failures = min(len(data["failures"]), max(1, room // 3))
     n_workers = max(1, room - n_queues - n_failures)
@@ -89,6 +89,8 @@ def render(data: dict, height: int):
 
 def run(queue, interval: float) -> int:
     """Redraw every ``interval`` seconds until q (exit 0) or Ctrl-C (exit 130)."""
+    for name in ("COLUMNS", "LINES"):     # exported, rich would take them over the terminal's size and its resizes
+        os.environ.pop(name, None)
     console = Console()
     stdin = sys.stdin.fileno()
     saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None
@@ -97,7 +99,7 @@ def run(queue, interval: float) -> int:
             tty.setcbreak(stdin)               # keys arrive one by one; Ctrl-C still sends SIGINT
         with Live(console=console, screen=True, auto_refresh=False) as live:
             while True:
-                live.update(render(snapshot(queue), console.size.height), refresh=True)
+                live.update(render(snapshot(queue), console.size.height, console.size.width), refresh=True)
                 if _quit_pressed(stdin, interval):
                     return 0
     except KeyboardInterrupt:
@@ -108,7 +110,12 @@ def run(queue, interval: float) -> int:
 
 
 def _quit_pressed(stdin: int, interval: float) -> bool:
+    """True once q is pressed within ``interval``; keys are read only from a terminal (from
+    anything else, /dev/null at its end say, only Ctrl-C stops the view)."""
     deadline = time.monotonic() + interval
+    if not os.isatty(stdin):
+        time.sleep(interval)
+        return False
     while True:
         left = deadline - time.monotonic()
         if left <= 0:

@@ -6,19 +6,20 @@ PostgreSQL queue. ``top`` draws with rich, imported only by that command.
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import sys
 import time
 from typing import Optional
 
 import click
 
-from queuectl import hookimpl, models
+from queuectl import hookimpl, models, output
 from queuectl.command import (EXIT_TIMEOUT, Duration, QueueError, UsageError, complete_job_ids, complete_queues,
                               exit_for_states, get_queue, read_command)
 from queuectl.term import escape_controls
 
-WAIT_POLL = 0.25            # seconds between looks at the jobs being waited for
+WAIT_POLL = 0.25            # seconds between looks at the jobs being waited for, at least
+WAIT_SHARE = 0.1            # at most this share of the time goes to looking (a look at 20,000 jobs takes 0.1 s)
 BY_ID = 20                  # up to this many jobs are looked up one by one; more, by listing unfinished ones
 UNFINISHED = (models.PENDING, models.PROCESSING, models.FAILED)
 TOP_REFRESH = 1.0
@@ -54,20 +55,22 @@ def wait(job_ids, queue_name, everything, timeout, as_json):
     limit = timeout
     queue = get_queue()
     targets = _targets(queue, job_ids, queue_name, everything)
-    waiter = Waiter(queue, targets)
+    waiter = Waiter(queue, targets, queue_name)
     view = ProgressBar(len(targets)) if sys.stdout.isatty() and not as_json else PlainLines(as_json)
     deadline = None if limit is None else time.monotonic() + limit
     try:
         while True:
+            began = time.monotonic()
             for job in waiter.poll():
                 view.finished(job)
+            pause = max(WAIT_POLL, (time.monotonic() - began) * (1 / WAIT_SHARE - 1))
             view.update(waiter)
             if not waiter.remaining:
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 view.close(waiter, timed_out=True)
                 raise click.exceptions.Exit(EXIT_TIMEOUT)
-            time.sleep(WAIT_POLL if deadline is None else max(0.0, min(WAIT_POLL, deadline - time.monotonic())))
+            time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
     except KeyboardInterrupt:
         view.close(waiter, timed_out=False)
         raise click.exceptions.Exit(130) from None
@@ -79,11 +82,13 @@ def _targets(queue, job_ids, queue_name: Optional[str], everything: bool) -> lis
     """The ids to wait for: those given (each must exist), or the unfinished jobs of a queue or of all."""
     if bool(job_ids) + bool(queue_name) + everything != 1:
         raise UsageError("give job ids, --queue NAME or --all (one of them)")
-    if job_ids:
-        for job_id in job_ids:
-            queue.get(job_id)                 # an unknown id: one error line, exit 1
-        return list(dict.fromkeys(job_ids))
-    return [j.id for j in unfinished_jobs(queue, queue_name)]
+    if job_ids:       # each resolved once (an unknown id: one error line, exit 1; an ambiguous prefix: 2)
+        return list(dict.fromkeys(queue.get(job_id).id for job_id in job_ids))
+    found = [j.id for j in unfinished_jobs(queue, queue_name)]
+    if not found:
+        where = f" in queue {queue_name!r}" if queue_name else ""
+        click.echo(f"queuectl: nothing to wait for: no unfinished job{where}", err=True)
+    return found
 
 
 def unfinished_jobs(queue, queue_name: Optional[str] = None) -> list:
@@ -92,36 +97,30 @@ def unfinished_jobs(queue, queue_name: Optional[str] = None) -> list:
 
 
 class Waiter:
-    """Which of the target jobs are finished; few are looked up by id, many by listing the unfinished."""
+    """Which of the target jobs are finished; few are looked up by id, many by listing the unfinished
+    (of ``queue_name`` alone when the targets are that queue's)."""
 
-    def __init__(self, queue, targets: list[str]):
-        self.queue = queue
+    def __init__(self, queue, targets: list[str], queue_name: Optional[str] = None):
+        self.queue, self.queue_name = queue, queue_name
         self.total = len(targets)
         self.remaining = dict.fromkeys(targets)
         self.states: dict[str, str] = {}
         self.started = time.monotonic()
 
     def poll(self) -> list:
-        """The jobs that finished since the last poll."""
+        """The jobs that finished since the last poll (a job purged meanwhile finished as ``purged``)."""
         candidates = list(self.remaining)
         if len(candidates) > BY_ID:
-            unfinished = {job.id for job in unfinished_jobs(self.queue)}
+            unfinished = {job.id for job in unfinished_jobs(self.queue, self.queue_name)}
             candidates = [job_id for job_id in candidates if job_id not in unfinished]
         done = []
         for job_id in candidates:
-            job = self._get(job_id)
-            if job is None or job.state in models.FINISHED_STATES:
+            job = output.current(self.queue, job_id)
+            if job.state not in UNFINISHED:
                 self.remaining.pop(job_id)
-                self.states[job_id] = job.state if job is not None else "purged"
-                done.append(job or models.Job(id=job_id, command="", state="purged", max_retries=0,
-                                              created_at=0.0, updated_at=0.0, run_at=0.0))
+                self.states[job_id] = job.state
+                done.append(job)
         return done
-
-    def _get(self, job_id: str):
-        try:
-            return self.queue.get(job_id)
-        except QueueError:
-            return None                       # purged while we waited: it is finished, not completed
 
     @property
     def done(self) -> int:
@@ -167,7 +166,7 @@ class ProgressBar:
             click.echo(escape_controls(f"{job.id}  {job.state}  {job.last_error or ''}".rstrip()))
 
     def update(self, waiter) -> None:
-        width = shutil.get_terminal_size((80, 24)).columns
+        width = terminal_width()
         rate = waiter.rate()
         eta = len(waiter.remaining) / rate if rate and waiter.remaining else None
         right = f" {waiter.done}/{waiter.total}  {rate or 0:.1f}/s  ETA {fmt_eta(eta)}"
@@ -187,6 +186,14 @@ class ProgressBar:
         failed = sum(1 for state in waiter.states.values() if state != models.COMPLETED)
         summary = f"{waiter.done}/{waiter.total} finished, {failed} not completed"
         click.echo(summary + (f"; timed out with {len(waiter.remaining)} waiting" if timed_out else ""))
+
+
+def terminal_width() -> int:
+    """The terminal's columns now (a resize counts; an exported COLUMNS, which a resize leaves stale, does not)."""
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns or 80
+    except (OSError, ValueError):
+        return 80
 
 
 def fmt_eta(seconds: Optional[float]) -> str:
