@@ -88,12 +88,13 @@ class Assembler:
         return pieces
 
 
-def running_attempt(queue, job) -> Optional[dict]:
-    """The running attempt of ``job`` as a logs entry (``running`` true, output so far), or None."""
+def running_attempt(queue, job, with_output: bool = True) -> Optional[dict]:
+    """The running attempt of ``job`` as a logs entry (``running`` true, output so far, or none at all
+    without ``with_output``), or None."""
     if job.state != models.PROCESSING or job.lease is None:
         return None
     text = {name: bytearray() for name in STREAMS}
-    if supported(queue.store):
+    if with_output and supported(queue.store):
         for stream, data in Assembler().feed(queue.store.output_chunks(job.id, job.attempts, 0)):
             text[stream] += data
     lease, now = job.lease, models.now()
