@@ -315,7 +315,7 @@ def test_job_text_from_every_field_renders_as_text(instance, browser):
         families = {f.name: f for f in text_string_to_metric_families(server.request("/metrics")[1])}
         assert PAYLOAD in {s.labels["host"] for s in families["queuectl_workers"].samples}
         for path, where in [(f"jobs/{dead}", "#attempts"), (f"jobs/{running}", "#fields"),
-                            (f"jobs/{running}", "#attempts"), (f"jobs/{dead}", "#attempts-list"), ("jobs", "#jobs"),
+                            (f"jobs/{running}", "#attempts"), (f"jobs/{running}", "#attempts-list"), ("jobs", "#jobs"),
                             ("jobs?q=" + urllib.parse.quote(PAYLOAD), "#jobs"), ("dlq", "#jobs"),
                             ("schedules", "#schedules")]:
             browser.get(server.url + path)
@@ -733,6 +733,9 @@ def test_a_job_with_many_large_attempts_keeps_its_page_and_json_small(instance, 
     assert code == 200 and json.loads(body)["attempts"] == [] and len(body) < 8192
     code, body = dashboard.request(f"/api/jobs/{job}/attempts/7", headers=dashboard.cookie)
     assert code == 200 and len(body) < shown * 1.1 + 4096, len(body)     # newlines are two bytes in JSON
+    code, chosen = dashboard.request(f"/jobs/{job}?attempt=7", headers=dashboard.cookie)    # without the script
+    assert code == 200 and len(chosen.encode()) < shown + ROWS * row + 16_384
+    assert "<h3>attempt 7: failed</h3>" in chosen and "a7-out-000001" in chosen and "a7-err-008000" in chosen
     code, older = dashboard.request(f"/jobs/{job}?before={attempts - ROWS + 1}", headers=dashboard.cookie)
     assert code == 200 and older.count("<tr data-attempt=") == attempts - ROWS and "a5-out-000001" in older
 
