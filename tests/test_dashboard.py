@@ -667,6 +667,7 @@ def test_the_overview_metrics_and_job_pages_never_scan_the_jobs(tmp_path):
     the table in seq order) under a LIMIT without sorting, so it stops after the page."""
     from queuectl import Queue
     from queuectl.builtin.web.app import overview_data
+    from queuectl.builtin.web.jobpage import attempt_output, job_data
     from queuectl.builtin.web.metrics import render
 
     (tmp_path / "config.yaml").write_text("db: queue.db\n")
@@ -679,8 +680,17 @@ def test_the_overview_metrics_and_job_pages_never_scan_the_jobs(tmp_path):
     for filters in ({}, {"state": "pending"}, {"queue": "a"}, {"queue": "a", "state": "pending"}, {"before": 10}):
         queue.page(**filters)
     queue.store.conn.set_trace_callback(None)
+    one = queue.list(limit=1)[0].id
+    subprocess.run([*QUEUECTL, "worker", "start", "--burst"], cwd=tmp_path, env={**os.environ, "QUEUECTL_CONFIG":
+                   str(tmp_path / "config.yaml")}, check=True, capture_output=True, timeout=300)
+    queue.store.conn.set_trace_callback(seen.append)
+    job_data(queue, one)                                   # the one-job page: its attempts and one's output
+    job_data(queue, one, after=1, before=5)
+    attempt_output(queue, one, 1)
+    queue.store.conn.set_trace_callback(None)
     reads = [sql for sql in seen if sql.lstrip().upper().startswith("SELECT")]
     assert len([sql for sql in reads if " jobs" in sql]) >= 6
+    assert len([sql for sql in reads if "length(stdout)" in sql]) == 2          # the attempts, without output
     for sql in reads:
         plan = [row[-1] for row in queue.store.conn.execute("EXPLAIN QUERY PLAN " + sql)]
         walks = [step for step in plan if step.startswith("SCAN ") and step.split()[1] not in SMALL_TABLES]
