@@ -1197,4 +1197,3 @@ def test_a_version_4_store_gets_its_counters_and_series_on_migration(backend):
     assert store.queue_counts() == {"q1": {"pending": 1, "dead": 1}, "q2": {"completed": 1}}
     hour = store.series(3600, 60)
     assert sum(p["runs"] for p in hour) == 2 and sum(p["failed"] for p in hour) == 1
-
