@@ -231,8 +231,27 @@ function fitStream(s, head, tail) {
   s.dropped = s.end - bytes(s.head) - bytes(s.tail);
 }
 
+function marker(s, number) {
+  return s.cut ? "[... " + s.dropped + " bytes not shown: `" + document.getElementById("attempts").dataset.logs +
+    " --attempt " + number + "` prints it whole ...]" : "";
+}
+
 function drawOutput(number, outcome) {
   const box = document.getElementById("attempts");
+  if (box.dataset.number === String(number) && box.querySelector("h3")) {
+    // the same attempt grew: change only what changed, so a selection in the output survives a refresh
+    box.querySelector("h3").textContent = "attempt " + number + ": " + outcome;
+    for (const name of ["stdout", "stderr"]) {
+      const s = view.streams[name], pre = box.querySelector('pre[data-stream="' + name + '"]');
+      const [head, cut, tail] = ["head", "cut", "tail"].map((cls) => pre.querySelector("." + cls));
+      if (head.textContent !== s.head) head.textContent = s.head;
+      if (cut.textContent !== marker(s, number)) cut.textContent = marker(s, number);
+      const old = tail.textContent;
+      if (s.tail.startsWith(old)) { if (s.tail.length > old.length) tail.append(s.tail.slice(old.length)); }
+      else tail.textContent = s.tail;
+    }
+    return;
+  }
   const title = document.createElement("h3");
   title.textContent = "attempt " + number + ": " + outcome;
   const parts = [title];
@@ -243,8 +262,7 @@ function drawOutput(number, outcome) {
     const pre = document.createElement("pre");
     pre.className = "out";
     pre.dataset.stream = name;
-    for (const [cls, text] of [["head", s.head], ["cut", s.cut ? "[... " + s.dropped + " bytes not shown: `" +
-        box.dataset.logs + " --attempt " + number + "` prints it whole ...]" : ""], ["tail", s.tail]]) {
+    for (const [cls, text] of [["head", s.head], ["cut", marker(s, number)], ["tail", s.tail]]) {
       const span = document.createElement("span");
       span.className = cls;
       span.textContent = text;
@@ -253,6 +271,7 @@ function drawOutput(number, outcome) {
     parts.push(label, pre);
   }
   box.replaceChildren(...parts);
+  box.dataset.number = String(number);
 }
 
 async function loadOutput(number) {
