@@ -111,11 +111,12 @@ def live_bytes(queue, job_id: str, attempt: int) -> dict:
     return {name: bytes(data) for name, data in text.items()}
 
 
-def running_attempt(queue, job) -> Optional[dict]:
-    """The running attempt of ``job`` as a logs entry (``running`` true, output so far), or None."""
+def running_attempt(queue, job, with_output: bool = True) -> Optional[dict]:
+    """The running attempt of ``job`` as a logs entry (``running`` true, output so far, or none at all
+    without ``with_output``), or None."""
     if job.state != models.PROCESSING or job.lease is None:
         return None
-    text = live_bytes(queue, job.id, job.attempts)
+    text = live_bytes(queue, job.id, job.attempts) if with_output else {name: b"" for name in STREAMS}
     lease, now = job.lease, models.now()
     started = lease.started_at or now
     return {"job_id": job.id, "attempt": job.attempts, "outcome": "running", "exit_code": None, "signal": None,

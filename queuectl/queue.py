@@ -352,6 +352,33 @@ class Queue:
         entries = [dict(a.to_dict(), running=False) for a in self.attempts(job_id, attempt)]
         return entries + ([live] if live is not None and attempt is None else [])
 
+    def attempt_list(self, job_id: str, after: int = 0, before: Optional[int] = None, limit: int = 100) -> list[dict]:
+        """The newest ``limit`` finished attempts numbered after ``after`` and before ``before``, oldest first,
+        as logs entries without their output: ``stdout_bytes`` and ``stderr_bytes`` give its size instead;
+        then the running attempt, if any and within the bounds (``running`` true, its sizes None)."""
+        from . import output
+
+        job = self.get(job_id)
+        job_id = job.id
+        after = _in_range("count", after, "after")
+        before = models.INT64_MAX if before is None else _in_range("attempt", before, "before")
+        limit = _in_range("count", limit, "limit")
+        if hasattr(self.store, "attempt_summaries"):
+            rows = self.store.attempt_summaries(job_id, after, before, limit)
+        else:                      # a third-party store: read whole, then drop the output
+            found = [a for a in self.store.attempts(job_id) if after < a.attempt < before][-limit:][::-1]
+            rows = [(a, len(a.stdout), len(a.stderr)) for a in found]
+        entries = []
+        for attempt, out, err in reversed(rows):
+            entry = {k: v for k, v in attempt.to_dict().items() if k not in ("stdout", "stderr")}
+            entries.append(dict(entry, running=False, stdout_bytes=out, stderr_bytes=err))
+        live = output.running_attempt(self, job, with_output=False)
+        recorded = {a.attempt for a, *_ in rows}       # it may have ended since the job was read
+        if live is not None and after < live["attempt"] < before and live["attempt"] not in recorded:
+            entries.append(dict({k: v for k, v in live.items() if k not in ("stdout", "stderr")},
+                                stdout_bytes=None, stderr_bytes=None))
+        return entries
+
     def output_since(self, job_id: str, attempt: int, cursor: int = 0) -> tuple[list[dict], int]:
         """Chunks of an attempt's live output stored after ``cursor`` (0: from the start), and the new cursor.
 

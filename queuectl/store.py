@@ -223,6 +223,11 @@ class Store(Protocol):
     def recent_jobs(self, state: str, limit: int) -> list[Job]:
         """The jobs of ``state`` changed last, newest first (optional; for `top`)."""
 
+    def attempt_summaries(self, job_id: str, after: int, before: int, limit: int) -> list:
+        """The newest ``limit`` attempts numbered after ``after`` and before ``before``, newest first, without
+        their output: ``(Attempt with empty stdout/stderr, stdout bytes, stderr bytes)`` (optional: without
+        it the Queue reads the attempts whole; for the dashboard's job page)."""
+
     # statistics
     def stats(self) -> dict:
         """total_runs, failed_runs, avg_duration, p50/p95 duration, dead_jobs, throughput."""

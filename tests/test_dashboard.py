@@ -300,8 +300,8 @@ def test_job_text_from_every_field_renders_as_text(instance, browser):
     instance.run("worker", "start", "--burst", timeout=120)
     instance.run("schedule", "add", "nightly", "--cron", "0 2 * * *", "--command", PAYLOAD)
     started, release = instance.root / "started", instance.root / "release"
-    running = instance.enqueue(f"touch {started}; while [ ! -e {release} ]; do sleep 0.05; done # {PAYLOAD}",
-                               queue="live")
+    running = instance.enqueue(f"printf '%s' {json.dumps(PAYLOAD)}; touch {started}; "
+                               f"while [ ! -e {release} ]; do sleep 0.05; done # {PAYLOAD}", queue="live")
     instance.start_pool(1, "--queue", "live", env={"QUEUECTL_HOST_ID": PAYLOAD})
     wait_until(started.exists, 60, message="the job to start")
     server = Dashboard(instance)
@@ -314,7 +314,8 @@ def test_job_text_from_every_field_renders_as_text(instance, browser):
         assert injected(browser) == []
         families = {f.name: f for f in text_string_to_metric_families(server.request("/metrics")[1])}
         assert PAYLOAD in {s.labels["host"] for s in families["queuectl_workers"].samples}
-        for path, where in [(f"jobs/{dead}", "#attempts"), (f"jobs/{running}", "#fields"), ("jobs", "#jobs"),
+        for path, where in [(f"jobs/{dead}", "#attempts"), (f"jobs/{running}", "#fields"),
+                            (f"jobs/{running}", "#attempts"), (f"jobs/{running}", "#attempts-list"), ("jobs", "#jobs"),
                             ("jobs?q=" + urllib.parse.quote(PAYLOAD), "#jobs"), ("dlq", "#jobs"),
                             ("schedules", "#schedules")]:
             browser.get(server.url + path)
@@ -324,6 +325,14 @@ def test_job_text_from_every_field_renders_as_text(instance, browser):
                            message="the job page's own refresh")
             assert injected(browser) == [], path
         assert PAYLOAD in text_of(browser, "#schedules")
+        # an attempt's output asked for on the page: from /api/jobs/ID/attempts/N, drawn by the script
+        browser.get(server.url + f"jobs/{dead}")
+        wait_until(lambda: browser.execute_script("return document.body.dataset.rendered"), 30, message="the page")
+        browser.execute_script("document.getElementById('attempts').replaceChildren()")
+        browser.find_element("css selector", 'a[data-show="1"]').click()
+        wait_until(lambda: PAYLOAD in (text_of(browser, "#attempts pre.out") or ""), 30, message="attempt 1 shown")
+        assert text_of(browser, '#attempts pre[data-stream="stderr"]') == PAYLOAD and injected(browser) == []
+        assert browser.current_url.endswith(f"jobs/{dead}")                  # loaded in place, not navigated
     finally:
         release.touch()
         server.stop()
@@ -683,6 +692,7 @@ def test_the_overview_metrics_and_job_pages_never_scan_the_jobs(tmp_path):
     the table in seq order) under a LIMIT without sorting, so it stops after the page."""
     from queuectl import Queue
     from queuectl.builtin.web.app import overview_data
+    from queuectl.builtin.web.jobpage import attempt_output, job_data
     from queuectl.builtin.web.metrics import render
 
     (tmp_path / "config.yaml").write_text("db: queue.db\n")
@@ -695,8 +705,17 @@ def test_the_overview_metrics_and_job_pages_never_scan_the_jobs(tmp_path):
     for filters in ({}, {"state": "pending"}, {"queue": "a"}, {"queue": "a", "state": "pending"}, {"before": 10}):
         queue.page(**filters)
     queue.store.conn.set_trace_callback(None)
+    one = queue.list(limit=1)[0].id
+    subprocess.run([*QUEUECTL, "worker", "start", "--burst"], cwd=tmp_path, env={**os.environ, "QUEUECTL_CONFIG":
+                   str(tmp_path / "config.yaml")}, check=True, capture_output=True, timeout=300)
+    queue.store.conn.set_trace_callback(seen.append)
+    job_data(queue, one)                                   # the one-job page: its attempts and one's output
+    job_data(queue, one, after=1, before=5)
+    attempt_output(queue, one, 1)
+    queue.store.conn.set_trace_callback(None)
     reads = [sql for sql in seen if sql.lstrip().upper().startswith("SELECT")]
     assert len([sql for sql in reads if " jobs" in sql]) >= 6
+    assert len([sql for sql in reads if "length(stdout)" in sql]) == 2          # the attempts, without output
     for sql in reads:
         plan = [row[-1] for row in queue.store.conn.execute("EXPLAIN QUERY PLAN " + sql)]
         walks = [step for step in plan if step.startswith("SCAN ") and step.split()[1] not in SMALL_TABLES]
@@ -706,3 +725,145 @@ def test_the_overview_metrics_and_job_pages_never_scan_the_jobs(tmp_path):
         # the workers' list sorts its own few rows
         assert not (sorts and re.search(r"FROM jobs\b", sql) and "FROM workers" not in sql), f"{sql}: {plan}"
     queue.close()
+
+
+# --- the one-job page stays small: a job that ran many times and printed a lot each time ----------
+
+def stored_output(instance, job_id: str, number: int) -> tuple[bytes, bytes]:
+    from queuectl import Queue
+
+    with Queue.open(config=str(instance.config_path), env={}) as queue:
+        record = queue.attempts(job_id, number)[0]
+    return record.stdout, record.stderr
+
+
+def test_a_job_with_many_large_attempts_keeps_its_page_and_json_small(instance, dashboard, browser):
+    """105 attempts of 350 KB stdout and 112 KB stderr each (48 MB in all): the page lists the newest
+    ROWS attempts without output and shows one attempt's head and tail, so its HTML and JSON have a
+    bound that does not grow with the attempts; an earlier attempt's output, asked for, is exact."""
+    from queuectl.builtin.web.jobpage import HEAD, ROWS, TAIL
+
+    attempts = ROWS + 5
+    instance.write_config({**instance.config, "backoff-max": 0})        # retries at once
+    counter = instance.root / "attempt"
+    job = instance.enqueue(f"n=$(( $(cat {counter} 2>/dev/null || echo 0) + 1 )); echo $n > {counter}; "
+                           f"seq -f \"a$n-out-%06g\" 1 25000; seq -f \"a$n-err-%06g\" 1 8000 >&2; exit 1",
+                           max_retries=attempts - 1)
+    instance.start_pool(1)
+    instance.wait_for_state(job, "dead", timeout=600)
+    out, err = stored_output(instance, job, 7)
+    assert len(out) == 350_000 and len(err) == 112_000
+
+    row = 1000                            # an attempt's row (ids, times, worker, sizes) is some 500 bytes
+    shown = 2 * (HEAD + TAIL)             # one attempt's two streams, ASCII here
+    code, page = dashboard.request(f"/jobs/{job}", headers=dashboard.cookie)
+    assert code == 200 and len(page.encode()) < shown + ROWS * row + 16_384, len(page)
+    assert page.count("<tr data-attempt=") == ROWS and f'href="?before={attempts - ROWS + 1}"' in page
+    assert f"a{attempts}-out-000001" in page and f"a{attempts}-out-025000" in page     # the newest one's ends
+    assert "a7-out-" not in page
+    code, body = dashboard.request(f"/api/jobs/{job}", headers=dashboard.cookie)
+    assert code == 200 and len(body) < ROWS * row + 8192, len(body)
+    assert [a["attempt"] for a in json.loads(body)["attempts"]] == list(range(attempts - ROWS + 1, attempts + 1))
+    code, body = dashboard.request(f"/api/jobs/{job}?after={attempts}", headers=dashboard.cookie)
+    assert code == 200 and json.loads(body)["attempts"] == [] and len(body) < 8192
+    code, body = dashboard.request(f"/api/jobs/{job}/attempts/7", headers=dashboard.cookie)
+    assert code == 200 and len(body) < shown * 1.1 + 4096, len(body)     # newlines are two bytes in JSON
+    code, chosen = dashboard.request(f"/jobs/{job}?attempt=7", headers=dashboard.cookie)    # without the script
+    assert code == 200 and len(chosen.encode()) < shown + ROWS * row + 16_384
+    assert "<h3>attempt 7: failed</h3>" in chosen and "a7-out-000001" in chosen and "a7-err-008000" in chosen
+    code, older = dashboard.request(f"/jobs/{job}?before={attempts - ROWS + 1}", headers=dashboard.cookie)
+    assert code == 200 and older.count("<tr data-attempt=") == attempts - ROWS and "a5-out-000001" in older
+
+    # attempt 7 asked for on the page: its first HEAD and last TAIL bytes, exactly, and what lies between
+    dashboard.login(browser, f"jobs/{job}")
+    wait_until(lambda: browser.execute_script("return document.body.dataset.rendered"), 60, message="the page")
+    assert browser.execute_script("return document.querySelectorAll('#attempts-list tbody tr').length") == ROWS
+    browser.find_element("css selector", 'a[data-show="7"]').click()
+    wait_until(lambda: text_of(browser, "#attempts h3") == "attempt 7: failed", 30, message="attempt 7 shown")
+    for name, data in (("stdout", out), ("stderr", err)):
+        pre = f'#attempts pre[data-stream="{name}"]'
+        assert text_of(browser, pre + " .head") == data[:HEAD].decode()
+        assert text_of(browser, pre + " .tail") == data[-TAIL:].decode()
+        assert text_of(browser, pre + " .cut") == (f"[... {len(data) - HEAD - TAIL} bytes not shown: "
+                                                   f"`queuectl logs {job} --attempt 7` prints it whole ...]")
+    whole = instance.run("logs", job, "--attempt", "7", "--stdout").stdout
+    assert out.decode() in whole                 # the command the marker names prints it whole
+
+
+def output_on_page(browser) -> dict:
+    """The running attempt's stdout as the page shows it, and as the script has counted it."""
+    return browser.execute_script(
+        "const pre = document.querySelector('#attempts pre[data-stream=\"stdout\"]');"
+        "return {title: document.querySelector('#attempts h3').textContent,"
+        " head: pre.querySelector('.head').textContent, cut: pre.querySelector('.cut').textContent,"
+        " tail: pre.querySelector('.tail').textContent, end: (view.streams.stdout || {}).end,"
+        " rendered: Number(document.body.dataset.rendered || 0)}")
+
+
+def test_a_running_attempts_output_grows_without_gaps_or_repeats(instance, dashboard, browser):
+    """A job prints 8,000 numbered lines at once (past what the page keeps), then a line every 10 ms:
+    at each refresh the page holds exactly the start and the end of the sequence printed so far, with
+    the right count between, and each refresh fetched only what was added."""
+    from queuectl.builtin.web.jobpage import HEAD, TAIL
+
+    release = instance.root / "release"
+    job = instance.enqueue(f"seq -f 'line-%g' 1 8000; i=8000; while [ ! -e {release} ]; do i=$((i+1)); "
+                           f"echo line-$i; sleep 0.01; done; echo done", max_retries=0)
+    instance.start_pool(1)
+    instance.wait_for_state(job, "processing")
+    full = "".join(f"line-{i}\n" for i in range(1, 200_000))
+    dashboard.login(browser, f"jobs/{job}")
+    seen, last = [], 0
+    while len(seen) < 5:                     # five refreshes of the running attempt, each checked
+        shown = wait_until(lambda: (lambda o: o if o["rendered"] > last and o["end"] else None)(
+            output_on_page(browser)), 60, message="the page's next refresh")
+        last = shown["rendered"]
+        if shown["title"] != "attempt 1: running":
+            continue
+        printed = full[:shown["end"]]        # ASCII: characters are bytes
+        assert shown["head"] == printed[:len(shown["head"])] and len(shown["head"]) <= HEAD
+        assert shown["tail"] == printed[len(printed) - len(shown["tail"]):] and len(shown["tail"]) <= TAIL
+        dropped = shown["end"] - len(shown["head"]) - len(shown["tail"])
+        assert shown["cut"].startswith(f"[... {dropped} bytes not shown: `queuectl logs {job} --attempt 1`")
+        seen.append(shown["end"])
+    assert seen == sorted(seen) and seen[-1] > seen[0] > 8000 * 9           # it grew, without a reload
+    # each refresh fetched what was added since the one before, not the whole output again
+    fetched = browser.execute_script(
+        "return performance.getEntriesByType('resource').filter(e => e.name.includes('/attempts/1?after='))"
+        ".map(e => e.encodedBodySize)")
+    assert len(fetched) >= 4 and sum(fetched) < (seen[-1] - seen[0]) + 512 * len(fetched) + TAIL, fetched
+    release.touch()
+    instance.wait_for_state(job, "completed")
+    wait_until(lambda: text_of(browser, '[data-field="state"]') == "completed", 60, message="the job completed")
+    out, _ = stored_output(instance, job, 1)
+    assert text_of(browser, "#attempts h3") == "attempt 1: succeeded"
+    assert text_of(browser, '#attempts pre[data-stream="stdout"] .head') == out[:HEAD].decode()
+    assert text_of(browser, '#attempts pre[data-stream="stdout"] .tail') == out[-TAIL:].decode()
+    assert out.endswith(b"done\n")
+
+
+@pytest.mark.parametrize("path, status, message", [
+    ("/attempts/0", 400, "attempt must be an integer from 1 to 9223372036854775807, got '0'"),
+    ("/attempts/abc", 400, "attempt must be an integer from 1"),
+    ("/attempts/%EF%BC%91", 400, "attempt must be an integer from 1"),          # a fullwidth digit
+    ("/attempts/99999999999999999999999", 400, "attempt must be an integer from 1"),
+    ("/attempts/2", 404, "has no attempt 2"),
+    ("/attempts/1?after=x", 400, "the output cursor 'after' must be an integer from 0"),
+    ("/attempts/1?stdout=-1", 400, "the stdout position must be an integer from 0"),
+    ("?after=1.5", 400, "the attempts cursor 'after' must be an integer from 0"),
+    ("?before=0", 400, "the attempts cursor 'before' must be an integer from 1"),
+], ids=lambda v: str(v)[:30])
+def test_bad_attempt_requests_are_a_clear_400_or_404(instance, dashboard, path, status, message):
+    job = instance.enqueue("echo once", max_retries=0)
+    instance.run("worker", "start", "--burst", timeout=120)
+    code, body = dashboard.request(f"/api/jobs/{job}{path}", headers=dashboard.cookie)
+    assert code == status and message in json.loads(body)["error"], body
+    code, body = dashboard.request(f"/jobs/{job}?attempt=" + path.rsplit("/", 1)[-1], headers=dashboard.cookie)
+    if path.startswith("/attempts/") and "?" not in path:        # the page's ?attempt= says the same
+        assert code == status and message in html.unescape(body), body[:300]
+    code, body = dashboard.request("/api/jobs/nosuchjob/attempts/1", headers=dashboard.cookie)
+    assert code == 404 and "no job with id 'nosuchjob'" in json.loads(body)["error"]
+    assert dashboard.request(f"/api/jobs/{job}/attempts/1")[0] == 403                  # a read needs the token
+    assert dashboard.request(f"/api/jobs/{job}/attempts/1", headers={**dashboard.cookie,
+                                                                     "Host": "evil.example"})[0] == 403
+    assert dashboard.request(f"/api/jobs/{job}/attempts/1", headers=dashboard.cookie)[0] == 200

@@ -1051,6 +1051,33 @@ def test_output_listener_wakes_on_output(backend):
 # --- the dashboard's reads: counters per queue, the per-minute ring, keyset pages ----------------------
 
 
+def test_attempt_summaries_leave_the_output_out_and_say_its_size(backend, monkeypatch):
+    """The dashboard's list of attempts: the newest ``limit`` between two numbers, newest first, with
+    the sizes of their output and not the output; Queue.attempt_list gives the same from a store
+    without the (optional) method, and adds the running attempt."""
+    queue = backend.open()
+    store = queue.store
+    store.add_jobs([make_job("many", max_retries=10)])
+    for n in range(1, 6):
+        job = store.claim(worker(), 30)
+        failed = attempt(job, "failed", stdout=b"o" * (1000 * n), stderr=b"\xff" * n)
+        assert store.finish(job.id, job.lease.token, failed, Transition("failed", time.time()))[0] is not None
+    rows = store.attempt_summaries("many", 1, 5, 2)
+    assert [(a.attempt, a.stdout, a.stderr, out, err) for a, out, err in rows] == [
+        (4, b"", b"", 4000, 4), (3, b"", b"", 3000, 3)]
+    whole = {a.attempt: a for a in store.attempts("many")}
+    assert [a.to_dict() | {"stdout": "", "stderr": ""} for a, _, _ in rows] == \
+        [whole[n].to_dict() | {"stdout": "", "stderr": ""} for n in (4, 3)]
+    running = store.claim(worker(), 30)
+    listed = queue.attempt_list("many", after=2, limit=2)
+    assert [(a["attempt"], a["running"], a["stdout_bytes"]) for a in listed] == [
+        (4, False, 4000), (5, False, 5000), (6, True, None)]
+    assert "stdout" not in listed[0] and listed[2]["worker"] == running.lease.owner
+    monkeypatch.delattr(type(store), "attempt_summaries")         # a third-party store without it
+    fallback = queue.attempt_list("many", after=2, limit=2)
+    assert fallback[:2] == listed[:2] and fallback[2]["attempt"] == 6      # (a running duration grows)
+
+
 def finish_as(store, job: Job, outcome: str, duration: float, finished: float, state: str):
     a = Attempt(job.id, job.attempts, outcome, started_at=finished - duration, finished_at=finished,
                 exit_code=0 if outcome == "succeeded" else 1)

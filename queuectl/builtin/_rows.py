@@ -17,6 +17,8 @@ JOB_COLUMNS = ("id, command, state, attempts, tries, max_retries, priority, queu
 N_JOB_COLUMNS = JOB_COLUMNS.count(",") + 1
 ATTEMPT_COLUMNS = ("job_id, attempt, outcome, started_at, finished_at, exit_code, signal, error, stdout, stderr, "
                    "worker, host, pid")
+# an attempt without its output (the dashboard's list of attempts): the output's sizes instead
+SUMMARY_COLUMNS = ATTEMPT_COLUMNS.replace("stdout, stderr", "length(stdout), length(stderr)")
 HIST_STEPS = 4          # duration histogram buckets per doubling (about 19% wide)
 
 
@@ -141,6 +143,17 @@ def attempt_from_row(row) -> Attempt:
                    exit_code=_int(exit_code, None), signal=_int(sig, None), error=_text(error),
                    stdout=_bytes(out), stderr=_bytes(err), worker=_text(worker), host=_text(host),
                    pid=_int(pid, None))
+
+
+def summaries_sql(table: str, mark: str) -> str:
+    """The newest attempts of a job numbered between two bounds (job_id, after, before, limit)."""
+    return (f"SELECT {SUMMARY_COLUMNS} FROM {table} WHERE job_id = {mark} AND attempt > {mark} "
+            f"AND attempt < {mark} ORDER BY attempt DESC LIMIT {mark}")
+
+
+def summary_from_row(row) -> tuple:
+    """(the attempt with empty output, its stdout's size, its stderr's size) from a SUMMARY_COLUMNS row."""
+    return attempt_from_row((*row[:8], None, None, *row[10:])), _int(row[8]), _int(row[9])
 
 
 def settings_from_rows(rows) -> dict:

@@ -45,6 +45,7 @@ from queuectl.builtin._rows import (
     ATTEMPT_COLUMNS, EDIT_SET, JOB_COLUMNS, N_JOB_COLUMNS, attempt_from_row, bucket, edit_values, job_filters,
     job_from_row, keyset_page, like_pattern, receipt_conflict, receipt_from_row, schedule_from_row,
     series_backfill, series_points, series_row, settings_from_rows, split_ids, stats_summary,
+    summaries_sql, summary_from_row,
 )
 from queuectl.store import Transition, WorkerInfo, blocked_message
 
@@ -819,6 +820,10 @@ class PostgresStore:
             sql += " AND attempt = %s"
             params.append(attempt)
         return [self._attempt(r) for r in self._read(sql + " ORDER BY attempt", params)]
+
+    def attempt_summaries(self, job_id: str, after: int, before: int, limit: int) -> list:
+        return [summary_from_row(r) for r in self._read(summaries_sql("{s}.attempts", "%s"),
+                                                        (job_id, after, before, limit))]
 
     def retry_job(self, job_id: str, from_states) -> Job:
         return self._write(lambda tx: self._retry_in(tx, job_id, from_states))

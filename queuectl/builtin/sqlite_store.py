@@ -23,6 +23,7 @@ from queuectl.builtin._rows import (
     ATTEMPT_COLUMNS, EDIT_SET, JOB_COLUMNS, N_JOB_COLUMNS, attempt_from_row, bucket, edit_values,
     job_filters, job_from_row, keyset_page, receipt_conflict, receipt_from_row, schedule_from_row,
     series_backfill, series_points, series_row, settings_from_rows, split_ids, stats_summary,
+    summaries_sql, summary_from_row,
 )
 from queuectl.store import Transition, WorkerInfo, blocked_message
 
@@ -550,6 +551,10 @@ class SQLiteStore:
             sql += " AND attempt = ?"
             params.append(attempt)
         return [self._attempt(r) for r in self._read(sql + " ORDER BY attempt", params)]
+
+    def attempt_summaries(self, job_id: str, after: int, before: int, limit: int) -> list:
+        return [summary_from_row(r) for r in self._read(summaries_sql("attempts", "?"),
+                                                        (job_id, after, before, limit))]
 
     def retry_job(self, job_id: str, from_states) -> Job:
         return self._write(self._retry_in, job_id, from_states)

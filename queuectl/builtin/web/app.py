@@ -32,7 +32,9 @@ from queuectl.builtin.dlq import dead_matching
 from queuectl.builtin.schedule import schedule_rows
 from queuectl.command import parse_since
 from queuectl.errors import Conflict, NotFound, QueueError, StoreReplaced, UsageError
+from queuectl.builtin.web.jobpage import HEAD, ROWS, TAIL, attempt_output, job_data, whole_number
 from queuectl.builtin.web.metrics import render as render_metrics
+from queuectl.output import STREAMS
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
@@ -141,8 +143,14 @@ def create_app(queue, token: str, local: bool = True, on_fatal=None) -> Starlett
                     queues=[], dlq=True)
 
     async def job(request: Request):
-        data = job_data(queue, request.path_params["job_id"])
-        return page("job.html", request, job=data["job"], attempts=data["attempts"])
+        job_id, query = request.path_params["job_id"], request.query_params
+        before = whole_number(query.get("before"), "the attempts cursor 'before'")
+        data = job_data(queue, job_id, before=before)
+        chosen = whole_number(query.get("attempt"), "attempt")
+        shown = chosen or (data["attempts"][-1]["attempt"] if data["attempts"] else None)
+        return page("job.html", request, **data, chosen=chosen, request_before=before, head=HEAD, tail=TAIL, rows=ROWS,
+                    logs=f"queuectl logs {data['job']['id']}",
+                    output=attempt_output(queue, job_id, shown) if shown else None)
 
     async def schedules(request: Request):
         return page("schedules.html", request, schedules=schedule_rows(queue))
@@ -153,7 +161,19 @@ def create_app(queue, token: str, local: bool = True, on_fatal=None) -> Starlett
         return JSONResponse(overview_data(queue))
 
     async def api_job(request: Request):
-        return JSONResponse(job_data(queue, request.path_params["job_id"]))
+        query = request.query_params
+        return JSONResponse(job_data(queue, request.path_params["job_id"],
+                                     after=whole_number(query.get("after"), "the attempts cursor 'after'", 0) or 0,
+                                     before=whole_number(query.get("before"), "the attempts cursor 'before'")))
+
+    async def api_attempt(request: Request):
+        """One attempt's output (clipped); running, with ``?after=CURSOR&stdout=BYTES&stderr=BYTES`` only
+        what was stored since the page's last look."""
+        query = request.query_params
+        number = whole_number(request.path_params["number"], "attempt")
+        ends = {name: whole_number(query.get(name), f"the {name} position", 0) or 0 for name in STREAMS}
+        return JSONResponse(attempt_output(queue, request.path_params["job_id"], number,
+                                           whole_number(query.get("after"), "the output cursor 'after'", 0), ends))
 
     # --- actions ----------------------------------------------------------------------------
 
@@ -190,7 +210,8 @@ def create_app(queue, token: str, local: bool = True, on_fatal=None) -> Starlett
                      exception_handlers={QueueError: queue_error}, routes=[
         Route("/", overview), Route("/jobs", jobs), Route("/jobs/{job_id}", job), Route("/dlq", dlq),
         Route("/schedules", schedules), Route("/api/overview", api_overview),
-        Route("/api/jobs/{job_id}", api_job), Route("/api/{action}", act, methods=["POST"]),
+        Route("/api/jobs/{job_id}", api_job), Route("/api/jobs/{job_id}/attempts/{number}", api_attempt),
+        Route("/api/{action}", act, methods=["POST"]),
         Route("/metrics", metrics), Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ])
 
@@ -223,15 +244,8 @@ class OnceLog:
 
 
 def cursor(request: Request) -> Optional[int]:
-    """A job page's ``before`` (a seq): ASCII digits only, as int() would also take '１' or '1_0';
-    its range is the Queue's to check."""
-    value = request.query_params.get("before")
-    if not value:
-        return None
-    if not (value.isascii() and value.isdigit() and len(value) <= 20):
-        raise UsageError(f"the page cursor must be an integer from 1 to {models.INT64_MAX}, "
-                         f"got {models.shown(value)}")
-    return int(value)
+    """A job page's ``before`` (a seq); its range is the Queue's to check."""
+    return whole_number(request.query_params.get("before"), "the page cursor")
 
 
 SECURITY_HEADERS = {
@@ -306,10 +320,6 @@ def overview_data(queue, charts: bool = True) -> dict:
                          started_at=models.iso(w["started_at"])) for w in queue.live_workers()],
         "oldest_pending": queue.oldest_pending(),
     }
-
-
-def job_data(queue, job_id: str) -> dict:
-    return {"job": queue.get(job_id).to_dict(), "attempts": queue.logs(job_id)}
 
 
 def filtered_total(queue, state, name, text) -> Optional[int]:

@@ -155,49 +155,186 @@ async function refreshOverview() {
   } catch (err) { flash("not updated: the dashboard does not answer", true); }   // the next tick tries again
 }
 
-// --- one job: its fields and attempts, refreshed while it can still change -------------------
+// --- one job: its fields, its attempts (newest first, no output) and one attempt's output -------
+// The output shown is at most HEAD + TAIL characters a stream (its start and its end, with a marker
+// between); a running attempt is extended with what was stored after the last look (its cursor).
 
-function renderJob(data) {
+const view = {rows: new Map(), listed: 0, shown: null, running: false, cursor: 0, streams: {}, generation: 0};
+
+async function getJSON(path) {
+  const response = await fetch(path, {credentials: "same-origin"});
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(data.error || response.statusText);
+  return data;
+}
+
+function jobPath() {
+  return "/api/jobs/" + encodeURIComponent(document.getElementById("job-id").textContent);
+}
+
+function renderFields(job) {
   for (const el of document.querySelectorAll("[data-field]")) {
-    const value = data.job[el.dataset.field];
+    const value = job[el.dataset.field];
     el.textContent = typeof value === "string" ? value : JSON.stringify(value);
   }
+}
+
+function attemptRow(a) {
+  const row = document.createElement("tr");
+  row.dataset.attempt = String(a.attempt);
+  cell(row, a.attempt);
+  cell(row, a.outcome);
+  cell(row, (a.exit_code === null ? "-" : a.exit_code) + (a.signal ? " (signal " + a.signal + ")" : ""));
+  cell(row, Number(a.duration).toFixed(3) + " s");
+  for (const key of ["created_at", "finished_at"]) cell(row, a[key]);
+  cell(row, (a.worker || "") + (a.host ? " on " + a.host : ""));
+  cell(row, a.error);
+  const td = cell(row, a.running ? "running " : a.stdout_bytes + " + " + a.stderr_bytes + " bytes ");
+  const link = document.createElement("a");
+  link.className = "show";
+  link.href = "?attempt=" + a.attempt;
+  link.dataset.show = String(a.attempt);
+  link.textContent = "show";
+  td.appendChild(link);
+  return row;
+}
+
+function renderRows(attempts, limit) {
+  for (const a of attempts) {
+    view.rows.set(a.attempt, a);
+    if (!a.running) view.listed = Math.max(view.listed, a.attempt);
+  }
+  const numbers = [...view.rows.keys()].sort((x, y) => y - x);
+  for (const n of numbers.slice(limit)) view.rows.delete(n);      // the page lists the newest ones only
+  document.querySelector("#attempts-list tbody").replaceChildren(
+    ...numbers.slice(0, limit).map((n) => attemptRow(view.rows.get(n))));
+  const none = document.getElementById("no-attempts");
+  if (none && numbers.length) none.remove();
+}
+
+function bytes(text) { return new TextEncoder().encode(text).length; }
+
+function safeCut(text, at) {     // not between the two halves of a surrogate pair
+  const code = text.charCodeAt(at);
+  return code >= 0xdc00 && code <= 0xdfff ? at - 1 : at;
+}
+
+function fitStream(s, head, tail) {
+  if (!s.cut && s.head.length + s.tail.length <= head + tail) return;
+  if (s.head.length > head) {
+    const at = safeCut(s.head, head);
+    s.tail = s.head.slice(at) + s.tail;
+    s.head = s.head.slice(0, at);
+  }
+  if (s.tail.length > tail) s.tail = s.tail.slice(safeCut(s.tail, s.tail.length - tail));
+  s.cut = true;
+  s.dropped = s.end - bytes(s.head) - bytes(s.tail);
+}
+
+function marker(s, number) {
+  return s.cut ? "[... " + s.dropped + " bytes not shown: `" + document.getElementById("attempts").dataset.logs +
+    " --attempt " + number + "` prints it whole ...]" : "";
+}
+
+function drawOutput(number, outcome) {
   const box = document.getElementById("attempts");
-  box.replaceChildren(...data.attempts.map((a) => {
-    const section = document.createElement("section");
-    section.className = "attempt";
-    const title = document.createElement("h3");
-    title.textContent = "attempt " + a.attempt + ": " + a.outcome;
-    const info = document.createElement("p");
-    info.textContent = "exit code " + (a.exit_code === null ? "-" : a.exit_code) +
-      (a.signal ? ", signal " + a.signal : "") + ", " + Number(a.duration).toFixed(3) + " s, started " +
-      a.created_at + (a.error ? ", " + a.error : "");
-    section.append(title, info);
-    for (const stream of ["stdout", "stderr"]) {
-      const label = document.createElement("h4");
-      label.textContent = stream;
-      const pre = document.createElement("pre");
-      pre.className = "out";
-      pre.textContent = a[stream];
-      section.append(label, pre);
+  if (box.dataset.number === String(number) && box.querySelector("h3")) {
+    // the same attempt grew: change only what changed, so a selection in the output survives a refresh
+    box.querySelector("h3").textContent = "attempt " + number + ": " + outcome;
+    for (const name of ["stdout", "stderr"]) {
+      const s = view.streams[name], pre = box.querySelector('pre[data-stream="' + name + '"]');
+      const [head, cut, tail] = ["head", "cut", "tail"].map((cls) => pre.querySelector("." + cls));
+      if (head.textContent !== s.head) head.textContent = s.head;
+      if (cut.textContent !== marker(s, number)) cut.textContent = marker(s, number);
+      const old = tail.textContent;
+      if (s.tail.startsWith(old)) { if (s.tail.length > old.length) tail.append(s.tail.slice(old.length)); }
+      else tail.textContent = s.tail;
     }
-    return section;
-  }));
-  document.body.dataset.rendered = String(Number(document.body.dataset.rendered || 0) + 1);
+    return;
+  }
+  const title = document.createElement("h3");
+  title.textContent = "attempt " + number + ": " + outcome;
+  const parts = [title];
+  for (const name of ["stdout", "stderr"]) {
+    const s = view.streams[name];
+    const label = document.createElement("h4");
+    label.textContent = name;
+    const pre = document.createElement("pre");
+    pre.className = "out";
+    pre.dataset.stream = name;
+    for (const [cls, text] of [["head", s.head], ["cut", marker(s, number)], ["tail", s.tail]]) {
+      const span = document.createElement("span");
+      span.className = cls;
+      span.textContent = text;
+      pre.appendChild(span);
+    }
+    parts.push(label, pre);
+  }
+  box.replaceChildren(...parts);
+  box.dataset.number = String(number);
+}
+
+async function loadOutput(number) {
+  const generation = ++view.generation;
+  const data = await getJSON(jobPath() + "/attempts/" + number);
+  if (generation !== view.generation) return;          // another attempt was asked for meanwhile
+  view.shown = number;
+  view.running = data.running;
+  view.cursor = data.cursor || 0;
+  for (const name of ["stdout", "stderr"]) {
+    const part = data[name];
+    view.streams[name] = {head: part.head, tail: part.tail, cut: part.dropped > 0, dropped: part.dropped,
+                          end: part.end === undefined ? part.bytes : part.end};
+  }
+  drawOutput(number, data.running ? "running" : data.attempt.outcome);
+}
+
+async function loadMore() {
+  const generation = view.generation, number = view.shown;
+  const query = "?after=" + view.cursor + "&stdout=" + view.streams.stdout.end + "&stderr=" + view.streams.stderr.end;
+  const data = await getJSON(jobPath() + "/attempts/" + number + query);
+  if (generation !== view.generation) return;
+  if (!data.running) { await loadOutput(number); return; }      // it ended: its record replaces the chunks
+  const box = document.getElementById("attempts");
+  view.cursor = data.cursor;
+  for (const name of ["stdout", "stderr"]) {
+    const s = view.streams[name], part = data[name];
+    s.tail += part.append;
+    if (part.skipped) s.cut = true;
+    s.end = part.end;
+    fitStream(s, Number(box.dataset.head), Number(box.dataset.tail));
+  }
+  drawOutput(number, "running");
 }
 
 async function refreshJob() {
-  const id = document.getElementById("job-id").textContent;
+  const list = document.getElementById("attempts-list");
+  const before = list.dataset.before;
   try {
-    const response = await fetch("/api/jobs/" + encodeURIComponent(id), {credentials: "same-origin"});
-    if (!response.ok) return;
-    const data = await response.json();
-    renderJob(data);
+    const data = await getJSON(jobPath() + (before ? "?before=" + before : "?after=" + view.listed));
+    renderRows(data.attempts, Number(list.dataset.rows));
+    const chosen = Number(document.getElementById("attempts").dataset.chosen) || null;
+    const target = chosen || Math.max(0, ...view.rows.keys()) || null;
+    const row = target && view.rows.get(target);
+    if (target && (target !== view.shown || (view.running && row && !row.running))) await loadOutput(target);
+    else if (target && view.running) await loadMore();
+    renderFields(data.job);                  // last: a test that sees the new state sees the output too
+    document.body.dataset.rendered = String(Number(document.body.dataset.rendered || 0) + 1);
     const live = ["pending", "processing", "failed"].includes(data.job.state);
     document.getElementById("live").textContent = live ? "Refreshing while the job runs." : "";
     if (live) setTimeout(refreshJob, 1000);
   } catch (err) { setTimeout(refreshJob, 2000); }
 }
+
+document.addEventListener("click", async (event) => {
+  const link = event.target.closest("a[data-show]");
+  if (!link) return;
+  event.preventDefault();                  // without the script, the link renders that attempt's page
+  document.getElementById("attempts").dataset.chosen = link.dataset.show;
+  try {
+    await loadOutput(Number(link.dataset.show));
+  } catch (err) { flash("attempt " + link.dataset.show + " not shown: " + err.message, true); }
+});
 
 // --- the DLQ: retry of a filtered set -----------------------------------------------------------
 
