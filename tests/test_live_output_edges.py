@@ -195,9 +195,9 @@ def test_follow_ends_when_a_killed_workers_job_ends(instance):
     assert proc.wait(60) == 3                    # worker lost, no retry left: dead
     err = proc.stderr.read().decode()
     no_traceback(err)
-    assert "=== attempt 1: worker_lost at " in err and "exit None" not in err
+    assert "=== attempt 1: worker_lost in " in err and "exit None" not in err
     assert err.splitlines()[-1] == f"=== job {job_id} is dead"
-    assert "worker_lost at" in instance.run("logs", job_id).stdout
+    assert "=== attempt 1: worker_lost in " in instance.run("logs", job_id).stdout
 
 
 # --- wait and top off the beaten path --------------------------------------------------------------
