@@ -107,7 +107,8 @@ def test_status_shows_running_jobs_with_command_and_elapsed_time(instance):
     (running,) = data["running"]
     assert running["id"] == "runner" and running["command"] == "sleep 30" and running["elapsed"] >= 1
     assert re.fullmatch(iso, running["started_at"])
-    os.killpg(pool.pid, signal.SIGTERM)
+    instance.run("cancel", "runner")       # (two SIGTERMs sent at once can arrive as one: the job would run out)
+    instance.wait_for_state("runner", "cancelled")
     os.killpg(pool.pid, signal.SIGTERM)
     pool.wait(timeout=60)
 
