@@ -37,7 +37,7 @@ CANCEL_CHECK = 0.5     # how often a running job asks the store whether it was c
 RENEW_BY = 0.6
 FENCE_AT = 0.8
 RENEW_WAIT_MAX = 2.0   # one renewal's wait for a locked store, so signals and timeouts are still seen
-BURST_TRIES = 5        # store errors in a row after which a --burst worker stops looking for work (about 8 s)
+BURST_TRIES = 5        # store errors in a row after which a --burst worker stops looking for work (15 poll-intervals)
 
 
 def log(message: str) -> None:
@@ -265,7 +265,7 @@ class Worker:
 
     def _store_trouble(self, exc: Exception, failures: int) -> bool:
         """One line for a store error met while looking for work (the first of a streak and then every
-        tenth), then a wait that doubles up to 30 s. A patient worker retries for as long as it takes;
+        tenth), then a wait that doubles from poll-interval up to 30 s. A patient worker retries for as long as it takes;
         a --burst worker gives up after BURST_TRIES errors in a row. Returns whether to go on."""
         what = str(exc) if isinstance(exc, QueueError) else f"{type(exc).__name__}: {exc}"
         give_up = self.burst and failures >= BURST_TRIES
@@ -274,7 +274,11 @@ class Worker:
                 + ("; giving up" if give_up else f"; retrying (error {failures} in a row)"))
         if give_up:
             return False
-        select.select([self._wake_r], [], [], min(30.0, 0.5 * 2 ** min(failures - 1, 6)))
+        try:
+            first = self.config.get("poll-interval")    # how often an idle worker looks: the first wait too
+        except Exception:                               # its stored value unreadable from the failing store
+            first = 1.0
+        select.select([self._wake_r], [], [], min(30.0, first * 2 ** min(failures - 1, 6)))
         return not self.stopping
 
     def _housekeeping(self) -> None:
