@@ -185,30 +185,20 @@ def _cell(value, stream: Optional[TextIO]) -> str:
 
 
 def _widths(rows: list[dict], columns: list[str], limit: Optional[int], flex: dict) -> dict:
-    """Natural widths; to fit ``limit``, the first of these layouts that fits: free texts shrunk
-    (widest first, down to their floor); then without the optional columns of DROP_ORDER, ids
-    shrunk too; then without other columns, from the right (the first column and the free texts
-    stay, so a narrow terminal still shows what each job runs); last, free texts and ids below
-    their floors, then columns from the right."""
+    """Natural widths; to fit ``limit``, the first of these layouts that fits: free texts shrunk to
+    their COMFORT widths with ids whole, leaving out the optional columns of COMFORT_DROP_ORDER one by
+    one; then free texts shrunk (widest first, down to their floor); then without the optional columns
+    of DROP_ORDER, ids shrunk too; then without other columns, from the right (the first column and the
+    free texts stay, so a narrow terminal still shows what each job runs); last, free texts and ids
+    below their floors, then columns from the right."""
     natural = {c: max([cell_width(c)] + [cell_width(r[c]) for r in rows]) for c in columns}
     if limit is None:
         return natural
-    comfort = {c: max(flex[c], COMFORT.get(c, 0)) for c in flex}
-    kept = list(columns)
-    for column in (None,) + COMFORT_DROP_ORDER:     # the command kept readable, ids whole
-        if column is not None:
-            if column not in kept:
-                continue
-            kept.remove(column)
-        widths = {c: natural[c] for c in kept}
-        _shrink(widths, {c: comfort[c] for c in widths if c in flex and c in FIRST_TIER}, limit)
-        if _excess(widths, limit) <= 0:
-            return widths
     widths = natural
-    for kept, tiers in _layouts(columns, flex):
+    for kept, tiers, floors in _layouts(columns, flex):
         widths = {c: natural[c] for c in columns if c in kept}
         for tier in tiers:          # free texts to their floors before an id is cut
-            _shrink(widths, {c: flex[c] for c in widths if c in flex and c in tier}, limit)
+            _shrink(widths, {c: floors[c] for c in widths if c in floors and c in tier}, limit)
         if _excess(widths, limit) <= 0:
             return widths
     _shrink(widths, {c: MIN_CUT for c in widths if c in flex}, limit)
@@ -220,21 +210,29 @@ def _widths(rows: list[dict], columns: list[str], limit: Optional[int], flex: di
 
 
 def _layouts(columns: list[str], flex: dict):
-    """(columns kept, columns that may shrink) to try in turn, from the whole table down."""
+    """(columns kept, tiers of columns that may shrink, their floors) to try in turn, from the whole
+    table down."""
+    comfort = {c: max(floor, COMFORT.get(c, 0)) for c, floor in flex.items()}
     kept = list(columns)
-    yield kept, (FIRST_TIER,)
+    yield kept, (FIRST_TIER,), comfort          # the command kept readable, ids whole
+    for column in COMFORT_DROP_ORDER:
+        if column in kept:
+            kept = [c for c in kept if c != column]
+            yield kept, (FIRST_TIER,), comfort
+    kept = list(columns)
+    yield kept, (FIRST_TIER,), flex
     kept = [c for c in kept if c not in DROP_ORDER[:2]]
-    yield kept, (FIRST_TIER,)
+    yield kept, (FIRST_TIER,), flex
     both = (FIRST_TIER, SECOND_TIER)
-    yield kept, both
+    yield kept, both, flex
     for column in DROP_ORDER[2:]:
         if column in kept:
             kept = [c for c in kept if c != column]
-            yield kept, both
+            yield kept, both, flex
     for column in reversed(kept[1:]):
         if column not in flex:
             kept = [c for c in kept if c != column]
-            yield kept, both
+            yield kept, both, flex
 
 
 def _excess(widths: dict, limit: int) -> int:
