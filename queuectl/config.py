@@ -87,6 +87,17 @@ def string_list(value: Any) -> list:
     raise ValueError(f"expected a list of names, got {value!r}")
 
 
+def choice_list(noun: str, *options: str):
+    """A parser of a list of names (as ``string_list``), each one of ``options``."""
+    def parse(value: Any) -> list:
+        names = string_list(value)
+        unknown = [n for n in names if n not in options]
+        if unknown:
+            raise ValueError(f"unknown {noun} {unknown[0]!r} ({noun}s: {', '.join(options)})")
+        return names
+    return parse
+
+
 #: Built-in plugins that cannot be blocked: without the validator every check of a job's fields is gone
 #: (a third-party validator adds its own checks through queuectl_validate_job instead).
 UNBLOCKABLE = ("validate",)

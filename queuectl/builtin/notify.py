@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 import click
 
 from queuectl import hookimpl
-from queuectl.config import Setting, default_data_dir, integer, seconds, string_list, text
+from queuectl.config import Setting, choice_list, default_data_dir, integer, seconds, text
 from queuectl.errors import PluginError, QueueError
 from queuectl.models import COMPLETED, DEAD, FAILED, MAX_INTERVAL, MAX_WAIT, iso, now, record
 from queuectl.plugins import call_registrations, hook_failure
@@ -46,12 +46,7 @@ class DeliveryError(Exception):
 # --- settings --------------------------------------------------------------------------------
 
 
-def event_names(value: Any) -> list:
-    names = string_list(value)
-    unknown = [n for n in names if n not in EVENTS]
-    if unknown:
-        raise ValueError(f"unknown event {unknown[0]!r} (events: {', '.join(EVENTS)})")
-    return names
+event_names = choice_list("event", *EVENTS)
 
 
 def http_url(value: Any) -> str:

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import click
 
 from queuectl import QueueError, hookimpl
-from queuectl.config import Setting, string_list, text
+from queuectl.config import Setting, choice_list, text
 
 EMOJI = {"completed": ":white_check_mark:", "retry": ":repeat:", "dead": ":skull:"}
 
@@ -34,19 +34,11 @@ def webhook_url(value: Any) -> str:
     return url
 
 
-def event_names(value: Any) -> list:
-    names = string_list(value)
-    unknown = [name for name in names if name not in EMOJI]
-    if unknown:
-        raise ValueError(f"unknown event {unknown[0]!r} (events: {', '.join(EMOJI)})")
-    return names
-
-
 @hookimpl
 def queuectl_register_settings(register):
     register(Setting("slack-webhook-url", None, webhook_url, "Slack incoming webhook that receives job events.",
                      secret=True))
-    register(Setting("slack-events", ["dead"], event_names, "Events posted to Slack: completed, retry, dead."))
+    register(Setting("slack-events", ["dead"], choice_list("event", *EMOJI), "Events posted to Slack: completed, retry, dead."))
 
 
 @hookimpl
