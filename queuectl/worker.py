@@ -265,8 +265,9 @@ class Worker:
 
     def _store_trouble(self, exc: Exception, failures: int) -> bool:
         """One line for a store error met while looking for work (the first of a streak and then every
-        tenth), then a wait that doubles from poll-interval up to 30 s. A patient worker retries for as long as it takes;
-        a --burst worker gives up after BURST_TRIES errors in a row. Returns whether to go on."""
+        tenth), then a wait that doubles from poll-interval up to 30 s. A patient worker retries for as
+        long as it takes; a --burst worker gives up after BURST_TRIES errors in a row. Returns whether to
+        go on."""
         what = str(exc) if isinstance(exc, QueueError) else f"{type(exc).__name__}: {exc}"
         give_up = self.burst and failures >= BURST_TRIES
         if failures == 1 or failures % 10 == 0 or give_up:
