@@ -3,6 +3,10 @@
 
     python benchmarks/compare_drain.py BASE_BIN NEW_BIN [--workers 2] [--trials 8]
     python benchmarks/compare_drain.py /tmp/venv-main/bin .venv/bin
+    python benchmarks/compare_drain.py .venv/bin .venv/bin+worker-priority=normal --workers 1
+
+A BIN may carry settings for its config.yaml after a ``+`` (``key=value``, several joined by ``+``),
+so one tree can be compared with itself under two settings.
 
 Each BIN is a virtualenv's bin folder with queuectl installed (its `python` and `queuectl`).
 Trials alternate between the two (ABBA order), each on a fresh store. Printed per tree: jobs/s
@@ -21,12 +25,15 @@ import time
 JOBS = 2000
 
 
-def drain(bin_dir: str, workers: int) -> tuple[float, float]:
+def drain(tree: str, workers: int) -> tuple[float, float]:
     """(jobs/s, CPU seconds) of one drain on a fresh store."""
+    bin_dir, *settings = tree.split("+")
+    bin_dir = os.path.abspath(bin_dir)
     folder = tempfile.mkdtemp(prefix="drain-")
     config = os.path.join(folder, "config.yaml")
     with open(config, "w") as fh:
-        fh.write("db: queue.db\n")
+        fh.write("db: queue.db\n" + "".join(f"{key}: {value}\n" for key, value in
+                                            (setting.split("=", 1) for setting in settings)))
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUEUECTL_")}
     env.update(QUEUECTL_CONFIG=config, XDG_CACHE_HOME=folder + "/cache", XDG_DATA_HOME=folder + "/data")
     subprocess.run([f"{bin_dir}/python", "-c", f"from queuectl import Queue\nq = Queue.open(config={config!r})\n"
@@ -51,7 +58,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--trials", type=int, default=8)
     args = parser.parse_args()
-    trees = {"base": os.path.abspath(args.base), "new": os.path.abspath(args.new)}
+    trees = {"base": args.base, "new": args.new}
     rates: dict = {name: [] for name in trees}
     cpu: dict = {name: [] for name in trees}
     for trial in range(args.trials):
