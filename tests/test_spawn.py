@@ -138,3 +138,41 @@ def test_a_command_runs_at_the_normal_policy_whatever_its_worker_runs_at(instanc
         assert (worker_policy, worker_prio) == ("SCHED_RR|SCHED_RESET_ON_FORK", "1")
     else:
         assert (worker_policy, worker_prio) == ("SCHED_OTHER", "0")
+
+
+# A plugin that changes the worker's environment before each attempt and records, after each one, how
+# many descriptors the worker holds: the executor keeps a decoded copy of the environment between
+# attempts, so it must see every change, and an attempt must give back every descriptor it opened.
+ENV_AND_FD_PLUGIN = """
+import os
+from queuectl import hookimpl
+
+
+@hookimpl
+def queuectl_attempt_started(job, attempt, queue):
+    os.environ["QUEUECTL_TEST_SEEN"] = job.id
+    if job.id.endswith("-unset"):
+        del os.environ["QUEUECTL_TEST_SEEN"]
+
+
+@hookimpl
+def queuectl_attempt_finished(job, attempt, queue):
+    with open(os.environ["QUEUECTL_TEST_FDS"], "a") as fh:
+        fh.write(f"{len(os.listdir('/proc/self/fd'))}\\n")
+"""
+
+
+def test_each_attempt_sees_the_workers_environment_as_it_is_now_and_leaves_no_descriptor(instance):
+    (instance.plugins / "envprobe.py").write_text(ENV_AND_FD_PLUGIN)
+    fds = instance.root / "fds.txt"
+    ids = [f"env-{n}" + ("-unset" if n % 3 == 2 else "") for n in range(30)]
+    command = 'echo "${QUEUECTL_TEST_SEEN-unset}"; echo out; echo err >&2'
+    instance.run("enqueue", "--file", "-", input="".join(json.dumps({"id": i, "command": command}) + "\n" for i in ids))
+    instance.run("worker", "start", "--burst", env={"QUEUECTL_TEST_FDS": str(fds)})
+    for job_id in ids:
+        job = instance.job(job_id)
+        assert job["state"] == "completed", job
+        seen = "unset" if job_id.endswith("-unset") else job_id
+        assert job["history"][0]["stdout"] == f"{seen}\nout\n", job_id
+    counts = [int(n) for n in fds.read_text().split()]
+    assert len(counts) == len(ids) and len(set(counts[1:])) == 1, f"descriptors per attempt: {counts}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import io
 import os
-import selectors
+import select
 import signal
 import subprocess
 import threading
@@ -272,18 +272,21 @@ class ShellRun:
         self.pid = self.pgid = proc.pid
         self.run_id = run_id
         self.buffers = {}
-        self.selector = selectors.DefaultSelector()
+        # poll, not a selectors object: no descriptor of its own to open and close per attempt, and a
+        # tenth of the Python work per call (one attempt of `true` looks a few times)
+        self.poller = select.poll()
+        self.watched: set[int] = set()
         for stream in (proc.stdout, proc.stderr):
             os.set_blocking(stream.fileno(), False)
             self.buffers[stream.fileno()] = CappedBuffer(cap)
-            self.selector.register(stream.fileno(), selectors.EVENT_READ)
+            self._watch(stream.fileno())
         self.out_fd, self.err_fd = proc.stdout.fileno(), proc.stderr.fileno()
         self.live = None if live_sink is None else LiveOutput(
             live_sink, {"stdout": self.buffers[self.out_fd], "stderr": self.buffers[self.err_fd]})
         self.pidfd: Optional[int] = None
         try:
             self.pidfd = os.pidfd_open(proc.pid)
-            self.selector.register(self.pidfd, selectors.EVENT_READ)
+            self._watch(self.pidfd)
         except (AttributeError, OSError):
             pass
 
@@ -295,9 +298,13 @@ class ShellRun:
         if self.live is not None:
             self.live.flush()
 
+    def _watch(self, fd: int) -> None:
+        self.poller.register(fd, select.POLLIN)
+        self.watched.add(fd)
+
     def _read_ready(self, timeout: float) -> None:
-        for key, _ in self.selector.select(timeout):
-            fd = key.fd
+        # (poll takes milliseconds, rounded up; a pipe at its end says POLLHUP, and reads b"")
+        for fd, _ in self.poller.poll(max(0.0, timeout) * 1000.0):
             if fd == self.pidfd:
                 self.proc.wait()
                 self._forget(fd)
@@ -312,13 +319,14 @@ class ShellRun:
                 self._forget(fd)
 
     def _forget(self, fd: int) -> None:
-        self.selector.unregister(fd)
+        self.poller.unregister(fd)
+        self.watched.discard(fd)
         if fd == self.pidfd:
             os.close(fd)
             self.pidfd = None
 
     def _pipes_open(self) -> bool:
-        return any(fd in self.buffers for fd in self.selector.get_map())
+        return any(fd in self.buffers for fd in self.watched)
 
     def wait(self, timeout: float) -> Optional[ExecResult]:
         deadline = time.monotonic() + timeout
@@ -355,7 +363,8 @@ class ShellRun:
             self.live.flush(force=True)   # a follower sees all of it before the attempt is recorded
         self.proc.stdout.close()
         self.proc.stderr.close()
-        self.selector.close()
+        if self.pidfd is not None:
+            self._forget(self.pidfd)
         return self._result(outcome, error)
 
     def _result(self, outcome: Optional[str], error: Optional[str]) -> ExecResult:
@@ -403,7 +412,7 @@ class ProcessExecutor:
         raise NotImplementedError
 
     def start(self, job, ctx) -> ShellRun:
-        env = dict(os.environ)
+        env = environment()
         env.update(job.env)
         env.update(ctx.env)
         proc = spawn(self.argv(job, ctx), env, job.cwd)
@@ -423,6 +432,20 @@ class ShellExecutor(ProcessExecutor):
     def argv(self, job, ctx) -> list:
         # An argv job (`enqueue -- CMD ARG...`) runs without a shell: its arguments stay literal.
         return list(job.argv) if job.argv else ["/bin/sh", "-c", job.command]
+
+
+_environ: tuple = (None, {})     # (os.environ's bytes when decoded, the decoded copy)
+
+
+def environment() -> dict:
+    """A copy of os.environ as a str dict. Decoding it costs 40 us per attempt (the bytes of every
+    variable, one by one, in Python), so the decoded copy is kept and made again only when the
+    environment changed (a plugin may set a variable): comparing the bytes is one C call."""
+    global _environ
+    raw = os.environ._data           # what os.environ keeps: its bytes, the same on every CPython
+    if _environ[0] != raw:
+        _environ = (dict(raw), dict(os.environ))
+    return dict(_environ[1])
 
 
 def kill_group_first(pgid: Optional[int], run_id: str) -> int:
