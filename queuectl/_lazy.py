@@ -65,6 +65,38 @@ class LazyImport:
         return f"<{self._name}, imported on first use>"
 
 
+class LazyPattern:
+    """A regular expression compiled at its first use: ``NAME = LazyPattern(r"...")`` at module level.
+
+    Compiling a pattern costs far more than most matches (a character class over wide Unicode
+    ranges, an alternation of units), and a module-level ``re.compile`` pays it on every command
+    that imports the module, used or not. The first method looked up compiles it and keeps the
+    compiled pattern's methods on this object, so later calls go straight to them.
+    """
+
+    _METHODS = ("match", "fullmatch", "search", "sub", "subn", "split", "findall", "finditer")
+
+    def __init__(self, pattern: str, flags: int = 0):
+        self.pattern, self.flags = pattern, flags
+
+    @property
+    def compiled(self):
+        import re
+
+        compiled = re.compile(self.pattern, self.flags)
+        for name in self._METHODS:
+            setattr(self, name, getattr(compiled, name))
+        return compiled
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.compiled, name)
+
+    def __repr__(self) -> str:
+        return f"LazyPattern({self.pattern!r})"
+
+
 # --- the manifest: what each built-in registers ---------------------------------------------------
 
 

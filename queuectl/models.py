@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import reprlib
 import time
 from typing import Any, Optional
+
+from ._lazy import LazyPattern      # compiled at first use: most commands match none of them
 
 PENDING = "pending"
 PROCESSING = "processing"
@@ -37,8 +38,8 @@ INPUT_FIELDS = ("id", "command", "max_retries", "timeout", "cwd", "env", "execut
                 "labels", "argv")
 #: Fields only queuectl sets.
 PROTECTED_FIELDS = ("state", "attempts", "created_at", "updated_at")
-QUEUE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")
+QUEUE_PATTERN = LazyPattern(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+LABEL_PATTERN = LazyPattern(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")
 
 
 def check_label_name(key) -> str:
@@ -479,7 +480,7 @@ _UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
 _SIZES = tuple(_UNITS.values())
 #: A duration: a number of seconds alone, or numbers with units, each unit once and the largest first
 #: (``1h30m``, ``1h 30m``); units are lower case, so ``10M`` (a month, to some tools) is refused.
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)|" + r"\s*".join(rf"(?:(\d+(?:\.\d+)?)\s*{u})?" for u in _UNITS))
+_DURATION = LazyPattern(r"(\d+(?:\.\d+)?)|" + r"\s*".join(rf"(?:(\d+(?:\.\d+)?)\s*{u})?" for u in _UNITS))
 
 
 def parse_duration(value, high: float = MAX_SECONDS) -> float:

@@ -11,12 +11,15 @@ import re
 import sys
 from typing import Optional, TextIO
 
+from ._lazy import LazyPattern
+
 __all__ = ["is_terminal", "escape_controls", "for_terminal", "write_output"]
 
 # C0 controls but tab and newline, DEL, the C1 range (which some terminals obey as CSI/OSC), and the
 # bidirectional embeddings, overrides and isolates and the line and paragraph separators, with which a
-# text can show itself in another order than it runs ("Trojan Source", CVE-2021-42574).
-_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028-\u202e\u2066-\u2069]")
+# text can show itself in another order than it runs ("Trojan Source", CVE-2021-42574). Compiled at
+# its first use: the class over these ranges costs more to compile than most commands spend printing.
+_CONTROLS = LazyPattern("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028-\u202e\u2066-\u2069]")
 
 
 def is_terminal(stream: Optional[TextIO] = None) -> bool:

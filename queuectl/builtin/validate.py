@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import math
 import os
-import re
 
 from queuectl import hookimpl
 from queuectl.errors import JobValidationError, PluginError
+from queuectl._lazy import LazyPattern
 from queuectl.models import (INPUT_FIELDS, MAX_ARG_BYTES, PROTECTED_FIELDS, QUEUE_PATTERN, RANGES, check_label_name,
                              one_line, parse_duration, parse_time, plain_text)
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
+ID_PATTERN = LazyPattern(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
 # All of a job's variables together: a quarter of the exec limit (ARG_MAX), which the worker's own
 # environment and the command share.
 MAX_ENV_BYTES = min(1048576, (os.sysconf("SC_ARG_MAX") if hasattr(os, "sysconf") else 262144) // 4)
