@@ -79,19 +79,15 @@ class LazyPattern:
     def __init__(self, pattern: str, flags: int = 0):
         self.pattern, self.flags = pattern, flags
 
-    @property
-    def compiled(self):
-        import re
-
-        compiled = re.compile(self.pattern, self.flags)
-        for name in self._METHODS:
-            setattr(self, name, getattr(compiled, name))
-        return compiled
-
     def __getattr__(self, name: str):
+        # only reached for what is not on the object yet: the first method, or another attribute
         if name.startswith("_"):
             raise AttributeError(name)
-        return getattr(self.compiled, name)
+        import re
+
+        compiled = re.compile(self.pattern, self.flags)      # (re keeps it: a second lookup is a hit)
+        self.__dict__.update((method, getattr(compiled, method)) for method in self._METHODS)
+        return getattr(compiled, name)
 
     def __repr__(self) -> str:
         return f"LazyPattern({self.pattern!r})"
