@@ -59,7 +59,7 @@ def fill_series(store, now: float) -> None:
     minutes = range(int(now // 60) - SERIES_SLOTS + 1, int(now // 60) + 1)
     rows = [(m % SERIES_SLOTS, b, m, 50, 3) for m in minutes for b in range(70, 78)]
     if hasattr(store, "conn"):
-        store.conn.executemany("INSERT OR REPLACE INTO run_series VALUES (?, ?, ?, ?, ?)", rows)
+        store.conn.executemany("INSERT OR REPLACE INTO run_series (slot, bucket, minute, n, failed) VALUES (?, ?, ?, ?, ?)", rows)
     else:
         with store.connect() as conn:
             conn.cursor().executemany(store.q("INSERT INTO {s}.run_series VALUES "

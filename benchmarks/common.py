@@ -115,7 +115,7 @@ class Instance:
 
     def counts(self) -> dict:
         with sqlite3.connect(self.db) as conn:
-            return dict(conn.execute("SELECT state, n FROM state_counts").fetchall())
+            return dict(conn.execute("SELECT state, SUM(n) FROM queue_counts GROUP BY state").fetchall())
 
     def reset_store(self) -> None:
         self.close()

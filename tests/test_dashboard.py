@@ -683,7 +683,7 @@ def test_actions_from_the_pages(instance, dashboard, browser):
 
 
 #: Tables whose size does not grow with the jobs: counters, the day's per-minute ring, queues, workers.
-SMALL_TABLES = {"queue_counts", "state_counts", "run_stats", "duration_hist", "run_series", "queues", "workers", "w"}
+SMALL_TABLES = {"queue_counts", "run_series", "queues", "workers", "w"}
 
 
 def test_the_overview_metrics_and_job_pages_never_scan_the_jobs(tmp_path):

@@ -847,7 +847,7 @@ def create_old_store(backend, version: int) -> None:
         conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         for v in range(1, version + 1):
             for sql in MIGRATIONS[v]:
-                conn.execute(sql)
+                sql(conn) if callable(sql) else conn.execute(sql)
         conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(version),))
         conn.commit()
         conn.close()
@@ -1197,6 +1197,57 @@ def test_a_version_4_store_gets_its_counters_and_series_on_migration(backend):
     assert store.queue_counts() == {"q1": {"pending": 1, "dead": 1}, "q2": {"completed": 1}}
     hour = store.series(3600, 60)
     assert sum(p["runs"] for p in hour) == 2 and sum(p["failed"] for p in hour) == 1
+
+
+def test_a_sqlite_version_5_store_keeps_its_totals_counts_and_series_on_migration(tmp_path):
+    """Schema 6 folds state_counts into queue_counts and run_stats and duration_hist into run_series:
+    what `stats`, `status` and the dashboard read is the same before and after, and goes on adding up."""
+    backend = Backend("sqlite", tmp_path)
+    create_old_store(backend, 5)
+    now = time.time()
+    jobs = [("q1", "completed", "succeeded", 0.1), ("q1", "dead", "failed", 0.4), ("q2", "completed", "succeeded", 3.0)]
+    for i, (queue, state, outcome, duration) in enumerate(jobs):
+        backend.raw("INSERT INTO jobs (id, command, state, max_retries, created_at, updated_at, run_at, queue) "
+                    "VALUES (?, 'true', ?, 3, 1, 1, 1, ?)", (f"v5-{i}", state, queue))
+        backend.raw("INSERT INTO attempts (job_id, attempt, outcome, started_at, finished_at) VALUES (?, 1, ?, ?, ?)",
+                    (f"v5-{i}", outcome, now - 100 - duration, now - 100))
+    backend.raw("INSERT INTO jobs (id, command, state, max_retries, created_at, updated_at, run_at, queue) "
+                "VALUES ('v5-new', 'true', 'pending', 0, 1, 1, 1, 'q2')")
+    # the counters as schema 5's code kept them (its writes, by hand)
+    backend.raw("INSERT INTO state_counts VALUES ('completed', 2), ('dead', 1), ('pending', 1)")
+    backend.raw("INSERT INTO queue_counts VALUES ('q1', 'completed', 1), ('q1', 'dead', 1), ('q2', 'completed', 1), "
+                "('q2', 'pending', 1)")
+    from queuectl.builtin._rows import bucket, series_row
+    for _, _, outcome, duration in jobs:
+        backend.raw("INSERT INTO duration_hist VALUES (?, 1) ON CONFLICT(bucket) DO UPDATE SET n = n + 1",
+                    (bucket(duration),))
+        a = Attempt("x", 1, outcome, started_at=now - 100 - duration, finished_at=now - 100)
+        backend.raw("INSERT INTO run_series VALUES (?, ?, ?, ?, ?)", series_row(a))
+    backend.raw("UPDATE run_stats SET total_runs = 3, failed_runs = 1, total_duration = 3.5, first_started = ?, "
+                "last_finished = ? WHERE id = 1", (now - 103.0, now - 100))
+
+    store = backend.store()
+    assert store.describe()["schema_version"] == latest_schema(backend)
+    assert nonzero(store.counts()) == {"completed": 2, "dead": 1, "pending": 1}
+    assert store.queue_counts() == {"q1": {"completed": 1, "dead": 1}, "q2": {"completed": 1, "pending": 1}}
+    stats = store.stats()
+    assert (stats["total_runs"], stats["failed_runs"], stats["completed_jobs"], stats["dead_jobs"]) == (3, 1, 2, 1)
+    assert stats["avg_duration"] == pytest.approx(3.5 / 3, rel=1e-6)
+    assert stats["p50_duration"] == pytest.approx(0.4, rel=0.2) and stats["p95_duration"] == pytest.approx(3.0, rel=0.2)
+    assert stats["throughput"] == pytest.approx(3 / 3.0, rel=1e-3)       # 3 runs from first start to last finish
+    assert sum(p["runs"] for p in store.series(3600, 60)) == 3
+
+    job = store.claim(worker(), 30)                  # and it goes on counting, in the new layout
+    assert job.id == "v5-new"
+    finish_as(store, job, "failed", 0.4, time.time(), "dead")
+    stats = store.stats()
+    assert (stats["total_runs"], stats["failed_runs"], stats["dead_jobs"]) == (4, 2, 2)
+    assert stats["avg_duration"] == pytest.approx(3.9 / 4, rel=1e-3)
+    assert store.run_totals()["histogram"] == sorted(store.run_totals()["histogram"])
+    assert sum(n for _, n in store.run_totals()["histogram"]) == 4
+    assert nonzero(store.counts()) == nonzero(tally(store)) == {"completed": 2, "dead": 2}
+    assert sum(p["runs"] for p in store.series(3600, 60)) == 4 and sum(p["failed"] for p in store.series(3600, 60)) == 2
+    backend.cleanup()
 
 
 def test_a_forked_child_never_uses_the_connection_it_inherited(backend):
