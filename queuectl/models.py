@@ -250,6 +250,8 @@ def iso(ts: Optional[float]) -> Optional[str]:
 
 def finite(value, default=None):
     """``value`` as a finite float, or ``default`` for NaN, infinity and anything not a number."""
+    if value is None:        # the common miss (a column not set): float(None) would build a TypeError's message
+        return default
     try:
         out = float(value)
     except (TypeError, ValueError, OverflowError):
