@@ -27,7 +27,7 @@ import dataclasses
 import importlib
 import os
 import sys
-from types import ModuleType
+from types import CellType, CodeType, FunctionType, ModuleType
 from typing import Any, Callable, Optional
 
 from . import _cache
@@ -105,7 +105,8 @@ def package_fingerprint() -> list:
             names = sorted(n for n in os.listdir(folder) if n.endswith(".py"))
         except OSError:
             return []
-        prints.extend([os.path.join(folder, n), _cache.fingerprint(os.path.join(folder, n))] for n in names)
+        prefix = os.path.join(folder, "")        # what os.path.join(folder, name) starts with
+        prints.extend([prefix + n, _cache.fingerprint(prefix + n)] for n in names)
     return prints
 
 
@@ -291,10 +292,44 @@ def _forwarder(loader: Loader, hook: str, args: list) -> Callable:
         return real[0](*values)
 
     real = [first_call]
-    params = ", ".join(args)
-    scope = {"real": real}
-    exec(f"def {hook}({params}):\n    return real[0]({params})\n", scope)   # noqa: S102 - names from our specs
-    return scope[hook]
+    code = _forwarding_code(len(args)).replace(co_varnames=tuple(args), co_name=hook, co_qualname=hook)
+    return FunctionType(code, globals(), hook, None, (CellType(real),))
+
+
+def _forwarding_code(arity: int) -> CodeType:
+    """The code of ``def f(a0, ..., aN): return _real[0](a0, ..., aN)``, ``_real`` a free variable.
+
+    Each forwarder is this code with the hook's argument names put in (pluggy reads them from
+    ``co_varnames``): compiling a function per hook cost 200,000 instructions each, on every run.
+    """
+    code = _FORWARDING.get(arity)
+    if code is None:            # more arguments than any hook has today
+        params = ", ".join(f"a{i}" for i in range(arity))
+        scope: dict = {}
+        exec(f"def outer(_real):\n    def f({params}):\n        return _real[0]({params})\n    return f\n", scope)  # noqa: S102
+        code = _FORWARDING[arity] = scope["outer"]([None]).__code__
+    return code
+
+
+def _forwarding_templates(_real):
+    def f0():
+        return _real[0]()
+
+    def f1(a0):
+        return _real[0](a0)
+
+    def f2(a0, a1):
+        return _real[0](a0, a1)
+
+    def f3(a0, a1, a2):
+        return _real[0](a0, a1, a2)
+
+    def f4(a0, a1, a2, a3):
+        return _real[0](a0, a1, a2, a3)
+    return f0, f1, f2, f3, f4
+
+
+_FORWARDING = {arity: f.__code__ for arity, f in enumerate(_forwarding_templates(None))}
 
 
 def stand_in(module_name: str, entry: dict) -> ModuleType:
