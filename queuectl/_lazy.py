@@ -15,7 +15,10 @@ miss), and later runs register a stand-in module per built-in instead:
   on first use and forwards to the real one;
 - a command is known by its recorded name and help; running it (or its ``--help``)
   imports the module and parses the arguments with the real command;
-- any other hook imports the module at its first call and forwards to it.
+- any other hook imports, at its first call, the module that defines its function, and
+  forwards to it: the built-in's module, or a smaller one it took the function from (spool's
+  and notify's status sections are in their own modules, so `status` does not import the
+  spool watcher and the deliverer to show two counts).
 
 Entry-point plugins and the plugins folder are always imported (see plugins.py). A value
 the manifest cannot hold exactly, or ``QUEUECTL_NO_CACHE=1``, means the eager path: the
@@ -32,7 +35,7 @@ from typing import Any, Callable, Optional
 
 from . import _cache
 
-VERSION = 1
+VERSION = 2
 REGISTRATIONS = ("queuectl_register_storage", "queuectl_register_executors", "queuectl_register_job_fields",
                  "queuectl_register_settings")
 COMMANDS = "queuectl_register_commands"
@@ -96,11 +99,16 @@ class LazyPattern:
 # --- the manifest: what each built-in registers ---------------------------------------------------
 
 
+def package_folders() -> tuple:
+    """The folders whose .py files the manifest's key fingerprints: the core's and the built-ins'."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    return root, os.path.join(root, "builtin")
+
+
 def package_fingerprint() -> list:
     """Every .py file of the queuectl package, by exact stat: a built-in's registrations depend on them."""
-    root = os.path.dirname(os.path.abspath(__file__))
     prints = []
-    for folder in (root, os.path.join(root, "builtin")):
+    for folder in package_folders():
         try:
             names = sorted(n for n in os.listdir(folder) if n.endswith(".py"))
         except OSError:
@@ -128,7 +136,11 @@ def manifest_for(builtins) -> dict:
                 raise NotCacheable(f"{module_name}.{attr}")
             from pluggy._hooks import varnames
 
-            hooks[attr] = {"opts": {k: v for k, v in opts.items() if v}, "args": list(varnames(getattr(module, attr))[0])}
+            function = getattr(module, attr)
+            hooks[attr] = {"opts": {k: v for k, v in opts.items() if v}, "args": list(varnames(function)[0])}
+            home = _home(function, module_name)
+            if home is not None:
+                hooks[attr]["from"] = home
         entry = {"hooks": hooks}
         for hook in REGISTRATIONS:
             if hook in hooks:
@@ -140,6 +152,18 @@ def manifest_for(builtins) -> dict:
                 raise NotCacheable(f"{module_name} commands")
         out[module_name] = entry
     return out
+
+
+def _home(function: Any, module_name: str) -> Optional[list]:
+    """[module, name] of a hook function a built-in imported from another module of the package, where
+    it is found again by that name (a forwarder then imports only that module); None otherwise."""
+    home, name = getattr(function, "__module__", None), getattr(function, "__qualname__", "")
+    module = sys.modules.get(home) if isinstance(home, str) and home != module_name else None
+    if module is None or "." in name or getattr(module, name, None) is not function:
+        return None
+    path = getattr(module, "__file__", None)
+    # Only a module whose file the manifest's key fingerprints, so that editing it is a miss.
+    return [home, name] if path and os.path.dirname(os.path.abspath(path)) in package_folders() else None
 
 
 def _record(module: ModuleType, hook: str) -> list:
@@ -206,6 +230,12 @@ class Loader:
             value = getattr(value, step) if isinstance(step, str) and not isinstance(value, (dict, list, tuple)) \
                 else value[step]
         return value
+
+    def function(self, hook: str, home: Optional[list]):
+        """The real function of a forwarded hook: from the module that defines it (see _home)."""
+        if home is None:
+            return getattr(self.module, hook)
+        return getattr(importlib.import_module(home[0]), home[1])
 
     def command(self, name: str):
         if self._commands is None:
@@ -281,14 +311,14 @@ def lazy_command(loader: Loader, name: str, fields: dict):
     return LazyCommand(name, **fields)
 
 
-def _forwarder(loader: Loader, hook: str, args: list) -> Callable:
-    """A function with the hook's own argument names that imports the module and calls its hook.
+def _forwarder(loader: Loader, hook: str, args: list, home: Optional[list] = None) -> Callable:
+    """A function with the hook's own argument names that imports the hook's module and calls it.
 
     pluggy passes the arguments in that order; after the first call the real function is called
     directly (a validator runs once per job of a bulk enqueue).
     """
     def first_call(*values):
-        real[0] = getattr(loader.module, hook)
+        real[0] = loader.function(hook, home)
         return real[0](*values)
 
     real = [first_call]
@@ -345,7 +375,7 @@ def stand_in(module_name: str, entry: dict) -> ModuleType:
         elif hook == COMMANDS:
             function = _command_replay(loader, entry.get(hook, []))
         else:
-            function = _forwarder(loader, hook, info["args"])
+            function = _forwarder(loader, hook, info["args"], info.get("from"))
         function.__name__ = function.__qualname__ = hook
         setattr(plugin, hook, hookimpl(**info["opts"])(function))
     return plugin

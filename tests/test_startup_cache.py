@@ -265,6 +265,25 @@ def test_commands_import_only_the_built_ins_they_use(tmp_path, private_cache):
     assert {m for _n, m in plugins.BUILTINS} <= loaded
 
 
+def test_status_imports_only_the_modules_of_the_sections_it_shows(tmp_path, private_cache):
+    """spool's and notify's status sections are functions those plugins take from smaller modules:
+    `status` with warm caches imports those, not the watcher and the deliverer, and prints the same."""
+    wait_for_settled_package()
+    outbox = ".queue.db.notify"                                     # the default: beside the store
+    for folder in ("spool/work", "spool/rejected", f"{outbox}/failed"):
+        (tmp_path / folder).mkdir(parents=True)
+    for name in ("spool/a.json", "spool/.b.json.tmp", "spool/work/c", "spool/rejected/d.json",
+                 "spool/rejected/d.json.error", f"{outbox}/1-evt_a.webhook.json", f"{outbox}/failed/2-evt_b.webhook.json"):
+        (tmp_path / name).write_text("{}")
+    run_cli(tmp_path, "init")                                       # empty cache: the manifest is written
+    eager, loaded = run_cli(tmp_path, "status", env={"QUEUECTL_NO_CACHE": "1"})
+    assert {"queuectl.builtin.spool", "queuectl.builtin.notify"} <= loaded
+    out, loaded = run_cli(tmp_path, "status")
+    assert loaded == {"queuectl.builtin.sqlite_store", "queuectl.builtin.spool_folder",
+                      "queuectl.builtin.notify_outbox"}
+    assert out == eager and "pending 1  failed 1" in out and "waiting 2  rejected 1" in out
+
+
 def registrations(queue):
     settings = {n: (s.default, s.help, s.file_only, s.path, s.plugin) for n, s in queue.config.settings.items()}
     return ({n: (e[1], e[2]) for n, e in queue.storages.items()}, {n: e[1:] for n, e in queue.executors.items()},
