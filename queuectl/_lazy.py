@@ -181,14 +181,14 @@ def _commands(module: ModuleType) -> dict:
 
 
 def _encode(value: Any) -> Any:
-    """A registered value as JSON: {"v": plain}, {"t": tuple}, {"l": list}, {"m": mapping},
+    """A registered value as JSON: a plain value as it is; {"t": tuple}, {"l": list}, {"m": mapping},
     {"s": Setting fields}, or {"d": 1} for a callable or object that stays in the module."""
     from .config import Setting
 
     if value is None or isinstance(value, (str, bool, int, float)):
         if not _cache.plain_json(value):
             raise NotCacheable(repr(value))
-        return {"v": value}
+        return value
     if type(value) is tuple:
         return {"t": [_encode(v) for v in value]}
     if type(value) is list:
@@ -266,20 +266,25 @@ class Deferred:
         return f"<deferred {self._loader.module_name} {self._hook}{list(self._path)}>"
 
 
-def _decode(data: dict, loader: Loader, hook: str, path: tuple) -> Any:
-    if "v" in data:
-        return data["v"]
+def _decode(data: Any, loader: Loader, hook: str, path: tuple) -> Any:
+    # (a plain value, the most common, is decoded in place by the callers: no call for it)
+    if type(data) is not dict:
+        return data
     if "t" in data:
-        return tuple(_decode(v, loader, hook, path + (i,)) for i, v in enumerate(data["t"]))
+        return tuple(_decode_items(enumerate(data["t"]), loader, hook, path).values())
     if "l" in data:
-        return [_decode(v, loader, hook, path + (i,)) for i, v in enumerate(data["l"])]
+        return list(_decode_items(enumerate(data["l"]), loader, hook, path).values())
     if "m" in data:
-        return {k: _decode(v, loader, hook, path + (k,)) for k, v in data["m"].items()}
+        return _decode_items(data["m"].items(), loader, hook, path)
     if "s" in data:
         from .config import Setting
 
-        return Setting(**{k: _decode(v, loader, hook, path + (k,)) for k, v in data["s"].items()})
+        return Setting(**_decode_items(data["s"].items(), loader, hook, path))
     return Deferred(loader, hook, path)
+
+
+def _decode_items(items, loader: Loader, hook: str, path: tuple) -> dict:
+    return {k: _decode(v, loader, hook, path + (k,)) if type(v) is dict else v for k, v in items}
 
 
 def _replay(loader: Loader, hook: str, calls: list) -> Callable:
