@@ -22,6 +22,7 @@ for BIN in "$@"; do
   cd "$D"
   "$BIN/python" -m compileall -q "$("$BIN/python" -c 'import os, queuectl; print(os.path.dirname(queuectl.__file__))')"
   "$BIN/queuectl" init >/dev/null
+  for i in $(seq 30); do echo '{"command": "true"}'; done | "$BIN/queuectl" enqueue --file - >/dev/null   # list shows 20 rows
   sleep 2.2                               # the caches take only sources unchanged for SETTLE seconds
   for args in "enqueue -c true" "status" "list --limit 20" "--help"; do
     "$BIN/queuectl" $args >/dev/null; "$BIN/queuectl" $args >/dev/null
