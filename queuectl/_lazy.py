@@ -15,7 +15,10 @@ miss), and later runs register a stand-in module per built-in instead:
   on first use and forwards to the real one;
 - a command is known by its recorded name and help; running it (or its ``--help``)
   imports the module and parses the arguments with the real command;
-- any other hook imports the module at its first call and forwards to it.
+- any other hook imports, at its first call, the module that defines its function, and
+  forwards to it: the built-in's module, or a smaller one it took the function from (spool's
+  and notify's status sections are in their own modules, so `status` does not import the
+  spool watcher and the deliverer to show two counts).
 
 Entry-point plugins and the plugins folder are always imported (see plugins.py). A value
 the manifest cannot hold exactly, or ``QUEUECTL_NO_CACHE=1``, means the eager path: the
@@ -27,12 +30,12 @@ import dataclasses
 import importlib
 import os
 import sys
-from types import ModuleType
+from types import CellType, CodeType, FunctionType, ModuleType
 from typing import Any, Callable, Optional
 
 from . import _cache
 
-VERSION = 1
+VERSION = 2
 REGISTRATIONS = ("queuectl_register_storage", "queuectl_register_executors", "queuectl_register_job_fields",
                  "queuectl_register_settings")
 COMMANDS = "queuectl_register_commands"
@@ -96,16 +99,22 @@ class LazyPattern:
 # --- the manifest: what each built-in registers ---------------------------------------------------
 
 
+def package_folders() -> tuple:
+    """The folders whose .py files the manifest's key fingerprints: the core's and the built-ins'."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    return root, os.path.join(root, "builtin")
+
+
 def package_fingerprint() -> list:
     """Every .py file of the queuectl package, by exact stat: a built-in's registrations depend on them."""
-    root = os.path.dirname(os.path.abspath(__file__))
     prints = []
-    for folder in (root, os.path.join(root, "builtin")):
+    for folder in package_folders():
         try:
             names = sorted(n for n in os.listdir(folder) if n.endswith(".py"))
         except OSError:
             return []
-        prints.extend([os.path.join(folder, n), _cache.fingerprint(os.path.join(folder, n))] for n in names)
+        prefix = os.path.join(folder, "")        # what os.path.join(folder, name) starts with
+        prints.extend([prefix + n, _cache.fingerprint(prefix + n)] for n in names)
     return prints
 
 
@@ -127,7 +136,11 @@ def manifest_for(builtins) -> dict:
                 raise NotCacheable(f"{module_name}.{attr}")
             from pluggy._hooks import varnames
 
-            hooks[attr] = {"opts": {k: v for k, v in opts.items() if v}, "args": list(varnames(getattr(module, attr))[0])}
+            function = getattr(module, attr)
+            hooks[attr] = {"opts": {k: v for k, v in opts.items() if v}, "args": list(varnames(function)[0])}
+            home = _home(function, module_name)
+            if home is not None:
+                hooks[attr]["from"] = home
         entry = {"hooks": hooks}
         for hook in REGISTRATIONS:
             if hook in hooks:
@@ -139,6 +152,18 @@ def manifest_for(builtins) -> dict:
                 raise NotCacheable(f"{module_name} commands")
         out[module_name] = entry
     return out
+
+
+def _home(function: Any, module_name: str) -> Optional[list]:
+    """[module, name] of a hook function a built-in imported from another module of the package, where
+    it is found again by that name (a forwarder then imports only that module); None otherwise."""
+    home, name = getattr(function, "__module__", None), getattr(function, "__qualname__", "")
+    module = sys.modules.get(home) if isinstance(home, str) and home != module_name else None
+    if module is None or "." in name or getattr(module, name, None) is not function:
+        return None
+    path = getattr(module, "__file__", None)
+    # Only a module whose file the manifest's key fingerprints, so that editing it is a miss.
+    return [home, name] if path and os.path.dirname(os.path.abspath(path)) in package_folders() else None
 
 
 def _record(module: ModuleType, hook: str) -> list:
@@ -156,14 +181,14 @@ def _commands(module: ModuleType) -> dict:
 
 
 def _encode(value: Any) -> Any:
-    """A registered value as JSON: {"v": plain}, {"t": tuple}, {"l": list}, {"m": mapping},
+    """A registered value as JSON: a plain value as it is; {"t": tuple}, {"l": list}, {"m": mapping},
     {"s": Setting fields}, or {"d": 1} for a callable or object that stays in the module."""
     from .config import Setting
 
     if value is None or isinstance(value, (str, bool, int, float)):
         if not _cache.plain_json(value):
             raise NotCacheable(repr(value))
-        return {"v": value}
+        return value
     if type(value) is tuple:
         return {"t": [_encode(v) for v in value]}
     if type(value) is list:
@@ -206,6 +231,12 @@ class Loader:
                 else value[step]
         return value
 
+    def function(self, hook: str, home: Optional[list]):
+        """The real function of a forwarded hook: from the module that defines it (see _home)."""
+        if home is None:
+            return getattr(self.module, hook)
+        return getattr(importlib.import_module(home[0]), home[1])
+
     def command(self, name: str):
         if self._commands is None:
             self._commands = _commands(self.module)
@@ -235,20 +266,25 @@ class Deferred:
         return f"<deferred {self._loader.module_name} {self._hook}{list(self._path)}>"
 
 
-def _decode(data: dict, loader: Loader, hook: str, path: tuple) -> Any:
-    if "v" in data:
-        return data["v"]
+def _decode(data: Any, loader: Loader, hook: str, path: tuple) -> Any:
+    # (a plain value, the most common, is decoded in place by the callers: no call for it)
+    if type(data) is not dict:
+        return data
     if "t" in data:
-        return tuple(_decode(v, loader, hook, path + (i,)) for i, v in enumerate(data["t"]))
+        return tuple(_decode_items(enumerate(data["t"]), loader, hook, path).values())
     if "l" in data:
-        return [_decode(v, loader, hook, path + (i,)) for i, v in enumerate(data["l"])]
+        return list(_decode_items(enumerate(data["l"]), loader, hook, path).values())
     if "m" in data:
-        return {k: _decode(v, loader, hook, path + (k,)) for k, v in data["m"].items()}
+        return _decode_items(data["m"].items(), loader, hook, path)
     if "s" in data:
         from .config import Setting
 
-        return Setting(**{k: _decode(v, loader, hook, path + (k,)) for k, v in data["s"].items()})
+        return Setting(**_decode_items(data["s"].items(), loader, hook, path))
     return Deferred(loader, hook, path)
+
+
+def _decode_items(items, loader: Loader, hook: str, path: tuple) -> dict:
+    return {k: _decode(v, loader, hook, path + (k,)) if type(v) is dict else v for k, v in items}
 
 
 def _replay(loader: Loader, hook: str, calls: list) -> Callable:
@@ -280,21 +316,55 @@ def lazy_command(loader: Loader, name: str, fields: dict):
     return LazyCommand(name, **fields)
 
 
-def _forwarder(loader: Loader, hook: str, args: list) -> Callable:
-    """A function with the hook's own argument names that imports the module and calls its hook.
+def _forwarder(loader: Loader, hook: str, args: list, home: Optional[list] = None) -> Callable:
+    """A function with the hook's own argument names that imports the hook's module and calls it.
 
     pluggy passes the arguments in that order; after the first call the real function is called
     directly (a validator runs once per job of a bulk enqueue).
     """
     def first_call(*values):
-        real[0] = getattr(loader.module, hook)
+        real[0] = loader.function(hook, home)
         return real[0](*values)
 
     real = [first_call]
-    params = ", ".join(args)
-    scope = {"real": real}
-    exec(f"def {hook}({params}):\n    return real[0]({params})\n", scope)   # noqa: S102 - names from our specs
-    return scope[hook]
+    code = _forwarding_code(len(args)).replace(co_varnames=tuple(args), co_name=hook, co_qualname=hook)
+    return FunctionType(code, globals(), hook, None, (CellType(real),))
+
+
+def _forwarding_code(arity: int) -> CodeType:
+    """The code of ``def f(a0, ..., aN): return _real[0](a0, ..., aN)``, ``_real`` a free variable.
+
+    Each forwarder is this code with the hook's argument names put in (pluggy reads them from
+    ``co_varnames``): compiling a function per hook cost 200,000 instructions each, on every run.
+    """
+    code = _FORWARDING.get(arity)
+    if code is None:            # more arguments than any hook has today
+        params = ", ".join(f"a{i}" for i in range(arity))
+        scope: dict = {}
+        exec(f"def outer(_real):\n    def f({params}):\n        return _real[0]({params})\n    return f\n", scope)  # noqa: S102
+        code = _FORWARDING[arity] = scope["outer"]([None]).__code__
+    return code
+
+
+def _forwarding_templates(_real):
+    def f0():
+        return _real[0]()
+
+    def f1(a0):
+        return _real[0](a0)
+
+    def f2(a0, a1):
+        return _real[0](a0, a1)
+
+    def f3(a0, a1, a2):
+        return _real[0](a0, a1, a2)
+
+    def f4(a0, a1, a2, a3):
+        return _real[0](a0, a1, a2, a3)
+    return f0, f1, f2, f3, f4
+
+
+_FORWARDING = {arity: f.__code__ for arity, f in enumerate(_forwarding_templates(None))}
 
 
 def stand_in(module_name: str, entry: dict) -> ModuleType:
@@ -310,7 +380,7 @@ def stand_in(module_name: str, entry: dict) -> ModuleType:
         elif hook == COMMANDS:
             function = _command_replay(loader, entry.get(hook, []))
         else:
-            function = _forwarder(loader, hook, info["args"])
+            function = _forwarder(loader, hook, info["args"], info.get("from"))
         function.__name__ = function.__qualname__ = hook
         setattr(plugin, hook, hookimpl(**info["opts"])(function))
     return plugin

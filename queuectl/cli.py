@@ -36,7 +36,8 @@ def _short_options_first(parser):
 
     def match_long_first(opt, explicit_value, state):
         if opt not in long_options and opt[:2] not in prefixes:
-            raise click.NoSuchOption(opt, ctx=parser.ctx)       # caught: the short options are tried next
+            # caught: the short options are tried next (the message, never shown, is not looked up)
+            raise click.NoSuchOption(opt, message=opt, ctx=parser.ctx)
         return match_long(opt, explicit_value, state)
     parser._match_long_opt = match_long_first
     return parser
@@ -58,6 +59,41 @@ def _help_width(max_width: int) -> int:
     return max(min(columns, max_width) - 2, 50)
 
 
+HELP_TEXT = "Show this message and exit."           # click's text for its help option
+
+
+def _show_help(ctx: click.Context, _param, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(ctx.get_help(), color=ctx.color)
+        ctx.exit()
+
+
+def _help_option(command: click.Command, ctx: click.Context) -> Optional[click.Option]:
+    """The help option click gives a command (``-h, --help``, eager, last), made here with click's own
+    text: click looks its text up in gettext each time it makes one, and the first lookup imports
+    ``locale`` (about 4M instructions of a command that never shows the text)."""
+    names = command.get_help_option_names(ctx)
+    if not names or not command.add_help_option:
+        return None
+    option = command.__dict__.get("_queuectl_help_option")
+    if option is None:
+        option = click.Option(names, is_flag=True, expose_value=False, is_eager=True, help=HELP_TEXT,
+                              callback=_show_help)
+        command._queuectl_help_option = option
+    return option
+
+
+def _show_version(ctx: click.Context, _param, value: bool) -> None:
+    """What ``click.version_option(package_name="queuectl")`` prints (which looks two texts up in
+    gettext as the module is imported)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from importlib.metadata import version
+
+    click.echo(f"{ctx.find_root().info_name}, version {version('queuectl')}", color=ctx.color)
+    ctx.exit()
+
+
 class QueuectlContext(click.Context):
     def make_formatter(self):
         if self.terminal_width is None and getattr(click.formatting, "FORCED_WIDTH", None) is None:
@@ -74,6 +110,9 @@ class QueuectlCommand(click.Command):
     def make_parser(self, ctx):
         return _short_options_first(super().make_parser(ctx))
 
+    def get_help_option(self, ctx):
+        return _help_option(self, ctx)
+
 
 class QueuectlGroup(click.Group):
     """Adds the commands that plugins register through ``queuectl_register_commands``."""
@@ -83,6 +122,9 @@ class QueuectlGroup(click.Group):
 
     def make_parser(self, ctx):
         return _short_options_first(super().make_parser(ctx))
+
+    def get_help_option(self, ctx):
+        return _help_option(self, ctx)
 
     def _plugin_commands(self, ctx: click.Context) -> dict:
         app = ctx.find_object(App)
@@ -191,7 +233,8 @@ def given_argv() -> Optional[list]:
 @click.option("--color", type=click.Choice(COLOR_MODES, case_sensitive=False), envvar="QUEUECTL_COLOR",
               help="Colors on a terminal: auto (the default: unless NO_COLOR is set), always (pipes too), never. "
               "Also $QUEUECTL_COLOR.")
-@click.version_option(package_name="queuectl")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_show_version,
+              help="Show the version and exit.")
 @click.pass_context
 def cli(ctx, config, db, plugins_dir, color):
     """queuectl: run shell commands as background jobs, with retries and a dead letter queue.

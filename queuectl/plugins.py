@@ -118,9 +118,12 @@ def _register(pm: pluggy.PluginManager, plugin: Any, name: str, origin: str) -> 
         raise PluginError(f"two plugins are named {name!r} ({origin} and {pm_origin(pm, name)}); "
                           f"block one with disable-plugins")
     pm.register(plugin, name=name)
-    wrappers = sorted(caller.name for caller in pm.get_hookcallers(plugin) or []
-                      for impl in caller.get_hookimpls()
-                      if impl.plugin is plugin and (impl.hookwrapper or getattr(impl, "wrapper", False)))
+    if isinstance(pm, PluginManager):
+        wrappers = sorted(pm.wrappers_found)
+    else:
+        wrappers = sorted(caller.name for caller in pm.get_hookcallers(plugin) or []
+                          for impl in caller.get_hookimpls()
+                          if impl.plugin is plugin and (impl.hookwrapper or getattr(impl, "wrapper", False)))
     if wrappers:
         # The core calls each implementation itself (call_each), so a wrapper would be called as a
         # plain function and silently do nothing: refused instead.
@@ -142,7 +145,8 @@ class PluginManager(pluggy.PluginManager):
     a name that is not a dunder resolves to the module's own ``__dict__`` entry, and one
     that is not a function, staticmethod, classmethod or bound method can be no hook, so
     such names are skipped here, as are the dunders of a built-in's stand-in (which we
-    made); every other name goes through pluggy unchanged.
+    made). A name that holds a function has its marker read straight from the function, as
+    pluggy reads it; every other name goes through pluggy unchanged.
     """
 
     @staticmethod
@@ -158,15 +162,55 @@ class PluginManager(pluggy.PluginManager):
             return False
         return not isinstance(value, (FunctionType, staticmethod, classmethod, MethodType))
 
+    @staticmethod
+    def _module_function(obj: Any, name: str) -> Optional[FunctionType]:
+        """The plain function a module's own name holds, which is what pluggy finds for it (with
+        ``inspect.getattr_static``, at ten times the cost: a plugin module's hooks are functions)."""
+        if type(obj) is not ModuleType or (name.startswith("__") and name.endswith("__")):
+            return None
+        value = obj.__dict__.get(name)
+        return value if type(value) is FunctionType else None
+
+    def __init__(self, project_name: str):
+        super().__init__(project_name)
+        #: The hooks of the plugin registered last that are hook wrappers (see _register): noted while
+        #: pluggy reads each hook's options, instead of looking through every hook caller afterwards.
+        self.wrappers_found: list[str] = []
+
+    def register(self, plugin, name=None):
+        self.wrappers_found = []
+        return super().register(plugin, name)
+
     def parse_hookimpl_opts(self, plugin, name):
+        opts = self._hookimpl_opts(plugin, name)
+        if opts is not None and (opts.get("hookwrapper") or opts.get("wrapper")):
+            self.wrappers_found.append(opts.get("specname") or name)
+        return opts
+
+    def _hookimpl_opts(self, plugin, name):
         if self._cannot_be_hook(plugin, name):
             return None
+        function = self._module_function(plugin, name)
+        if function is not None:
+            return _marker_opts(function, self.project_name + "_impl")
         return super().parse_hookimpl_opts(plugin, name)
 
     def parse_hookspec_opts(self, module_or_class, name):
         if self._cannot_be_hook(module_or_class, name):
             return None
+        function = self._module_function(module_or_class, name)
+        if function is not None:
+            return _marker_opts(function, self.project_name + "_spec")
         return super().parse_hookspec_opts(module_or_class, name)
+
+
+def _marker_opts(function: FunctionType, attribute: str) -> Optional[dict]:
+    """The options a hookimpl or hookspec marker put on a function, as pluggy reads them."""
+    for holder in (function, getattr(function, "__func__", None)):
+        opts = getattr(holder, attribute, None)
+        if opts is not None:
+            return opts if isinstance(opts, dict) else None
+    return None
 
 
 def get_plugin_manager(plugins_dir: Optional[str] = None, blocked: Iterable[str] = (),
@@ -262,14 +306,15 @@ def _entry_points_fingerprint() -> Optional[list]:
         # Each distribution by name and its entry_points.txt, the one file read for entry points.
         # A .dist-info or .egg-info is named after its folder (in the listing); an egg by its
         # EGG-INFO, so that folder is fingerprinted too.
+        prefix = os.path.join(folder, "")        # what os.path.join(folder, ...) starts with
         for name in names:
             if name.endswith((".dist-info", ".egg-info", ".egg")):
                 meta = os.path.join(name, "EGG-INFO") if name.endswith(".egg") else name
                 entries.append([entry, meta])
-                prints.append(fingerprint(os.path.join(folder, meta, "entry_points.txt")))
+                prints.append(fingerprint(f"{prefix}{meta}{os.sep}entry_points.txt"))
                 if name.endswith(".egg"):
                     entries.append([entry, meta, "."])
-                    prints.append(fingerprint(os.path.join(folder, meta)))
+                    prints.append(fingerprint(prefix + meta))
     return [entries, prints]
 
 

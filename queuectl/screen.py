@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Callable, Iterable, Optional, TextIO
 
-from .term import for_terminal, is_terminal
+from .term import escape_controls, is_terminal
 
 __all__ = ["COLOR_MODES", "set_color_mode", "use_color", "paint", "state_text", "terminal_width", "fit",
            "cell_width", "human_duration", "relative_time", "local_time", "when", "format_table"]
@@ -178,10 +178,12 @@ def when(ts: Optional[float], stream: Optional[TextIO] = None, exact: bool = Fal
 # --- tables ---------------------------------------------------------------------------------------
 
 
-def _cell(value, stream: Optional[TextIO]) -> str:
-    """One line of text for a cell; job text is escaped on a terminal (queuectl.term)."""
+def _cell(value, terminal: bool) -> str:
+    """One line of text for a cell; job text is escaped on a terminal (queuectl.term's for_terminal,
+    with the stream asked once per table rather than once per cell)."""
     text = "" if value is None else str(value)
-    return for_terminal(text.replace("\r\n", " ").replace("\n", " ").replace("\t", " "), stream)
+    text = text.replace("\r\n", " ").replace("\n", " ").replace("\t", " ")
+    return escape_controls(text) if terminal and text else text
 
 
 def _widths(rows: list[dict], columns: list[str], limit: Optional[int], flex: dict) -> dict:
@@ -261,7 +263,8 @@ def format_table(rows: Iterable[dict], columns: list[str], stream: Optional[Text
     """
     limit = terminal_width(stream)
     flex = FLEX_COLUMNS if flex is None else flex
-    cells = [{c: _cell(r.get(c), stream) for c in columns} for r in rows]
+    terminal = is_terminal(stream)
+    cells = [{c: _cell(r.get(c), terminal) for c in columns} for r in rows]
     if limit is None:
         for row in cells:
             for c in columns:

@@ -265,6 +265,25 @@ def test_commands_import_only_the_built_ins_they_use(tmp_path, private_cache):
     assert {m for _n, m in plugins.BUILTINS} <= loaded
 
 
+def test_status_imports_only_the_modules_of_the_sections_it_shows(tmp_path, private_cache):
+    """spool's and notify's status sections are functions those plugins take from smaller modules:
+    `status` with warm caches imports those, not the watcher and the deliverer, and prints the same."""
+    wait_for_settled_package()
+    outbox = ".queue.db.notify"                                     # the default: beside the store
+    for folder in ("spool/work", "spool/rejected", f"{outbox}/failed"):
+        (tmp_path / folder).mkdir(parents=True)
+    for name in ("spool/a.json", "spool/.b.json.tmp", "spool/work/c", "spool/rejected/d.json",
+                 "spool/rejected/d.json.error", f"{outbox}/1-evt_a.webhook.json", f"{outbox}/failed/2-evt_b.webhook.json"):
+        (tmp_path / name).write_text("{}")
+    run_cli(tmp_path, "init")                                       # empty cache: the manifest is written
+    eager, loaded = run_cli(tmp_path, "status", env={"QUEUECTL_NO_CACHE": "1"})
+    assert {"queuectl.builtin.spool", "queuectl.builtin.notify"} <= loaded
+    out, loaded = run_cli(tmp_path, "status")
+    assert loaded == {"queuectl.builtin.sqlite_store", "queuectl.builtin.spool_folder",
+                      "queuectl.builtin.notify_outbox"}
+    assert out == eager and "pending 1  failed 1" in out and "waiting 2  rejected 1" in out
+
+
 def registrations(queue):
     settings = {n: (s.default, s.help, s.file_only, s.path, s.plugin) for n, s in queue.config.settings.items()}
     return ({n: (e[1], e[2]) for n, e in queue.storages.items()}, {n: e[1:] for n, e in queue.executors.items()},
@@ -375,3 +394,36 @@ def test_quick_commands_leave_the_other_core_commands_unimported(tmp_path, priva
     listed = {line.split()[0] for line in out.split("Commands:")[1].splitlines() if line.startswith("  ")}
     assert more and {"cancel", "edit", "retry", "purge", "queue", "worker", "show", "logs", "stats", "config",
                      "plugins", "completion", "init", "enqueue", "status", "list", "dlq"} <= listed
+
+
+def test_short_commands_do_not_import_locale_and_help_and_version_read_as_clicks(tmp_path, private_cache):
+    """The core's help and version options are made without click's gettext lookups (the first imports
+    locale): a short command never imports it, and the options read, parse and print as click's do."""
+    import click
+    from importlib.metadata import version
+
+    check = ("import sys\nfrom queuectl.cli import main\nsys.argv = ['queuectl'] + sys.argv[1:]\n"
+             "try:\n    main()\nexcept SystemExit:\n    pass\nprint('locale', 'locale' in sys.modules, file=sys.stderr)\n")
+    (tmp_path / "config.yaml").write_text("db: queue.db\n")
+    env = {**os.environ, "QUEUECTL_CONFIG": str(tmp_path / "config.yaml")}
+
+    def run(*args):
+        proc = subprocess.run([sys.executable, "-c", check, *args], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120)
+        return proc.stdout, proc.stderr, proc.stderr.strip().splitlines()[-1] == "locale True"
+
+    wait_for_settled_package()
+    assert run("enqueue", "-c", "true")[2] is True         # empty caches: every built-in is imported, and click
+    for args in (("enqueue", "-c", "true"), ("status",), ("list", "--limit", "5")):
+        assert run(*args)[2] is False, args
+    out, _, _ = run("--version")
+    assert out == f"queuectl, version {version('queuectl')}\n"
+    reference = click.Command("x")
+    with click.Context(reference, help_option_names=["-h", "--help"]) as ctx:    # click's own help option
+        expected = [" ".join(line.split()) for line in reference.get_help(ctx).splitlines() if "--help" in line]
+    for args in (("-h",), ("--help",), ("status", "-h"), ("list", "--help")):
+        out, _, _ = run(*args)
+        assert out.startswith("Usage: queuectl") and expected == [" ".join(line.split()) for line in out.splitlines()
+                                                                   if "--help" in line], args
+    _, err, _ = run("list", "--no-such")
+    assert err.splitlines()[0] == "queuectl: error: No such option '--no-such'."

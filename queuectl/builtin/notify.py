@@ -22,17 +22,18 @@ from typing import Any, Callable, Optional
 import click
 
 from queuectl import hookimpl
-from queuectl.config import Setting, choice_list, default_data_dir, integer, seconds, text
+from queuectl.config import Setting, choice_list, integer, seconds, text
 from queuectl.errors import PluginError, QueueError
 from queuectl.models import COMPLETED, DEAD, FAILED, MAX_INTERVAL, MAX_WAIT, iso, now, record
 from queuectl.plugins import call_registrations, hook_failure
 from queuectl._lazy import LazyImport
+# The outbox and this plugin's status section live in notify_outbox, which is all `status` imports.
+from queuectl.builtin.notify_outbox import CALLBACKS, Outbox, outbox_folder, queuectl_status_info  # noqa: F401
 
 json = LazyImport("json", globals())
 
 EVENTS = ("completed", "retry", "dead")
 STATE_EVENTS = {COMPLETED: "completed", FAILED: "retry", DEAD: "dead"}
-CALLBACKS = {"completed": "on-complete", "retry": "on-retry", "dead": "on-dead"}
 MAX_BACKOFF = 3600.0
 TAIL = 2048            # bytes of the last attempt's stderr carried in an event
 OWN_BOUND_SLACK = 5.0  # webhooks and callbacks stop themselves; the outer bound is only a safety net
@@ -387,90 +388,6 @@ def build_event(job, attempt, name: str) -> dict:
     attempt_data["stderr_tail"] = attempt.stderr[-TAIL:].decode("utf-8", "replace")
     return {"id": "evt_" + os.urandom(12).hex(), "type": f"job.{name}", "created_at": iso(now()),
             "job": job_data, "attempt": attempt_data}
-
-
-def outbox_folder(queue) -> Path:
-    """``notify-outbox``, else ``.NAME.notify/`` beside a SQLite store, else a folder per database URL."""
-    configured = queue.config.get("notify-outbox")
-    if configured:
-        return Path(configured)
-    db = queue.db
-    if "://" not in db:
-        path = Path(db)
-        return path.parent / f".{path.name}.notify"
-    import hashlib
-
-    try:
-        schema = queue.config.get("pg-schema")
-    except Exception:
-        schema = None
-    key = hashlib.sha256(f"{db}\0{schema}".encode()).hexdigest()[:16]
-    return default_data_dir() / f"notify-{key}"
-
-
-class Outbox:
-    """A folder of deliveries, one JSON file each: ``NANOS-EVENTID.CHANNEL.json``, given up ones in failed/."""
-
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
-        self.failed = self.folder / "failed"
-
-    def ensure(self) -> None:
-        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.failed.mkdir(mode=0o700, exist_ok=True)
-
-    def put(self, channel: str, event: dict) -> Path:
-        self.ensure()
-        path = self.folder / f"{time.time_ns():020d}-{event['id']}.{channel}.json"
-        self.write(path, {"channel": channel, "tries": 0, "next_at": 0.0, "last_error": None, "event": event})
-        return path
-
-    def write(self, path: Path, delivery: dict) -> None:
-        """Whole or not at all: written beside, then renamed into place."""
-        temp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-        with open(temp, "w") as fh:
-            json.dump(delivery, fh)
-        os.replace(temp, path)
-
-    def pending(self) -> list:
-        return self._list(self.folder)
-
-    def given_up(self) -> list:
-        return self._list(self.failed)
-
-    def _list(self, folder: Path) -> list:
-        try:
-            return sorted(folder / n for n in os.listdir(folder) if n.endswith(".json") and not n.startswith("."))
-        except FileNotFoundError:
-            return []
-
-    def read(self, path: Path) -> Optional[dict]:
-        """The delivery, or None when it is gone (delivered by another process) or unreadable."""
-        try:
-            with open(path) as fh:
-                delivery = json.load(fh)
-            return delivery if isinstance(delivery, dict) and isinstance(delivery.get("event"), dict) else None
-        except (OSError, ValueError):
-            return None
-
-    # The wake-up is a datagram to an abstract Unix socket named after the folder: no path length
-    # limit, nothing left on disk; a lost datagram only costs the one-second poll.
-    def address(self) -> str:
-        import hashlib
-
-        return "\0queuectl-notify-" + hashlib.sha256(str(self.folder.resolve()).encode()).hexdigest()[:24]
-
-    def wake(self) -> None:
-        if not sys.platform.startswith("linux"):
-            return
-        import socket
-
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.setblocking(False)
-            try:
-                sock.sendto(b"!", self.address())
-            except OSError:
-                pass              # no deliverer listening, or it is awake already
 
 
 @hookimpl
@@ -841,13 +758,3 @@ def queuectl_register_commands(cli):
         click.echo(f"{sent} sent, {failed} failed", err=True)
         if failed:
             sys.exit(1)
-
-
-@hookimpl
-def queuectl_status_info(queue):
-    box = Outbox(outbox_folder(queue))
-    pending, failed = len(box.pending()), len(box.given_up())
-    configured = queue.config.get("webhook-url") or any(queue.config.get(k) for k in CALLBACKS.values())
-    if not (configured or pending or failed):
-        return None
-    return {"notify": {"outbox": str(box.folder), "pending": pending, "failed": failed}}

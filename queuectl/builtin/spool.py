@@ -29,12 +29,13 @@ from queuectl.config import Setting, between, choice, seconds, text
 from queuectl.errors import Conflict, JobValidationError, NotFound, QueueError, StoreBusy, UsageError
 from queuectl.models import MAX_INTERVAL
 from queuectl.term import for_terminal
+# The folder and this plugin's status section live in spool_folder, which is all `status` imports.
+from queuectl.builtin.spool_folder import configured_folder, ignored, queuectl_status_info  # noqa: F401
 
 if TYPE_CHECKING:
     import queue as queue_module
 
 SUBFOLDERS = ("work", "done", "rejected")
-IGNORED_NAMES = {"readme", "readme.md", "readme.txt"}
 CRASH_AFTER_CLAIM = "QUEUECTL_SPOOL_CRASH_AFTER_CLAIM"      # test hooks: die at the worst moments
 CRASH_AFTER_INSERT = "QUEUECTL_SPOOL_CRASH_AFTER_INSERT"
 CRASH_EXIT = 86
@@ -107,38 +108,7 @@ def queuectl_job_sources(queue, options):
     return [SpoolWatcher(queue, folder)] if folder is not None else None
 
 
-@hookimpl
-def queuectl_status_info(queue):
-    folder = configured_folder(queue)
-    if folder is None:
-        return None
-    return {"spool": {"folder": str(folder), "waiting": count_waiting(folder),
-                      "rejected": count_files(folder / "rejected", lambda n: not n.endswith(".error"))}}
-
-
-def count_files(folder: Path, keep=lambda name: True) -> int:
-    try:
-        return sum(1 for entry in os.scandir(folder) if keep(entry.name) and not entry.is_dir(follow_symlinks=False))
-    except OSError:
-        return 0
-
-
-def count_waiting(folder: Path) -> int:
-    return count_files(folder, lambda name: not ignored(name)) + count_files(folder / "work")
-
-
 # --- the folder ----------------------------------------------------------------------------------
-
-
-def configured_folder(queue) -> Optional[Path]:
-    """The spool setting, else spool/ beside config.yaml when that folder exists (creating it
-    unasked would start a spool in every folder that has a config.yaml)."""
-    value = queue.config.get("spool")
-    if value:
-        return Path(value)
-    if queue.config.path is not None and (queue.config.base_dir / "spool").is_dir():
-        return queue.config.base_dir / "spool"
-    return None
 
 
 def durable(queue) -> bool:
@@ -183,13 +153,6 @@ def check_folder(path: Path, follow: bool) -> None:
     if info.st_mode & stat.S_IWGRP and str(path) not in _warned:
         _warned.add(str(path))
         log(f"warning: {path} is group-writable: members of its group can enqueue commands that run as you")
-
-
-def ignored(name: str) -> bool:
-    """Not a drop: files still being written under the Maildir contract (dotfiles, *.tmp), editor
-    swap and backup files, and the README that marks the folder in a checkout."""
-    return (name.startswith((".", "#")) or name.endswith(("~", ".tmp", ".swp", ".swx"))
-            or name.lower() in IGNORED_NAMES)
 
 
 # --- drops ---------------------------------------------------------------------------------------
