@@ -105,23 +105,21 @@ class LiveOutput:
         self.sink = sink
         self.buffers = buffers        # stream name -> CappedBuffer
         self.sent = {name: 0 for name in buffers}
-        self.totals = 0               # bytes read so far, to see new output arrive
+        self.unsent = False           # output arrived that the sink has not taken yet
         self.first = self.latest = self.last = 0.0   # first unsent byte, latest byte, last write
 
-    def _seen(self, now: float) -> bool:
-        """Note new output; True while some is unsent."""
-        total = sum(buf.total for buf in self.buffers.values())
-        if total != self.totals:
-            if self.totals == sum(self.sent.values()):
-                self.first = now
-            self.totals, self.latest = total, now
-        return total > sum(self.sent.values())
+    def arrived(self) -> None:
+        """Output was read into a buffer (told by the reader: a silent command costs no look)."""
+        now = time.monotonic()
+        if not self.unsent:
+            self.first, self.unsent = now, True
+        self.latest = now
 
     def due_in(self) -> Optional[float]:
         """Seconds until unsent output is due, or None when nothing waits."""
-        now = time.monotonic()
-        if not self._seen(now):
+        if not self.unsent:
             return None
+        now = time.monotonic()
         due = max(min(self.latest + LIVE_QUIET, self.first + LIVE_INTERVAL), self.last + LIVE_GAP)
         return max(0.0, due - now)
 
@@ -134,6 +132,7 @@ class LiveOutput:
         self.last = time.monotonic()
         if self.sink(chunks, keep):   # refused (a busy store): the same output is offered again next time
             self.sent = {name: buf.total for name, buf in self.buffers.items()}
+            self.unsent = False
         self.first = self.last
 
 
@@ -315,6 +314,8 @@ class ShellRun:
                 continue
             if data:
                 self.buffers[fd].write(data)
+                if self.live is not None:
+                    self.live.arrived()
             else:
                 self._forget(fd)
 
