@@ -373,17 +373,22 @@ def test_a_plugin_added_or_changed_after_the_caches_are_warm_is_used_at_once(tmp
     assert proc.returncode == 2 and proc.stderr.strip() == "queuectl: error: refused EDIT"
 
 
-def test_quick_commands_leave_the_other_core_commands_unimported(tmp_path, private_cache):
+def run_noting_import(tmp_path, module: str, *args) -> tuple[str, str, bool]:
+    """(stdout, stderr, whether ``module`` was imported) of one CLI run in a fresh interpreter."""
     check = ("import sys\nfrom queuectl.cli import main\nsys.argv = ['queuectl'] + sys.argv[1:]\n"
-             "try:\n    main()\nexcept SystemExit:\n    pass\nprint('cli_more', 'queuectl.cli_more' in sys.modules, "
+             f"try:\n    main()\nexcept SystemExit:\n    pass\nprint('imported', {module!r} in sys.modules, "
              "file=sys.stderr)\n")
     (tmp_path / "config.yaml").write_text("db: queue.db\n")
     env = {**os.environ, "QUEUECTL_CONFIG": str(tmp_path / "config.yaml")}
+    proc = subprocess.run([sys.executable, "-c", check, *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    return proc.stdout, proc.stderr, proc.stderr.strip().splitlines()[-1] == "imported True"
 
+
+def test_quick_commands_leave_the_other_core_commands_unimported(tmp_path, private_cache):
     def imports_more(*args):
-        proc = subprocess.run([sys.executable, "-c", check, *args], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=120)
-        return proc.stdout, proc.stderr.strip().splitlines()[-1] == "cli_more True"
+        out, _, imported = run_noting_import(tmp_path, "queuectl.cli_more", *args)
+        return out, imported
 
     assert imports_more("enqueue", "-c", "true")[1] is False
     assert imports_more("list", "--limit", "5")[1] is False
@@ -402,15 +407,8 @@ def test_short_commands_do_not_import_locale_and_help_and_version_read_as_clicks
     import click
     from importlib.metadata import version
 
-    check = ("import sys\nfrom queuectl.cli import main\nsys.argv = ['queuectl'] + sys.argv[1:]\n"
-             "try:\n    main()\nexcept SystemExit:\n    pass\nprint('locale', 'locale' in sys.modules, file=sys.stderr)\n")
-    (tmp_path / "config.yaml").write_text("db: queue.db\n")
-    env = {**os.environ, "QUEUECTL_CONFIG": str(tmp_path / "config.yaml")}
-
     def run(*args):
-        proc = subprocess.run([sys.executable, "-c", check, *args], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=120)
-        return proc.stdout, proc.stderr, proc.stderr.strip().splitlines()[-1] == "locale True"
+        return run_noting_import(tmp_path, "locale", *args)
 
     wait_for_settled_package()
     assert run("enqueue", "-c", "true")[2] is True         # empty caches: every built-in is imported, and click
