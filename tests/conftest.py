@@ -98,6 +98,62 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, message
         time.sleep(interval)
 
 
+def wait_for_stderr(proc: subprocess.Popen, text: str, timeout: float = 30.0) -> str:
+    """Read ``proc``'s stderr (a pipe) until ``text`` shows in it; returns what was read up to there.
+
+    For a signal's effect: the line a pool prints once it has taken the signal, instead of a sleep
+    that hopes it has. What was read is kept on ``proc.stderr_seen`` (cleanup prints it too).
+    """
+    import select
+
+    seen = getattr(proc, "stderr_seen", "")
+    fd, deadline = proc.stderr.fileno(), time.monotonic() + timeout
+    while text not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"timed out after {timeout}s waiting for {text!r} on stderr:\n{seen[-4000:]}")
+        if select.select([fd], [], [], min(left, 0.5))[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise AssertionError(f"stderr closed (exit {proc.poll()}) before {text!r}:\n{seen[-4000:]}")
+            seen += chunk.decode(errors="replace")
+            proc.stderr_seen = seen
+    return seen
+
+
+def children_of(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text() if entry.isdigit() else ""
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split() if stat else ()
+        if fields and int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+def wait_signal_taken(pids, signum: int, timeout: float = 30.0) -> None:
+    """Wait until each of ``pids`` (Python processes sent ``signum``) has taken it: the signal no longer
+    pending and the process asleep again, which CPython is only after running its handlers. Two of one
+    signal pending at once are delivered as one; a second signal sent after this counts as a second."""
+    bit = 1 << (signum - 1)
+
+    def taken(pid: int) -> bool:
+        try:
+            status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                          if ":\t" in line)
+        except OSError:
+            return True                                  # gone: nothing more to take
+        pending = int(status["SigPnd"], 16) | int(status["ShdPnd"], 16)
+        return not pending & bit and status["State"][0] == "S"
+
+    for pid in pids:
+        wait_until(lambda: taken(pid), timeout, 0.01, f"process {pid} to take signal {signum}")
+
+
 def startup_slack(instance: "Instance") -> float:
     """Seconds one `queuectl status` takes on this machine right now, three times over (at least 3).
 
@@ -198,12 +254,30 @@ class Instance:
     def json(self, *args, **kwargs):
         return json.loads(self.run(*args, "--json", **kwargs).stdout)
 
+    def in_process_ok(self) -> bool:
+        """Would :meth:`cli` see what a `queuectl` process sees? Not with plugins of the instance's own
+        (their code would run in the test process) or a PYTHONPATH of its own (entry points it adds)."""
+        return (self.env.get("PYTHONPATH") == os.environ.get("PYTHONPATH") and "plugins-dir" not in self.config
+                and not any(self.plugins.iterdir()) and not (self.root / "xdg-config" / "queuectl").exists())
+
+    def checked_cli(self, *args) -> str:
+        """stdout of ``queuectl *args`` run in this process (a real process where :meth:`in_process_ok`
+        says no), which must succeed: set-up and looks around the command under test."""
+        if not self.in_process_ok():
+            return self.run(*args).stdout
+        code, out, err = self.cli(*args)
+        if code != 0:
+            raise AssertionError(f"queuectl {' '.join(map(str, args))} exited {code}:\n{out}\n{err}")
+        return out
+
     def enqueue(self, command: str, **fields) -> str:
+        """Put a job in (set-up: the CLI run in this process, see :meth:`checked_cli`); returns its id."""
         spec = dict(fields, command=command)
-        return self.run("enqueue", json.dumps(spec)).stdout.strip()
+        return self.checked_cli("enqueue", json.dumps(spec)).strip()
 
     def job(self, job_id: str) -> dict:
-        return self.json("show", job_id)
+        """The job's ``show --json`` (a look: the CLI run in this process, see :meth:`checked_cli`)."""
+        return json.loads(self.checked_cli("show", job_id, "--json"))
 
     def start_pool(self, count: int = 1, *args, env: dict | None = None, stderr=None) -> subprocess.Popen:
         proc = subprocess.Popen([*QUEUECTL, "worker", "start", "--count", str(count), *map(str, args)],
@@ -259,7 +333,7 @@ class Instance:
                     pass
                 proc.wait()
                 if proc.stderr is not None and not proc.stderr.closed:
-                    hung += "\n--- its stderr\n" + proc.stderr.read()[-4000:]
+                    hung += "\n--- its stderr\n" + (getattr(proc, "stderr_seen", "") + proc.stderr.read())[-4000:]
                 print(f"pool {proc.pid} still running at the end of the test:\n{hung}")
 
 

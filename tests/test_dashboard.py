@@ -95,7 +95,7 @@ class Dashboard:
 
 @pytest.fixture
 def dashboard(instance):
-    instance.run("init")                     # the dashboard never creates a store (a typo in --db is an error)
+    instance.checked_cli("init")             # the dashboard never creates a store (a typo in --db is an error)
     server = Dashboard(instance)
     yield server
     server.stop()

@@ -5,7 +5,11 @@ import os
 import signal
 import time
 
-from conftest import wait_until
+from conftest import children_of, wait_for_stderr, wait_signal_taken, wait_until
+
+
+def ledger_lines(path):
+    return path.read_text().splitlines() if path.exists() else []
 
 
 BOTH_BACKENDS = True      # every test here runs on SQLite and on PostgreSQL
@@ -94,12 +98,15 @@ def test_worker_stop_from_another_process_finishes_the_running_job(instance):
 
 
 def test_sigterm_finishes_running_job_second_signal_interrupts(instance):
-    started = instance.root / "started"
-    job_id = instance.enqueue(f"touch {started}; sleep 30", max_retries=0)
+    started, ticks = instance.root / "started", instance.root / "ticks"
+    job_id = instance.enqueue(f"touch {started}; while :; do echo >> {ticks}; sleep 0.05; done", max_retries=0)
     pool = instance.start_pool(1)
     wait_until(started.exists, message="job to start")
     pool.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
+    wait_for_stderr(pool, "finishing 1 running job(s)")     # the pool took the signal and passed it on,
+    wait_signal_taken(children_of(pool.pid), signal.SIGTERM)  # and its worker took it: the next is a second
+    ran = len(ledger_lines(ticks))
+    wait_until(lambda: len(ledger_lines(ticks)) >= ran + 2, message="the job to go on after the signal")
     assert pool.poll() is None, "the pool waits for the running job"
     pool.send_signal(signal.SIGINT)
     assert pool.wait(timeout=30) == 0

@@ -42,9 +42,10 @@ def one_line_each(text: str, needle: str) -> None:
 @pytest.mark.parametrize("signature", RAISING, ids=lambda s: s.split("(")[0].replace("queuectl_", ""))
 def test_a_plugin_that_raises_in_a_hook_is_one_line_and_harms_nothing_queued(instance, signature):
     hook = signature.split("(")[0]
-    ok = instance.enqueue("echo fine")
-    bad = instance.enqueue("exit 3", max_retries=1)
-    before = {job_id: instance.job(job_id) for job_id in (ok, bad)}
+    # Set up and looked at before the plugin exists through the CLI run in this process (no start-up each).
+    ok = instance.cli("enqueue", json.dumps({"command": "echo fine"}))[1].strip()
+    bad = instance.cli("enqueue", json.dumps({"command": "exit 3", "max_retries": 1}))[1].strip()
+    before = {job_id: instance.cli_json("show", job_id) for job_id in (ok, bad)}
     write_plugin(instance, "clumsy", f'''
         from queuectl import hookimpl
 

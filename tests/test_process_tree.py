@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from conftest import FAST_CONFIG, alive, pids_with_env, startup_slack, wait_until
+from conftest import (FAST_CONFIG, alive, children_of, pids_with_env, startup_slack, wait_for_stderr,
+                      wait_signal_taken, wait_until)
 
 
 def attempt_pids(job_id: str, attempt=None) -> list[int]:
@@ -90,7 +91,8 @@ def test_second_signal_stops_the_whole_tree_as_interrupted(instance):
     wait_until(lambda: os.path.exists(f"{marker}.1") and tree_size(job_id, 1) >= 6, timeout=30,
                message="the tree")
     pool.send_signal(signal.SIGTERM)
-    time.sleep(1.0)
+    wait_for_stderr(pool, "finishing 1 running job(s)")    # the pool took the signal and passed it on,
+    wait_signal_taken(children_of(pool.pid), signal.SIGTERM)  # and its worker took it: the next is a second
     assert pool.poll() is None, "the first signal lets the running job finish"
     assert tree_size(job_id, 1) >= 6
     pool.send_signal(signal.SIGTERM)

@@ -95,8 +95,10 @@ def test_pause_and_resume(instance):
     assert instance.job(free)["state"] == "completed"
     assert instance.job(held)["state"] == "pending" and not started.exists()
     pool = instance.start_pool(1)
-    time.sleep(1.0)
-    assert instance.job(held)["state"] == "pending"
+    # A job of lower priority in another queue: once it has run, the worker has claimed past `held`.
+    after = instance.enqueue("true", priority=-1)
+    instance.wait_for_state(after, "completed")
+    assert instance.job(held)["state"] == "pending" and not started.exists()
     instance.run("queue", "resume", "q")
     instance.wait_for_state(held, "completed")
     assert started.exists()
@@ -113,8 +115,10 @@ def test_pause_lets_running_jobs_finish(instance):
     wait_until(started.exists, message="first job running")
     instance.run("queue", "pause", "q")
     release.touch()
+    # A job of lower priority in another queue: once it has run, the worker has claimed past `second`.
+    after = instance.enqueue("true", priority=-1)
     instance.wait_for_state(first, "completed")
-    time.sleep(0.5)
+    instance.wait_for_state(after, "completed")
     assert instance.job(second)["state"] == "pending"
     pool.send_signal(signal.SIGTERM)
     assert pool.wait(timeout=30) == 0
@@ -223,7 +227,9 @@ def test_cancel_pending_and_running_process_tree(instance):
     assert instance.job(dependent)["state"] == "dead"
     assert instance.job(pending)["state"] == "cancelled"
     instance.run("queue", "resume", "later")
-    time.sleep(0.5)
+    # A job of lower priority behind it in its queue: once it has run, the worker has claimed past it.
+    after = instance.enqueue("true", queue="later", priority=-1)
+    instance.wait_for_state(after, "completed")
     assert instance.job(pending)["state"] == "cancelled" and instance.job(pending)["attempts"] == 0
     assert instance.run("cancel", pending, check=False).returncode == 1
     pool.send_signal(signal.SIGTERM)
