@@ -223,7 +223,7 @@ class Instance:
                                  f"{proc.stdout}\n{proc.stderr}")
         return proc
 
-    def cli(self, *args) -> tuple[int, str, str]:
+    def cli(self, *args, env: dict | None = None) -> tuple[int, str, str]:
         """(exit code, stdout, stderr) of ``queuectl *args`` run in this process, in this instance's
         environment and folder: for reading the store around the command under test, which runs
         through :meth:`run`, a process of its own, without paying a process start-up per look."""
@@ -233,7 +233,7 @@ class Instance:
         out, err, code = io.StringIO(), io.StringIO(), 0
         saved, cwd = dict(os.environ), os.getcwd()
         os.environ.clear()
-        os.environ.update(self.env)
+        os.environ.update({**self.env, **(env or {})})
         os.chdir(self.root)
         try:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -246,26 +246,29 @@ class Instance:
             os.chdir(cwd)
         return code, out.getvalue(), err.getvalue()
 
-    def cli_json(self, *args):
-        code, out, err = self.cli(*args, "--json")
-        assert code == 0, f"queuectl {' '.join(map(str, args))} --json exited {code}: {err}"
-        return json.loads(out)
+    def cli_json(self, *args, env: dict | None = None):
+        """JSON of ``queuectl *args --json`` run in this process (a real process where
+        :meth:`in_process_ok` says no): for looks around the command under test, polls above all."""
+        return json.loads(self.checked_cli(*args, "--json", env=env))
 
     def json(self, *args, **kwargs):
         return json.loads(self.run(*args, "--json", **kwargs).stdout)
 
-    def in_process_ok(self) -> bool:
+    def in_process_ok(self, env: dict | None = None) -> bool:
         """Would :meth:`cli` see what a `queuectl` process sees? Not with plugins of the instance's own
-        (their code would run in the test process) or a PYTHONPATH of its own (entry points it adds)."""
+        that are not disabled (their code would run in the test process) or a PYTHONPATH of its own
+        (entry points it adds)."""
+        disabled = {**self.env, **(env or {})}.get("QUEUECTL_DISABLE_PLUGINS", "").split(",")
         return (self.env.get("PYTHONPATH") == os.environ.get("PYTHONPATH") and "plugins-dir" not in self.config
-                and not any(self.plugins.iterdir()) and not (self.root / "xdg-config" / "queuectl").exists())
+                and all(p.suffix != ".py" or p.stem in disabled for p in self.plugins.iterdir())
+                and not (self.root / "xdg-config" / "queuectl").exists())
 
-    def checked_cli(self, *args) -> str:
+    def checked_cli(self, *args, env: dict | None = None) -> str:
         """stdout of ``queuectl *args`` run in this process (a real process where :meth:`in_process_ok`
         says no), which must succeed: set-up and looks around the command under test."""
-        if not self.in_process_ok():
-            return self.run(*args).stdout
-        code, out, err = self.cli(*args)
+        if not self.in_process_ok(env):
+            return self.run(*args, env=env).stdout
+        code, out, err = self.cli(*args, env=env)
         if code != 0:
             raise AssertionError(f"queuectl {' '.join(map(str, args))} exited {code}:\n{out}\n{err}")
         return out
@@ -275,9 +278,9 @@ class Instance:
         spec = dict(fields, command=command)
         return self.checked_cli("enqueue", json.dumps(spec)).strip()
 
-    def job(self, job_id: str) -> dict:
+    def job(self, job_id: str, env: dict | None = None) -> dict:
         """The job's ``show --json`` (a look: the CLI run in this process, see :meth:`checked_cli`)."""
-        return json.loads(self.checked_cli("show", job_id, "--json"))
+        return json.loads(self.checked_cli("show", job_id, "--json", env=env))
 
     def start_pool(self, count: int = 1, *args, env: dict | None = None, stderr=None) -> subprocess.Popen:
         proc = subprocess.Popen([*QUEUECTL, "worker", "start", "--count", str(count), *map(str, args)],

@@ -34,8 +34,10 @@ def unavailable(reason: str):
     pytest.skip(reason)
 
 
-@pytest.fixture
-def browser(tmp_path):
+@pytest.fixture(scope="session")
+def chromium(tmp_path_factory):
+    """One headless Chromium per test process (a start costs about a second of CPU); each test gets it
+    through `browser`, which leaves it as a new one: a blank page, no cookie, nothing cached."""
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
@@ -48,12 +50,29 @@ def browser(tmp_path):
     options.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,1100", f"--user-data-dir={tmp_path / 'chromium'}"):
+                 "--disable-dev-shm-usage", "--window-size=1280,1100",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
     yield driver
     driver.quit()
+
+
+@pytest.fixture
+def browser(chromium):
+    from selenium.common.exceptions import NoAlertPresentException
+
+    chromium.set_page_load_timeout(60)
+    chromium.set_script_timeout(30)
+    chromium.get("about:blank")
+    chromium.execute_cdp_cmd("Network.clearBrowserCookies", {})
+    chromium.execute_cdp_cmd("Network.clearBrowserCache", {})
+    yield chromium
+    try:
+        chromium.switch_to.alert.dismiss()          # an alert left open would block the next test's pages
+    except NoAlertPresentException:
+        pass
+    chromium.get("about:blank")                      # no page of this test's dashboard polls on
 
 
 class Dashboard:
@@ -678,7 +697,7 @@ def test_actions_from_the_pages(instance, dashboard, browser):
         wait_until(lambda: browser.execute_script(
             "const b = document.querySelector(arguments[0]); if (b) b.click(); return !!b;",
             f'button[data-action="{action}"][data-queue="held"]'), 30, message=f"the {action} button")
-        wait_until(lambda: {q["name"]: q["paused"] for q in instance.json("queue", "list")}.get("held") is paused,
+        wait_until(lambda: {q["name"]: q["paused"] for q in instance.cli_json("queue", "list")}.get("held") is paused,
                    30, message=f"the queue {action}d")
 
 

@@ -54,7 +54,7 @@ def test_a_plugin_that_raises_in_a_hook_is_one_line_and_harms_nothing_queued(ins
             raise RuntimeError("clumsy broke in {hook}")
     ''')
     def look(job_id):                          # reads without the plugin: some of them refuse every command
-        return instance.json("show", job_id, env={"QUEUECTL_DISABLE_PLUGINS": "clumsy"})
+        return instance.cli_json("show", job_id, env={"QUEUECTL_DISABLE_PLUGINS": "clumsy"})
     needle = f"plugin clumsy failed in {hook}: RuntimeError: clumsy broke in {hook}"
     enqueue = instance.run("enqueue", "--command", "true", check=False)
     pool = instance.run("worker", "start", "--burst", check=False)
@@ -66,7 +66,8 @@ def test_a_plugin_that_raises_in_a_hook_is_one_line_and_harms_nothing_queued(ins
         assert {job_id: look(job_id) for job_id in (ok, bad)} == before
         if hook not in ("queuectl_register_commands", "queuectl_worker_options"):    # needed by worker start only
             assert enqueue.returncode == 1 and needle in enqueue.stderr
-            assert enqueue.stdout == "" and len(instance.json("list", env={"QUEUECTL_DISABLE_PLUGINS": "clumsy"})) == 2
+            assert enqueue.stdout == ""
+            assert len(instance.cli_json("list", env={"QUEUECTL_DISABLE_PLUGINS": "clumsy"})) == 2
         calm = instance.run("worker", "start", "--burst", env={"QUEUECTL_DISABLE_PLUGINS": "clumsy"})
         assert calm.returncode == 0
     elif RAISING[signature] == "refuses to enqueue":

@@ -312,7 +312,7 @@ def test_cron_tick_is_enqueued_once_with_two_pools(instance):
     instance.run("schedule", "add", "every-second", "--cron", "* * * * * *", "--command", "true")
     assert instance.json("schedule", "list")[0]["name"] == "every-second"
     pools = [instance.start_pool(1), instance.start_pool(1)]
-    wait_until(lambda: len(instance.json("list")) >= 3, timeout=30, message="three ticks")
+    wait_until(lambda: len(instance.cli_json("list")) >= 3, timeout=30, message="three ticks")
     instance.run("schedule", "remove", "every-second")
     for pool in pools:
         pool.send_signal(signal.SIGTERM)
@@ -331,7 +331,7 @@ def test_missed_ticks_policies(instance):
     instance.run("schedule", "add", "skip", "--cron", "* * * * * *", "--command", "true", "--missed", "skip")
     time.sleep(3)                               # ticks pass while no pool runs
     pool = instance.start_pool(1)
-    wait_until(lambda: any(j["id"].startswith("once-") for j in instance.json("list")), message="catch-up run")
+    wait_until(lambda: any(j["id"].startswith("once-") for j in instance.cli_json("list")), message="catch-up run")
     first = min((j for j in instance.json("list")), key=lambda j: j["created_at"])
     assert first["id"].startswith("once-"), "only 'once' makes up for the missed ticks"
     pool.send_signal(signal.SIGTERM)
