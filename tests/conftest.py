@@ -303,6 +303,14 @@ class Instance:
         self.pools.append(proc)
         return proc
 
+    def pool_workers(self, proc: subprocess.Popen) -> list[int]:
+        """The pids of the pool ``proc``'s registered workers (not its job-source or other helpers)."""
+        from queuectl import Queue
+
+        with Queue.open(config=str(self.config_path), env={}) as queue:
+            children = set(children_of(proc.pid))
+            return [w["pid"] for w in queue.workers() if w["kind"] == "worker" and w["pid"] in children]
+
     def wait_pool_up(self, proc: subprocess.Popen, timeout: float = 60.0) -> None:
         """Wait until the pool ``proc`` has registered itself: from then on a SIGTERM is a clean stop."""
         from queuectl import Queue

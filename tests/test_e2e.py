@@ -5,7 +5,7 @@ import os
 import signal
 import time
 
-from conftest import children_of, wait_for_stderr, wait_signal_taken, wait_until
+from conftest import wait_for_stderr, wait_signal_taken, wait_until
 
 
 def ledger_lines(path):
@@ -104,7 +104,8 @@ def test_sigterm_finishes_running_job_second_signal_interrupts(instance):
     wait_until(started.exists, message="job to start")
     pool.send_signal(signal.SIGTERM)
     wait_for_stderr(pool, "finishing 1 running job(s)")     # the pool took the signal and passed it on,
-    wait_signal_taken(children_of(pool.pid), signal.SIGTERM)  # and its worker took it: the next is a second
+    [worker] = instance.pool_workers(pool)
+    wait_signal_taken([worker], signal.SIGTERM)               # and its worker took it: the next is a second
     ran = len(ledger_lines(ticks))
     wait_until(lambda: len(ledger_lines(ticks)) >= ran + 2, message="the job to go on after the signal")
     assert pool.poll() is None, "the pool waits for the running job"

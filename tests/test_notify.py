@@ -97,7 +97,7 @@ def test_webhook_retries_until_delivered_signed_and_once_per_event(instance, rec
         by_delivery.setdefault(request["delivery"], []).append(request)
     assert sorted(len(v) for v in by_delivery.values()) == [3, 3, 3]
     assert all(len({r["body"] for r in v}) == 1 for v in by_delivery.values())
-    wait_until(lambda: instance.cli_json("notify", "list") == [], 10, message="an empty outbox")
+    wait_until(lambda: instance.cli_json("notify", "list") == [], 60, message="an empty outbox")
     os.killpg(pool.pid, signal.SIGTERM)
     _, err = pool.communicate(timeout=60)
     assert "webhook answered 500" in err and "retry 1 of 5" in err
@@ -137,7 +137,7 @@ def test_delivery_survives_the_death_of_the_whole_pool(instance, receiver):
     wait_until(lambda: len(server.requests) == 2, 60, message="redelivery by the next pool")
     assert [e["job"]["id"] for e in server.delivered()] == [job, job]     # the first answer reached no one
     assert {r["delivery"] for r in server.requests} == {pending[0]["delivery"]}
-    wait_until(lambda: instance.cli_json("notify", "list") == [], 10, message="an empty outbox")
+    wait_until(lambda: instance.cli_json("notify", "list") == [], 60, message="an empty outbox")
 
 
 def test_a_webhook_that_keeps_failing_is_given_up_and_sent_by_hand(instance, receiver):
@@ -209,7 +209,7 @@ def test_a_killed_delivery_process_is_started_again_and_resends(instance, receiv
     wait_until(lambda: len(server.requests) == 2, 60, message="redelivery by a new sources process")
     assert [e["job"]["id"] for e in server.delivered()] == [job, job]
     assert len({r["delivery"] for r in server.requests}) == 1
-    wait_until(lambda: instance.cli_json("notify", "list") == [], 10, message="an empty outbox")
+    wait_until(lambda: instance.cli_json("notify", "list") == [], 60, message="an empty outbox")
     assert len(_sources_processes(instance, pool)) == 1
     assert len(_children(pool.pid)) == 2        # one worker and the new sources process, not two workers
 
@@ -387,7 +387,7 @@ def test_a_callback_that_floods_output_reads_stdin_and_leaves_a_child_is_bounded
     with open(log, "w") as fh:
         pool = instance.start_pool(1, stderr=fh)
     wait_until(lambda: (instance.root / "callback.done").exists(), 60, message="the callback to finish")
-    child = int(wait_until(lambda: (instance.root / "child.pid").read_text().strip(), 10, message="its child's pid"))
+    child = int(wait_until(lambda: (instance.root / "child.pid").read_text().strip(), 60, message="its child's pid"))
     wait_until(lambda: not os.path.exists(f"/proc/{child}") or
                open(f"/proc/{child}/stat").read().split(") ")[1][0] == "Z", 30, message="its child to be killed")
     wait_until(lambda: instance.cli_json("notify", "list") == [], 30, message="the delivery to be done")

@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import IN_CI, PG_URL, Instance, children_of, pg_exclusive, pg_execute, require_pg, wait_until
+from conftest import IN_CI, PG_URL, Instance, pg_exclusive, pg_execute, require_pg, wait_until
 
 JOBS = 2000
 POOLS = 4
@@ -131,18 +131,11 @@ def test_four_hosts_run_every_job_once_across_a_server_restart(pg_instance):
 def idle_in_select(inst, pool: subprocess.Popen) -> bool:
     """Is the pool's worker blocked in select(), where an idle worker waits for a notification or its
     poll? (A query in flight waits in poll(), a command's output too.)"""
-    from queuectl import Queue
-
-    with Queue.open(config=str(inst.config_path), env={}) as queue:
-        pids = [w["pid"] for w in queue.workers() if w["kind"] == "worker" and w["pid"] in children_of(pool.pid)]
-
-    def in_select(pid: int) -> bool:
-        try:
-            return int(Path(f"/proc/{pid}/syscall").read_text().split()[0]) in SELECT_SYSCALLS
-        except (OSError, ValueError, IndexError):
-            return False
-
-    return len(pids) == 1 and in_select(pids[0])
+    pids = inst.pool_workers(pool)
+    try:
+        return len(pids) == 1 and int(Path(f"/proc/{pids[0]}/syscall").read_text().split()[0]) in SELECT_SYSCALLS
+    except (OSError, ValueError, IndexError):
+        return False
 
 
 SELECT_SYSCALLS = (23, 270)          # select, pselect6 (x86-64: what Python's select.select calls)

@@ -223,7 +223,7 @@ def test_cancel_pending_and_running_process_tree(instance):
     job = instance.wait_for_state(running, "cancelled", timeout=30)
     assert job["history"][-1]["outcome"] == "cancelled"
     for pid in map(int, ledger_lines(pids)):
-        wait_until(lambda: not alive(pid), timeout=10, message=f"process {pid} gone")
+        wait_until(lambda: not alive(pid), timeout=60, message=f"process {pid} gone")
     assert instance.job(dependent)["state"] == "dead"
     assert instance.job(pending)["state"] == "cancelled"
     instance.run("queue", "resume", "later")
