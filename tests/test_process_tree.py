@@ -7,6 +7,7 @@ environment tag, which follows `setsid` children and double forks. Every check s
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -193,11 +194,13 @@ def test_kill_grace_longer_than_the_lease_is_cut_to_fit_it(instance):
         job = instance.wait_for_state(job_id, "dead", timeout=60)
         h = job["history"][0]
         assert h["outcome"] == "timed_out" and h["signal"] == signal.SIGKILL, h
-        # SIGKILL is due before the 5 s lease ends (uncut, it would come after 30 s); the attempt is
-        # recorded a little later on a loaded machine: 4 s of room, far below the uncut grace.
-        assert h["duration"] < 1 + 5 + 4, "SIGKILL came within the lease, not after 30 s"
+        # The grace is cut to what is left of the 5 s lease (the worker says to what: the decision,
+        # whatever the machine's speed); the attempt ends with SIGKILL at the 1 s timeout plus that cut,
+        # recorded within one more lease-timeout of room on a loaded machine, far below the uncut 30 s.
+        cut = re.search(r"kill-grace cut from 30s to ([\d.]+)s to stay within its lease", log.read_text())
+        assert cut and float(cut.group(1)) < 5, log.read_text()
+        assert h["duration"] < 1 + float(cut.group(1)) + 5, "SIGKILL came within the lease, not after 30 s"
         assert attempt_pids(job_id) == []
-        assert "kill-grace cut" in log.read_text()
     finally:
         pool.send_signal(signal.SIGTERM)
         assert pool.wait(timeout=60) == 0
