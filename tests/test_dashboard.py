@@ -34,45 +34,83 @@ def unavailable(reason: str):
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
-def chromium(tmp_path_factory):
-    """One headless Chromium per test process (a start costs about a second of CPU); each test gets it
-    through `browser`, which leaves it as a new one: a blank page, no cookie, nothing cached."""
-    try:
+class Chromium:
+    """One headless Chromium per test process (a start costs about a second of CPU), started again
+    when it is gone: a worker run in this process (test_core) kills every child of the process it
+    finds when an attempt ends, as a worker may (it starts nothing else), and chromedriver is one."""
+
+    def __init__(self, folder):
+        self.folder, self.driver = folder, None
+
+    def get(self):
+        if self.driver is not None and not self._alive():
+            try:
+                self.driver.quit()
+            except Exception:
+                pass
+            self.driver = None
+        if self.driver is None:
+            self.driver = self._start()
+        return self.driver
+
+    def _alive(self) -> bool:
+        process = self.driver.service.process
+        if process is None or process.poll() is not None:
+            return False
+        try:
+            self.driver.current_url
+            return True
+        except Exception:
+            return False
+
+    def _start(self):
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
+
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--disable-dev-shm-usage", "--window-size=1280,1100", f"--user-data-dir={self.folder}"):
+            options.add_argument(flag)
+        return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+
+    def quit(self):
+        if self.driver is not None:
+            self.driver.quit()
+
+
+@pytest.fixture(scope="session")
+def chromium(tmp_path_factory):
+    try:
+        import selenium  # noqa: F401
     except ImportError:
         unavailable("selenium is not installed (pip install -e '.[test]')")
     for path in (CHROMIUM, CHROMEDRIVER):
         if not shutil.which(path):
             unavailable(f"{path} is missing (apt-get install chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,1100",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    yield driver
-    driver.quit()
+    browsers = Chromium(tmp_path_factory.mktemp("chromium"))
+    yield browsers
+    browsers.quit()
 
 
 @pytest.fixture
 def browser(chromium):
+    """The test process's Chromium, left as a new one: a blank page, no cookie, nothing cached."""
     from selenium.common.exceptions import NoAlertPresentException
 
-    chromium.set_page_load_timeout(60)
-    chromium.set_script_timeout(30)
-    chromium.get("about:blank")
-    chromium.execute_cdp_cmd("Network.clearBrowserCookies", {})
-    chromium.execute_cdp_cmd("Network.clearBrowserCache", {})
-    yield chromium
+    driver = chromium.get()
+    driver.set_page_load_timeout(60)
+    driver.set_script_timeout(30)
+    driver.get("about:blank")
+    driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
+    driver.execute_cdp_cmd("Network.clearBrowserCache", {})
+    yield driver
     try:
-        chromium.switch_to.alert.dismiss()          # an alert left open would block the next test's pages
+        driver.switch_to.alert.dismiss()             # an alert left open would block the next test's pages
     except NoAlertPresentException:
         pass
-    chromium.get("about:blank")                      # no page of this test's dashboard polls on
+    driver.get("about:blank")                        # no page of this test's dashboard polls on
 
 
 class Dashboard:
