@@ -127,7 +127,10 @@ ODD_OUT = b"bad \xff\xfe utf8 \xe2\x82 nul \x00 end\n\r0%\r25%\r50%\r75%\n"
 def test_odd_bytes_are_followed_exactly_and_shown_as_valid_json(instance):
     job_id = instance.enqueue(f"{ODD}; {BLOCK.format(name='release')}")
     instance.start_pool(1)
-    entry = wait_until(lambda: next((e for e in instance.cli_json("logs", job_id) if e["running"] and "75%" in e["stdout"]),
+    # stdout and stderr are stored as they come, each on its own: wait until each has the last line it
+    # gets before the block (a look between two chunks sees part of the output only)
+    entry = wait_until(lambda: next((e for e in instance.cli_json("logs", job_id) if e["running"] and
+                                     e["stdout"].endswith("75%\n") and e["stderr"].endswith("\n")),
                                     None), message="the odd output while it runs")
     assert entry["stdout"] == ODD_OUT.decode("utf-8", "replace") and entry["stderr"] == "err \ufffd\n"
     piped = subprocess.run([*QUEUECTL, "logs", job_id[:6], "--stdout"], cwd=instance.root, env=instance.env,
