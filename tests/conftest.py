@@ -98,6 +98,62 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, message
         time.sleep(interval)
 
 
+def wait_for_stderr(proc: subprocess.Popen, text: str, timeout: float = 30.0) -> str:
+    """Read ``proc``'s stderr (a pipe) until ``text`` shows in it; returns what was read up to there.
+
+    For a signal's effect: the line a pool prints once it has taken the signal, instead of a sleep
+    that hopes it has. What was read is kept on ``proc.stderr_seen`` (cleanup prints it too).
+    """
+    import select
+
+    seen = getattr(proc, "stderr_seen", "")
+    fd, deadline = proc.stderr.fileno(), time.monotonic() + timeout
+    while text not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"timed out after {timeout}s waiting for {text!r} on stderr:\n{seen[-4000:]}")
+        if select.select([fd], [], [], min(left, 0.5))[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise AssertionError(f"stderr closed (exit {proc.poll()}) before {text!r}:\n{seen[-4000:]}")
+            seen += chunk.decode(errors="replace")
+            proc.stderr_seen = seen
+    return seen
+
+
+def children_of(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text() if entry.isdigit() else ""
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split() if stat else ()
+        if fields and int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+def wait_signal_taken(pids, signum: int, timeout: float = 30.0) -> None:
+    """Wait until each of ``pids`` (Python processes sent ``signum``) has taken it: the signal no longer
+    pending and the process asleep again, which CPython is only after running its handlers. Two of one
+    signal pending at once are delivered as one; a second signal sent after this counts as a second."""
+    bit = 1 << (signum - 1)
+
+    def taken(pid: int) -> bool:
+        try:
+            status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                          if ":\t" in line)
+        except OSError:
+            return True                                  # gone: nothing more to take
+        pending = int(status["SigPnd"], 16) | int(status["ShdPnd"], 16)
+        return not pending & bit and status["State"][0] == "S"
+
+    for pid in pids:
+        wait_until(lambda: taken(pid), timeout, 0.01, f"process {pid} to take signal {signum}")
+
+
 def startup_slack(instance: "Instance") -> float:
     """Seconds one `queuectl status` takes on this machine right now, three times over (at least 3).
 
@@ -167,43 +223,77 @@ class Instance:
                                  f"{proc.stdout}\n{proc.stderr}")
         return proc
 
-    def cli(self, *args) -> tuple[int, str, str]:
+    def cli(self, *args, env: dict | None = None) -> tuple[int, str, str]:
         """(exit code, stdout, stderr) of ``queuectl *args`` run in this process, in this instance's
         environment and folder: for reading the store around the command under test, which runs
         through :meth:`run`, a process of its own, without paying a process start-up per look."""
         import io
         from queuectl.cli import main
+        from queuectl.queue import Queue
 
         out, err, code = io.StringIO(), io.StringIO(), 0
         saved, cwd = dict(os.environ), os.getcwd()
         os.environ.clear()
-        os.environ.update(self.env)
+        os.environ.update({**self.env, **(env or {})})
         os.chdir(self.root)
+        # The queues the command opens are closed after it, as its process's end would: no connection
+        # of this process holds the store afterwards (a locker that wants it alone gets it).
+        opened, plain_open = [], Queue.__dict__["open"]
+
+        def open_and_keep(cls, *args, **kwargs):
+            opened.append(plain_open.__func__(cls, *args, **kwargs))
+            return opened[-1]
+
+        Queue.open = classmethod(open_and_keep)
         try:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 main([str(a) for a in args])
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         finally:
+            Queue.open = plain_open
+            for queue in opened:
+                queue.close()
             os.environ.clear()
             os.environ.update(saved)
             os.chdir(cwd)
         return code, out.getvalue(), err.getvalue()
 
-    def cli_json(self, *args):
-        code, out, err = self.cli(*args, "--json")
-        assert code == 0, f"queuectl {' '.join(map(str, args))} --json exited {code}: {err}"
-        return json.loads(out)
+    def cli_json(self, *args, env: dict | None = None):
+        """JSON of ``queuectl *args --json`` run in this process (a real process where
+        :meth:`in_process_ok` says no): for looks around the command under test, polls above all."""
+        return json.loads(self.checked_cli(*args, "--json", env=env))
 
     def json(self, *args, **kwargs):
         return json.loads(self.run(*args, "--json", **kwargs).stdout)
 
-    def enqueue(self, command: str, **fields) -> str:
-        spec = dict(fields, command=command)
-        return self.run("enqueue", json.dumps(spec)).stdout.strip()
+    def in_process_ok(self, env: dict | None = None) -> bool:
+        """Would :meth:`cli` see what a `queuectl` process sees? Not with plugins of the instance's own
+        that are not disabled (their code would run in the test process) or a PYTHONPATH of its own
+        (entry points it adds)."""
+        disabled = {**self.env, **(env or {})}.get("QUEUECTL_DISABLE_PLUGINS", "").split(",")
+        return (self.env.get("PYTHONPATH") == os.environ.get("PYTHONPATH") and "plugins-dir" not in self.config
+                and all(p.suffix != ".py" or p.stem in disabled for p in self.plugins.iterdir())
+                and not (self.root / "xdg-config" / "queuectl").exists())
 
-    def job(self, job_id: str) -> dict:
-        return self.json("show", job_id)
+    def checked_cli(self, *args, env: dict | None = None) -> str:
+        """stdout of ``queuectl *args`` run in this process (a real process where :meth:`in_process_ok`
+        says no), which must succeed: set-up and looks around the command under test."""
+        if not self.in_process_ok(env):
+            return self.run(*args, env=env).stdout
+        code, out, err = self.cli(*args, env=env)
+        if code != 0:
+            raise AssertionError(f"queuectl {' '.join(map(str, args))} exited {code}:\n{out}\n{err}")
+        return out
+
+    def enqueue(self, command: str, **fields) -> str:
+        """Put a job in (set-up: the CLI run in this process, see :meth:`checked_cli`); returns its id."""
+        spec = dict(fields, command=command)
+        return self.checked_cli("enqueue", json.dumps(spec)).strip()
+
+    def job(self, job_id: str, env: dict | None = None) -> dict:
+        """The job's ``show --json`` (a look: the CLI run in this process, see :meth:`checked_cli`)."""
+        return json.loads(self.checked_cli("show", job_id, "--json", env=env))
 
     def start_pool(self, count: int = 1, *args, env: dict | None = None, stderr=None) -> subprocess.Popen:
         proc = subprocess.Popen([*QUEUECTL, "worker", "start", "--count", str(count), *map(str, args)],
@@ -212,6 +302,14 @@ class Instance:
                                 start_new_session=True)
         self.pools.append(proc)
         return proc
+
+    def pool_workers(self, proc: subprocess.Popen) -> list[int]:
+        """The pids of the pool ``proc``'s registered workers (not its job-source or other helpers)."""
+        from queuectl import Queue
+
+        with Queue.open(config=str(self.config_path), env={}) as queue:
+            children = set(children_of(proc.pid))
+            return [w["pid"] for w in queue.workers() if w["kind"] == "worker" and w["pid"] in children]
 
     def wait_pool_up(self, proc: subprocess.Popen, timeout: float = 60.0) -> None:
         """Wait until the pool ``proc`` has registered itself: from then on a SIGTERM is a clean stop."""
@@ -259,7 +357,7 @@ class Instance:
                     pass
                 proc.wait()
                 if proc.stderr is not None and not proc.stderr.closed:
-                    hung += "\n--- its stderr\n" + proc.stderr.read()[-4000:]
+                    hung += "\n--- its stderr\n" + (getattr(proc, "stderr_seen", "") + proc.stderr.read())[-4000:]
                 print(f"pool {proc.pid} still running at the end of the test:\n{hung}")
 
 
@@ -272,13 +370,22 @@ IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
 # per server, not per checkout, so test runs of several checkouts on one machine keep out of each
 # other's way too.
 PG_LOCK = Path(tempfile.gettempdir()) / f"queuectl-tests-pg-{zlib.crc32(PG_URL.encode()):08x}.lock"
+# flock lets shared holders in while an exclusive one waits: with tests on PostgreSQL always running
+# somewhere, a restart would wait for a moment when none is (minutes). Everyone passes this turnstile
+# first, and a restart holds it while it waits: tests that come later wait behind the restart.
+PG_TURNSTILE = PG_LOCK.with_suffix(".turnstile")
 _pg_lock_fd: list = []
 
 
 def _pg_lock(mode: int) -> None:
     if not _pg_lock_fd:
         _pg_lock_fd.append(os.open(PG_LOCK, os.O_RDWR | os.O_CREAT, 0o666))
-    fcntl.flock(_pg_lock_fd[0], mode)
+    turnstile = os.open(PG_TURNSTILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        fcntl.flock(_pg_lock_fd[0], mode)
+    finally:
+        os.close(turnstile)                  # closing it lets the next one through
 
 
 def release_pg_lock() -> None:
@@ -378,21 +485,53 @@ def queue(tmp_path):
 # --- scheduling: the longest tests start first ------------------------------------------------------
 # Tests run in parallel (pytest-xdist, `--maxschedchunk 1`: each worker is handed the next test as it
 # frees up). Started last, one long test would keep a single core busy after the rest had finished, so
-# the longest (by --durations, most expensive first) go to the front; the rest keep their order.
+# the longest (by --durations, most expensive first) go to the front; the rest keep their order. The
+# two that restart PostgreSQL are among the first four: their restarts come while the other two run
+# SQLite tests, not later, behind (and ahead of) every test that uses the server.
 SLOW_FIRST = [
     "test_crash.py::test_sigkill_a_worker_every_2s_while_500_jobs_run",
     "test_crash.py::test_recovery_times_at_defaults",
     "test_postgres_e2e.py::test_four_hosts_run_every_job_once_across_a_server_restart",
     "test_postgres_e2e.py::test_idle_worker_wakes_on_notify_not_on_the_poll",
-    "test_process_death.py::test_torture_whole_group_sigkill_every_1_to_2s",
-    "test_locking.py::test_workers_wait_out_a_store_locked_for_10s",
-    "test_dashboard.py::test_actions_from_the_pages",
-    "test_dashboard.py::test_a_job_with_many_large_attempts_keeps_its_page_and_json_small",
-    "test_inputs_classes.py::test_a_burst_pool_whose_store_fails_says_so_once_and_does_not_claim_success",
-    "test_dashboard.py::test_postgres_going_away_is_a_clear_page_and_one_line",
-    "test_dashboard.py::test_a_running_attempts_output_grows_without_gaps_or_repeats",
+    "test_spawn.py::test_each_attempt_sees_the_workers_environment_as_it_is_now_and_leaves_no_descriptor",
     "test_examples.py::test_each_example_passes_its_own_tests_once_installed",
+    "test_inputs.py::test_absurd_stored_rows_never_poison_a_read_or_a_worker",
+    "test_inputs.py::test_absurd_stored_schedules_never_poison_a_read_and_the_good_ones_fire",
+    "test_dashboard.py::test_a_job_with_many_large_attempts_keeps_its_page_and_json_small",
+    "test_process_death.py::test_torture_whole_group_sigkill_every_1_to_2s",
+    "test_cli_jobs.py::test_list_filters_and_last",
+    "test_inputs.py::test_whole_pool_killed_leaves_no_workers_in_status_and_stop_says_so",
+    "test_screen_limits.py::test_every_duration_option_takes_the_same_syntax_and_refuses_the_same_mistakes",
+    "test_cli_jobs.py::test_job_id_prefixes_everywhere",
+    "test_dashboard.py::test_actions_from_the_pages",
+    "test_inputs_classes.py::test_strict_json_for_every_read_after_odd_but_valid_inputs",
+    "test_cli_jobs.py::test_argv_runs_without_a_shell_and_a_plain_positional_is_a_command",
+    "test_dashboard.py::test_dashboard_in_chromium",
+    "test_locking.py::test_workers_wait_out_a_store_locked_for_10s",
+    "test_scheduling.py::test_dead_dependency_kills_dependents_which_are_retryable",
+    "test_scheduling.py::test_schedule_add_validates",
+    "test_inputs.py::test_bad_stored_setting_logs_one_line_and_the_pool_keeps_running",
+    "test_cli_jobs.py::test_edit_keeps_history_and_goes_through_the_validator",
+    "test_inputs.py::test_locked_store_is_one_line",
+    "test_process_death.py::test_worker_only_sigkill_kills_the_setsid_grandchild",
+    "test_scheduling.py::test_dependency_chain_runs_in_order",
+    "test_notify.py::test_a_notifier_that_hangs_is_abandoned_and_the_other_channels_go_on",
+    "test_dashboard.py::test_a_running_attempts_output_grows_without_gaps_or_repeats",
+    "test_process_death.py::test_whole_group_sigkill_kills_the_setsid_grandchild",
+    "test_cli_jobs.py::test_retry_with_a_new_command_and_argv_edit",
     "test_crash.py::test_worker_that_cannot_renew_kills_its_command_before_the_lease_expires",
+    "test_notify.py::test_the_webhook_secret_is_hidden_from_config_list_and_set",
+    "test_screen_limits.py::test_every_json_output_gives_times_as_iso_8601_utc",
+    "test_scheduling.py::test_missed_ticks_policies",
+    "test_scheduling.py::test_unique_keys_under_concurrent_enqueues_from_separate_processes",
+    "test_dashboard.py::test_postgres_going_away_is_a_clear_page_and_one_line",
+    "test_spawn.py::test_an_argv_job_is_looked_up_on_its_own_path",
+    "test_spawn.py::test_a_command_gets_its_own_session_dev_null_and_only_three_descriptors",
+    "test_e2e.py::test_two_pools_run_200_jobs_each_exactly_once",
+    "test_screen.py::test_color_modes_and_no_color",
+    "test_dashboard.py::test_job_text_from_every_field_renders_as_text",
+    "test_properties.py::test_no_input_harms_the_queue",
+    "test_inputs_classes.py::test_a_burst_pool_whose_store_fails_says_so_once_and_does_not_claim_success",
     "test_disk_full.py::test_a_full_disk_is_waited_out_and_nothing_is_lost_or_run_twice",
     "test_store_faults.py::test_garbage_in_the_middle_of_the_store_gives_every_command_one_line",
     "test_screen.py::test_every_command_has_an_example_and_typed_metavars",
@@ -402,17 +541,10 @@ SLOW_FIRST = [
     "test_scheduling.py::test_queue_limit_of_one_holds_across_two_pools",
     "test_cli_jobs.py::test_a_running_or_completed_job_cannot_be_edited",
     "test_live_output.py::test_wait_all_and_queue_with_json",
-    "test_cli_jobs.py::test_list_filters_and_last",
-    "test_properties.py::test_no_input_harms_the_queue",
     "test_spool.py::test_leftovers_of_dead_processes_resumed_by_three_at_once_make_one_job_each",
-    "test_e2e.py::test_two_pools_run_200_jobs_each_exactly_once",
-    "test_cli_jobs.py::test_edit_keeps_history_and_goes_through_the_validator",
-    "test_cli_jobs.py::test_job_id_prefixes_everywhere",
-    "test_scheduling.py::test_dependency_chain_runs_in_order",
     "test_live_output.py::test_wait_exit_codes",
     "test_process_tree.py::test_timeout_kills_the_whole_tree_and_is_retried_like_a_failure",
     "test_crash.py::test_stale_worker_after_sigstop_is_refused_and_changes_nothing",
-    "test_dashboard.py::test_dashboard_in_chromium",
 ]
 
 

@@ -69,8 +69,10 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("args,code,message", BAD_INPUTS, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_bad_input_is_one_line_and_changes_nothing(instance, args, code, message):
-    instance.run("enqueue", '{"id": "dup", "command": "true"}')
-    before = instance.json("list")
+    # The bad input goes through a real `queuectl` process; the store is set up and looked at
+    # through the same CLI run in this process.
+    assert instance.cli("enqueue", '{"id": "dup", "command": "true"}')[0] == 0
+    before = instance.cli_json("list")
     proc = instance.run(*args, check=False)
     assert proc.returncode == code, proc.stderr
     assert proc.stdout == ""
@@ -78,7 +80,7 @@ def test_bad_input_is_one_line_and_changes_nothing(instance, args, code, message
     assert len(lines) == 1 and lines[0].startswith("queuectl: error: "), proc.stderr
     assert message in lines[0]
     assert "Traceback" not in proc.stderr
-    assert instance.json("list") == before
+    assert instance.cli_json("list") == before
 
 
 def test_unreadable_and_invalid_config_files(instance):

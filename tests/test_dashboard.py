@@ -34,26 +34,83 @@ def unavailable(reason: str):
     pytest.skip(reason)
 
 
-@pytest.fixture
-def browser(tmp_path):
-    try:
+class Chromium:
+    """One headless Chromium per test process (a start costs about a second of CPU), started again
+    when it is gone: a worker run in this process (test_core) kills every child of the process it
+    finds when an attempt ends, as a worker may (it starts nothing else), and chromedriver is one."""
+
+    def __init__(self, folder):
+        self.folder, self.driver = folder, None
+
+    def get(self):
+        if self.driver is not None and not self._alive():
+            try:
+                self.driver.quit()
+            except Exception:
+                pass
+            self.driver = None
+        if self.driver is None:
+            self.driver = self._start()
+        return self.driver
+
+    def _alive(self) -> bool:
+        process = self.driver.service.process
+        if process is None or process.poll() is not None:
+            return False
+        try:
+            self.driver.current_url
+            return True
+        except Exception:
+            return False
+
+    def _start(self):
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
+
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--disable-dev-shm-usage", "--window-size=1280,1100", f"--user-data-dir={self.folder}"):
+            options.add_argument(flag)
+        return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+
+    def quit(self):
+        if self.driver is not None:
+            self.driver.quit()
+
+
+@pytest.fixture(scope="session")
+def chromium(tmp_path_factory):
+    try:
+        import selenium  # noqa: F401
     except ImportError:
         unavailable("selenium is not installed (pip install -e '.[test]')")
     for path in (CHROMIUM, CHROMEDRIVER):
         if not shutil.which(path):
             unavailable(f"{path} is missing (apt-get install chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,1100", f"--user-data-dir={tmp_path / 'chromium'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    browsers = Chromium(tmp_path_factory.mktemp("chromium"))
+    yield browsers
+    browsers.quit()
+
+
+@pytest.fixture
+def browser(chromium):
+    """The test process's Chromium, left as a new one: a blank page, no cookie, nothing cached."""
+    from selenium.common.exceptions import NoAlertPresentException
+
+    driver = chromium.get()
     driver.set_page_load_timeout(60)
+    driver.set_script_timeout(30)
+    driver.get("about:blank")
+    driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
+    driver.execute_cdp_cmd("Network.clearBrowserCache", {})
     yield driver
-    driver.quit()
+    try:
+        driver.switch_to.alert.dismiss()             # an alert left open would block the next test's pages
+    except NoAlertPresentException:
+        pass
+    driver.get("about:blank")                        # no page of this test's dashboard polls on
 
 
 class Dashboard:
@@ -95,7 +152,7 @@ class Dashboard:
 
 @pytest.fixture
 def dashboard(instance):
-    instance.run("init")                     # the dashboard never creates a store (a typo in --db is an error)
+    instance.checked_cli("init")             # the dashboard never creates a store (a typo in --db is an error)
     server = Dashboard(instance)
     yield server
     server.stop()
@@ -678,7 +735,7 @@ def test_actions_from_the_pages(instance, dashboard, browser):
         wait_until(lambda: browser.execute_script(
             "const b = document.querySelector(arguments[0]); if (b) b.click(); return !!b;",
             f'button[data-action="{action}"][data-queue="held"]'), 30, message=f"the {action} button")
-        wait_until(lambda: {q["name"]: q["paused"] for q in instance.json("queue", "list")}.get("held") is paused,
+        wait_until(lambda: {q["name"]: q["paused"] for q in instance.cli_json("queue", "list")}.get("held") is paused,
                    30, message=f"the queue {action}d")
 
 

@@ -65,7 +65,7 @@ def test_a_full_disk_is_waited_out_and_nothing_is_lost_or_run_twice(instance, sm
     assert pool.poll() is None, "the pool waits for space instead of exiting"
 
     os.unlink(small_fs / "filler")
-    wait_until(lambda: instance.json("status")["counts"].get("completed", 0) == len(ids), timeout=120,
+    wait_until(lambda: instance.cli_json("status")["counts"].get("completed", 0) == len(ids), timeout=120,
                interval=0.2, message="every job to complete once space is back")
     jobs = instance.json("list")
     assert len(jobs) == len(ids), "the refused enqueues stored nothing, not even part of a batch"

@@ -5,7 +5,11 @@ import os
 import signal
 import time
 
-from conftest import wait_until
+from conftest import wait_for_stderr, wait_signal_taken, wait_until
+
+
+def ledger_lines(path):
+    return path.read_text().splitlines() if path.exists() else []
 
 
 BOTH_BACKENDS = True      # every test here runs on SQLite and on PostgreSQL
@@ -14,12 +18,12 @@ def test_two_pools_run_200_jobs_each_exactly_once(instance):
     ledger = instance.root / "ledger.txt"
     instance.run("init")                       # status/list are read commands: they never create the store
     pools = [instance.start_pool(2), instance.start_pool(2)]
-    wait_until(lambda: len([w for w in instance.json("status")["workers"] if w["kind"] == "worker"]) == 4,
+    wait_until(lambda: len([w for w in instance.cli_json("status")["workers"] if w["kind"] == "worker"]) == 4,
                message="4 workers registered")
     specs = "\n".join(json.dumps({"command": f'sleep 0.01; echo "$QUEUECTL_JOB_ID $PPID" >> {ledger}'})
                       for _ in range(200))
     ids = instance.run("enqueue", "--file", "-", input=specs).stdout.split()
-    wait_until(lambda: instance.json("status")["counts"]["completed"] == 200, timeout=120,
+    wait_until(lambda: instance.cli_json("status")["counts"]["completed"] == 200, timeout=120,
                message="200 jobs completed")
     lines = ledger.read_text().splitlines()
     runs = collections.Counter(line.split()[0] for line in lines)
@@ -94,12 +98,16 @@ def test_worker_stop_from_another_process_finishes_the_running_job(instance):
 
 
 def test_sigterm_finishes_running_job_second_signal_interrupts(instance):
-    started = instance.root / "started"
-    job_id = instance.enqueue(f"touch {started}; sleep 30", max_retries=0)
+    started, ticks = instance.root / "started", instance.root / "ticks"
+    job_id = instance.enqueue(f"touch {started}; while :; do echo >> {ticks}; sleep 0.05; done", max_retries=0)
     pool = instance.start_pool(1)
     wait_until(started.exists, message="job to start")
     pool.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
+    wait_for_stderr(pool, "finishing 1 running job(s)")     # the pool took the signal and passed it on,
+    [worker] = instance.pool_workers(pool)
+    wait_signal_taken([worker], signal.SIGTERM)               # and its worker took it: the next is a second
+    ran = len(ledger_lines(ticks))
+    wait_until(lambda: len(ledger_lines(ticks)) >= ran + 2, message="the job to go on after the signal")
     assert pool.poll() is None, "the pool waits for the running job"
     pool.send_signal(signal.SIGINT)
     assert pool.wait(timeout=30) == 0
@@ -132,7 +140,7 @@ def test_signal_death_and_missing_command_are_failures(instance):
 def test_config_set_reaches_running_workers(instance):
     instance.run("init")                       # status/list are read commands: they never create the store
     pool = instance.start_pool(1)
-    wait_until(lambda: instance.json("status")["workers"], message="pool up")
+    wait_until(lambda: instance.cli_json("status")["workers"], message="pool up")
     instance.run("config", "set", "backoff-scale", "100")
 
     def retry_delay():
@@ -167,11 +175,11 @@ def test_data_survives_a_restart(instance):
 def test_pool_replaces_a_worker_that_dies(instance):
     instance.run("init")                       # status/list are read commands: they never create the store
     pool = instance.start_pool(2)
-    workers = wait_until(lambda: [w for w in instance.json("status")["workers"] if w["kind"] == "worker"]
+    workers = wait_until(lambda: [w for w in instance.cli_json("status")["workers"] if w["kind"] == "worker"]
                          if len([w for w in instance.json("status")["workers"] if w["kind"] == "worker"]) == 2
                          else None, message="2 workers")
     os.kill(workers[0]["pid"], signal.SIGKILL)
-    wait_until(lambda: {w["pid"] for w in instance.json("status")["workers"] if w["kind"] == "worker"}
+    wait_until(lambda: {w["pid"] for w in instance.cli_json("status")["workers"] if w["kind"] == "worker"}
                - {workers[0]["pid"]} and len([w for w in instance.json("status")["workers"]
                                               if w["kind"] == "worker" and w["pid"] != workers[0]["pid"]]) == 2,
                message="a replacement worker")
@@ -191,12 +199,12 @@ def test_burst_waits_for_a_pending_retry(instance):
 def test_status_forgets_workers_of_a_killed_pool(instance):
     instance.run("init")                       # status/list are read commands: they never create the store
     dead = instance.start_pool(2)
-    wait_until(lambda: len([w for w in instance.json("status")["workers"] if w["kind"] == "worker"]) == 2,
+    wait_until(lambda: len([w for w in instance.cli_json("status")["workers"] if w["kind"] == "worker"]) == 2,
                message="2 workers")
     os.killpg(dead.pid, signal.SIGKILL)
     dead.wait()
     live = instance.start_pool(1)
-    wait_until(lambda: {w["pool_id"] for w in instance.json("status")["workers"] if w["kind"] == "worker"} ==
+    wait_until(lambda: {w["pool_id"] for w in instance.cli_json("status")["workers"] if w["kind"] == "worker"} ==
                {w["id"] for w in instance.json("status")["workers"] if w["kind"] == "pool"}
                and len(instance.json("status")["workers"]) == 2, message="only the live pool and its worker")
     live.send_signal(signal.SIGTERM)

@@ -323,7 +323,7 @@ def test_whole_pool_killed_leaves_no_workers_in_status_and_stop_says_so(instance
     instance.enqueue(f"touch {started}; sleep 30")
     pool = instance.start_pool(2)
     wait_until(started.exists, message="the job to start")
-    wait_until(lambda: len(instance.json("status")["workers"]) >= 3, message="the pool's rows")
+    wait_until(lambda: len(instance.cli_json("status")["workers"]) >= 3, message="the pool's rows")
     os.killpg(pool.pid, signal.SIGKILL)
     pool.wait()
     assert instance.json("status")["workers"] == []

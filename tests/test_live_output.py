@@ -96,8 +96,10 @@ def stored_chunk_bytes(instance, job_id: str) -> int:
 def test_logs_of_a_running_job_show_its_output_so_far(instance):
     job_id = instance.enqueue(f"echo first; echo oops >&2; {BLOCK.format(name='release')}; echo second")
     instance.start_pool(1)
-    entry = wait_until(lambda: next((e for e in instance.json("logs", job_id)
-                                     if e["running"] and e["stdout"] == "first\n"), None), message="live output")
+    # stdout and stderr are stored as they come, each on its own: wait for what both had before the block
+    # (a look between the two chunks sees one stream only)
+    entry = wait_until(lambda: next((e for e in instance.cli_json("logs", job_id) if e["running"] and
+                                     e["stdout"] == "first\n" and e["stderr"]), None), message="live output")
     assert entry["stderr"] == "oops\n" and entry["outcome"] == "running" and entry["exit_code"] is None
     text = instance.run("logs", job_id).stdout
     assert "attempt 1: running" in text and "first" in text and "second" not in text
@@ -113,7 +115,7 @@ def test_live_output_keeps_the_cap(instance):
     job_id = instance.enqueue("head -c 300000 /dev/zero | tr '\\0' x; printf END; "
                               f"{BLOCK.format(name='release')}")
     instance.start_pool(1)
-    entry = wait_until(lambda: next((e for e in instance.json("logs", job_id)
+    entry = wait_until(lambda: next((e for e in instance.cli_json("logs", job_id)
                                      if e["running"] and e["stdout"].endswith("END")), None), message="the tail")
     assert entry["stdout"].startswith("x" * (cap // 2))
     assert "bytes truncated" in entry["stdout"]
@@ -301,7 +303,7 @@ def test_top_shows_the_counts_the_cli_shows(instance, tmux_session):
     instance.start_pool(3)
     for job_id in running:
         instance.wait_for_state(job_id, "processing")
-    wait_until(lambda: instance.json("status")["counts"]["dead"] == 1, message="the failing job to die")
+    wait_until(lambda: instance.cli_json("status")["counts"]["dead"] == 1, message="the failing job to die")
     counts = instance.json("status")["counts"]
     expected = "  ".join(f"{state} {counts[state]}" for state in counts)
 

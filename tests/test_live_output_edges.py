@@ -24,7 +24,7 @@ BOTH_BACKENDS = True
 
 def worker_running(instance, job_id: str) -> int:
     """The pid of the worker that runs ``job_id``."""
-    return wait_until(lambda: next((w["pid"] for w in instance.json("status")["workers"]
+    return wait_until(lambda: next((w["pid"] for w in instance.cli_json("status")["workers"]
                                     if w["kind"] == "worker" and w.get("job_id") == job_id), None),
                       message=f"a worker to run {job_id}")
 
@@ -127,7 +127,10 @@ ODD_OUT = b"bad \xff\xfe utf8 \xe2\x82 nul \x00 end\n\r0%\r25%\r50%\r75%\n"
 def test_odd_bytes_are_followed_exactly_and_shown_as_valid_json(instance):
     job_id = instance.enqueue(f"{ODD}; {BLOCK.format(name='release')}")
     instance.start_pool(1)
-    entry = wait_until(lambda: next((e for e in instance.json("logs", job_id) if e["running"] and "75%" in e["stdout"]),
+    # stdout and stderr are stored as they come, each on its own: wait until each has the last line it
+    # gets before the block (a look between two chunks sees part of the output only)
+    entry = wait_until(lambda: next((e for e in instance.cli_json("logs", job_id) if e["running"] and
+                                     e["stdout"].endswith("75%\n") and e["stderr"].endswith("\n")),
                                     None), message="the odd output while it runs")
     assert entry["stdout"] == ODD_OUT.decode("utf-8", "replace") and entry["stderr"] == "err \ufffd\n"
     piped = subprocess.run([*QUEUECTL, "logs", job_id[:6], "--stdout"], cwd=instance.root, env=instance.env,
@@ -246,7 +249,7 @@ def top_exit(instance) -> str:
 def test_top_in_a_tiny_terminal_shows_every_count_and_follows_a_resize(instance):
     instance.enqueue("exit 7", max_retries=0)
     instance.start_pool(1)
-    wait_until(lambda: instance.json("status")["counts"]["dead"] == 1, message="the failing job to die")
+    wait_until(lambda: instance.cli_json("status")["counts"]["dead"] == 1, message="the failing job to die")
     session = top_in_tmux(instance, 40, 10)
     try:
         counts = instance.json("status")["counts"]
@@ -318,7 +321,7 @@ def test_live_output_keeps_local_files_private_and_postgres_watchers_need_none(i
 def test_logs_attempt_n_of_the_running_attempt_shows_it(instance):
     job_id = instance.enqueue(f"echo so-far; {BLOCK.format(name='release')}")
     instance.start_pool(1)
-    wait_until(lambda: any(e["running"] and e["stdout"] == "so-far\n" for e in instance.json("logs", job_id)),
+    wait_until(lambda: any(e["running"] and e["stdout"] == "so-far\n" for e in instance.cli_json("logs", job_id)),
                message="the running attempt's output")
     shown = instance.run("logs", job_id, "--attempt", "1", check=False)
     assert shown.returncode == 0, shown.stderr

@@ -97,7 +97,7 @@ def test_webhook_retries_until_delivered_signed_and_once_per_event(instance, rec
         by_delivery.setdefault(request["delivery"], []).append(request)
     assert sorted(len(v) for v in by_delivery.values()) == [3, 3, 3]
     assert all(len({r["body"] for r in v}) == 1 for v in by_delivery.values())
-    wait_until(lambda: instance.json("notify", "list") == [], 10, message="an empty outbox")
+    wait_until(lambda: instance.cli_json("notify", "list") == [], 60, message="an empty outbox")
     os.killpg(pool.pid, signal.SIGTERM)
     _, err = pool.communicate(timeout=60)
     assert "webhook answered 500" in err and "retry 1 of 5" in err
@@ -137,7 +137,7 @@ def test_delivery_survives_the_death_of_the_whole_pool(instance, receiver):
     wait_until(lambda: len(server.requests) == 2, 60, message="redelivery by the next pool")
     assert [e["job"]["id"] for e in server.delivered()] == [job, job]     # the first answer reached no one
     assert {r["delivery"] for r in server.requests} == {pending[0]["delivery"]}
-    wait_until(lambda: instance.json("notify", "list") == [], 10, message="an empty outbox")
+    wait_until(lambda: instance.cli_json("notify", "list") == [], 60, message="an empty outbox")
 
 
 def test_a_webhook_that_keeps_failing_is_given_up_and_sent_by_hand(instance, receiver):
@@ -145,7 +145,7 @@ def test_a_webhook_that_keeps_failing_is_given_up_and_sent_by_hand(instance, rec
     configure(instance, **{"webhook-url": server.url, "notify-retries": 2})
     job = instance.enqueue("true")
     instance.start_pool(1)
-    wait_until(lambda: [d["state"] for d in instance.json("notify", "list")] == ["failed"], 60,
+    wait_until(lambda: [d["state"] for d in instance.cli_json("notify", "list")] == ["failed"], 60,
                message="the delivery to be given up")
     assert len(server.requests) == 3
     [failed] = instance.json("notify", "list")
@@ -173,7 +173,7 @@ def test_callbacks_get_job_fields_and_never_fail_the_job(instance, tmp_path):
     assert completed["QUEUECTL_QUEUE"] == "batch" and completed["QUEUECTL_COMMAND"] == "true"
     retry = wait_until(lambda: _read_env(instance.root / f"retry-{bad}.env"), 30, message="on-retry")
     assert retry["QUEUECTL_JOB_STATE"] == "failed" and retry["QUEUECTL_EXIT_CODE"] == "4"
-    wait_until(lambda: instance.json("notify", "list") and
+    wait_until(lambda: instance.cli_json("notify", "list") and
                {d["event"] for d in instance.json("notify", "list")} == {"job.retry", "job.dead"}, 30,
                message="both failing callbacks recorded as failed deliveries")
     os.killpg(pool.pid, signal.SIGTERM)
@@ -209,7 +209,7 @@ def test_a_killed_delivery_process_is_started_again_and_resends(instance, receiv
     wait_until(lambda: len(server.requests) == 2, 60, message="redelivery by a new sources process")
     assert [e["job"]["id"] for e in server.delivered()] == [job, job]
     assert len({r["delivery"] for r in server.requests}) == 1
-    wait_until(lambda: instance.json("notify", "list") == [], 10, message="an empty outbox")
+    wait_until(lambda: instance.cli_json("notify", "list") == [], 60, message="an empty outbox")
     assert len(_sources_processes(instance, pool)) == 1
     assert len(_children(pool.pid)) == 2        # one worker and the new sources process, not two workers
 
@@ -323,7 +323,7 @@ def test_a_webhook_that_redirects_never_answers_or_trickles_fails_cleanly_in_bou
         configure(instance, **{"webhook-url": endpoint.url, "webhook-timeout": 0.5, "notify-retries": 1})
         jobs = [instance.enqueue(f"echo {n}") for n in range(2)]
         pool = instance.start_pool(1)
-        wait_until(lambda: [d["state"] for d in instance.json("notify", "list")] == ["failed", "failed"], 60,
+        wait_until(lambda: [d["state"] for d in instance.cli_json("notify", "list")] == ["failed", "failed"], 60,
                    message="both deliveries to be given up")
         assert all(instance.job(j)["state"] == "completed" for j in jobs)
         errors = {d["last_error"] for d in instance.json("notify", "list")}
@@ -387,10 +387,10 @@ def test_a_callback_that_floods_output_reads_stdin_and_leaves_a_child_is_bounded
     with open(log, "w") as fh:
         pool = instance.start_pool(1, stderr=fh)
     wait_until(lambda: (instance.root / "callback.done").exists(), 60, message="the callback to finish")
-    child = int(wait_until(lambda: (instance.root / "child.pid").read_text().strip(), 10, message="its child's pid"))
+    child = int(wait_until(lambda: (instance.root / "child.pid").read_text().strip(), 60, message="its child's pid"))
     wait_until(lambda: not os.path.exists(f"/proc/{child}") or
                open(f"/proc/{child}/stat").read().split(") ")[1][0] == "Z", 30, message="its child to be killed")
-    wait_until(lambda: instance.json("notify", "list") == [], 30, message="the delivery to be done")
+    wait_until(lambda: instance.cli_json("notify", "list") == [], 30, message="the delivery to be done")
     os.killpg(pool.pid, signal.SIGTERM)
     pool.communicate(timeout=60)
     err = log.read_text()
@@ -407,7 +407,7 @@ def test_callback_variables_carry_newlines_and_unicode_exactly(instance):
     job = instance.run("enqueue", "--command", command, "--max-retries", "0", "--label", "owner=Zoë").stdout.strip()
     pool = instance.start_pool(1)
     wait_until(lambda: (instance.root / "error.txt").exists(), 60, message="the on-dead callback")
-    wait_until(lambda: instance.json("notify", "list") == [], 30, message="the delivery to be done")
+    wait_until(lambda: instance.cli_json("notify", "list") == [], 30, message="the delivery to be done")
     os.killpg(pool.pid, signal.SIGTERM)
     pool.communicate(timeout=60)
     assert (instance.root / "command.txt").read_text() == command

@@ -42,9 +42,10 @@ def one_line_each(text: str, needle: str) -> None:
 @pytest.mark.parametrize("signature", RAISING, ids=lambda s: s.split("(")[0].replace("queuectl_", ""))
 def test_a_plugin_that_raises_in_a_hook_is_one_line_and_harms_nothing_queued(instance, signature):
     hook = signature.split("(")[0]
-    ok = instance.enqueue("echo fine")
-    bad = instance.enqueue("exit 3", max_retries=1)
-    before = {job_id: instance.job(job_id) for job_id in (ok, bad)}
+    # Set up and looked at before the plugin exists through the CLI run in this process (no start-up each).
+    ok = instance.cli("enqueue", json.dumps({"command": "echo fine"}))[1].strip()
+    bad = instance.cli("enqueue", json.dumps({"command": "exit 3", "max_retries": 1}))[1].strip()
+    before = {job_id: instance.cli_json("show", job_id) for job_id in (ok, bad)}
     write_plugin(instance, "clumsy", f'''
         from queuectl import hookimpl
 
@@ -53,7 +54,7 @@ def test_a_plugin_that_raises_in_a_hook_is_one_line_and_harms_nothing_queued(ins
             raise RuntimeError("clumsy broke in {hook}")
     ''')
     def look(job_id):                          # reads without the plugin: some of them refuse every command
-        return instance.json("show", job_id, env={"QUEUECTL_DISABLE_PLUGINS": "clumsy"})
+        return instance.cli_json("show", job_id, env={"QUEUECTL_DISABLE_PLUGINS": "clumsy"})
     needle = f"plugin clumsy failed in {hook}: RuntimeError: clumsy broke in {hook}"
     enqueue = instance.run("enqueue", "--command", "true", check=False)
     pool = instance.run("worker", "start", "--burst", check=False)
@@ -65,7 +66,8 @@ def test_a_plugin_that_raises_in_a_hook_is_one_line_and_harms_nothing_queued(ins
         assert {job_id: look(job_id) for job_id in (ok, bad)} == before
         if hook not in ("queuectl_register_commands", "queuectl_worker_options"):    # needed by worker start only
             assert enqueue.returncode == 1 and needle in enqueue.stderr
-            assert enqueue.stdout == "" and len(instance.json("list", env={"QUEUECTL_DISABLE_PLUGINS": "clumsy"})) == 2
+            assert enqueue.stdout == ""
+            assert len(instance.cli_json("list", env={"QUEUECTL_DISABLE_PLUGINS": "clumsy"})) == 2
         calm = instance.run("worker", "start", "--burst", env={"QUEUECTL_DISABLE_PLUGINS": "clumsy"})
         assert calm.returncode == 0
     elif RAISING[signature] == "refuses to enqueue":

@@ -7,13 +7,15 @@ environment tag, which follows `setsid` children and double forks. Every check s
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
 
 import pytest
 
-from conftest import FAST_CONFIG, alive, pids_with_env, startup_slack, wait_until
+from conftest import (FAST_CONFIG, alive, pids_with_env, startup_slack, wait_for_stderr,
+                      wait_signal_taken, wait_until)
 
 
 def attempt_pids(job_id: str, attempt=None) -> list[int]:
@@ -90,7 +92,9 @@ def test_second_signal_stops_the_whole_tree_as_interrupted(instance):
     wait_until(lambda: os.path.exists(f"{marker}.1") and tree_size(job_id, 1) >= 6, timeout=30,
                message="the tree")
     pool.send_signal(signal.SIGTERM)
-    time.sleep(1.0)
+    wait_for_stderr(pool, "finishing 1 running job(s)")    # the pool took the signal and passed it on,
+    [worker] = instance.pool_workers(pool)
+    wait_signal_taken([worker], signal.SIGTERM)               # and its worker took it: the next is a second
     assert pool.poll() is None, "the first signal lets the running job finish"
     assert tree_size(job_id, 1) >= 6
     pool.send_signal(signal.SIGTERM)
@@ -139,7 +143,7 @@ def test_reused_worker_pid_and_group_id_are_not_trusted(instance):
         pool.wait(timeout=30)
         wait_until(lambda: not alive(lease.pgid), timeout=30, message="the command to end by itself")
         for pid in (lease.pid, lease.pgid):        # collect them: their pids are free again
-            wait_until(lambda: _collect(pid), timeout=10, message=f"pid {pid} to be collected")
+            wait_until(lambda: _collect(pid), timeout=60, message=f"pid {pid} to be collected")
         for pid in (lease.pid, lease.pgid):
             stranger = _spawn_with_pid(pid)
             if stranger is None:
@@ -190,11 +194,13 @@ def test_kill_grace_longer_than_the_lease_is_cut_to_fit_it(instance):
         job = instance.wait_for_state(job_id, "dead", timeout=60)
         h = job["history"][0]
         assert h["outcome"] == "timed_out" and h["signal"] == signal.SIGKILL, h
-        # SIGKILL is due before the 5 s lease ends (uncut, it would come after 30 s); the attempt is
-        # recorded a little later on a loaded machine: 4 s of room, far below the uncut grace.
-        assert h["duration"] < 1 + 5 + 4, "SIGKILL came within the lease, not after 30 s"
+        # The grace is cut to what is left of the 5 s lease (the worker says to what: the decision,
+        # whatever the machine's speed); the attempt ends with SIGKILL at the 1 s timeout plus that cut,
+        # recorded within one more lease-timeout of room on a loaded machine, far below the uncut 30 s.
+        cut = re.search(r"kill-grace cut from 30s to ([\d.]+)s to stay within its lease", log.read_text())
+        assert cut and float(cut.group(1)) < 5, log.read_text()
+        assert h["duration"] < 1 + float(cut.group(1)) + 5, "SIGKILL came within the lease, not after 30 s"
         assert attempt_pids(job_id) == []
-        assert "kill-grace cut" in log.read_text()
     finally:
         pool.send_signal(signal.SIGTERM)
         assert pool.wait(timeout=60) == 0

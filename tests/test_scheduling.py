@@ -95,8 +95,10 @@ def test_pause_and_resume(instance):
     assert instance.job(free)["state"] == "completed"
     assert instance.job(held)["state"] == "pending" and not started.exists()
     pool = instance.start_pool(1)
-    time.sleep(1.0)
-    assert instance.job(held)["state"] == "pending"
+    # A job of lower priority in another queue: once it has run, the worker has claimed past `held`.
+    after = instance.enqueue("true", priority=-1)
+    instance.wait_for_state(after, "completed")
+    assert instance.job(held)["state"] == "pending" and not started.exists()
     instance.run("queue", "resume", "q")
     instance.wait_for_state(held, "completed")
     assert started.exists()
@@ -113,8 +115,10 @@ def test_pause_lets_running_jobs_finish(instance):
     wait_until(started.exists, message="first job running")
     instance.run("queue", "pause", "q")
     release.touch()
+    # A job of lower priority in another queue: once it has run, the worker has claimed past `second`.
+    after = instance.enqueue("true", priority=-1)
     instance.wait_for_state(first, "completed")
-    time.sleep(0.5)
+    instance.wait_for_state(after, "completed")
     assert instance.job(second)["state"] == "pending"
     pool.send_signal(signal.SIGTERM)
     assert pool.wait(timeout=30) == 0
@@ -219,11 +223,13 @@ def test_cancel_pending_and_running_process_tree(instance):
     job = instance.wait_for_state(running, "cancelled", timeout=30)
     assert job["history"][-1]["outcome"] == "cancelled"
     for pid in map(int, ledger_lines(pids)):
-        wait_until(lambda: not alive(pid), timeout=10, message=f"process {pid} gone")
+        wait_until(lambda: not alive(pid), timeout=60, message=f"process {pid} gone")
     assert instance.job(dependent)["state"] == "dead"
     assert instance.job(pending)["state"] == "cancelled"
     instance.run("queue", "resume", "later")
-    time.sleep(0.5)
+    # A job of lower priority behind it in its queue: once it has run, the worker has claimed past it.
+    after = instance.enqueue("true", queue="later", priority=-1)
+    instance.wait_for_state(after, "completed")
     assert instance.job(pending)["state"] == "cancelled" and instance.job(pending)["attempts"] == 0
     assert instance.run("cancel", pending, check=False).returncode == 1
     pool.send_signal(signal.SIGTERM)
@@ -306,7 +312,7 @@ def test_cron_tick_is_enqueued_once_with_two_pools(instance):
     instance.run("schedule", "add", "every-second", "--cron", "* * * * * *", "--command", "true")
     assert instance.json("schedule", "list")[0]["name"] == "every-second"
     pools = [instance.start_pool(1), instance.start_pool(1)]
-    wait_until(lambda: len(instance.json("list")) >= 3, timeout=30, message="three ticks")
+    wait_until(lambda: len(instance.cli_json("list")) >= 3, timeout=30, message="three ticks")
     instance.run("schedule", "remove", "every-second")
     for pool in pools:
         pool.send_signal(signal.SIGTERM)
@@ -325,7 +331,7 @@ def test_missed_ticks_policies(instance):
     instance.run("schedule", "add", "skip", "--cron", "* * * * * *", "--command", "true", "--missed", "skip")
     time.sleep(3)                               # ticks pass while no pool runs
     pool = instance.start_pool(1)
-    wait_until(lambda: any(j["id"].startswith("once-") for j in instance.json("list")), message="catch-up run")
+    wait_until(lambda: any(j["id"].startswith("once-") for j in instance.cli_json("list")), message="catch-up run")
     first = min((j for j in instance.json("list")), key=lambda j: j["created_at"])
     assert first["id"].startswith("once-"), "only 'once' makes up for the missed ticks"
     pool.send_signal(signal.SIGTERM)

@@ -63,7 +63,7 @@ def test_store_deleted_or_replaced_under_a_pool_is_said_in_one_line(instance, ho
     log = instance.root / "pool.log"
     with open(log, "w") as err:
         pool = instance.start_pool(2, "--no-spool", stderr=err)
-    wait_until(lambda: len(instance.json("status")["workers"]) >= 2, message="the pool to run")
+    wait_until(lambda: len(instance.cli_json("status")["workers"]) >= 2, message="the pool to run")
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(f"{db}{suffix}"):
             os.unlink(f"{db}{suffix}")
