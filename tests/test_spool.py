@@ -74,7 +74,7 @@ def test_500_files_dropped_while_a_pool_runs_make_exactly_500_jobs(instance, spo
     for n, name in enumerate(names):
         drop(spool, name, f"command: echo {n}\n")
     assert wait_filed(spool, 500, timeout=120) == names
-    jobs = instance.json("list")
+    jobs = instance.cli_json("list")
     assert sorted(job["source"] for job in jobs) == [f"spool:{name}" for name in names]
     assert sorted(job["command"] for job in jobs) == sorted(f"echo {n}" for n in range(500))
     assert os.listdir(spool / "work") == [] and os.listdir(spool / "rejected") == []
@@ -94,13 +94,13 @@ def test_files_present_at_start_are_ingested_and_status_shows_the_spool(instance
 
     start_watch(instance)
     wait_filed(spool, 2)
-    jobs = {job["command"]: job for job in instance.json("list")}
+    jobs = {job["command"]: job for job in instance.cli_json("list")}
     assert sorted(jobs) == ["echo a", "echo b", "echo one"]
     assert jobs["echo b"]["max_retries"] == 0 and jobs["echo a"]["source"] == "spool:many.yaml"
 
     drop(spool, "one.yaml", "command: echo one\n")        # the same content again is a new drop
     assert wait_filed(spool, 3) == ["many.yaml", "one.yaml", "one.yaml"]
-    assert [job["command"] for job in instance.json("list")].count("echo one") == 2
+    assert [job["command"] for job in instance.cli_json("list")].count("echo one") == 2
     assert all((spool / name).exists() for name in leftovers) and (spool / "subfolder" / "x.yaml").exists()
     assert f"folder {spool.resolve()}" in instance.run("status").stdout
     assert instance.json("status")["plugins"]["spool"]["waiting"] == 0
@@ -116,7 +116,7 @@ def test_a_slow_writer_makes_one_job(instance, spool):
         assert (spool / "slow.yaml").exists(), "a half-written file was taken"
         writer.write(' writer"\n')
     assert wait_filed(spool, 1) == ["slow.yaml"]
-    assert [job["command"] for job in instance.json("list")] == ["echo slow writer"]
+    assert [job["command"] for job in instance.cli_json("list")] == ["echo slow writer"]
     assert os.listdir(spool / "rejected") == []
 
 
@@ -159,7 +159,7 @@ def test_each_kind_of_invalid_file_is_rejected_with_its_reason(instance, spool, 
     assert filed(spool, "rejected") == sorted(expected)
     for name, why in expected.items():
         assert why in reason(spool, name), name
-    assert instance.json("list") == []               # nothing enqueued, not even the valid half of partial.yaml
+    assert instance.cli_json("list") == []               # nothing enqueued, not even the valid half of partial.yaml
     assert target.read_text() == "command: echo outside\n"
     assert instance.json("status")["plugins"]["spool"]["rejected"] == len(expected)
 
@@ -170,7 +170,7 @@ def test_two_watchers_on_one_folder_make_no_duplicates(instance, spool):
     for name in names:
         drop(spool, name, f"command: echo {name}\n")
     assert wait_filed(spool, 300) == names
-    sources = [job["source"] for job in instance.json("list")]
+    sources = [job["source"] for job in instance.cli_json("list")]
     assert sorted(sources) == [f"spool:{name}" for name in names]
     assert os.listdir(spool / "work") == [] and os.listdir(spool / "rejected") == []
     for watcher in watchers:
@@ -184,13 +184,13 @@ def test_a_crash_and_restart_make_exactly_one_job(instance, spool, point, jobs_a
     drop(spool, "once.yaml", "command: echo once\n")
     assert watcher.wait(timeout=60) == CRASH_EXIT      # killed after the claim / the insert, before the move
     assert len(os.listdir(spool / "work")) == 1 and filed(spool, "done") == []
-    assert len(instance.json("list")) == jobs_after_crash
+    assert len(instance.cli_json("list")) == jobs_after_crash
 
     instance.start_pool(1)                             # a new process on this host resumes the file
     assert wait_filed(spool, 1) == ["once.yaml"]
-    [job] = instance.json("list")
+    [job] = instance.cli_json("list")
     assert instance.wait_for_state(job["id"], "completed")["history"][0]["stdout"] == "once\n"
-    assert len(instance.json("list")) == 1 and os.listdir(spool / "work") == []
+    assert len(instance.cli_json("list")) == 1 and os.listdir(spool / "work") == []
 
 
 def test_leftovers_of_dead_processes_resumed_by_three_at_once_make_one_job_each(instance, spool):
@@ -204,13 +204,13 @@ def test_leftovers_of_dead_processes_resumed_by_three_at_once_make_one_job_each(
         assert crashed.returncode == CRASH_EXIT, crashed.stderr
         [leftover] = os.listdir(folder / "work")
         os.rename(folder / "work" / leftover, spool / "work" / leftover)
-    assert len(instance.json("list")) == 4
+    assert len(instance.cli_json("list")) == 4
 
     scans = [subprocess.Popen([*QUEUECTL, "spool", "scan"], cwd=instance.root, env=instance.env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(3)]
     assert all(scan.wait(timeout=60) == 0 for scan in scans), [scan.stderr.read() for scan in scans]
     assert filed(spool, "done") == [f"left{n}.yaml" for n in range(8)]
-    assert sorted(job["command"] for job in instance.json("list")) == [f"echo {n}" for n in range(8)]
+    assert sorted(job["command"] for job in instance.cli_json("list")) == [f"echo {n}" for n in range(8)]
     assert os.listdir(spool / "work") == [] and os.listdir(spool / "rejected") == []
 
 
@@ -226,7 +226,7 @@ def test_without_native_file_events_every_file_is_still_ingested(instance, spool
     for name in names[40:]:                            # written in place: read once settled
         (spool / name).write_text(f"command: echo {name}\n")
     assert wait_filed(spool, 50) == names
-    assert len(instance.json("list")) == 50
+    assert len(instance.cli_json("list")) == 50
 
 
 JSON_PLUGIN = '''
