@@ -16,7 +16,7 @@ BOTH_BACKENDS = True      # every test here runs on SQLite and on PostgreSQL
 
 def test_two_pools_run_200_jobs_each_exactly_once(instance):
     ledger = instance.root / "ledger.txt"
-    instance.run("init")                       # status/list are read commands: they never create the store
+    instance.checked_cli("init")               # status/list are read commands: they never create the store
     pools = [instance.start_pool(2), instance.start_pool(2)]
     wait_until(lambda: len([w for w in instance.cli_json("status")["workers"] if w["kind"] == "worker"]) == 4,
                message="4 workers registered")
@@ -29,7 +29,7 @@ def test_two_pools_run_200_jobs_each_exactly_once(instance):
     runs = collections.Counter(line.split()[0] for line in lines)
     assert sorted(runs) == sorted(ids) and set(runs.values()) == {1}
     workers_by_pool = {}
-    for w in instance.json("status")["workers"]:
+    for w in instance.cli_json("status")["workers"]:
         if w["kind"] == "worker":
             workers_by_pool.setdefault(w["pool_id"], set()).add(w["pid"])
     ran_on = {int(line.split()[1]) for line in lines}
@@ -39,11 +39,11 @@ def test_two_pools_run_200_jobs_each_exactly_once(instance):
     for pool in pools:
         pool.send_signal(signal.SIGTERM)
     assert [p.wait(timeout=60) for p in pools] == [0, 0]
-    assert instance.json("status")["workers"] == []
+    assert instance.cli_json("status")["workers"] == []
 
 
 def test_failing_job_is_dead_after_max_retries_plus_one_with_growing_gaps(instance):
-    instance.run("config", "set", "backoff-scale", "0.25")    # gaps of 0.5, 1, 2 s with base 2
+    instance.checked_cli("config", "set", "backoff-scale", "0.25")  # gaps of 0.5, 1, 2 s with base 2
     job_id = instance.enqueue("echo try $QUEUECTL_ATTEMPT; exit 7", max_retries=3)
     pool = instance.start_pool(1, "--burst")
     assert pool.wait(timeout=60) == 0
@@ -94,7 +94,7 @@ def test_worker_stop_from_another_process_finishes_the_running_job(instance):
     assert instance.job(first)["state"] == "completed"
     assert instance.job(first)["history"][0]["stdout"] == "finished\n"
     assert instance.job(second)["state"] == "pending"
-    assert instance.json("status")["workers"] == []
+    assert instance.cli_json("status")["workers"] == []
 
 
 def test_sigterm_finishes_running_job_second_signal_interrupts(instance):
@@ -138,7 +138,7 @@ def test_signal_death_and_missing_command_are_failures(instance):
 
 
 def test_config_set_reaches_running_workers(instance):
-    instance.run("init")                       # status/list are read commands: they never create the store
+    instance.checked_cli("init")               # status/list are read commands: they never create the store
     pool = instance.start_pool(1)
     wait_until(lambda: instance.cli_json("status")["workers"], message="pool up")
     instance.run("config", "set", "backoff-scale", "100")
@@ -173,7 +173,7 @@ def test_data_survives_a_restart(instance):
 
 
 def test_pool_replaces_a_worker_that_dies(instance):
-    instance.run("init")                       # status/list are read commands: they never create the store
+    instance.checked_cli("init")               # status/list are read commands: they never create the store
     pool = instance.start_pool(2)
     workers = wait_until(lambda: [w for w in instance.cli_json("status")["workers"] if w["kind"] == "worker"]
                          if len([w for w in instance.json("status")["workers"] if w["kind"] == "worker"]) == 2
@@ -197,7 +197,7 @@ def test_burst_waits_for_a_pending_retry(instance):
 
 
 def test_status_forgets_workers_of_a_killed_pool(instance):
-    instance.run("init")                       # status/list are read commands: they never create the store
+    instance.checked_cli("init")               # status/list are read commands: they never create the store
     dead = instance.start_pool(2)
     wait_until(lambda: len([w for w in instance.cli_json("status")["workers"] if w["kind"] == "worker"]) == 2,
                message="2 workers")
