@@ -160,7 +160,7 @@ def test_dead_dependency_kills_dependents_which_are_retryable(instance):
     assert instance.job(late)["state"] == "dead"
     instance.run("dlq", "retry", "base")
     instance.run("dlq", "retry", "mid", "top")
-    instance.run("config", "set", "max-retries", "0")
+    instance.checked_cli("config", "set", "max-retries", "0")
     assert instance.start_pool(1, "--burst").wait(timeout=60) == 0
     assert instance.job("base")["state"] == "dead"
 
@@ -189,11 +189,11 @@ def test_bad_scheduling_values_are_one_clear_error(instance, args, message):
 
 
 def test_a_cycle_in_one_batch_is_refused(instance):
-    instance.run("init")                       # status/list are read commands: they never create the store
+    instance.checked_cli("init")               # status/list are read commands: they never create the store
     batch = [{"id": "x", "command": "true", "after": ["y"]}, {"id": "y", "command": "true", "after": ["x"]}]
     proc = instance.run("enqueue", "--file", "-", input=json.dumps(batch), check=False)
     assert proc.returncode == 2 and "dependency cycle: x -> y -> x" in proc.stderr
-    assert instance.json("list") == []
+    assert instance.cli_json("list") == []
 
 
 def test_unique_keys_under_concurrent_enqueues_from_separate_processes(instance):
@@ -202,7 +202,7 @@ def test_unique_keys_under_concurrent_enqueues_from_separate_processes(instance)
              for _ in range(8)]
     ids = {p.communicate(timeout=60)[0].strip() for p in procs}
     assert all(p.returncode == 0 for p in procs)
-    assert len(ids) == 1 and len(instance.json("list")) == 1
+    assert len(ids) == 1 and len(instance.cli_json("list")) == 1
     assert instance.start_pool(1, "--burst").wait(timeout=60) == 0
     fresh = instance.run("enqueue", "--command", "true", "--unique-key", "report").stdout.strip()
     assert fresh not in ids, "a finished job no longer holds its key"
@@ -237,7 +237,7 @@ def test_cancel_pending_and_running_process_tree(instance):
 
 
 def test_exit_code_policy(instance):
-    instance.run("config", "set", "dead-exit-codes", "64")
+    instance.checked_cli("config", "set", "dead-exit-codes", "64")
     usage = instance.enqueue("exit 64", max_retries=5)
     temp = instance.enqueue('[ "$QUEUECTL_ATTEMPT" -ge 3 ] || exit 75', max_retries=5, retry_on=[75])
     other = instance.enqueue("exit 3", max_retries=5, retry_on=[75])
@@ -250,8 +250,8 @@ def test_exit_code_policy(instance):
 
 
 def test_per_job_backoff_base_and_jitter(instance):
-    instance.run("config", "set", "backoff-scale", "0.1")
-    instance.run("config", "set", "backoff-jitter", "0.5")
+    instance.checked_cli("config", "set", "backoff-scale", "0.1")
+    instance.checked_cli("config", "set", "backoff-jitter", "0.5")
     job_id = instance.enqueue("exit 1", max_retries=2, backoff_base=4)
     assert instance.start_pool(1, "--burst").wait(timeout=60) == 0
     history = instance.job(job_id)["history"]
@@ -300,8 +300,8 @@ def test_purge_by_state_and_age(instance):
     assert instance.start_pool(1, "--burst").wait(timeout=60) == 0
     backdate(instance, old, 2 * 3600)       # two hours old; `new` finished moments ago
     assert instance.run("purge", "--state", "completed", "--older-than", "1h").stdout.strip() == "purged 1 job(s)"
-    assert [j["id"] for j in instance.json("list")] == [new]
-    assert instance.json("status")["counts"]["completed"] == 1
+    assert [j["id"] for j in instance.cli_json("list")] == [new]
+    assert instance.cli_json("status")["counts"]["completed"] == 1
     bad = instance.run("purge", "--state", "pending", "--older-than", "1d", check=False)
     assert bad.returncode == 2
     assert old not in instance.run("list").stdout
@@ -317,7 +317,7 @@ def test_cron_tick_is_enqueued_once_with_two_pools(instance):
     for pool in pools:
         pool.send_signal(signal.SIGTERM)
     assert [p.wait(timeout=30) for p in pools] == [0, 0]
-    jobs = instance.json("list")
+    jobs = instance.cli_json("list")
     ticks = [j["id"] for j in jobs]
     assert len(ticks) == len(set(ticks))
     stamps = sorted(j["id"].rsplit("-", 1)[1] for j in jobs)
@@ -332,7 +332,7 @@ def test_missed_ticks_policies(instance):
     time.sleep(3)                               # ticks pass while no pool runs
     pool = instance.start_pool(1)
     wait_until(lambda: any(j["id"].startswith("once-") for j in instance.cli_json("list")), message="catch-up run")
-    first = min((j for j in instance.json("list")), key=lambda j: j["created_at"])
+    first = min((j for j in instance.cli_json("list")), key=lambda j: j["created_at"])
     assert first["id"].startswith("once-"), "only 'once' makes up for the missed ticks"
     pool.send_signal(signal.SIGTERM)
     assert pool.wait(timeout=30) == 0
