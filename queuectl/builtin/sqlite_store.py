@@ -40,7 +40,6 @@ ACTIVE = "('pending', 'failed', 'processing')"      # (schema 2's index; since 6
 # A job that is not finished, as comparisons: an IN list of three or more builds a temporary b-tree
 # each time a statement evaluates it, and a partial index's WHERE is evaluated on every state change.
 LIVE = "(state = 'pending' OR state = 'failed' OR state = 'processing')"
-# Queues whose jobs may not start now: paused, or at their concurrency limit (counted across all hosts).
 # One attempt into the per-minute ring (run_series): a slot holding an older minute starts over.
 SERIES_UPSERT = ("INSERT INTO run_series (slot, bucket, minute, n, failed) VALUES (?, ?, ?, ?, ?) "
                  "ON CONFLICT(slot, bucket) DO UPDATE SET "
@@ -64,6 +63,7 @@ TALLY_UPSERT = (
 TOTALS = (f"SELECT COALESCE(SUM(n), 0), COALESCE(SUM(failed), 0), COALESCE(SUM(duration), 0.0), MIN(first_started), "
           f"MAX(last_finished) FROM run_series WHERE slot = {ALL_TIME}")
 HISTOGRAM = f"SELECT bucket, n FROM run_series WHERE slot = {ALL_TIME} ORDER BY bucket"
+# Queues whose jobs may not start now: paused, or at their concurrency limit (counted across all hosts).
 BLOCKED_QUEUES = ("SELECT q.name FROM queues q WHERE q.paused = 1 OR (q.concurrency IS NOT NULL AND "
                   "q.concurrency <= (SELECT COUNT(*) FROM jobs p WHERE p.state = 'processing' AND p.queue = q.name))")
 
