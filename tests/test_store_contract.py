@@ -287,6 +287,55 @@ def test_finish_records_and_claims_next_in_one_step(store):
     assert (done.state, done.tries, done.attempts, done.last_error, following) == ("failed", 0, 1, "interrupted", None)
 
 
+TRANSITIONS = {
+    "completed": ("succeeded", lambda now: Transition("completed", now)),
+    "failed": ("failed", lambda now: Transition("failed", now + 60, "exit code 1")),
+    "interrupted": ("interrupted", lambda now: Transition("failed", now, "interrupted", count_try=False)),
+    "dead": ("failed", lambda now: Transition("dead", now, "gave up")),
+    "cancelled": ("stopped", lambda now: Transition("cancelled", now, "cancelled by user")),
+}
+
+
+@pytest.mark.parametrize("ending", sorted(TRANSITIONS))
+def test_finish_returns_the_job_as_stored(store, ending):
+    """What finish hands the reporting hooks is the row as a read gives it, whatever changed in the row
+    while the job ran: a cancel request, a lease renewal with its process group, a dependent enqueued."""
+    fields = dict(env={"A": "1"}, labels={"team": "x"}, cwd="/tmp", timeout=5.0, source="cli",
+                  unique_key="u-" + ending, priority=3)
+    store.add_jobs([make_job("s1", **fields), make_job("s2", argv=["echo", "a b"]), make_job("s3")])
+    w = worker()
+    job = store.claim(w, 30)
+    assert store.renew(job.id, job.lease.token, 30, pgid=4242)
+    if ending == "cancelled":
+        assert store.cancel_job(job.id) == "cancelling"
+    store.add_jobs([make_job("waits", after=["s1"])])        # a dependent added while s1 runs
+    outcome, transition = TRANSITIONS[ending]
+    # (an interrupted job is due again at once: the same step would claim it back)
+    done, following = store.finish(job.id, job.lease.token, attempt(job, outcome), transition(time.time()),
+                                   claim_next=None if ending == "interrupted" else w, lease_timeout=30)
+    assert done == store.get_job("s1")          # every field, the lease and the tries among them
+    assert done.lease is None and done.state == transition(0).state
+    assert done.cancel_requested == (ending == "cancelled")
+    assert store.get_job("waits").state == ("pending" if ending in ("completed", "failed", "interrupted")
+                                            else "dead")
+    # the next job (claimed in the same step, or on its own) ends the same way through a second finish
+    following = following or store.claim(w, 30)
+    again, _ = store.finish(following.id, following.lease.token, attempt(following, outcome),
+                            transition(time.time()))
+    assert again == store.get_job(following.id)
+    if ending != "interrupted":
+        assert (again.id, again.argv) == ("s2", ["echo", "a b"])
+
+
+def test_finish_of_a_job_claimed_elsewhere_returns_the_stored_job(backend):
+    """A finish by another handle than the claim's (a pool's recovery, another process) reads the row."""
+    first, second = backend.store(), backend.store()
+    first.add_jobs([make_job("x", labels={"k": "v"})])
+    job = first.claim(worker(), 30)
+    done, _ = second.finish(job.id, job.lease.token, attempt(job, "failed"), Transition("failed", time.time(), "e"))
+    assert done == second.get_job("x") and done.labels == {"k": "v"}
+
+
 def test_failed_job_waits_for_its_run_at(store):
     store.add_jobs([make_job("w")])
     job = store.claim(worker(), 30)

@@ -128,6 +128,28 @@ def job_from_row(row) -> Job:
                argv=[_text(a) for a in _json(argv, list)] or None, edits=_json(edits, list))
 
 
+def finished_job(claimed: Job, state: str, run_at: float, error: Optional[str], exit_code: Optional[int],
+                 tries: int, updated_at: float, waiting_on, cancel_requested) -> Job:
+    """The job as the finish statement leaves its row, built from the job as its claim read it.
+
+    Only the store's finish may call it, under the claim's lease (same token) and in the same
+    transaction as its UPDATE: while a job is processing only its lease, ``waiting_on`` and
+    ``cancel_requested`` change in its row (edit and retry refuse a processing job), the lease is
+    cleared by the finish, and the other two are read again by the caller. A worker reads one job
+    row per attempt instead of two. The values pass through the readers job_from_row uses, so the
+    job is the one a read of the row would give.
+    """
+    return Job(id=claimed.id, command=claimed.command, state=state, attempts=claimed.attempts, tries=tries,
+               max_retries=claimed.max_retries, priority=claimed.priority, queue=claimed.queue,
+               executor=claimed.executor, cwd=claimed.cwd, env=dict(claimed.env), timeout=claimed.timeout,
+               source=claimed.source, fields=dict(claimed.fields), created_at=claimed.created_at,
+               updated_at=updated_at, run_at=_float(run_at, 0.0), last_error=_text(error),
+               exit_code=_int(exit_code, None), lease=None,
+               unique_key=claimed.unique_key, after=list(claimed.after), waiting_on=_int(waiting_on),
+               cancel_requested=bool(_int(cancel_requested)), labels=dict(claimed.labels),
+               argv=None if claimed.argv is None else list(claimed.argv), edits=list(claimed.edits))
+
+
 def _bytes(value) -> bytes:
     if value is None:
         return b""

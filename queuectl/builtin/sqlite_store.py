@@ -21,7 +21,7 @@ from queuectl.errors import Conflict, NotFound, QueueError, SchemaError, StoreBu
 from queuectl.models import CANCELLED, COMPLETED, DEAD, PROCESSING, Attempt, Job
 from queuectl.builtin._rows import (
     ATTEMPT_COLUMNS, EDIT_SET, JOB_COLUMNS, N_JOB_COLUMNS, attempt_from_row, edit_values,
-    job_filters, job_from_row, keyset_page, receipt_conflict, receipt_from_row, schedule_from_row,
+    finished_job, job_filters, job_from_row, keyset_page, receipt_conflict, receipt_from_row, schedule_from_row,
     series_backfill, series_points, series_row, settings_from_rows, split_ids, stats_summary,
     summaries_sql, summary_from_row,
 )
@@ -211,6 +211,13 @@ MIGRATIONS = {
 }
 
 
+# Does a job wait for this one? (finish settles its dependents then)
+AWAITED = "EXISTS (SELECT 1 FROM job_deps WHERE dep_id = jobs.id AND satisfied = 0)"
+FINISHED_FLAGS = f"SELECT waiting_on, cancel_requested, {AWAITED} FROM jobs WHERE id = ?"
+FINISHED_ROW = f"SELECT {JOB_COLUMNS}, {AWAITED} FROM jobs WHERE id = ?"
+CLAIMED_ROW = f"SELECT {JOB_COLUMNS} FROM jobs WHERE seq = ?"
+
+
 @hookimpl
 def queuectl_register_storage(register):
     register("sqlite", SQLiteStore, schemes=("sqlite",))
@@ -265,6 +272,7 @@ class SQLiteStore:
         self._identity_checked = 0.0
         self.disk_full = False                       # said so already (once per episode)
         self._notify_sock: Optional[socket.socket] = None
+        self._claimed: dict[str, Job] = {}           # jobs this handle claimed, by id, until finished
 
     # --- connection and transactions ------------------------------------------------------
 
@@ -649,7 +657,11 @@ class SQLiteStore:
             "lease_expires = ?, lease_token = lease_token + 1, run_id = lower(hex(randomblob(16))), "
             "started_at = ?, updated_at = ? WHERE seq = ?",
             (worker.id, worker.host, worker.pid, worker.pid_start, now + lease_timeout, now, now, found[0]))
-        return self._job(conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE seq = ?", found).fetchone())
+        job = self._job(conn.execute(CLAIMED_ROW, found).fetchone())
+        if len(self._claimed) >= 64:        # claims never finished through this handle (leases lost)
+            self._claimed.clear()
+        self._claimed[job.id] = job         # its finish builds the finished job from it (finished_job)
+        return job
 
     def claim(self, worker: WorkerInfo, lease_timeout: float) -> Optional[Job]:
         return self._write(self._claim, worker, lease_timeout)
@@ -664,25 +676,32 @@ class SQLiteStore:
 
     def finish(self, job_id, token, attempt: Attempt, to: Transition, claim_next=None, lease_timeout=30.0):
         def record(conn):
-            rows = []
+            now, job, awaited = time.time(), None, False
+            claimed = self._claimed.get(job_id)
             if conn.execute(
                     "UPDATE jobs SET state = ?, run_at = ?, last_error = ?, exit_code = ?, tries = tries - ?, "
                     "updated_at = ?, lease_owner = NULL, lease_host = NULL, lease_pid = NULL, lease_pid_start = NULL, "
                     "lease_pgid = NULL, lease_expires = NULL, run_id = NULL "
                     "WHERE id = ? AND lease_token = ? AND state = 'processing'",
-                    (to.state, to.run_at, to.error, attempt.exit_code, 0 if to.count_try else 1, time.time(),
+                    (to.state, to.run_at, to.error, attempt.exit_code, 0 if to.count_try else 1, now,
                      job_id, token)).rowcount == 1:
-                rows = conn.execute(f"SELECT {JOB_COLUMNS}, EXISTS (SELECT 1 FROM job_deps WHERE dep_id = jobs.id "
-                                    f"AND satisfied = 0) FROM jobs WHERE id = ?", (job_id,)).fetchall()
-            job = self._job(rows[0][:N_JOB_COLUMNS]) if rows else None
+                if claimed is not None and claimed.lease is not None and claimed.lease.token == token:
+                    # our own claim: of its row only these can have changed since (finished_job)
+                    waiting_on, cancel, awaited = conn.execute(FINISHED_FLAGS, (job_id,)).fetchone()
+                    job = finished_job(claimed, to.state, to.run_at, to.error, attempt.exit_code,
+                                       claimed.tries - (0 if to.count_try else 1), now, waiting_on, cancel)
+                else:
+                    row = conn.execute(FINISHED_ROW, (job_id,)).fetchone()
+                    job, awaited = self._job(row[:N_JOB_COLUMNS]), row[N_JOB_COLUMNS]
             released = 0
             if job is not None:
                 self._record_attempt(conn, attempt)
-                if rows[0][N_JOB_COLUMNS]:      # only jobs that others wait for: most have none
+                if awaited:                     # only jobs that others wait for: most have none
                     released = self._settle_dependents(conn, job.id, job.state)
             following = self._claim(conn, claim_next, lease_timeout) if claim_next else None
             return job, following, released
         job, following, released = self._write(record)
+        self._claimed.pop(job_id, None)
         if released:
             self.notify()               # dependents became runnable: wake idle workers
         return job, following
