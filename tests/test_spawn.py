@@ -93,6 +93,36 @@ def test_spawn_falls_back_to_subprocess_with_the_same_guarantees(tmp_path, how):
     check_probe(proc.stdout, folder)
 
 
+SPAWN_WITH_A_STRAY = """
+import os, sys
+from queuectl.builtin import shell
+if sys.argv[1] == "listing":
+    shell._close_range = False            # as where close_range is refused: the strays are listed and closed
+leak = os.open(os.devnull, os.O_RDONLY)
+os.set_inheritable(leak, True)
+for _ in range(2):                        # the first start finds out which way works, the next one uses it
+    proc = shell.spawn(["/bin/sh", "-c", sys.argv[2]], dict(os.environ))
+    sys.stdout.write(proc.stdout.read().decode())
+    assert proc.wait() == 0
+    leak2 = os.open(os.devnull, os.O_RDONLY)    # a stray opened after the first start
+    os.set_inheritable(leak2, True)
+print("inheritable in the worker:", os.get_inheritable(leak))
+"""
+
+
+@pytest.mark.parametrize("way", ["close_range", "listing"])
+def test_a_stray_inheritable_descriptor_never_reaches_the_command(tmp_path, way):
+    proc = subprocess.run([sys.executable, "-c", SPAWN_WITH_A_STRAY, way, PROBE], capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    *runs, last = proc.stdout.split("/dev/null\n")
+    assert len(runs) == 2
+    for output in runs:
+        check_probe(output + "/dev/null\n")
+    # close_range marks it close-on-exec in the worker; the listing closes it in the child only
+    assert last.strip() == f"inheritable in the worker: {way == 'listing'}"
+
+
 def test_an_argv_job_is_looked_up_on_its_own_path(instance):
     tools, denied = instance.root / "tools", instance.root / "denied"
     tools.mkdir()
