@@ -432,8 +432,8 @@ class SQLiteStore:
         That checkpoint, and the new WAL the next command then starts, cost a short command four
         fdatasync calls (the WAL's first frame; the WAL and the database at the checkpoint): 3 ms,
         more than the rest of its store work. SQLite leaves the WAL in place when the connection
-        closing last cannot checkpoint, and a read-only one cannot: so a read-only connection is
-        opened first and closed last. The files are then as a running pool leaves them (or a
+        closing last cannot checkpoint, and a read-only one cannot (``sqlite3WalCheckpoint`` refuses
+        a read-only WAL): so a read-only connection is opened first and closed last. The files are then as a running pool leaves them (or a
         crash): the next connection reads the WAL back (documented SQLite behaviour, ``wal.html``).
         Durability is what ``synchronous`` promises: NORMAL loses nothing to a crash of any
         process and cannot be corrupted by a power loss, which may take the last commits (a command
