@@ -26,7 +26,6 @@ modules are imported and registered as themselves.
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import os
 import sys
@@ -196,6 +195,8 @@ def _encode(value: Any) -> Any:
     if type(value) is dict and all(isinstance(k, str) for k in value):
         return {"m": {k: _encode(v) for k, v in value.items()}}
     if type(value) is Setting:
+        import dataclasses
+
         return {"s": {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(Setting)}}
     if callable(value) or hasattr(value, "__dict__"):
         return {"d": 1}

@@ -61,6 +61,9 @@ class App:
             from .queue import Queue
 
             self._queue = Queue.open(**self.options)
+            root = click.get_current_context(silent=True)
+            if root is not None:
+                root.find_root().call_on_close(self._queue.close)
         # Decided by the command that uses the queue (plugin commands are resolved through it first).
         self._queue.create_store = not reads_only(click.get_current_context(silent=True))
         return self._queue

@@ -6,8 +6,6 @@ their own keys through ``queuectl_register_settings``.
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -343,7 +341,13 @@ class Config:
         name = normalise_key(setting.name)
         if name in self.settings:
             raise QueueError(f"setting {name!r} is declared twice ({self.settings[name].plugin} and {setting.plugin})")
-        self.settings[name] = dataclasses.replace(setting, name=name)
+        if type(setting) is Setting:     # what dataclasses.replace(setting, name=name) makes
+            self.settings[name] = Setting(name, setting.default, setting.parse, setting.help, setting.file_only,
+                                          setting.path, setting.plugin, setting.secret)
+        else:
+            import dataclasses
+
+            self.settings[name] = dataclasses.replace(setting, name=name)
 
     def setting(self, key: str) -> Setting:
         name = normalise_key(key)
@@ -444,6 +448,8 @@ class Config:
 
     def copy(self) -> "Config":
         """The same settings with their own cache of stored values."""
+        import copy          # here: a command seldom needs it, and its import looks for Jython's modules
+
         twin = copy.copy(self)
         twin._store_values = None
         twin._values = {}

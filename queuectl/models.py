@@ -1,9 +1,9 @@
 """Jobs, attempts and states: the nouns the core and every plugin share."""
 from __future__ import annotations
 
-import dataclasses
 import math
 import reprlib
+import threading
 import time
 from typing import Any, Optional
 
@@ -69,6 +69,11 @@ MAX_ARG_BYTES = 131072
 # each generated method when the module is imported, which was most of the import cost of this
 # module and of store.py on every command. tests/test_models.py checks the methods against the
 # ones @dataclass would generate.
+#
+# @dataclass itself runs on a record when its fields are first asked for (dataclasses.fields,
+# replace, asdict, is_dataclass; a repr or ==), not at import: processing the records (two
+# pattern matches and a Field per field) and importing dataclasses were about 8M instructions
+# of every command, and most commands never look at a field list.
 
 
 class _Factory:
@@ -79,6 +84,61 @@ class _Factory:
 
 
 FRESH: Any = _Factory()
+
+
+class factory:
+    """``dataclasses.field(default_factory=make)`` in a record's body; made into that when @dataclass runs."""
+
+    def __init__(self, make) -> None:
+        self.make = make
+
+
+class _Deferred:
+    """A record's ``__dataclass_fields__`` or ``__dataclass_params__`` until @dataclass has run on it:
+    asking for either runs it, which puts the real attributes in place of these."""
+
+    name = ""
+
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+
+    def __get__(self, obj, owner=None):
+        _run_dataclass(self.cls)
+        return getattr(self.cls if owner is None else owner, self.name)
+
+
+class _DeferredFields(_Deferred):
+    name = "__dataclass_fields__"
+
+
+class _DeferredParams(_Deferred):
+    name = "__dataclass_params__"
+
+
+_DATACLASS_LOCK = threading.RLock()
+
+
+def _run_dataclass(cls: type) -> None:
+    with _DATACLASS_LOCK:
+        if not isinstance(cls.__dict__.get("__dataclass_fields__"), _Deferred):
+            return                      # another thread ran it meanwhile
+        import dataclasses
+
+        del cls.__dataclass_fields__, cls.__dataclass_params__
+        for name, value in list(cls.__dict__.items()):
+            if isinstance(value, factory):
+                setattr(cls, name, dataclasses.field(default_factory=value.make))
+        dataclasses.dataclass(cls, init=False, repr=False, eq=False)
+
+
+def deferred_dataclass(cls):
+    """``@dataclass(init=False, repr=False, eq=False)``, run when the fields are first asked for. The
+    class writes its own ``__init__`` (and its repr and ==, if it has them)."""
+    cls.__dataclass_fields__ = _DeferredFields(cls)
+    cls.__dataclass_params__ = _DeferredParams(cls)
+    if "__match_args__" not in cls.__dict__:          # as @dataclass sets it: the fields, in order
+        cls.__match_args__ = tuple(cls.__dict__.get("__annotations__", {}))
+    return cls
 
 
 @reprlib.recursive_repr()
@@ -101,6 +161,8 @@ def _record_names(cls) -> tuple:
     """The fields shown by repr and compared by ==, as @dataclass picks them."""
     names = _NAMES.get(cls)
     if names is None:
+        import dataclasses
+
         fields = dataclasses.fields(cls)
         names = _NAMES[cls] = ([f.name for f in fields if f.repr], [f.name for f in fields if f.compare])
     return names
@@ -108,14 +170,14 @@ def _record_names(cls) -> tuple:
 
 def record(cls):
     """``@dataclass`` for a class that writes its own ``__init__``: repr and == as @dataclass makes them."""
-    cls = dataclasses.dataclass(cls, init=False, repr=False, eq=False)
+    cls = deferred_dataclass(cls)
     cls.__repr__ = _record_repr
     cls.__eq__ = _record_eq
     cls.__hash__ = None            # as @dataclass(eq=True) leaves a mutable class: unhashable
     return cls
 
 
-@dataclasses.dataclass(init=False, repr=False, eq=False)
+@deferred_dataclass
 class Range:
     """A closed range of integers or finite floats; ``check`` returns the value or raises ValueError.
 
@@ -140,9 +202,13 @@ class Range:
         return hash((self.low, self.high, self.integer, self.low_open))
 
     def __setattr__(self, name: str, value) -> None:
+        import dataclasses
+
         raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
 
     def __delattr__(self, name: str) -> None:
+        import dataclasses
+
         raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
 
     def describe(self) -> str:
@@ -305,18 +371,18 @@ class Job:
     queue: str = "default"
     executor: str = "shell"
     cwd: Optional[str] = None
-    env: dict = dataclasses.field(default_factory=dict)
+    env: dict = factory(dict)
     timeout: Optional[float] = None
     source: Optional[str] = None
-    fields: dict = dataclasses.field(default_factory=dict)   # fields declared by plugins
+    fields: dict = factory(dict)   # fields declared by plugins
     tries: int = 0            # attempts counted against max_retries since enqueue or the last dlq retry
     unique_key: Optional[str] = None
-    after: list = dataclasses.field(default_factory=list)     # ids of jobs this one waits for
+    after: list = factory(list)     # ids of jobs this one waits for
     waiting_on: int = 0       # how many of them have not completed yet
     cancel_requested: bool = False
-    labels: dict = dataclasses.field(default_factory=dict)   # KEY=VALUE tags, shown in `list`, filterable
+    labels: dict = factory(dict)   # KEY=VALUE tags, shown in `list`, filterable
     argv: Optional[list] = None   # run without a shell (command is then its shell-quoted form, for display)
-    edits: list = dataclasses.field(default_factory=list)    # `queuectl edit`: when, and the values before
+    edits: list = factory(list)    # `queuectl edit`: when, and the values before
     last_error: Optional[str] = None
     exit_code: Optional[int] = None
     lease: Optional[Lease] = None

@@ -1,6 +1,7 @@
 """The store under pressure: locked by another process for 10 s, file modes, durability."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -117,3 +118,55 @@ def test_durability_full_is_synchronous_full(tmp_path):
             assert queue.store.describe()["durability"] == durability
             modes[durability] = queue.store.conn.execute("PRAGMA synchronous").fetchone()[0]
     assert modes == {"normal": 1, "full": 2}
+
+
+def test_a_command_leaves_a_small_wal_for_the_next_and_checkpoints_a_large_one(instance):
+    """With no other connection open, a command's close leaves a WAL of up to KEEP_WAL bytes in place
+    (the checkpoint SQLite runs at the last close, and the new WAL after it, were four fdatasync calls
+    of every short command); past KEEP_WAL, the close checkpoints it and SQLite removes it. Either way
+    every job is there for the next process."""
+    import sqlite3
+
+    from queuectl.builtin.sqlite_store import KEEP_WAL
+
+    db, wal, shm = (instance.root / f"queue.db{suffix}" for suffix in ("", "-wal", "-shm"))
+    instance.run("init")
+    first = instance.run("enqueue", "-c", "echo one").stdout.strip()
+    assert wal.exists() and shm.exists() and 0 < wal.stat().st_size <= KEEP_WAL
+    for path in (db, wal, shm):
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    ids = [first] + [instance.run("enqueue", "-c", f"echo {n}").stdout.strip() for n in range(3)]
+    assert 0 < wal.stat().st_size <= KEEP_WAL
+    assert [job["id"] for job in instance.json("list")] == ids
+
+    # A batch that takes the WAL past KEEP_WAL: the command that wrote it checkpoints and removes it.
+    batch = "".join(json.dumps({"command": f"echo {n} {'x' * 4000}"}) + "\n" for n in range(KEEP_WAL // 4000 + 50))
+    ids += instance.run("enqueue", "--file", "-", input=batch).stdout.split()
+    assert not wal.exists() and not shm.exists()
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)       # the database file alone has them all
+    try:
+        assert conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == len(ids)
+    finally:
+        conn.close()
+    assert [job["id"] for job in instance.json("list")] == ids
+
+
+def test_a_command_killed_after_its_commit_leaves_the_job_and_a_sound_store(instance):
+    """The kept WAL is what a crash leaves too: SIGKILL a process between its commit and its close,
+    and the next one reads the job back and finds the store sound."""
+    instance.run("init")
+    kept = instance.run("enqueue", "-c", "echo kept").stdout.strip()
+    script = ("import os, signal, sys\nfrom queuectl import Queue\nq = Queue.open(config=sys.argv[1])\n"
+              "print(q.enqueue(command='echo killed'), flush=True)\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(instance.config_path)], cwd=instance.root,
+                          env=instance.env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    killed = proc.stdout.strip()
+    assert [job["id"] for job in instance.json("list")] == [kept, killed]
+    import sqlite3
+
+    conn = sqlite3.connect(str(instance.root / "queue.db"))
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()

@@ -425,3 +425,23 @@ def test_short_commands_do_not_import_locale_and_help_and_version_read_as_clicks
                                                                    if "--help" in line], args
     _, err, _ = run("list", "--no-such")
     assert err.splitlines()[0] == "queuectl: error: No such option '--no-such'."
+
+
+def test_short_commands_do_not_run_dataclass_and_the_records_still_are_dataclasses(tmp_path, private_cache):
+    """@dataclass runs on a record when its fields are first asked for (see models.deferred_dataclass),
+    so a short command with warm caches never imports dataclasses; a record is one all the same."""
+    wait_for_settled_package()
+    run_noting_import(tmp_path, "dataclasses", "enqueue", "-c", "true")           # fills the caches
+    for args in (("enqueue", "-c", "true"), ("status",), ("list", "--limit", "5")):
+        assert run_noting_import(tmp_path, "dataclasses", *args)[2] is False, args
+    check = ("import dataclasses, sys\nfrom queuectl.models import Job\nfrom queuectl.store import WorkerInfo\n"
+             "job = Job('a', 'true')\nassert dataclasses.is_dataclass(job) and dataclasses.is_dataclass(WorkerInfo)\n"
+             "names = [f.name for f in dataclasses.fields(job)]\n"
+             "assert names[:3] == ['id', 'command', 'state'] and 'env' in names and 'labels' in names\n"
+             "env = next(f for f in dataclasses.fields(Job) if f.name == 'env')\n"
+             "assert env.default_factory is dict and env.default is dataclasses.MISSING\n"
+             "assert dataclasses.replace(job, command='false').command == 'false'\n"
+             "assert dataclasses.asdict(job)['env'] == {} and Job.__match_args__[:2] == ('id', 'command')\n"
+             "print('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert proc.stdout == "ok\n", proc.stderr
