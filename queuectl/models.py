@@ -277,7 +277,7 @@ def plain_text(value: str, name: str, limit: int = MAX_ARG_BYTES) -> str:
     if "\0" in value:
         raise ValueError(f"{name} contains a NUL byte")
     try:
-        size = len(value.encode("utf-8"))
+        size = len(value) if value.isascii() else len(value.encode("utf-8"))
     except UnicodeEncodeError:
         raise ValueError(f"{name} is not valid Unicode (it holds a lone surrogate, e.g. from a non-UTF-8 "
                          f"byte)") from None

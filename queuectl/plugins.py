@@ -380,6 +380,48 @@ def call_each(pm: pluggy.PluginManager, hook_name: str, kwargs: Any,
         yield impl.plugin_name, result
 
 
+class EachCall:
+    """``for _ in call_each(pm, hook_name, kwargs): pass`` for a hook the core calls once per job of a
+    batch (the validators): the same implementations in the same order, given the same arguments, and
+    the same failures (a ``QueueError`` passes through, any other exception is a ``PluginError``
+    naming the plugin), with less work per call. The hook's implementations are compared with the
+    ones prepared at each call, so a plugin registered or unregistered in between is seen at once;
+    for each implementation, which of ``names`` it takes is worked out once, and it is called with
+    them positionally, as pluggy calls it (a generator, a kwargs dict and a comprehension per call
+    and implementation were twice the built-in validator's own work in a bulk enqueue)."""
+
+    __slots__ = ("pm", "hook_name", "names", "_impls", "_calls")
+
+    def __init__(self, pm: pluggy.PluginManager, hook_name: str, names: tuple):
+        self.pm, self.hook_name, self.names = pm, hook_name, tuple(names)
+        self._impls: Optional[list] = None
+        self._calls: list = []
+
+    def _prepare(self, impls: list) -> None:
+        everything = tuple(range(len(self.names)))
+        calls = []
+        for impl in reversed(impls):
+            picks = tuple(self.names.index(name) for name in impl.argnames if name in self.names)
+            calls.append((impl.plugin_name, impl.function, None if picks == everything else picks))
+        self._impls, self._calls = impls, calls
+
+    def __call__(self, *values) -> None:
+        """Call each implementation with ``values``, the arguments named by ``names``, in that order."""
+        impls = getattr(self.pm.hook, self.hook_name).get_hookimpls()
+        if impls != self._impls:
+            self._prepare(impls)
+        for plugin, function, picks in self._calls:
+            try:
+                if picks is None:
+                    function(*values)
+                else:
+                    function(*[values[i] for i in picks])
+            except QueueError:
+                raise
+            except Exception as exc:
+                raise PluginError(hook_failure(plugin, self.hook_name, exc) + without(plugin)) from None
+
+
 def call_registrations(pm: pluggy.PluginManager, hook_name: str, make_register: Callable[[str], Callable],
                        on_error: Optional[Callable[[str, Exception], None]] = None) -> None:
     """Call a ``register``-style hook once per plugin, so each registration knows its plugin.

@@ -34,6 +34,25 @@ def test_enqueue_many_from_stdin_is_all_or_nothing(instance):
     assert len(instance.json("list")) == 50
 
 
+
+def test_file_lines_are_json_lines_whatever_their_spacing(instance):
+    # Blank lines, spaces around a job, CRLF and the other line breaks of str.splitlines (a vertical
+    # tab here) read as they always have; a later error names its line counted the same way.
+    lines = ['{"command": "echo 1"}', "", "   ", '  {"command": "echo 2"}', '{"command": "echo 3"}  ',
+             '\t{"command": "echo 4"}\t', '{"command": "echo 5"}\x0b{"command": "echo 6"}', '["not", "a job"]']
+    text = "\r\n".join(lines[:-1]) + "\r\n"
+    ids = instance.run("enqueue", "--file", "-", input=text).stdout.split()
+    assert [instance.job(i)["command"] for i in ids] == [f"echo {n}" for n in range(1, 7)]
+    proc = instance.run("enqueue", "--file", "-", input=text + lines[-1] + "\n", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == \
+        "queuectl: error: line 9: a job must be a mapping of fields (a JSON object)"
+    proc = instance.run("enqueue", "--file", "-", input=text + '{"command": "x"} {"command": "y"}\n', check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == \
+        "queuectl: error: line 9: malformed JSON: Extra data at line 1 column 18"
+    proc = instance.run("enqueue", "--file", "-", input='{"command": ""}\n{"command": NaN}\n', check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == "queuectl: error: line 2: malformed JSON: NaN is not JSON"
+    assert len(instance.json("list")) == 6
+
 BAD_INPUTS = [
     (["enqueue", "{not json"], 2, "malformed JSON job"),
     (["enqueue", "--command", ""], 2, "command is empty"),

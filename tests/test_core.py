@@ -82,6 +82,83 @@ def test_a_refused_job_in_a_batch_stores_nothing(rqueue):
     assert rqueue.list() == []
 
 
+def test_a_validator_registered_or_unregistered_later_is_seen_at_the_next_job(rqueue):
+    class Late:
+        seen: list = []
+
+        @hookimpl
+        def queuectl_validate_job(self, job):      # takes only some of the hook's arguments
+            self.seen.append(job["command"])
+            if job["command"] == "late":
+                raise JobValidationError("the late validator refuses it")
+
+    rqueue.enqueue_many([{"command": "early"}])
+    late = Late()
+    rqueue.pm.register(late, name="late")
+    rqueue.enqueue_many([{"command": "a"}, {"command": "b"}])
+    with pytest.raises(JobValidationError, match="the late validator refuses it"):
+        rqueue.enqueue_many([{"command": "c"}, {"command": "late"}])
+    rqueue.pm.unregister(late)
+    rqueue.enqueue_many([{"command": "late"}])
+    assert Late.seen == ["a", "b", "c", "late"]
+    assert [j.command for j in rqueue.list()] == ["early", "a", "b", "late"]
+
+
+def test_a_validator_that_breaks_is_one_line_naming_it_and_stores_nothing(rqueue):
+    class Broken:
+        @hookimpl
+        def queuectl_validate_job(self, job, queue):
+            if job["command"] == "boom":
+                raise KeyError("oops")
+
+    rqueue.pm.register(Broken(), name="brittle")
+    with pytest.raises(PluginError) as caught:
+        rqueue.enqueue_many([{"command": "fine"}, {"command": "boom"}])
+    assert str(caught.value).startswith("plugin brittle failed in queuectl_validate_job: KeyError: 'oops'")
+    assert "\n" not in str(caught.value) and rqueue.list() == []
+
+
+MIXED = [
+    {"command": "true"},
+    {"command": "echo env", "env": {"A": "1", "B": 2}},
+    {"command": "true"},
+    {"command": "echo labels", "labels": {"team": "ops"}, "priority": 3, "queue": "mail"},
+    {"argv": ["printf", "%s\n", "a b"], "timeout": "1m"},
+    {"command": "echo unique", "unique_key": "k1", "max_retries": 0},
+    {"command": "true", "cwd": "/", "delay": 60},
+    {"command": "echo dep", "after": ["dep"]},
+    {"command": "true", "labels": {}, "env": {}},
+    {"command": "echo last"},
+]
+
+
+def test_a_batch_of_mixed_jobs_stores_each_as_one_at_a_time_does(queue):
+    # SQLite inserts each run of rows with the same NULL columns by its own statement: a batch that
+    # mixes them must store exactly what enqueueing the jobs one by one stores.
+    import dataclasses
+
+    queue.enqueue(command="true", id="dep")
+    batch = queue.enqueue_many([dict(spec, id=f"b{n}") for n, spec in enumerate(MIXED)])
+    singles = [queue.enqueue(dict(spec, id=f"s{n}", **({"unique_key": "k2"} if "unique_key" in spec else {})))
+               for n, spec in enumerate(MIXED)]
+
+    def plain(job_id: str):
+        job = queue.get(job_id)
+        return dataclasses.replace(job, id="", created_at=0, updated_at=0, run_at=round(job.run_at - job.created_at),
+                                   unique_key=job.unique_key and "k")
+
+    assert [plain(b) for b in batch] == [plain(s) for s in singles]
+    conn = sqlite3.connect(queue.store.path)
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(jobs)")
+               if row[1] not in ("seq", "id", "created_at", "updated_at", "run_at", "unique_key")]
+    rows = {job_id: conn.execute(f"SELECT {', '.join(columns)} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            for job_id in batch + singles}
+    conn.close()
+    assert [rows[b] for b in batch] == [rows[s] for s in singles]
+    assert rows["b0"][columns.index("env")] is None and rows["b1"][columns.index("env")] == '{"A": "1", "B": "2"}'
+    assert rows["b8"][columns.index("labels")] is None and rows["b4"][columns.index("timeout")] == 60.0
+
+
 @pytest.mark.parametrize("spec,message", [
     ({"command": "true", "state": "completed"}, "field 'state' is set by queuectl"),
     ({"command": "true", "updated_at": 1}, "field 'updated_at' is set by queuectl"),

@@ -16,6 +16,8 @@ ID_PATTERN = LazyPattern(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
 MAX_ENV_BYTES = min(1048576, (os.sysconf("SC_ARG_MAX") if hasattr(os, "sysconf") else 262144) // 4)
 MAX_UNIQUE_KEY = 1024
 _INPUT = frozenset(INPUT_FIELDS)
+_PROTECTED = frozenset(PROTECTED_FIELDS)
+_OPTIONAL = _INPUT - {"command", "argv"}      # the fields checked after the command, each only when given
 
 
 def _in_range(name: str, value):
@@ -147,43 +149,53 @@ def _duration_or_number(name: str, value):
     return _in_range(name, value)
 
 
-@hookimpl(tryfirst=True)
-def queuectl_validate_job(job, queue):
-    for field in PROTECTED_FIELDS:
-        if field in job:
-            raise JobValidationError(f"field {field!r} is set by queuectl and cannot be given")
-    fields = queue.job_fields
-    if not all(k in _INPUT or k in fields for k in job):
-        known = _INPUT | set(fields)
-        unknown = sorted(str(k) for k in job if k not in known)
-        raise JobValidationError(f"unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
-    _check_argv(job)
-    _check_command(job)
-    if job.get("labels") is not None:
+def _check_given(job: dict, queue) -> None:
+    """The checks of the fields after the command, in their order."""
+    get = job.get
+    if get("labels") is not None:
         job["labels"] = _check_labels(job["labels"])
-    if job.get("id") is not None:
+    if get("id") is not None:
         if not isinstance(job["id"], str) or not ID_PATTERN.match(job["id"]):
             raise JobValidationError(f"id {job['id']!r} is not valid: use 1-128 letters, digits and ._:@+- "
                                      f"starting with a letter or digit")
     for name in ("max_retries", "timeout", "priority"):
-        if job.get(name) is not None:
+        if get(name) is not None:
             job[name] = _duration_or_number(name, job[name])
-    if job.get("queue") is not None and (not isinstance(job["queue"], str) or not QUEUE_PATTERN.match(job["queue"])):
+    if get("queue") is not None and (not isinstance(job["queue"], str) or not QUEUE_PATTERN.match(job["queue"])):
         raise JobValidationError(f"queue name {job['queue']!r} is not valid")
-    if job.get("env") is not None:
+    if get("env") is not None:
         job["env"] = _check_env(job["env"])
-    if job.get("cwd") is not None:
+    if get("cwd") is not None:
         job["cwd"] = _check_cwd(job["cwd"])
     _check_schedule(job)
-    if job.get("unique_key") is not None:
+    if get("unique_key") is not None:
         if not isinstance(job["unique_key"], str) or not job["unique_key"]:
             raise JobValidationError("unique_key must be a non-empty string")
         check_text("unique_key", job["unique_key"], MAX_UNIQUE_KEY)
-    if job.get("executor") is not None and (not isinstance(job["executor"], str) or
-                                            job["executor"] not in queue.executors):
+    if get("executor") is not None and (not isinstance(job["executor"], str) or
+                                        job["executor"] not in queue.executors):
         raise JobValidationError(f"unknown executor {job['executor']!r} "
                                  f"(registered: {', '.join(sorted(queue.executors)) or 'none'})")
-    for name, (check, _options, plugin) in queue.job_fields.items():
+
+
+@hookimpl(tryfirst=True)
+def queuectl_validate_job(job, queue):
+    # Runs once per job of a bulk enqueue, where most jobs give a command and little else: the checks
+    # of the fields not given are skipped by one set operation each.
+    if not _PROTECTED.isdisjoint(job):
+        field = next(field for field in PROTECTED_FIELDS if field in job)
+        raise JobValidationError(f"field {field!r} is set by queuectl and cannot be given")
+    fields = queue.job_fields
+    if not _INPUT.issuperset(job) and not all(k in _INPUT or k in fields for k in job):
+        known = _INPUT | set(fields)
+        unknown = sorted(str(k) for k in job if k not in known)
+        raise JobValidationError(f"unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    if job.get("argv") is not None:
+        _check_argv(job)
+    _check_command(job)
+    if not _OPTIONAL.isdisjoint(job):
+        _check_given(job, queue)
+    for name, (check, _options, plugin) in fields.items():
         if name in job and check is not None:
             try:
                 job[name] = check(job[name])
