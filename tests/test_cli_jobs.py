@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import pytest
@@ -24,9 +25,9 @@ def test_argv_runs_without_a_shell_and_a_plain_positional_is_a_command(instance)
     assert stored["command"] == "sh -c 'echo \"[$1]\"' sh '$(touch pwned) *'"       # shell-quoted, for show/grep
     assert instance.job(shell_id)["argv"] is None
     instance.run("worker", "start", "--burst")
-    assert instance.json("logs", argv_id)[0]["stdout"] == "[$(touch pwned) *]\n"
+    assert instance.cli_json("logs", argv_id)[0]["stdout"] == "[$(touch pwned) *]\n"
     assert not (instance.root / "pwned").exists()
-    assert instance.json("logs", shell_id)[0]["stdout"] == "hi from 42\n"
+    assert instance.cli_json("logs", shell_id)[0]["stdout"] == "hi from 42\n"
 
 
 @pytest.mark.parametrize("args,message", [
@@ -53,7 +54,7 @@ def test_bad_ways_in_are_one_line_and_store_nothing(instance, args, message):
 def test_shell_group_is_a_command_not_json(instance):
     job_id = instance.run("enqueue", "{ echo a; echo b; }").stdout.strip()
     instance.run("worker", "start", "--burst")
-    assert instance.json("logs", job_id)[0]["stdout"] == "a\nb\n"
+    assert instance.cli_json("logs", job_id)[0]["stdout"] == "a\nb\n"
 
 
 def test_env_from_caller_captures_the_enqueuers_environment(instance):
@@ -64,18 +65,21 @@ def test_env_from_caller_captures_the_enqueuers_environment(instance):
     assert instance.job(with_env)["env"]["SECRET_TOKEN"] == "s3cr3t"
     assert "SECRET_TOKEN" not in instance.job(without)["env"]          # the default stays as it was
     instance.run("worker", "start", "--burst")                         # the worker's env lacks them
-    assert instance.json("logs", with_env)[0]["stdout"] == "s3cr3t flag-wins\n"
-    assert instance.json("logs", without)[0]["stdout"] == "[]\n"
+    assert instance.cli_json("logs", with_env)[0]["stdout"] == "s3cr3t flag-wins\n"
+    assert instance.cli_json("logs", without)[0]["stdout"] == "[]\n"
 
 
 def test_list_filters_and_last(instance):
-    instance.run("enqueue", "--id", "a1", "--label", "team=ops", "--label", "env=prod", "make backup")
-    instance.run("enqueue", "--id", "a2", "--label", "team=dev", "--queue", "ci", "make test")
-    instance.run("enqueue", "--id", "a3", "--label", "team=ops", "--queue", "ci", "echo 100%_DONE")
-    time.sleep(1.1)
+    # The jobs are set-up (the CLI run in this process); the filters of `list` are under test.
+    instance.checked_cli("enqueue", "--id", "a1", "--label", "team=ops", "--label", "env=prod", "make backup")
+    instance.checked_cli("enqueue", "--id", "a2", "--label", "team=dev", "--queue", "ci", "make test")
+    instance.checked_cli("enqueue", "--id", "a3", "--label", "team=ops", "--queue", "ci", "echo 100%_DONE")
+    # --since with whole seconds: the cut in a later second than a3's creation (not a fixed 1.1 s), a4 after it
+    now = time.time()
+    time.sleep(math.floor(now) + 1.01 - now)
     cut = time.time()
     time.sleep(0.1)
-    instance.run("enqueue", "--id", "a4", "--", "rsync", "-a", "Backup/", "dst/")
+    instance.checked_cli("enqueue", "--id", "a4", "--", "rsync", "-a", "Backup/", "dst/")
     assert ids(instance, "--label", "team=ops") == ["a1", "a3"]
     assert ids(instance, "--label", "team=ops", "--label", "env=prod") == ["a1"]
     assert ids(instance, "--label", "env") == ["a1"]                    # KEY alone: any value
@@ -99,7 +103,7 @@ def test_list_filters_and_last(instance):
 
 
 def test_filters_use_indexes(instance):
-    instance.run("enqueue", "--label", "team=ops", "true")
+    instance.checked_cli("enqueue", "--label", "team=ops", "true")
     if instance.config["db"].startswith("postgresql"):
         schema = instance.config["pg-schema"]
         names = {r[0] for r in pg_execute("SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema,))}
@@ -117,10 +121,10 @@ def test_filters_use_indexes(instance):
 
 
 def test_job_id_prefixes_everywhere(instance):
-    instance.run("enqueue", "--id", "deploy-web", "--max-retries", "0", "exit 3")
-    instance.run("enqueue", "--id", "deploy-db", "true")
-    instance.run("enqueue", "--id", "report", "sleep 60")
-    instance.run("enqueue", "--id", "rep", "true")
+    instance.checked_cli("enqueue", "--id", "deploy-web", "--max-retries", "0", "exit 3")    # set-up
+    instance.checked_cli("enqueue", "--id", "deploy-db", "true")
+    instance.checked_cli("enqueue", "--id", "report", "sleep 60")
+    instance.checked_cli("enqueue", "--id", "rep", "true")
     assert instance.job("deploy-w")["id"] == "deploy-web"
     assert instance.job("rep")["id"] == "rep"                          # an exact id beats a longer match
     proc = instance.run("show", "deploy", check=False)
@@ -142,8 +146,8 @@ def test_job_id_prefixes_everywhere(instance):
 
 
 def test_edit_keeps_history_and_goes_through_the_validator(instance):
-    instance.run("enqueue", "--id", "job", "--max-retries", "0", "--env", "A=1", "--env", "B=2",
-                 "--label", "team=ops", "exit 5")
+    instance.checked_cli("enqueue", "--id", "job", "--max-retries", "0", "--env", "A=1", "--env", "B=2",
+                         "--label", "team=ops", "exit 5")
     instance.run("worker", "start", "--burst")
     assert instance.job("job")["state"] == "dead"
     out = instance.run("edit", "job", "--command", "echo fixed $A $B", "--env", "A=9", "--unset-env", "B",
@@ -155,7 +159,8 @@ def test_edit_keeps_history_and_goes_through_the_validator(instance):
     (edit,) = job["edits"]
     assert edit["before"] == {"command": "exit 5", "env": {"A": "1", "B": "2"}, "timeout": None,
                               "labels": {"team": "ops"}}
-    assert ids(instance, "--label", "ticket=42") == ["job"] and ids(instance, "--label", "team=ops") == []
+    assert [j["id"] for j in instance.cli_json("list", "--label", "ticket=42")] == ["job"]
+    assert instance.cli_json("list", "--label", "team=ops") == []
     for bad, message in ((["--cwd", "/no/such/dir"], "is not an existing folder"),
                          (["--label", "bad key=1"], "label name"), (["--timeout", "soon"], "not a duration"),
                          ([], "nothing to change")):
@@ -164,28 +169,28 @@ def test_edit_keeps_history_and_goes_through_the_validator(instance):
     assert instance.job("job")["edits"] == [edit]                      # refused edits change nothing
     assert instance.run("retry", "job").stdout == "job pending\n"
     instance.run("worker", "start", "--burst")
-    logs = instance.json("logs", "job")
+    logs = instance.cli_json("logs", "job")
     assert [a["exit_code"] for a in logs] == [5, 0] and logs[1]["stdout"] == "fixed 9\n"
     assert "edited:" in instance.run("show", "job").stdout
 
 
 def test_retry_with_a_new_command_and_argv_edit(instance):
-    instance.run("enqueue", "--id", "j", "--max-retries", "0", "exit 1")
+    instance.checked_cli("enqueue", "--id", "j", "--max-retries", "0", "exit 1")
     instance.run("worker", "start", "--burst")
     assert instance.run("retry", "j", "--", "echo", "$(argv)").stdout == "j pending\n"
     job = instance.job("j")
     assert job["argv"] == ["echo", "$(argv)"] and len(job["edits"]) == 1 and job["retries_left"] == 0
     instance.run("worker", "start", "--burst")
-    assert instance.json("logs", "j")[-1]["stdout"] == "$(argv)\n"
+    assert instance.cli_json("logs", "j")[-1]["stdout"] == "$(argv)\n"
     assert instance.run("retry", "j", "--command", "echo back to $((1 + 1))").stdout == "j pending\n"
     instance.run("worker", "start", "--burst")
-    assert instance.json("logs", "j")[-1]["stdout"] == "back to 2\n" and instance.job("j")["argv"] is None
-    assert len(instance.json("logs", "j")) == 3 and len(instance.job("j")["edits"]) == 2
+    assert instance.cli_json("logs", "j")[-1]["stdout"] == "back to 2\n" and instance.job("j")["argv"] is None
+    assert len(instance.cli_json("logs", "j")) == 3 and len(instance.job("j")["edits"]) == 2
 
 
 def test_a_running_or_completed_job_cannot_be_edited(instance):
-    instance.run("enqueue", "--id", "runs", "sleep 30")
-    instance.run("enqueue", "--id", "done", "true")
+    instance.checked_cli("enqueue", "--id", "runs", "sleep 30")
+    instance.checked_cli("enqueue", "--id", "done", "true")
     pool = instance.start_pool(2)
     instance.wait_for_state("runs", "processing")
     instance.wait_for_state("done", "completed")
@@ -194,7 +199,7 @@ def test_a_running_or_completed_job_cannot_be_edited(instance):
         assert proc.returncode == 1 and f"is {state}" in proc.stderr
         assert state != "completed" or "use queuectl retry done" in proc.stderr
         assert instance.job(job_id)["edits"] == [] and instance.job(job_id)["command"] != "echo edited"
-    instance.run("cancel", "runs")
+    instance.checked_cli("cancel", "runs")
     instance.wait_for_state("runs", "cancelled")
     assert instance.run("edit", "runs", "--command", "true").returncode == 0
     pool.terminate()

@@ -166,7 +166,7 @@ def seed(instance) -> dict:
     """A completed job, two dead ones (one of them the <script> job), a pending one in a paused queue."""
     ids = {"ok": instance.enqueue("echo fine"), "dead": instance.enqueue("exit 3", max_retries=0),
            "script": instance.enqueue(SCRIPT_JOB, max_retries=0)}
-    instance.run("queue", "pause", "later")
+    instance.checked_cli("queue", "pause", "later")
     ids["paused"] = instance.enqueue("echo later", queue="later")
     instance.run("worker", "start", "--count", "2", "--burst", timeout=120)
     return ids
@@ -180,13 +180,13 @@ def test_dashboard_in_chromium(instance, dashboard, browser, backend):
     assert "token" not in browser.current_url          # the token went into a cookie
 
     # the counts on the page are those of `queuectl status --json`
-    status = instance.json("status")["counts"]
+    status = instance.cli_json("status")["counts"]
     shown = {state: int(text_of(browser, f"#count-{state}")) for state in status}
     assert shown == status and shown["dead"] == 2 and shown["completed"] == 1
 
     # the overview updates itself: a job enqueued now shows without a reload
     before = browser.execute_script("return performance.timeOrigin")
-    instance.run("queue", "pause", "default")
+    instance.checked_cli("queue", "pause", "default")
     instance.enqueue("echo new")
     wait_until(lambda: text_of(browser, "#count-pending") == str(status["pending"] + 1), 30,
                message="the pending count to change on the page")
@@ -277,11 +277,11 @@ def test_metrics_parse_and_match_the_store(instance, dashboard):
     assert code == 200
     families = {f.name: f for f in text_string_to_metric_families(text)}
     jobs = {(s.labels["queue"], s.labels["state"]): s.value for s in families["queuectl_jobs"].samples}
-    status = instance.json("status")["counts"]
+    status = instance.cli_json("status")["counts"]
     for state, n in status.items():
         assert sum(v for (q, s), v in jobs.items() if s == state) == n
     assert jobs[("later", "pending")] == 1 and jobs[("default", "dead")] == 2
-    stats = instance.json("stats")
+    stats = instance.cli_json("stats")
     attempts = {s.name: s.value for s in families["queuectl_attempts"].samples}
     assert attempts["queuectl_attempts_total"] == stats["total_runs"] == 3
     failures = {s.name: s.value for s in families["queuectl_attempt_failures"].samples}
@@ -712,11 +712,11 @@ def test_actions_from_the_pages(instance, dashboard, browser):
     wait_until(lambda: browser.execute_script("return performance.timeOrigin") != loaded, 30,
                message="the DLQ page to reload")
 
-    instance.run("cancel", *three)
+    instance.checked_cli("cancel", *three)
     started, release = instance.root / "started", instance.root / "release"
     running = instance.enqueue(f"touch {started}; while [ ! -e {release} ]; do sleep 0.05; done", queue="live")
     waiting = instance.enqueue("echo never", queue="held")
-    instance.run("queue", "pause", "held")
+    instance.checked_cli("queue", "pause", "held")
     instance.start_pool(1, "--queue", "live")
     wait_until(started.exists, 60, message="the job to start")
     for job_id, before in ((waiting, "pending"), (running, "processing")):

@@ -130,7 +130,7 @@ def test_delivery_survives_the_death_of_the_whole_pool(instance, receiver):
     os.killpg(pool.pid, signal.SIGKILL)         # mid-delivery: worker, sources process and pool die
     pool.wait()
     assert instance.wait_for_state(done, "completed")
-    pending = instance.json("notify", "list")
+    pending = instance.cli_json("notify", "list")
     assert [(d["event"], d["job"], d["state"]) for d in pending] == [("job.dead", job, "pending")]
     server.release.set()
     instance.start_pool(1)
@@ -148,14 +148,14 @@ def test_a_webhook_that_keeps_failing_is_given_up_and_sent_by_hand(instance, rec
     wait_until(lambda: [d["state"] for d in instance.cli_json("notify", "list")] == ["failed"], 60,
                message="the delivery to be given up")
     assert len(server.requests) == 3
-    [failed] = instance.json("notify", "list")
+    [failed] = instance.cli_json("notify", "list")
     assert failed["tries"] == 3 and "500" in failed["last_error"] and failed["job"] == job
     server.failures = 0
     instance.cleanup()                          # the pool held the outbox; `notify send` takes it over
     sent = instance.run("notify", "send", "--failed")
     assert "1 sent, 0 failed" in sent.stderr
     assert [e["job"]["id"] for e in server.delivered()] == [job]
-    assert instance.json("notify", "list") == []
+    assert instance.cli_json("notify", "list") == []
 
 
 def test_callbacks_get_job_fields_and_never_fail_the_job(instance, tmp_path):
@@ -173,8 +173,7 @@ def test_callbacks_get_job_fields_and_never_fail_the_job(instance, tmp_path):
     assert completed["QUEUECTL_QUEUE"] == "batch" and completed["QUEUECTL_COMMAND"] == "true"
     retry = wait_until(lambda: _read_env(instance.root / f"retry-{bad}.env"), 30, message="on-retry")
     assert retry["QUEUECTL_JOB_STATE"] == "failed" and retry["QUEUECTL_EXIT_CODE"] == "4"
-    wait_until(lambda: instance.cli_json("notify", "list") and
-               {d["event"] for d in instance.json("notify", "list")} == {"job.retry", "job.dead"}, 30,
+    wait_until(lambda: {d["event"] for d in instance.cli_json("notify", "list")} == {"job.retry", "job.dead"}, 30,
                message="both failing callbacks recorded as failed deliveries")
     os.killpg(pool.pid, signal.SIGTERM)
     _, err = pool.communicate(timeout=60)
@@ -216,7 +215,7 @@ def test_a_killed_delivery_process_is_started_again_and_resends(instance, receiv
 
 def _sources_processes(instance, pool):
     """Children of the pool that are not workers."""
-    workers = {w["pid"] for w in instance.json("status")["workers"]}
+    workers = {w["pid"] for w in instance.cli_json("status")["workers"]}
     return [pid for pid in _children(pool.pid) if pid not in workers]
 
 
@@ -249,7 +248,7 @@ def test_a_damaged_outbox_file_is_set_aside_and_the_rest_delivered(instance, rec
     sent = instance.run("notify", "send")
     assert "0 sent, 0 failed" in sent.stderr and "is not a readable delivery" in sent.stderr
     assert (outbox / "failed" / "00000000000000000001-evt_x.webhook.json").exists()
-    assert instance.json("notify", "list") == []
+    assert instance.cli_json("notify", "list") == []
 
 
 def test_the_webhook_secret_is_hidden_from_config_list_and_set(instance):
@@ -326,7 +325,7 @@ def test_a_webhook_that_redirects_never_answers_or_trickles_fails_cleanly_in_bou
         wait_until(lambda: [d["state"] for d in instance.cli_json("notify", "list")] == ["failed", "failed"], 60,
                    message="both deliveries to be given up")
         assert all(instance.job(j)["state"] == "completed" for j in jobs)
-        errors = {d["last_error"] for d in instance.json("notify", "list")}
+        errors = {d["last_error"] for d in instance.cli_json("notify", "list")}
         if mode == "redirect":
             assert errors == {"webhook answered 302 Found to http://127.0.0.1:1/elsewhere; redirects are not "
                               "followed (set webhook-url to where it points)"}
