@@ -458,7 +458,7 @@ class SQLiteStore:
         """
         guard = None
         try:
-            small = os.stat(f"{self.path}-wal").st_size <= KEEP_WAL
+            small = os.stat(f"{self._abspath}-wal").st_size <= KEEP_WAL      # the file guard opens
         except OSError:
             small = False
         if small:
