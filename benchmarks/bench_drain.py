@@ -12,7 +12,7 @@ import os
 import subprocess
 import time
 
-from .common import Instance, Results
+from .common import Instance, Results, run_forked
 
 SECTION = "drain"
 TARGETS = {1: 0.85, 2: 0.8}     # of the ceiling with as many spawners; 4 workers: no lower than 2
@@ -37,21 +37,7 @@ def spawn_ceiling(processes: int, jobs: int) -> float:
             proc.communicate()
 
     start = time.perf_counter()
-    pids = []
-    for _ in range(processes):
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                spawner()
-                code = 0
-            finally:
-                os._exit(code)
-        pids.append(pid)
-    failed = 0
-    for pid in pids:
-        _, status = os.waitpid(pid, 0)
-        failed += status != 0
+    failed = run_forked(processes, lambda _: spawner())
     elapsed = time.perf_counter() - start
     if failed:
         raise RuntimeError(f"{failed} ceiling spawner(s) failed")

@@ -48,6 +48,27 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, value
 
 
+def run_forked(count: int, target: Callable[[int], Any]) -> int:
+    """Run ``target(i)`` in each of ``count`` forked children at once and wait for them all; the number
+    that failed (raised, or exited non-zero)."""
+    pids = []
+    for index in range(count):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                target(index)
+                code = 0
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    failed = 0
+    for pid in pids:
+        _, status = os.waitpid(pid, 0)
+        failed += status != 0
+    return failed
+
+
 # --- a private queuectl instance ---------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ import tempfile
 import time
 
 from .bench_drain import spawn_ceiling
+from .common import run_forked
 
 SCHEMA = """
 CREATE TABLE jobs (seq INTEGER PRIMARY KEY, id TEXT UNIQUE, command TEXT, state TEXT, priority INT DEFAULT 0,
@@ -111,20 +112,10 @@ def worker(db: str, name: str) -> None:
 def drain(db: str, workers: int, jobs: int) -> float:
     setup(db, jobs)
     start = time.perf_counter()
-    pids = []
-    for i in range(workers):
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                worker(db, f"w{i}")
-                code = 0
-            finally:
-                os._exit(code)
-        pids.append(pid)
-    for pid in pids:
-        os.waitpid(pid, 0)
+    failed = run_forked(workers, lambda i: worker(db, f"w{i}"))
     elapsed = time.perf_counter() - start
+    if failed:
+        raise RuntimeError(f"{failed} floor worker(s) failed")
     conn = sqlite3.connect(db)
     completed = conn.execute("SELECT count(*) FROM jobs WHERE state = 'completed'").fetchone()[0]
     conn.close()
