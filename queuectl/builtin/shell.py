@@ -359,8 +359,10 @@ class ShellRun:
             give_up = time.monotonic() + 2.0
             while self._pipes_open() and time.monotonic() < give_up:
                 self._pump(0.1)
-        if has_children():
-            reap(children())          # orphans reparented to us (the worker is a subreaper) that exited
+            # Orphans reparented to us (the worker is a subreaper) that exited. Only here: with no
+            # leftovers the worker has no child at all, so no descendant either, and none can appear.
+            if has_children():
+                reap(children())
         if self.live is not None:
             self.live.flush(force=True)   # a follower sees all of it before the attempt is recorded
         self.proc.stdout.close()
