@@ -7,10 +7,12 @@ import os
 import sys
 from typing import Optional
 
-__all__ = ["pid_start_time", "pid_alive", "host_id", "prctl", "PR_SET_PDEATHSIG", "PR_SET_CHILD_SUBREAPER"]
+__all__ = ["pid_start_time", "pid_alive", "host_id", "prctl", "is_subreaper", "PR_SET_PDEATHSIG",
+           "PR_SET_CHILD_SUBREAPER"]
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+PR_GET_CHILD_SUBREAPER = 37
 
 
 def prctl(option: int, value: int) -> bool:
@@ -20,6 +22,28 @@ def prctl(option: int, value: int) -> bool:
 
     libc = ctypes.CDLL(None, use_errno=True)
     return libc.prctl(option, value, 0, 0, 0) == 0
+
+
+_SUBREAPER: tuple = (0, False)     # (pid, whether that process is a child subreaper): set once, never unset
+
+
+def is_subreaper() -> bool:
+    """Is this process a child subreaper (PR_SET_CHILD_SUBREAPER)? Asked once per process: the setting
+    is not inherited across fork, and a process that set it keeps it."""
+    global _SUBREAPER
+    pid = os.getpid()
+    if _SUBREAPER[0] != pid:
+        value = False
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            flag = ctypes.c_int(0)
+            value = ctypes.CDLL(None, use_errno=True).prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0) == 0 \
+                and flag.value != 0
+        if not value:
+            return False           # asked again next time: it may be set later
+        _SUBREAPER = (pid, True)
+    return _SUBREAPER[1]
 
 
 def _proc_stat(pid: int) -> Optional[list]:

@@ -23,6 +23,7 @@ from queuectl import hookimpl
 from queuectl.config import Setting, between
 from queuectl.models import EXITED, SUCCEEDED, ExecResult
 from queuectl.output import truncation_marker
+from queuectl.process import is_subreaper
 
 TAG = b"QUEUECTL_RUN_ID="
 CHUNK = 65536
@@ -244,16 +245,20 @@ def _zombie(pid: int) -> bool:
 
 
 def has_leftovers(pgid: int) -> bool:
-    """Cheap check after the command exits: does its group, or an orphan reparented to us, live on?
+    """Cheap check after the command's leader exited and was reaped: does its group, or an orphan
+    reparented to us, live on?
 
-    Only a probe (signal 0): a group id can be reused once its members are gone, so a
-    group is never signalled on the strength of its id alone.
+    In a subreaper (a worker) the children alone tell: the command has a session of its own, so every
+    member of its group descends from the leader, and the topmost living ones were reparented to us.
+    Elsewhere the group is probed too (signal 0): a group id can be reused once its members are gone,
+    so a group is never signalled on the strength of its id alone.
     """
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except OSError:
-        pass
+    if not is_subreaper():
+        try:
+            os.killpg(pgid, 0)
+            return True
+        except OSError:
+            pass
     return has_children()
 
 
