@@ -105,27 +105,56 @@ def receipt_conflict(keys: list[str]) -> str:
 
 
 def job_from_row(row) -> Job:
-    """A Job from JOB_COLUMNS; one more column, when present, says whether the lease has expired."""
+    """A Job from JOB_COLUMNS; one more column, when present, says whether the lease has expired.
+
+    A worker reads one per attempt, so each column's common case (the type the column holds, or NULL
+    for the JSON ones) is tested here, inline, with the exact condition under which its reader would
+    return the value unchanged; anything else goes through the reader. A Python call per column cost
+    more than a third of the function."""
     (id_, command, state, attempts, tries, max_retries, priority, queue, executor, cwd, env, timeout,
      source, fields, created_at, updated_at, run_at, last_error, exit_code, owner, host, pid, pid_start,
      pgid, expires, token, run_id, started_at, unique_key, after_ids, waiting_on,
      cancel_requested, labels, argv, edits) = row[:N_JOB_COLUMNS]
     lease = None
     if state == PROCESSING and owner is not None:
-        lease = Lease(owner=_text(owner), host=_text(host, ""), pid=_int(pid), pid_start=_int(pid_start, None),
-                      token=_int(token), run_id=_text(run_id, ""), expires=_float(expires, 0.0),
-                      pgid=_int(pgid, None), started_at=_float(started_at),
-                      expired=bool(row[N_JOB_COLUMNS]) if len(row) > N_JOB_COLUMNS else False)
-    return Job(id=_text(id_, ""), command=_text(command, ""), state=_text(state, ""), attempts=_int(attempts),
-               tries=_int(tries), max_retries=_int(max_retries), priority=_int(priority),
-               queue=_text(queue, "default"), executor=_text(executor, "shell"), cwd=_text(cwd),
-               env=_env(env), timeout=_timeout(timeout), source=_text(source), fields=_json(fields, dict),
-               created_at=_float(created_at, 0.0), updated_at=_float(updated_at, 0.0), run_at=_float(run_at, 0.0),
-               last_error=_text(last_error), exit_code=_int(exit_code, None), lease=lease,
-               unique_key=_text(unique_key), after=[_text(a) for a in _json(after_ids, list)],
-               waiting_on=_int(waiting_on), cancel_requested=bool(_int(cancel_requested)),
-               labels={_text(k): _text(v) for k, v in _json(labels, dict).items()},
-               argv=[_text(a) for a in _json(argv, list)] or None, edits=_json(edits, list))
+        lease = Lease(owner if type(owner) is str else _text(owner), host if type(host) is str else _text(host, ""),
+                      pid if type(pid) is int and -INT64_MAX <= pid <= INT64_MAX else _int(pid),
+                      pid_start if type(pid_start) is int and -INT64_MAX <= pid_start <= INT64_MAX
+                      else _int(pid_start, None),
+                      token if type(token) is int and -INT64_MAX <= token <= INT64_MAX else _int(token),
+                      run_id if type(run_id) is str else _text(run_id, ""),
+                      expires if type(expires) is float and expires - expires == 0.0 else _float(expires, 0.0),
+                      pgid if type(pgid) is int and -INT64_MAX <= pgid <= INT64_MAX else _int(pgid, None),
+                      started_at if type(started_at) is float and started_at - started_at == 0.0
+                      else _float(started_at),
+                      bool(row[N_JOB_COLUMNS]) if len(row) > N_JOB_COLUMNS else False)
+    return Job(id_ if type(id_) is str else _text(id_, ""), command if type(command) is str else _text(command, ""),
+               state if type(state) is str else _text(state, ""),
+               attempts if type(attempts) is int and -INT64_MAX <= attempts <= INT64_MAX else _int(attempts),
+               max_retries if type(max_retries) is int and -INT64_MAX <= max_retries <= INT64_MAX
+               else _int(max_retries),
+               created_at if type(created_at) is float and created_at - created_at == 0.0 else _float(created_at, 0.0),
+               updated_at if type(updated_at) is float and updated_at - updated_at == 0.0 else _float(updated_at, 0.0),
+               run_at if type(run_at) is float and run_at - run_at == 0.0 else _float(run_at, 0.0),
+               priority if type(priority) is int and -INT64_MAX <= priority <= INT64_MAX else _int(priority),
+               queue if type(queue) is str else _text(queue, "default"),
+               executor if type(executor) is str else _text(executor, "shell"),
+               cwd if type(cwd) is str else _text(cwd),
+               {} if env is None else _env(env),
+               None if timeout is None else _timeout(timeout),
+               source if type(source) is str else _text(source),
+               {} if fields is None else _json(fields, dict),
+               tries if type(tries) is int and -INT64_MAX <= tries <= INT64_MAX else _int(tries),
+               unique_key if type(unique_key) is str else _text(unique_key),
+               [] if after_ids is None else [_text(a) for a in _json(after_ids, list)],
+               waiting_on if type(waiting_on) is int and -INT64_MAX <= waiting_on <= INT64_MAX else _int(waiting_on),
+               cancel_requested != 0 if type(cancel_requested) is int else bool(_int(cancel_requested)),
+               {} if labels is None else {_text(k): _text(v) for k, v in _json(labels, dict).items()},
+               None if argv is None else [_text(a) for a in _json(argv, list)] or None,
+               [] if edits is None else _json(edits, list),
+               last_error if type(last_error) is str else _text(last_error),
+               exit_code if type(exit_code) is int and -INT64_MAX <= exit_code <= INT64_MAX else _int(exit_code, None),
+               lease)
 
 
 def finished_job(claimed: Job, state: str, run_at: float, error: Optional[str], exit_code: Optional[int],
@@ -139,15 +168,17 @@ def finished_job(claimed: Job, state: str, run_at: float, error: Optional[str], 
     row per attempt instead of two. The values pass through the readers job_from_row uses, so the
     job is the one a read of the row would give.
     """
-    return Job(id=claimed.id, command=claimed.command, state=state, attempts=claimed.attempts, tries=tries,
-               max_retries=claimed.max_retries, priority=claimed.priority, queue=claimed.queue,
-               executor=claimed.executor, cwd=claimed.cwd, env=dict(claimed.env), timeout=claimed.timeout,
-               source=claimed.source, fields=dict(claimed.fields), created_at=claimed.created_at,
-               updated_at=updated_at, run_at=_float(run_at, 0.0), last_error=_text(error),
-               exit_code=_int(exit_code, None), lease=None,
-               unique_key=claimed.unique_key, after=list(claimed.after), waiting_on=_int(waiting_on),
-               cancel_requested=bool(_int(cancel_requested)), labels=dict(claimed.labels),
-               argv=None if claimed.argv is None else list(claimed.argv), edits=list(claimed.edits))
+    return Job(claimed.id, claimed.command, state, claimed.attempts, claimed.max_retries, claimed.created_at,
+               updated_at, run_at if type(run_at) is float and run_at - run_at == 0.0 else _float(run_at, 0.0),
+               claimed.priority, claimed.queue, claimed.executor, claimed.cwd, dict(claimed.env), claimed.timeout,
+               claimed.source, dict(claimed.fields), tries, claimed.unique_key, list(claimed.after),
+               waiting_on if type(waiting_on) is int and -INT64_MAX <= waiting_on <= INT64_MAX else _int(waiting_on),
+               cancel_requested != 0 if type(cancel_requested) is int else bool(_int(cancel_requested)),
+               dict(claimed.labels), None if claimed.argv is None else list(claimed.argv), list(claimed.edits),
+               error if error is None or type(error) is str else _text(error),
+               exit_code if exit_code is None or type(exit_code) is int and -INT64_MAX <= exit_code <= INT64_MAX
+               else _int(exit_code, None),
+               None)
 
 
 def _bytes(value) -> bytes:
