@@ -640,7 +640,8 @@ def pytest_xdist_auto_num_workers(config):
     than one test: measured on 2 cores, 122 tests of scheduling, jobs and end-to-end runs took 140 s
     and 143 s with 4 processes against 195 s and 159 s with 2, in alternating runs. The whole suite
     with 4 kept the 2 cores busy 76% of its 362 s (552 s of CPU): a test used 0.38 of a core on
-    average, so 4 left a quarter of the machine idle, and 6 fill it."""
+    average, so 4 left a quarter of the machine idle. With 6 the machine had under 10 s of idle CPU
+    per run (measured while other work shared it; a quiet A/B against `-n 4` is still to do)."""
     return max(2, 3 * (os.cpu_count() or 1))
 
 
