@@ -496,67 +496,95 @@ def queue(tmp_path):
 
 
 # --- scheduling: the longest tests start first ------------------------------------------------------
-# Tests run in parallel (pytest-xdist, `--maxschedchunk 1`: each worker is handed the next test as it
-# frees up). Started last, one long test would keep a single core busy after the rest had finished, so
-# the longest (by --durations, most expensive first) go to the front; the rest keep their order. The
-# two that restart PostgreSQL are among the first four: their restarts come while the other two run
-# SQLite tests, not later, behind (and ahead of) every test that uses the server.
+# Tests run in parallel (pytest-xdist, `--maxschedchunk 1`). xdist hands each worker two consecutive
+# tests at the start (items 0-1, 2-3, 4-5, 6-7), then one more whenever one ends, so each worker always
+# holds its running test and the next. Started last, one long test would keep a single core busy after
+# the rest had finished, so the longest (by --durations; the same name's PostgreSQL parametrisation
+# first) go to the front; the rest keep their order.
+# The first ones are chosen for the server restart: the test that restarts PostgreSQL is item 0, and
+# the rest of the first two per worker (items 2-7 with 4 workers) use no PostgreSQL (item 0's partner,
+# item 1, runs after it on the same worker; pytest_collection_modifyitems moves the first tests of this
+# list that use no PostgreSQL up to fill those places, whatever the number of workers). So the restart,
+# which waits until no other test holds the server, comes at once, and no test waits behind it, where a
+# test on PostgreSQL handed out meanwhile would sit idle until the server is back (measured: two tests
+# of 14 s each that were mostly that wait, and a restart that itself waited 12 s for one of them).
 SLOW_FIRST = [
-    "test_crash.py::test_sigkill_a_worker_every_2s_while_500_jobs_run",
-    "test_crash.py::test_recovery_times_at_defaults",
     "test_postgres_e2e.py::test_four_hosts_run_every_job_once_across_a_server_restart",
     "test_postgres_e2e.py::test_idle_worker_wakes_on_notify_not_on_the_poll",
-    "test_spawn.py::test_each_attempt_sees_the_workers_environment_as_it_is_now_and_leaves_no_descriptor",
+    "test_crash.py::test_sigkill_a_worker_every_2s_while_500_jobs_run",
+    "test_crash.py::test_recovery_times_at_defaults",
     "test_examples.py::test_each_example_passes_its_own_tests_once_installed",
-    "test_inputs.py::test_absurd_stored_rows_never_poison_a_read_or_a_worker",
-    "test_inputs.py::test_absurd_stored_schedules_never_poison_a_read_and_the_good_ones_fire",
-    "test_dashboard.py::test_a_job_with_many_large_attempts_keeps_its_page_and_json_small",
-    "test_process_death.py::test_torture_whole_group_sigkill_every_1_to_2s",
-    "test_cli_jobs.py::test_list_filters_and_last",
-    "test_inputs.py::test_whole_pool_killed_leaves_no_workers_in_status_and_stop_says_so",
-    "test_screen_limits.py::test_every_duration_option_takes_the_same_syntax_and_refuses_the_same_mistakes",
-    "test_cli_jobs.py::test_job_id_prefixes_everywhere",
-    "test_dashboard.py::test_actions_from_the_pages",
-    "test_inputs_classes.py::test_strict_json_for_every_read_after_odd_but_valid_inputs",
-    "test_cli_jobs.py::test_argv_runs_without_a_shell_and_a_plain_positional_is_a_command",
-    "test_dashboard.py::test_dashboard_in_chromium",
     "test_locking.py::test_workers_wait_out_a_store_locked_for_10s",
-    "test_scheduling.py::test_dead_dependency_kills_dependents_which_are_retryable",
-    "test_scheduling.py::test_schedule_add_validates",
-    "test_inputs.py::test_bad_stored_setting_logs_one_line_and_the_pool_keeps_running",
-    "test_cli_jobs.py::test_edit_keeps_history_and_goes_through_the_validator",
-    "test_inputs.py::test_locked_store_is_one_line",
-    "test_process_death.py::test_worker_only_sigkill_kills_the_setsid_grandchild",
-    "test_scheduling.py::test_dependency_chain_runs_in_order",
-    "test_notify.py::test_a_notifier_that_hangs_is_abandoned_and_the_other_channels_go_on",
-    "test_dashboard.py::test_a_running_attempts_output_grows_without_gaps_or_repeats",
-    "test_process_death.py::test_whole_group_sigkill_kills_the_setsid_grandchild",
-    "test_cli_jobs.py::test_retry_with_a_new_command_and_argv_edit",
-    "test_crash.py::test_worker_that_cannot_renew_kills_its_command_before_the_lease_expires",
-    "test_notify.py::test_the_webhook_secret_is_hidden_from_config_list_and_set",
-    "test_screen_limits.py::test_every_json_output_gives_times_as_iso_8601_utc",
-    "test_scheduling.py::test_missed_ticks_policies",
-    "test_scheduling.py::test_unique_keys_under_concurrent_enqueues_from_separate_processes",
-    "test_dashboard.py::test_postgres_going_away_is_a_clear_page_and_one_line",
-    "test_spawn.py::test_an_argv_job_is_looked_up_on_its_own_path",
-    "test_spawn.py::test_a_command_gets_its_own_session_dev_null_and_only_three_descriptors",
-    "test_e2e.py::test_two_pools_run_200_jobs_each_exactly_once",
-    "test_screen.py::test_color_modes_and_no_color",
+    "test_screen_limits.py::test_every_duration_option_takes_the_same_syntax_and_refuses_the_same_mistakes",
+    "test_dashboard.py::test_a_job_with_many_large_attempts_keeps_its_page_and_json_small",
+    "test_cli_jobs.py::test_list_filters_and_last",
+    "test_cli_jobs.py::test_job_id_prefixes_everywhere",
+    "test_process_death.py::test_torture_whole_group_sigkill_every_1_to_2s",
+    "test_inputs.py::test_absurd_stored_rows_never_poison_a_read_or_a_worker",
     "test_dashboard.py::test_job_text_from_every_field_renders_as_text",
+    "test_inputs_classes.py::test_strict_json_for_every_read_after_odd_but_valid_inputs",
     "test_properties.py::test_no_input_harms_the_queue",
-    "test_inputs_classes.py::test_a_burst_pool_whose_store_fails_says_so_once_and_does_not_claim_success",
-    "test_disk_full.py::test_a_full_disk_is_waited_out_and_nothing_is_lost_or_run_twice",
-    "test_store_faults.py::test_garbage_in_the_middle_of_the_store_gives_every_command_one_line",
-    "test_screen.py::test_every_command_has_an_example_and_typed_metavars",
+    "test_inputs.py::test_absurd_stored_schedules_never_poison_a_read_and_the_good_ones_fire",
+    "test_spawn.py::test_an_argv_job_is_looked_up_on_its_own_path",
+    "test_dashboard.py::test_actions_from_the_pages",
+    "test_spawn.py::test_each_attempt_sees_the_workers_environment_as_it_is_now_and_leaves_no_descriptor",
+    "test_crash.py::test_worker_that_cannot_renew_kills_its_command_before_the_lease_expires",
+    "test_scheduling.py::test_dead_dependency_kills_dependents_which_are_retryable",
+    "test_screen_limits.py::test_every_json_output_gives_times_as_iso_8601_utc",
+    "test_dashboard.py::test_dashboard_in_chromium",
+    "test_scheduling.py::test_dependency_chain_runs_in_order",
+    "test_dashboard.py::test_postgres_going_away_is_a_clear_page_and_one_line",
+    "test_cli_jobs.py::test_edit_keeps_history_and_goes_through_the_validator",
     "test_scheduling.py::test_cancel_pending_and_running_process_tree",
-    "test_live_output.py::test_top_shows_the_counts_the_cli_shows",
-    "test_scheduling.py::test_exit_code_policy",
+    "test_notify.py::test_a_notifier_that_hangs_is_abandoned_and_the_other_channels_go_on",
+    "test_scheduling.py::test_unique_keys_under_concurrent_enqueues_from_separate_processes",
     "test_scheduling.py::test_queue_limit_of_one_holds_across_two_pools",
-    "test_cli_jobs.py::test_a_running_or_completed_job_cannot_be_edited",
-    "test_live_output.py::test_wait_all_and_queue_with_json",
-    "test_spool.py::test_leftovers_of_dead_processes_resumed_by_three_at_once_make_one_job_each",
-    "test_live_output.py::test_wait_exit_codes",
+    "test_spawn.py::test_a_command_gets_its_own_session_dev_null_and_only_three_descriptors",
+    "test_store_faults.py::test_garbage_in_the_middle_of_the_store_gives_every_command_one_line",
+    "test_dashboard.py::test_a_running_attempts_output_grows_without_gaps_or_repeats",
+    "test_disk_full.py::test_a_full_disk_is_waited_out_and_nothing_is_lost_or_run_twice",
     "test_process_tree.py::test_timeout_kills_the_whole_tree_and_is_retried_like_a_failure",
+    "test_scheduling.py::test_retry_completed_job_and_dlq_retry_all_with_filters",
+    "test_live_output.py::test_top_shows_the_counts_the_cli_shows",
+    "test_live_output.py::test_follow_piped_is_byte_exact_and_picks_one_stream",
+    "test_live_output_edges.py::test_unknown_and_ambiguous_ids_are_one_line",
+    "test_cli_jobs.py::test_retry_with_a_new_command_and_argv_edit",
+    "test_e2e.py::test_data_survives_a_restart",
+    "test_scheduling.py::test_missed_ticks_policies",
+    "test_e2e.py::test_status_forgets_workers_of_a_killed_pool",
+    "test_spool_batches.py::test_watchers_killed_in_the_middle_of_a_large_drop_make_exactly_one_job_per_file",
+    "test_live_output.py::test_wait_all_and_queue_with_json",
+    "test_live_output.py::test_wait_exit_codes",
+    "test_cli_jobs.py::test_a_running_or_completed_job_cannot_be_edited",
+    "test_scheduling.py::test_cron_tick_is_enqueued_once_with_two_pools",
+    "test_live_output_edges.py::test_a_huge_line_without_newline_is_followed_within_the_cap",
+    "test_e2e.py::test_failing_job_is_dead_after_max_retries_plus_one_with_growing_gaps",
+    "test_inputs.py::test_locked_store_is_one_line",
+    "test_live_output_edges.py::test_a_job_purged_while_followed_or_waited_for_ends_them_with_3",
+    "test_dashboard.py::test_metrics_parse_and_match_the_store",
+    "test_cli.py::test_config_precedence_and_sources",
+    "test_live_output_edges.py::test_odd_bytes_are_followed_exactly_and_shown_as_valid_json",
+    "test_live_output.py::test_logs_of_a_running_job_show_its_output_so_far",
+    "test_process_death.py::test_whole_group_sigkill_kills_the_setsid_grandchild",
+    "test_live_output_edges.py::test_follow_ends_when_a_killed_workers_job_ends",
+    "test_process_death.py::test_worker_only_sigkill_kills_the_setsid_grandchild",
+    "test_process_tree.py::test_kill_grace_longer_than_the_lease_is_cut_to_fit_it",
+    "test_notify.py::test_the_webhook_secret_is_hidden_from_config_list_and_set",
+    "test_e2e.py::test_two_pools_run_200_jobs_each_exactly_once",
+    "test_scheduling.py::test_pause_and_resume",
+    "test_live_output_edges.py::test_logs_attempt_n_of_the_running_attempt_shows_it",
+    "test_dashboard.py::test_actions_need_the_token_and_the_same_origin",
+    "test_screen.py::test_completion_scripts_and_dynamic_values",
+    "test_scheduling.py::test_schedule_add_validates",
+    "test_live_output_edges.py::test_nothing_to_wait_for_is_one_line_and_success",
+    "test_cli_jobs.py::test_argv_runs_without_a_shell_and_a_plain_positional_is_a_command",
+    "test_inputs.py::test_whole_pool_killed_leaves_no_workers_in_status_and_stop_says_so",
+    "test_inputs.py::test_bad_stored_setting_logs_one_line_and_the_pool_keeps_running",
+    "test_screen.py::test_color_modes_and_no_color",
+    "test_screen.py::test_every_command_has_an_example_and_typed_metavars",
+    "test_inputs_classes.py::test_a_burst_pool_whose_store_fails_says_so_once_and_does_not_claim_success",
+    "test_scheduling.py::test_exit_code_policy",
+    "test_spool.py::test_leftovers_of_dead_processes_resumed_by_three_at_once_make_one_job_each",
     "test_crash.py::test_stale_worker_after_sigstop_is_refused_and_changes_nothing",
 ]
 
@@ -607,11 +635,14 @@ def _rewrite_test_modules_once(config) -> None:
 
 
 def pytest_xdist_auto_num_workers(config):
-    """`-n auto`: two test processes per core. Most of a test's time is spent waiting for the
-    processes it drives (a pool running its jobs, a server coming back), so a core has room for a
-    second test: measured on 2 cores, 122 tests of scheduling, jobs and end-to-end runs took 140 s
-    and 143 s with 4 processes against 195 s and 159 s with 2, in alternating runs."""
-    return max(2, 2 * (os.cpu_count() or 1))
+    """`-n auto`: three test processes per core. Most of a test's time is spent waiting for the
+    processes it drives (a pool running its jobs, a server coming back), so a core has room for more
+    than one test: measured on 2 cores, 122 tests of scheduling, jobs and end-to-end runs took 140 s
+    and 143 s with 4 processes against 195 s and 159 s with 2, in alternating runs. The whole suite
+    with 4 kept the 2 cores busy 76% of its 362 s (552 s of CPU): a test used 0.38 of a core on
+    average, so 4 left a quarter of the machine idle. With 6 the machine had under 10 s of idle CPU
+    per run (measured while other work shared it; a quiet A/B against `-n 4` is still to do)."""
+    return max(2, 3 * (os.cpu_count() or 1))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -623,4 +654,10 @@ def pytest_collection_modifyitems(config, items):
         return rank.get(name, len(rank)), "postgres" not in item.name
 
     slow = sorted((item for item in items if key(item)[0] < len(rank)), key=key)
+    # The first two tests per worker are handed out at once; only the first (the restart) and its
+    # partner may use PostgreSQL: the next that do not move up in front of those that do.
+    workers = getattr(config, "workerinput", {}).get("workercount", 1)
+    head, rest = slow[:2], slow[2:]
+    clean = [item for item in rest if "postgres" not in item.nodeid][:2 * workers - 2]
+    slow = head + clean + [item for item in rest if item not in clean]
     items[:] = slow + [item for item in items if key(item)[0] == len(rank)]

@@ -51,8 +51,18 @@ class Instance:
                                            start_new_session=True))
 
     def wait_for_state(self, job_id, *states):
-        return wait_until(lambda: (lambda j: j if j["state"] in states else None)(self.json("show", job_id)),
-                          message=f"job {job_id} to reach {states}")
+        """The job's `show --json` once its state is one of ``states``.
+
+        The wait polls the store through queuectl's Python API, in this process: a `queuectl show`
+        process per poll would cost more CPU than the job under test. The real CLI confirms the end.
+        """
+        from queuectl import Queue
+
+        with Queue.open(config=str(self.root / "config.yaml"), env={}) as queue:
+            wait_until(lambda: queue.get(job_id).state in states, message=f"job {job_id} to reach {states}")
+        job = self.json("show", job_id)
+        assert job["state"] in states, job
+        return job
 
     def cleanup(self):
         for pool in self.pools:
