@@ -7,8 +7,7 @@ import os
 import sys
 from typing import Optional
 
-__all__ = ["pid_start_time", "pid_alive", "host_id", "prctl", "is_subreaper", "PR_SET_PDEATHSIG",
-           "PR_SET_CHILD_SUBREAPER"]
+__all__ = ["pid_start_time", "pid_alive", "host_id", "prctl", "PR_SET_PDEATHSIG", "PR_SET_CHILD_SUBREAPER"]
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -29,7 +28,8 @@ _SUBREAPER: tuple = (0, False)     # (pid, whether that process is a child subre
 
 def is_subreaper() -> bool:
     """Is this process a child subreaper (PR_SET_CHILD_SUBREAPER)? Asked once per process: the setting
-    is not inherited across fork, and a process that set it keeps it."""
+    is not inherited across fork, and a process that set it keeps it. (The shell executor's; not part
+    of the plugin surface.)"""
     global _SUBREAPER
     pid = os.getpid()
     if _SUBREAPER[0] != pid:

@@ -14,8 +14,8 @@ from test_spool import CRASH_EXIT, filed, reason, start_watch, wait_filed
 BOTH_BACKENDS = True
 
 
-def spool_folder(instance) -> Path:
-    instance.write_config(dict(instance.config, **{"spool": "spool", "spool-settle": 0.3, "spool-rescan": 0.5}))
+def spool_folder(instance, settle: float = 0.3) -> Path:
+    instance.write_config(dict(instance.config, **{"spool": "spool", "spool-settle": settle, "spool-rescan": 0.5}))
     folder = instance.root / "spool"
     folder.mkdir(mode=0o700)
     return folder
@@ -54,7 +54,10 @@ def test_bad_files_in_a_batch_are_rejected_alone_and_the_rest_are_stored(instanc
 
 
 def test_watchers_killed_in_the_middle_of_a_large_drop_make_exactly_one_job_per_file(instance):
-    folder = spool_folder(instance)
+    # No settle time: every file is complete before a watcher starts, and each watcher's scan sees them
+    # all due at once, so its first batch is a full one. With a settle time the first batch is the files
+    # seen at least that long before the first look, which a slow scan can make a single file.
+    folder = spool_folder(instance, settle=0)
     names = [f"k{n:04}.yaml" for n in range(1500)]
     drop_at_once(folder, {name: f"command: echo {name}\n" for name in names})
 
