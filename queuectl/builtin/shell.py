@@ -448,8 +448,6 @@ def environment() -> dict:
     """A copy of the worker's environment as it is now, in bytes: what os.environ keeps on POSIX, and what
     posix_spawn passes on as it is (a str copy is decoded here and encoded again there, variable by
     variable: a quarter of the start's own cost). A job's variables are added encoded the same way."""
-    if os.name != "posix":
-        return dict(os.environ)
     return dict(os.environ._data)
 
 
