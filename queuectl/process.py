@@ -23,27 +23,25 @@ def prctl(option: int, value: int) -> bool:
     return libc.prctl(option, value, 0, 0, 0) == 0
 
 
-_SUBREAPER: tuple = (0, False)     # (pid, whether that process is a child subreaper): set once, never unset
+_SUBREAPER_PID = 0     # the process last found to be a child subreaper: the setting is never unset
 
 
 def is_subreaper() -> bool:
-    """Is this process a child subreaper (PR_SET_CHILD_SUBREAPER)? Asked once per process: the setting
-    is not inherited across fork, and a process that set it keeps it. (The shell executor's; not part
-    of the plugin surface.)"""
-    global _SUBREAPER
-    pid = os.getpid()
-    if _SUBREAPER[0] != pid:
-        value = False
-        if sys.platform.startswith("linux"):
-            import ctypes
+    """Is this process a child subreaper (PR_SET_CHILD_SUBREAPER)? A yes is kept for the process: the
+    setting is not inherited across fork, and a process that set it keeps it; a no is asked again, since
+    it may be set later. (The shell executor's; not part of the plugin surface.)"""
+    global _SUBREAPER_PID
+    if _SUBREAPER_PID != os.getpid():
+        if not sys.platform.startswith("linux"):
+            return False
+        import ctypes
 
-            flag = ctypes.c_int(0)
-            value = ctypes.CDLL(None, use_errno=True).prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0) == 0 \
-                and flag.value != 0
-        if not value:
-            return False           # asked again next time: it may be set later
-        _SUBREAPER = (pid, True)
-    return _SUBREAPER[1]
+        flag = ctypes.c_int(0)
+        if ctypes.CDLL(None, use_errno=True).prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0) != 0 \
+                or not flag.value:
+            return False
+        _SUBREAPER_PID = os.getpid()
+    return True
 
 
 def _proc_stat(pid: int) -> Optional[list]:
