@@ -202,7 +202,11 @@ def test_sigkill_a_worker_every_2s_while_500_jobs_run(instance):
 def test_stale_worker_after_sigstop_is_refused_and_changes_nothing(instance):
     instance.write_config(dict(FAST_CONFIG, **{"lease-timeout": 3}))
     started, log = instance.root / "started", instance.root / "pool.log"
-    job_id = instance.enqueue(f'if [ "$QUEUECTL_ATTEMPT" = 1 ]; then touch {started}; sleep 1; echo first; '
+    release = instance.root / "release"
+    # Attempt 1 ends once its worker is frozen (the test lets it): a fixed run time (it was 1 s) could end,
+    # and the worker record it, before a slow machine got round to the SIGSTOP.
+    job_id = instance.enqueue(f'if [ "$QUEUECTL_ATTEMPT" = 1 ]; then touch {started}; '
+                              f'while [ ! -e {release} ]; do sleep 0.05; done; echo first; '
                               f'else echo second; fi', max_retries=3)
     queue = open_queue(instance)
     with open(log, "w") as err:
@@ -211,6 +215,7 @@ def test_stale_worker_after_sigstop_is_refused_and_changes_nothing(instance):
         lease = wait_for_lease(queue, job_id)
         victim = lease.pid
         freeze(victim, instance.root / "queue.db")   # no heartbeat; its command finishes regardless
+        release.touch()
         try:
             job = instance.wait_for_state(job_id, "completed", timeout=60)
             assert [h["outcome"] for h in job["history"]] == ["worker_lost", "succeeded"]
@@ -304,8 +309,10 @@ def test_poison_job_that_kills_its_worker_ends_dead(instance):
 
 
 def test_workers_exit_when_their_pool_dies(instance):
-    started = instance.root / "started"
-    running = instance.enqueue(f"touch {started}; sleep 2; echo finished")
+    started, release = instance.root / "started", instance.root / "release"
+    # The job runs until the test lets it end, after the pool is dead: a fixed run time (it was 2 s)
+    # could end, and its worker claim the next job, before a slow machine got round to the kill.
+    running = instance.enqueue(f"touch {started}; while [ ! -e {release} ]; do sleep 0.05; done; echo finished")
     pool = instance.start_pool(1)
     wait_until(started.exists, message="the job to start")
     workers = worker_pids(pool.pid, instance.root / "queue.db")
@@ -313,6 +320,7 @@ def test_workers_exit_when_their_pool_dies(instance):
     waiting = instance.enqueue("echo never")
     pool.kill()                                    # the pool alone, not its group
     pool.wait(timeout=60)
+    release.touch()
     wait_until(lambda: not any(alive(p) for p in workers), timeout=30, message="the worker to exit")
     job = instance.job(running)
     assert job["state"] == "completed" and job["history"][0]["stdout"] == "finished\n", \
