@@ -10,17 +10,18 @@ import time
 
 from conftest import FAST_CONFIG, Instance, wait_until
 
-# Another process takes the store's lock and keeps it for a while, then lets go.
+# Another process takes the store's lock and keeps it until told to let go (a line on its stdin, or
+# its stdin closed): the test holds it until what the lock is for has been seen, however slow the machine.
 LOCKER = r"""
-import sqlite3, sys, time
-path, seconds, mode = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+import sqlite3, sys
+path, mode = sys.argv[1], sys.argv[2]
 conn = sqlite3.connect(path, isolation_level=None, timeout=60)
 if mode == "exclusive":
     conn.execute("PRAGMA locking_mode=EXCLUSIVE")   # readers are locked out too
 conn.execute("BEGIN EXCLUSIVE")
 conn.execute("INSERT OR REPLACE INTO settings VALUES ('locker', '1')")
 print("locked", flush=True)
-time.sleep(seconds)
+sys.stdin.readline()
 conn.execute("DELETE FROM settings WHERE key = 'locker'")
 conn.execute("COMMIT")
 conn.close()
@@ -28,11 +29,25 @@ print("released", flush=True)
 """
 
 
-def lock(db, seconds: float, mode: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", LOCKER, str(db), str(seconds), mode], stdout=subprocess.PIPE,
-                            text=True)
+def lock(db, mode: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", LOCKER, str(db), mode], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "locked"
     return proc
+
+
+def unlock(proc: subprocess.Popen) -> int:
+    proc.stdin.close()                    # its readline() returns: it commits and exits
+    return proc.wait(timeout=60)
+
+
+def has_open(pid: int, path) -> bool:
+    """Does process ``pid`` hold ``path`` open (a store it has reached)?"""
+    target = os.path.realpath(path)
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == target for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
 
 
 def registered_workers(db) -> set:
@@ -64,18 +79,25 @@ def test_workers_wait_out_a_store_locked_for_10s(instance, tmp_path):
     early = other.enqueue("echo early")
     other_db = other.root / "queue.db"
     try:
-        locks = [lock(db, 10, "write"), lock(other_db, 10, "exclusive")]
+        locks = [lock(db, "write"), lock(other_db, "exclusive")]
         locked_at = time.monotonic()
         with open(other.root / "pool.log", "w") as err:
             other_pool = other.start_pool(1, stderr=err)
         late = subprocess.Popen([sys.executable, "-m", "queuectl", "enqueue", "--command", "echo during"],
                                 cwd=instance.root, env=instance.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
-        time.sleep(3)
+        # Held until both pools have met the lock (a worker says so after 2 s of waiting) and the enqueue
+        # has reached the store, and for 10 s at least: not for a fixed 10 s, which a slow machine could
+        # spend starting the other pool and the enqueue before either had met the lock.
+        wait_until(lambda: "locked by another process" in log.read_text(), 60, message="the pool to meet the lock")
+        wait_until(lambda: "locked by another process" in (other.root / "pool.log").read_text()
+                   or other_pool.poll() is not None, 60, message="the other pool to meet the lock")
+        wait_until(lambda: has_open(late.pid, db) or late.poll() is not None, 60,
+                   message="the enqueue to reach the store")
+        time.sleep(max(0.0, locked_at + 10 - time.monotonic()))       # the 10 s of the name, at least
         assert pool.poll() is None and other_pool.poll() is None
         assert late.poll() is None, "the enqueue waits for the lock"
-        assert [p.wait(timeout=60) for p in locks] == [0, 0]
-        assert time.monotonic() - locked_at >= 10
+        assert [unlock(p) for p in locks] == [0, 0]
         out, err = late.communicate(timeout=60)
         assert late.returncode == 0, err
         during = out.strip()
