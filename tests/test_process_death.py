@@ -35,9 +35,13 @@ def running_lease(queue, job_id: str):
 
 
 def escaped_job(instance, marks) -> str:
-    """A job whose real work runs in a setsid'd, double-forked grandchild: not in the command's group."""
-    body = f'sleep 3; echo "finished $QUEUECTL_ATTEMPT" >> {marks}'
-    command = (f'if [ "$QUEUECTL_ATTEMPT" = 1 ]; then (setsid sh -c \'{body}\' &) ; sleep 3; '
+    """A job whose real work runs in a setsid'd, double-forked grandchild: not in the command's group.
+
+    Attempt 1 runs until it is killed (its grandchild would write its mark only after 300 s): with a
+    run of 3 s, as it was, a slow machine could see the attempt end by itself before the test's kill,
+    and a grandchild that escaped the kill shows as a live process of the tree, not as a late mark."""
+    body = f'sleep 300; echo "finished $QUEUECTL_ATTEMPT" >> {marks}'
+    command = (f'if [ "$QUEUECTL_ATTEMPT" = 1 ]; then (setsid sh -c \'{body}\' &) ; sleep 300; '
                f'else echo "finished $QUEUECTL_ATTEMPT" >> {marks}; fi')
     return instance.enqueue(command, max_retries=3)
 
@@ -60,8 +64,7 @@ def tree_death(tree) -> float:
 
 
 def assert_tree_dies_and_job_ends_once(instance, job_id, tree, marks) -> float:
-    took = tree_death(tree)
-    time.sleep(3.5)                           # past the moment the escaped grandchild would have finished
+    took = tree_death(tree)                   # the grandchild too: it is of the tree (its tag)
     assert not marks.exists(), "the killed attempt's grandchild ran to its end"
     pool = instance.start_pool(1)
     job = instance.wait_for_state(job_id, "completed", timeout=60)
@@ -111,11 +114,16 @@ def test_pool_only_sigkill_lets_the_worker_finish_its_job_once(instance):
     marks = instance.root / "marks"
     queue = open_queue(instance)
     try:
-        job_id = instance.enqueue(f'sleep 1; echo "finished $QUEUECTL_ATTEMPT" >> {marks}')
+        # The job ends once the pool is dead (the test lets it): a fixed 1 s run could end before a slow
+        # machine's kill, and the test would pass without the worker outliving its pool.
+        release = instance.root / "release"
+        job_id = instance.enqueue(f'while [ ! -e {release} ]; do sleep 0.05; done; '
+                                  f'echo "finished $QUEUECTL_ATTEMPT" >> {marks}')
         pool = instance.start_pool(1)
         lease = wait_until(lambda: running_lease(queue, job_id), message="the job to run")
         pool.kill()
         pool.wait(timeout=30)
+        release.touch()
         wait_until(lambda: not alive(lease.pid), timeout=30, message="the worker to exit")
         job = instance.job(job_id)
         assert job["state"] == "completed" and [h["outcome"] for h in job["history"]] == ["succeeded"]
