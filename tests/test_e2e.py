@@ -3,6 +3,7 @@ import collections
 import json
 import os
 import signal
+import sys
 import time
 
 from conftest import wait_for_stderr, wait_signal_taken, wait_until
@@ -44,7 +45,10 @@ def test_two_pools_run_200_jobs_each_exactly_once(instance):
 
 def test_failing_job_is_dead_after_max_retries_plus_one_with_growing_gaps(instance):
     instance.checked_cli("config", "set", "backoff-scale", "0.25")  # gaps of 0.5, 1, 2 s with base 2
-    job_id = instance.enqueue("echo try $QUEUECTL_ATTEMPT; exit 7", max_retries=3)
+    # Each attempt keeps the job as it saw it: its run_at is when the retry was due (the claim leaves it).
+    seen = instance.root / "seen"
+    job_id = instance.enqueue(f'echo try $QUEUECTL_ATTEMPT; "{sys.executable}" -m queuectl show $QUEUECTL_JOB_ID '
+                              f'--json > {seen}-$QUEUECTL_ATTEMPT.json; exit 7', max_retries=3)
     pool = instance.start_pool(1, "--burst")
     assert pool.wait(timeout=60) == 0
     job = instance.job(job_id)
@@ -55,11 +59,16 @@ def test_failing_job_is_dead_after_max_retries_plus_one_with_growing_gaps(instan
     def epoch(text):
         return time.mktime(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S")) + float("0." + text[20:23])
 
-    # From the end of one attempt to the start of the next: the backoff, then the worker's claim
-    # (a poll-interval; longer on a loaded machine, by less than the 0.5 s steps between the gaps).
+    # From the end of one attempt to when the next was due: the backoff the worker decided. From there
+    # to the next attempt's start: the claim, a poll-interval or (on a loaded machine) any longer, so the
+    # growth is asserted of the decided backoffs, not of the gaps (a late claim after the 0.5 s backoff
+    # could make the first gap longer than the second).
+    due = [epoch(json.loads((instance.root / f"seen-{n}.json").read_text())["run_at"]) for n in (2, 3, 4)]
+    backoffs = [d - epoch(a["finished_at"]) for d, a in zip(due, history)]
     gaps = [epoch(b["created_at"]) - epoch(a["finished_at"]) for a, b in zip(history, history[1:])]
-    assert gaps[0] >= 0.5 and gaps[1] >= 1.0 and gaps[2] >= 2.0, gaps
-    assert gaps[0] < gaps[1] < gaps[2], gaps
+    assert backoffs[0] >= 0.5 and backoffs[1] >= 1.0 and backoffs[2] >= 2.0, backoffs
+    assert backoffs[0] < backoffs[1] < backoffs[2], backoffs
+    assert all(gap >= backoff for gap, backoff in zip(gaps, backoffs)), (gaps, backoffs)     # none ran early
     assert [j["id"] for j in instance.json("dlq", "list")] == [job_id]
     assert "gave up after 4 attempt(s)" in job["last_error"]
 
