@@ -189,7 +189,8 @@ def test_retry_with_a_new_command_and_argv_edit(instance):
 
 
 def test_a_running_or_completed_job_cannot_be_edited(instance):
-    instance.checked_cli("enqueue", "--id", "runs", "sleep 30")
+    # "runs" must still run when it is cancelled below: 30 s of sleep ran out on a loaded machine first.
+    instance.checked_cli("enqueue", "--id", "runs", "sleep 3600")
     instance.checked_cli("enqueue", "--id", "done", "true")
     pool = instance.start_pool(2)
     instance.wait_for_state("runs", "processing")
