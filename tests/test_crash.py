@@ -187,12 +187,16 @@ def test_sigkill_a_worker_every_2s_while_500_jobs_run(instance):
     assert hits, "some kills hit a worker holding a job"
     assert sorted(lost) == sorted(hits), "each kill of a worker holding a job is one 'worker lost' attempt"
     text = log_text(log)
-    orphans = text.count("orphaned process(es)")
-    assert orphans >= 1, "recovery killed the orphaned commands of killed workers"
+    # The command of a killed worker is killed by whichever comes first: its watchdog (woken by the
+    # worker's death, at a real-time priority) or the pool's recovery, which finds what the watchdog
+    # left. Which one wins is a race between processes (on a loaded machine the watchdog wins them
+    # all); the recovery's own kill is tested alone in test_whole_pool_sigkilled_next_pool_kills_....
+    orphans, watchdog = text.count("orphaned process(es)"), text.count("its watchdog killed")
+    assert orphans + watchdog >= 1, "the commands of killed workers were killed (watchdog or recovery)"
     assert "Traceback" not in text
     queue.close()
     print(f"\ntorture: {len(kills)} kills, {len(hits)} hit a job, {len(lost)} worker-lost attempts, "
-          f"{orphans} orphan kills, {counts['completed']} completed, {counts['dead']} dead, "
+          f"{orphans} orphan kills, {watchdog} watchdog kills, {counts['completed']} completed, {counts['dead']} dead, "
           f"0 processing, 0 ran twice")
 
 
