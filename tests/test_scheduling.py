@@ -347,3 +347,10 @@ def test_schedule_add_validates(instance):
     dup = instance.run("schedule", "add", "x", "--cron", "0 2 * * *", "--command", "true", check=False)
     assert dup.returncode == 1 and "already exists" in dup.stderr
     assert instance.json("schedule", "list")[0]["next_run"].endswith("T02:00:00.000Z")
+    # A name its ticks' job ids cannot start with is refused as a name, not as the id of a job the
+    # user never named ("id 'a b-check' is not valid").
+    for name in ("a b", ".x", "über", "x" * 65, "a;b"):
+        bad = instance.run("schedule", "add", name, "--cron", "0 2 * * *", "--command", "true", check=False)
+        assert (bad.returncode, bad.stderr) == (2, f"queuectl: error: schedule name {name!r} is not valid: use "
+                                                   f"1-64 letters, digits and ._:@+- starting with a letter or digit\n")
+    assert [s["name"] for s in instance.json("schedule", "list")] == ["x"]

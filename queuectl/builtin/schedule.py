@@ -19,6 +19,7 @@ import click
 from queuectl import hookimpl
 from queuectl.config import Setting, choice, seconds
 from queuectl.errors import NotFound, QueueError, StoreReplaced, UsageError
+from queuectl._lazy import LazyPattern
 from queuectl.models import MAX_INTERVAL, iso
 
 MISSED = ("once", "skip")
@@ -209,7 +210,7 @@ def queuectl_register_commands(cli):
         """
         queue = get_queue()
         if not _name_ok(name):
-            raise UsageError(f"schedule name {name[:80]!r} is not valid")
+            raise UsageError(f"schedule name {name[:80]!r} is not valid: {NAME_RULE}")
         spec = spec_from_options(options)
         if "command" not in spec:
             raise UsageError("a schedule needs --command")
@@ -257,9 +258,14 @@ def queuectl_register_commands(cli):
         click.echo(f"{name} removed")
 
 
+_NAME = LazyPattern(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,63}")
+NAME_RULE = "use 1-64 letters, digits and ._:@+- starting with a letter or digit"
+
+
 def _name_ok(name: str) -> bool:
-    """A schedule name: the start of its ticks' job ids (the validator checks the whole id)."""
-    return bool(name) and "/" not in name and len(name) <= 64 and name.isascii() and name.isprintable()
+    """A schedule name: the start of its ticks' job ids, so of their characters (the validator checks
+    the whole id)."""
+    return _NAME.fullmatch(name) is not None
 
 
 def schedule_rows(queue, schedules: Optional[list] = None, zone=None) -> list[dict]:
