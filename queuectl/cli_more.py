@@ -65,7 +65,11 @@ def edit_changes(job, options: dict, argv: Optional[list]) -> dict:
         changes["argv"] = argv
     for field, flag, unset in (("env", "--env", "unset_env"), ("labels", "--label", "unset_label")):
         if options.get(field) or options.get(unset):
-            value = dict(getattr(job, field), **parse_pairs(flag, options.get(field) or ()))
+            given = parse_pairs(flag, options.get(field) or ())
+            both = [key for key in options.get(unset) or () if key in given]
+            if both:
+                raise UsageError(f"{flag} {both[0]} and --unset-{flag[2:]} {both[0]}: give one of them")
+            value = dict(getattr(job, field), **given)
             for key in options.get(unset) or ():
                 value.pop(key, None)
             changes[field] = value

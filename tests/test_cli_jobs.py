@@ -163,7 +163,12 @@ def test_edit_keeps_history_and_goes_through_the_validator(instance):
     assert instance.cli_json("list", "--label", "team=ops") == []
     for bad, message in ((["--cwd", "/no/such/dir"], "is not an existing folder"),
                          (["--label", "bad key=1"], "label name"), (["--timeout", "soon"], "not a duration"),
-                         ([], "nothing to change")):
+                         ([], "nothing to change"),
+                         # one key set and removed in one edit: which was meant is unknown (it used to
+                         # be removed, the value given dropped without a word)
+                         (["--env", "A=2", "--unset-env", "A"], "--env A and --unset-env A: give one of them"),
+                         (["--unset-label", "team", "--label", "team=x"],
+                          "--label team and --unset-label team: give one of them")):
         proc = instance.run("edit", "job", *bad, check=False)
         assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1
     assert instance.job("job")["edits"] == [edit]                      # refused edits change nothing
