@@ -175,6 +175,11 @@ def test_follow_piped_is_byte_exact_and_picks_one_stream(instance):
     done = instance.run("logs", job_id, "--follow", "--stdout")
     assert done.stdout == "\x1b]0;title\x07\x01raw\n"
     assert instance.run("logs", job_id, "-f", "--stderr").stdout == "to stderr\n"
+    # Both streams picked: one of them used to win silently (the last given), as if the other were empty.
+    for args in (["--stdout", "--stderr"], ["--stderr", "--stdout"], ["-f", "--stderr", "--stdout"]):
+        proc = instance.run("logs", job_id, *args, check=False)
+        assert (proc.returncode, proc.stdout, proc.stderr) == \
+            (2, "", "queuectl: error: give --stdout or --stderr (one stream), or neither for both\n"), args
 
 
 def test_follow_exits_like_wait_for_dead_and_cancelled_jobs(instance):
