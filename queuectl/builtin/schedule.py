@@ -74,11 +74,26 @@ def latest_tick(cron: str, now: float, zone) -> float:
 
 
 def next_tick(cron: str, after: float, zone) -> float:
+    """The first tick after ``after``. Where the clock is set back (summer time ending), the local times
+    of the repeated hour come twice: a job at a fixed hour runs at the first of them only, as cron
+    runs it (a nightly "30 2 * * *" once that night); one whose hour is a wildcard runs by real time."""
     from datetime import datetime
 
     from croniter import croniter
 
-    return croniter(cron, datetime.fromtimestamp(after, zone)).get_next(float)
+    ticks = croniter(cron, datetime.fromtimestamp(after, zone))
+    tick = ticks.get_next(float)
+    if _fixed_hour(cron):
+        while datetime.fromtimestamp(tick, zone).fold:      # the second time this wall-clock time comes
+            tick = ticks.get_next(float)
+    return tick
+
+
+def _fixed_hour(cron: str) -> bool:
+    fields = cron.split()
+    if cron.startswith("@"):
+        return fields[0].lower() not in ("@hourly", "@reboot")
+    return len(fields) > 1 and not fields[1].startswith("*")
 
 
 def check_cron(cron: str) -> str:
