@@ -102,6 +102,16 @@ def test_list_filters_and_last(instance):
         assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1
 
 
+def test_grep_is_case_insensitive_beyond_ascii_on_both_backends(instance):
+    # SQLite's LIKE folds only A-Z: `--grep HÉLLO` found nothing there, and the job on PostgreSQL.
+    instance.checked_cli("enqueue", "--id", "fr", "echo héllo Ünïcode")
+    instance.checked_cli("enqueue", "--id", "el", "echo ΣΟΦΊΑ")
+    instance.checked_cli("enqueue", "--id", "en", "echo HELLO")
+    assert ids(instance, "--grep", "HÉLLO") == ["fr"] and ids(instance, "--grep", "üNÏ") == ["fr"]
+    assert ids(instance, "--grep", "σοφία") == ["el"] and ids(instance, "--grep", "ΣΟΦΊΑ") == ["el"]
+    assert ids(instance, "--grep", "hello") == ["en"] and ids(instance, "--grep", "é%") == []
+
+
 def test_filters_use_indexes(instance):
     instance.checked_cli("enqueue", "--label", "team=ops", "true")
     if instance.config["db"].startswith("postgresql"):

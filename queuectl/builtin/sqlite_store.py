@@ -232,6 +232,11 @@ def queuectl_register_settings(register):
                      "power loss (synchronous=FULL).", file_only=True))
 
 
+def _lower(text):
+    """SQL ``queuectl_lower(command)``: the command lower-cased beyond ASCII (for ``list --grep``)."""
+    return text.lower() if isinstance(text, str) else text
+
+
 def check_store_file(path: Path) -> tuple:
     """Refuse a store (or its -wal/-shm) that another user owns or can write: whoever writes the
     store decides what our workers run. Root is held to this too. Returns the store's identity."""
@@ -643,6 +648,12 @@ class SQLiteStore:
         return self._job(rows[0]) if rows else None
 
     def list_jobs(self, state=None, limit=None, offset=0, newest=False, **filters) -> list[Job]:
+        grep = filters.get("grep")
+        if grep and not grep.isascii():
+            # SQLite's LIKE folds A-Z only: text beyond ASCII is compared lower-cased by Python, as
+            # PostgreSQL's ILIKE does (an ASCII pattern keeps the plain LIKE, without a call per row)
+            self.conn.create_function("queuectl_lower", 1, _lower, deterministic=True)
+            filters = dict(filters, grep=grep.lower(), grep_column="queuectl_lower(command)")
         where, params = job_filters("?", self._label_clause, "LIKE", state, **filters)
         order = "seq DESC" if newest else "seq"
         sql = f"SELECT {JOB_COLUMNS} FROM jobs {where} ORDER BY {order} LIMIT ? OFFSET ?"
