@@ -390,7 +390,9 @@ class PostgresStore:
         self.schema = queue.config.get("pg-schema")
         self.s = f'"{self.schema}"'
         self.channel = f'"queuectl_wake_{self.schema}"'
-        self.output_channel = f"queuectl_output_{self.schema}"      # NOTIFY on every stored chunk of output
+        # NOTIFY on every stored chunk of output. A channel is an identifier, at most 63 bytes: LISTEN cuts a
+        # longer one there, pg_notify refuses it (a 48-character schema made 64), so it is cut here for both.
+        self.output_channel = f"queuectl_output_{self.schema}"[:63]
         self.location = f"{redact(self.conninfo)} (pg-schema {self.schema})"
         self.lock_timeout: Optional[float] = queue.config.get("lock-timeout")
         try:
