@@ -337,10 +337,12 @@ def test_live_output_reaches_readers_with_the_longest_pg_schema_name(tmp_path):
     # pg-schema may have 48 characters; the output channel's name, "queuectl_output_" and the schema,
     # then had 64, one more than PostgreSQL takes: every NOTIFY of a chunk failed, and with it the
     # chunk, so `logs` of a running job showed no output and `logs -f` waited for the attempt's end.
+    import uuid
+
     from conftest import FAST_CONFIG, PG_URL, Instance, require_pg
 
     require_pg()
-    schema = "qt_" + uuid_hex(45)
+    schema = "qt_" + (uuid.uuid4().hex * 2)[:45]                        # 48 characters
     inst = Instance(tmp_path, dict(FAST_CONFIG, db=PG_URL, **{"pg-schema": schema}))
     try:
         job_id = inst.enqueue("echo first; " + BLOCK.format(name="release") + "; echo second")
@@ -354,9 +356,3 @@ def test_live_output_reaches_readers_with_the_longest_pg_schema_name(tmp_path):
     finally:
         inst.cleanup()
         pg_execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
-def uuid_hex(n: int) -> str:
-    import uuid
-
-    return (uuid.uuid4().hex * 2)[:n]
