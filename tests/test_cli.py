@@ -125,6 +125,17 @@ def test_unreadable_and_invalid_config_files(instance):
     import os
     if os.geteuid() != 0:   # root reads anything
         assert proc.returncode == 1 and "cannot read config file" in proc.stderr
+    # A named config that never ends (a device, a pipe fed for ever) was read into memory until the
+    # machine ran out; it is refused past 1 MiB. /dev/null and a pipe of a few lines still read.
+    for endless in ("/dev/zero", "/dev/urandom"):
+        proc = instance.run("--config", endless, "list", check=False, timeout=30)
+        assert (proc.returncode, proc.stderr) == \
+            (2, f"queuectl: error: config file {endless} is larger than 1 MiB: not a settings file\n")
+    assert instance.run("--config", "/dev/null", "config", "get", "max-retries").stdout == "3\n"
+    proc = subprocess.run(["bash", "-c", f"{' '.join(QUEUECTL)} --config <(printf 'max-retries: 7\\n') "
+                                         f"config get max-retries"],
+                          cwd=instance.root, env=instance.env, capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (0, "7\n"), proc.stderr
 
 
 def test_config_precedence_and_sources(instance):
