@@ -5,6 +5,8 @@ mistake is one line and exit 2, an operational failure one line and exit 1.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 import sys
@@ -534,6 +536,7 @@ def main(argv: Optional[list] = None) -> None:
 
         gc.freeze()
         _PROGRAM.append(True)
+        _open_closed_standard_streams()
     try:
         code = cli.main(args=argv, prog_name="queuectl", standalone_mode=False)
         if isinstance(code, int) and not isinstance(code, bool):
@@ -556,4 +559,33 @@ def main(argv: Optional[list] = None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(EXIT_FAILURE)
+    except OSError as exc:
+        if exc.filename is not None or exc.errno not in _WRITE_ERRORS:
+            raise
+        # A write to a stream (stdout on a full disk, a terminal gone): what was done is done, and
+        # saying so is all that is left. The line may not reach a stderr that fails too.
+        with contextlib.suppress(OSError, ValueError):
+            click.echo(f"queuectl: error: cannot write the output: {exc.strerror}", err=True)
+        sys.exit(EXIT_FAILURE)
     sys.exit(EXIT_OK)
+
+
+_WRITE_ERRORS = frozenset((errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG, errno.EBADF, errno.ENXIO))
+
+
+def _open_closed_standard_streams() -> None:
+    """A standard stream the caller closed (`<&-`, `>&-`) is /dev/null from here on, as a daemon's are:
+    a read of it is an empty input, a write to it goes nowhere (as Python treats a closed stdout), and
+    nothing opened later (the store, a spool file) can take descriptor 0, 1 or 2, where a stray write
+    meant for the stream would land in it."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)   # the lowest free: ``fd``
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))

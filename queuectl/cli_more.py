@@ -65,7 +65,11 @@ def edit_changes(job, options: dict, argv: Optional[list]) -> dict:
         changes["argv"] = argv
     for field, flag, unset in (("env", "--env", "unset_env"), ("labels", "--label", "unset_label")):
         if options.get(field) or options.get(unset):
-            value = dict(getattr(job, field), **parse_pairs(flag, options.get(field) or ()))
+            given = parse_pairs(flag, options.get(field) or ())
+            both = [key for key in options.get(unset) or () if key in given]
+            if both:
+                raise UsageError(f"{flag} {both[0]} and --unset-{flag[2:]} {both[0]}: give one of them")
+            value = dict(getattr(job, field), **given)
             for key in options.get(unset) or ():
                 value.pop(key, None)
             changes[field] = value
@@ -362,11 +366,11 @@ def _outcome_style(outcome: str) -> str:
 @click.option("--attempt", type=Integer(models.RANGES["attempt"]), help="Only this attempt (from 1).")
 @click.option("-f", "--follow", is_flag=True, help="Stream the output as it is produced, across retries, until "
               "the job is terminal; exit like `wait`.")
-@click.option("--stdout", "only", flag_value="stdout", help="Only the job's stdout.")
-@click.option("--stderr", "only", flag_value="stderr", help="Only the job's stderr.")
+@click.option("--stdout", "only_stdout", is_flag=True, help="Only the job's stdout.")
+@click.option("--stderr", "only_stderr", is_flag=True, help="Only the job's stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--raw", is_flag=True, help="On a terminal too, print output exactly as stored (escapes act).")
-def logs(job_id, attempt, follow, only, as_json, raw):
+def logs(job_id, attempt, follow, only_stdout, only_stderr, as_json, raw):
     """Output, exit code, duration and time of each attempt of a job (the running one so far).
 
     \b
@@ -375,6 +379,9 @@ def logs(job_id, attempt, follow, only, as_json, raw):
       queuectl logs 3f2a --attempt 2 > attempt2.txt
       queuectl logs -f 3f2a
     """
+    if only_stdout and only_stderr:
+        raise UsageError("give --stdout or --stderr (one stream), or neither for both")
+    only = "stdout" if only_stdout else "stderr" if only_stderr else None
     if follow:
         if as_json or attempt is not None:
             raise UsageError("--follow cannot be combined with --json or --attempt")

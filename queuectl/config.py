@@ -210,9 +210,16 @@ def read_config_file(path: Optional[Path]) -> dict:
     return data
 
 
+MAX_CONFIG_BYTES = 1 << 20       # far more than any settings file; /dev/zero named as one never ends
+
+
 def _parse_config_file(path: Path) -> dict:
     try:
-        raw = path.read_bytes().decode("utf-8")
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise UsageError(f"config file {path} is larger than 1 MiB: not a settings file")
+        raw = raw.decode("utf-8")
     except OSError as exc:
         raise QueueError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:

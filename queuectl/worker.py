@@ -324,11 +324,12 @@ class Worker:
         if self.verbose and stored is not None:
             from .screen import human_duration
 
-            how = f"signal {attempt.signal}" if attempt.signal is not None else f"exit {attempt.exit_code}"
+            how = (f" (signal {attempt.signal})" if attempt.signal is not None else
+                   f" (exit {attempt.exit_code})" if attempt.exit_code is not None else "")    # never started
             dead = f": {stored.last_error}" if stored.state == models.DEAD else ""    # the one dead-job line
             wait = stored.run_at - models.now()
             due = "" if stored.state != models.FAILED else f", retry in {human_duration(wait)}" if wait > 0 else ", retry now"
-            log(f"job {job.id} attempt {attempt_no}: {attempt.outcome} ({how}) in "
+            log(f"job {job.id} attempt {attempt_no}: {attempt.outcome}{how} in "
                 f"{human_duration(attempt.duration)} -> {stored.state}{dead}{due}")
         elif stored is not None and stored.state == models.DEAD:
             log(f"job {job.id} is dead after {stored.attempts} attempt(s): {stored.last_error}")

@@ -1,8 +1,12 @@
 """The command line: JSON on stdout, one error line on stderr, exit 1 or 2, and nothing changed."""
 import json
+import os
 import re
+import subprocess
 
 import pytest
+
+from conftest import QUEUECTL
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -121,6 +125,17 @@ def test_unreadable_and_invalid_config_files(instance):
     import os
     if os.geteuid() != 0:   # root reads anything
         assert proc.returncode == 1 and "cannot read config file" in proc.stderr
+    # A named config that never ends (a device, a pipe fed for ever) was read into memory until the
+    # machine ran out; it is refused past 1 MiB. /dev/null and a pipe of a few lines still read.
+    for endless in ("/dev/zero", "/dev/urandom"):
+        proc = instance.run("--config", endless, "list", check=False, timeout=30)
+        assert (proc.returncode, proc.stderr) == \
+            (2, f"queuectl: error: config file {endless} is larger than 1 MiB: not a settings file\n")
+    assert instance.run("--config", "/dev/null", "config", "get", "max-retries").stdout == "3\n"
+    proc = subprocess.run(["bash", "-c", f"{' '.join(QUEUECTL)} --config <(printf 'max-retries: 7\\n') "
+                                         f"config get max-retries"],
+                          cwd=instance.root, env=instance.env, capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (0, "7\n"), proc.stderr
 
 
 def test_config_precedence_and_sources(instance):
@@ -186,3 +201,32 @@ def test_default_store_lives_in_the_user_data_folder(instance):
     folder = instance.root / "xdg-data" / "queuectl"
     assert (folder / "queue.db").exists()
     assert folder.stat().st_mode & 0o777 == 0o700
+
+
+def _run_with_streams(instance, *args, stdout=subprocess.PIPE, closed=()) -> subprocess.CompletedProcess:
+    """``queuectl *args`` with stdout as given and the descriptors ``closed`` closed, as `<&-` does."""
+    return subprocess.run([*QUEUECTL, *args], cwd=instance.root, env=instance.env, text=True,
+                          stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE, timeout=60,
+                          preexec_fn=lambda: [os.close(fd) for fd in closed])
+
+
+def test_a_full_or_closed_standard_stream_is_one_line_and_harms_nothing(instance):
+    # Output that cannot be written (stdout on a full disk: /dev/full) is one line on stderr and exit 1,
+    # never a traceback; a job enqueued before its id could be printed is kept. A closed stdin or
+    # stdout (`<&-`, `>&-`) is read as /dev/null: no traceback, and nothing queuectl opens later (the
+    # store) can take its descriptor.
+    first = instance.enqueue("echo first")
+    with open("/dev/full", "w") as full:
+        for args in (["list"], ["list", "--json"], ["show", first], ["stats"], ["status"],
+                     ["enqueue", "echo second"]):
+            proc = _run_with_streams(instance, *args, stdout=full)
+            assert proc.returncode == 1, (args, proc.stderr)
+            assert proc.stderr == "queuectl: error: cannot write the output: No space left on device\n", args
+    assert [j["command"] for j in instance.json("list")] == ["echo first", "echo second"]
+
+    proc = _run_with_streams(instance, "enqueue", "--file", "-", closed=[0])
+    assert (proc.returncode, proc.stdout.strip(), proc.stderr) == (0, "", "")
+    proc = _run_with_streams(instance, "enqueue", "echo third", closed=[1])
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert [j["command"] for j in instance.json("list")] == ["echo first", "echo second", "echo third"]
+    assert instance.run("status").returncode == 0

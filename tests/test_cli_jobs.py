@@ -102,6 +102,16 @@ def test_list_filters_and_last(instance):
         assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1
 
 
+def test_grep_is_case_insensitive_beyond_ascii_on_both_backends(instance):
+    # SQLite's LIKE folds only A-Z: `--grep HÉLLO` found nothing there, and the job on PostgreSQL.
+    instance.checked_cli("enqueue", "--id", "fr", "echo héllo Ünïcode")
+    instance.checked_cli("enqueue", "--id", "el", "echo ΣΟΦΊΑ")
+    instance.checked_cli("enqueue", "--id", "en", "echo HELLO")
+    assert ids(instance, "--grep", "HÉLLO") == ["fr"] and ids(instance, "--grep", "üNÏ") == ["fr"]
+    assert ids(instance, "--grep", "σοφία") == ["el"] and ids(instance, "--grep", "ΣΟΦΊΑ") == ["el"]
+    assert ids(instance, "--grep", "hello") == ["en"] and ids(instance, "--grep", "é%") == []
+
+
 def test_filters_use_indexes(instance):
     instance.checked_cli("enqueue", "--label", "team=ops", "true")
     if instance.config["db"].startswith("postgresql"):
@@ -163,7 +173,12 @@ def test_edit_keeps_history_and_goes_through_the_validator(instance):
     assert instance.cli_json("list", "--label", "team=ops") == []
     for bad, message in ((["--cwd", "/no/such/dir"], "is not an existing folder"),
                          (["--label", "bad key=1"], "label name"), (["--timeout", "soon"], "not a duration"),
-                         ([], "nothing to change")):
+                         ([], "nothing to change"),
+                         # one key set and removed in one edit: which was meant is unknown (it used to
+                         # be removed, the value given dropped without a word)
+                         (["--env", "A=2", "--unset-env", "A"], "--env A and --unset-env A: give one of them"),
+                         (["--unset-label", "team", "--label", "team=x"],
+                          "--label team and --unset-label team: give one of them")):
         proc = instance.run("edit", "job", *bad, check=False)
         assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1
     assert instance.job("job")["edits"] == [edit]                      # refused edits change nothing

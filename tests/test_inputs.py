@@ -297,6 +297,24 @@ def test_refused_postgresql_connection_fails_a_command_promptly(tmp_path):
     assert time.monotonic() - started < 30      # not the 60 s lock-timeout; the bound is loose for slow machines
 
 
+def test_a_bad_setting_in_a_postgresql_url_fails_at_once_and_a_pool_does_not_wait_for_it(tmp_path):
+    # libpq checks a URL's setting values only when it connects ("invalid sslmode value"): that is the
+    # user's typo, not an outage, so neither a command (for lock-timeout) nor a pool (for ever) retries it.
+    require_pg()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUEUECTL_")}
+    env.update(XDG_DATA_HOME=str(tmp_path), QUEUECTL_LOCK_TIMEOUT="30")
+    for value in ("sslmode=bogus", "target_session_attrs=bogus", "gssencmode=bogus"):
+        url = f"{PG_URL}?{value}"
+        for args in (["list"], ["worker", "start", "--burst"]):
+            started = time.monotonic()
+            proc = subprocess.run([*QUEUECTL, "--db", url, *args], cwd=tmp_path, env=env, capture_output=True,
+                                  text=True, timeout=60)
+            assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1, (args, proc.stderr)
+            assert proc.stderr.startswith(f"queuectl: error: store {url} (pg-schema queuectl): ") and \
+                "bogus" in proc.stderr and "retrying" not in proc.stderr, proc.stderr
+            assert time.monotonic() - started < 20, args      # not the 30 s lock-timeout; loose for slow machines
+
+
 def test_locked_store_is_one_line(instance, backend):
     """Another process holds the store locked past lock-timeout: one error line, exit 1."""
     instance.run("init")

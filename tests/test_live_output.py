@@ -175,6 +175,11 @@ def test_follow_piped_is_byte_exact_and_picks_one_stream(instance):
     done = instance.run("logs", job_id, "--follow", "--stdout")
     assert done.stdout == "\x1b]0;title\x07\x01raw\n"
     assert instance.run("logs", job_id, "-f", "--stderr").stdout == "to stderr\n"
+    # Both streams picked: one of them used to win silently (the last given), as if the other were empty.
+    for args in (["--stdout", "--stderr"], ["--stderr", "--stdout"], ["-f", "--stderr", "--stdout"]):
+        proc = instance.run("logs", job_id, *args, check=False)
+        assert (proc.returncode, proc.stdout, proc.stderr) == \
+            (2, "", "queuectl: error: give --stdout or --stderr (one stream), or neither for both\n"), args
 
 
 def test_follow_exits_like_wait_for_dead_and_cancelled_jobs(instance):
@@ -326,3 +331,28 @@ def test_top_exits_130_on_ctrl_c(instance, tmux_session):
     tmux("send-keys", "-t", tmux_session, "C-c")
     assert wait_until(lambda: (instance.root / "rc.txt").exists() and
                       (instance.root / "rc.txt").read_text().strip(), message="top to exit") == "rc=130"
+
+
+def test_live_output_reaches_readers_with_the_longest_pg_schema_name(tmp_path):
+    # pg-schema may have 48 characters; the output channel's name, "queuectl_output_" and the schema,
+    # then had 64, one more than PostgreSQL takes: every NOTIFY of a chunk failed, and with it the
+    # chunk, so `logs` of a running job showed no output and `logs -f` waited for the attempt's end.
+    import uuid
+
+    from conftest import FAST_CONFIG, PG_URL, Instance, require_pg
+
+    require_pg()
+    schema = "qt_" + (uuid.uuid4().hex * 2)[:45]                        # 48 characters
+    inst = Instance(tmp_path, dict(FAST_CONFIG, db=PG_URL, **{"pg-schema": schema}))
+    try:
+        job_id = inst.enqueue("echo first; " + BLOCK.format(name="release") + "; echo second")
+        proc = follow(inst, job_id, "--stdout")
+        inst.start_pool(1)
+        assert read_until(proc.stdout, b"first\n").endswith(b"first\n")     # while the job still runs
+        (running,) = inst.cli_json("logs", job_id)
+        assert running["running"] and running["stdout"] == "first\n"
+        (inst.root / "release").touch()
+        assert proc.wait(30) == 0 and proc.stdout.read() == b"second\n"
+    finally:
+        inst.cleanup()
+        pg_execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

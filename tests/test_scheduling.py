@@ -347,3 +347,38 @@ def test_schedule_add_validates(instance):
     dup = instance.run("schedule", "add", "x", "--cron", "0 2 * * *", "--command", "true", check=False)
     assert dup.returncode == 1 and "already exists" in dup.stderr
     assert instance.json("schedule", "list")[0]["next_run"].endswith("T02:00:00.000Z")
+    # A name its ticks' job ids cannot start with is refused as a name, not as the id of a job the
+    # user never named ("id 'a b-check' is not valid").
+    for name in ("a b", ".x", "über", "x" * 65, "a;b"):
+        bad = instance.run("schedule", "add", name, "--cron", "0 2 * * *", "--command", "true", check=False)
+        assert (bad.returncode, bad.stderr) == (2, f"queuectl: error: schedule name {name!r} is not valid: use "
+                                                   f"1-64 letters, digits and ._:@+- starting with a letter or digit\n")
+    assert [s["name"] for s in instance.json("schedule", "list")] == ["x"]
+
+
+def test_a_fixed_time_fires_once_on_the_night_the_clock_goes_back():
+    # Europe/Paris goes from 03:00 CEST back to 02:00 CET on 2026-10-25: 02:30 happens twice. A job
+    # at a fixed hour ("30 2 * * *", @daily) runs once that night, as cron runs it; one whose hour is a
+    # wildcard ("*/30 * * * *") runs every half hour of real time, the repeated ones too. The night
+    # the clock goes forward, 02:30 never happens and the daily job runs at 03:00, once.
+    from datetime import datetime, timezone
+    from zoneinfo import ZoneInfo
+
+    from queuectl.builtin.schedule import next_tick
+
+    paris = ZoneInfo("Europe/Paris")
+
+    def ticks(cron: str, start: str, n: int) -> list[str]:
+        at, out = datetime.fromisoformat(start).timestamp(), []
+        for _ in range(n):
+            at = next_tick(cron, at, paris)
+            out.append(datetime.fromtimestamp(at, timezone.utc).strftime("%m-%dT%H:%M"))
+        return out
+
+    assert ticks("30 2 * * *", "2026-10-24T12:00:00+00:00", 3) == ["10-25T00:30", "10-26T01:30", "10-27T01:30"]
+    assert ticks("0 0,2 * * *", "2026-10-24T12:00:00+00:00", 3) == ["10-24T22:00", "10-25T00:00", "10-25T23:00"]
+    assert ticks("*/30 * * * *", "2026-10-25T00:00:00+00:00", 4) == ["10-25T00:30", "10-25T01:00", "10-25T01:30",
+                                                                     "10-25T02:00"]
+    assert ticks("0 * * * *", "2026-10-24T23:30:00+00:00", 3) == ["10-25T00:00", "10-25T01:00", "10-25T02:00"]
+    assert ticks("30 2 * * *", "2026-03-28T12:00:00+00:00", 2) == ["03-29T01:00", "03-30T00:30"]
+    assert ticks("@daily", "2026-10-24T12:00:00+00:00", 2) == ["10-24T22:00", "10-25T23:00"]

@@ -145,6 +145,19 @@ def test_an_argv_job_is_looked_up_on_its_own_path(instance):
     assert missing["history"][0]["error"] == "could not start: No such file or directory"
 
 
+def test_a_job_that_could_not_start_is_logged_without_an_exit_code(instance):
+    # Its folder gone before it ran: no process, so no exit code; the -v line said "(exit None)".
+    folder = instance.root / "gone"
+    folder.mkdir()
+    instance.run("enqueue", "--id", "lost", "--cwd", str(folder), "--max-retries", "0", "pwd")
+    folder.rmdir()
+    proc = instance.run("worker", "start", "--burst", "-v")
+    (line,) = [line for line in proc.stderr.splitlines() if "job lost attempt 1" in line]
+    assert line.split("queuectl: ", 1)[1].startswith("job lost attempt 1: start_error in "), line
+    assert "None" not in line and line.endswith("-> dead: gave up after 1 attempt(s): could not start: "
+                                                "No such file or directory"), line
+
+
 def test_a_command_that_writes_to_a_closed_pipe_dies_of_sigpipe_like_in_a_shell(instance):
     # `yes` ends only by SIGPIPE once head exits: with SIGPIPE ignored it would loop on EPIPE errors.
     # With SIGPIPE ignored, `yes` would instead see EPIPE and complain on stderr.

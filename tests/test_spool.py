@@ -285,3 +285,26 @@ def test_scan_of_a_folder_that_does_not_exist_is_one_line_and_creates_nothing(in
     assert proc.returncode == 2 and proc.stderr.strip() == (
         f"queuectl: error: no spool folder {typo} ('queuectl spool watch' creates one)")
     assert not typo.exists()
+
+
+def test_a_folder_holding_the_store_or_the_config_is_refused_as_a_spool(instance):
+    # `spool scan .` in an instance's folder took queue.db, its -wal and -shm (each on its own) and
+    # config.yaml for drops and moved them into rejected/: the queue's jobs with them.
+    job = instance.enqueue("true")
+    (instance.root / "elsewhere").mkdir()
+    before = sorted(p.name for p in instance.root.iterdir())
+    store = instance.root / "queue.db"
+    for args, what in ((["spool", "scan", "."], f"the store ({store})"),
+                       (["spool", "scan", str(instance.root)], f"the store ({store})"),
+                       (["worker", "start", "--burst", "--spool", "."], f"the store ({store})"),
+                       (["--db", "elsewhere/q.db", "spool", "scan", "."], f"the config file ({instance.config_path})")):
+        proc = instance.run(*args, check=False)
+        assert (proc.returncode, proc.stderr) == (2, f"queuectl: error: refusing spool folder {instance.root}: it "
+                                                     f"holds {what}, which it would take as a job file; drop "
+                                                     f"jobs into a folder of their own\n"), args
+    assert sorted(p.name for p in instance.root.iterdir()) == before
+    instance.write_config(dict(instance.config, spool="."))
+    proc = instance.run("worker", "start", "--burst", check=False)
+    assert proc.returncode == 2 and "refusing spool folder" in proc.stderr, proc.stderr
+    instance.write_config({k: v for k, v in instance.config.items() if k != "spool"})
+    assert instance.job(job)["state"] == "pending" and sorted(p.name for p in instance.root.iterdir()) == before

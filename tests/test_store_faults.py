@@ -40,6 +40,30 @@ def test_read_commands_never_create_a_store_write_commands_do(instance):
     assert job_id in instance.run("--db", "other.db", "list").stdout
 
 
+def test_another_programs_sqlite_database_is_refused_and_left_as_it_was(instance):
+    # `--db app.db` naming an SQLite file of another program (one with a `meta` table of its own too):
+    # not a store, by every command, and the file is not touched (no queuectl tables added, its
+    # journal mode kept), where a read command used to make it a store and `list` said "no jobs".
+    import hashlib
+
+    for name, schema in (("app.db", "CREATE TABLE users (name TEXT)"),
+                         ("meta.db", "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")):
+        path = instance.root / name
+        conn = sqlite3.connect(path)
+        conn.execute(schema)
+        conn.commit()
+        conn.close()
+        before = hashlib.sha256(path.read_bytes()).hexdigest()
+        for args in EVERY + [["init"]]:
+            line = one_error_line(instance.run("--db", name, *args, check=False))
+            assert line == f"queuectl: error: refusing the store {path}: it is an SQLite database of another " \
+                           f"program (it has tables but not queuectl's), not a queuectl store", (args, line)
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == before, f"{name} was changed"
+        assert sorted(p.name for p in instance.root.iterdir() if p.name.startswith(name)) == [name]
+    instance.run("--db", "empty.db", "init")                    # an empty file or none is made a store
+    assert instance.run("--db", "empty.db", "list").stdout.strip() == "no jobs"
+
+
 def test_read_commands_never_create_a_postgres_schema(tmp_path):
     require_pg()
     from conftest import Instance

@@ -280,10 +280,11 @@ def like_pattern(text: str) -> str:
 
 
 def job_filters(mark: str, label_clause, grep_op: str, state=None, queue=None, labels=None, grep=None,
-                since=None) -> tuple[str, list]:
+                since=None, grep_column: str = "command") -> tuple[str, list]:
     """The WHERE clause of `list` and its parameters, for either SQL backend.
 
-    ``mark`` is the placeholder; ``label_clause(key, value)`` gives one label's condition and params.
+    ``mark`` is the placeholder; ``label_clause(key, value)`` gives one label's condition and params;
+    ``grep_column`` the expression ``grep`` is matched against.
     """
     clauses, params = [], []
     if state:
@@ -297,7 +298,7 @@ def job_filters(mark: str, label_clause, grep_op: str, state=None, queue=None, l
         clauses.append(clause)
         params.extend(extra)
     if grep:
-        clauses.append(f"command {grep_op} {mark} ESCAPE '\\'")
+        clauses.append(f"{grep_column} {grep_op} {mark} ESCAPE '\\'")
         params.append(f"%{like_pattern(grep)}%")
     if since is not None:
         clauses.append(f"created_at >= {mark}")

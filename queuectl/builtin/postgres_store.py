@@ -75,6 +75,9 @@ SESSION_SETUP = ("SET lock_timeout = '1s'; SET idle_in_transaction_session_timeo
 PERMANENT_MARKERS = ("does not exist", "authentication failed", "no password supplied", "pg_hba.conf",
                      "permission denied", "not permitted to log in", "invalid connection option",
                      "invalid URI", "invalid integer value")
+# libpq's check of a setting's value, made only when it connects (sslmode=bogus: 'invalid sslmode value:
+# "bogus"'): the URL is wrong, and retrying it waits for nothing.
+INVALID_SETTING = re.compile(r'invalid \w+ value: "')
 
 # The database clock, as epoch seconds. statement_timestamp() is stable within a statement.
 NOW = "extract(epoch FROM statement_timestamp())::float8"
@@ -387,7 +390,9 @@ class PostgresStore:
         self.schema = queue.config.get("pg-schema")
         self.s = f'"{self.schema}"'
         self.channel = f'"queuectl_wake_{self.schema}"'
-        self.output_channel = f"queuectl_output_{self.schema}"      # NOTIFY on every stored chunk of output
+        # NOTIFY on every stored chunk of output. A channel is an identifier, at most 63 bytes: LISTEN cuts a
+        # longer one there, pg_notify refuses it (a 48-character schema made 64), so it is cut here for both.
+        self.output_channel = f"queuectl_output_{self.schema}"[:63]
         self.location = f"{redact(self.conninfo)} (pg-schema {self.schema})"
         self.lock_timeout: Optional[float] = queue.config.get("lock-timeout")
         try:
@@ -440,7 +445,7 @@ class PostgresStore:
         if getattr(exc, "sqlstate", None):
             return exc.sqlstate[:2] in ("28", "3D", "42")
         text = str(exc)
-        return any(marker in text for marker in PERMANENT_MARKERS)
+        return any(marker in text for marker in PERMANENT_MARKERS) or INVALID_SETTING.search(text) is not None
 
     def _run(self, fn, write: bool):
         """Run ``fn``, in a transaction when ``write``, else on the autocommit connection (reads, and

@@ -19,6 +19,7 @@ import click
 from queuectl import hookimpl
 from queuectl.config import Setting, choice, seconds
 from queuectl.errors import NotFound, QueueError, StoreReplaced, UsageError
+from queuectl._lazy import LazyPattern
 from queuectl.models import MAX_INTERVAL, iso
 
 MISSED = ("once", "skip")
@@ -73,11 +74,26 @@ def latest_tick(cron: str, now: float, zone) -> float:
 
 
 def next_tick(cron: str, after: float, zone) -> float:
+    """The first tick after ``after``. Where the clock is set back (summer time ending), the local times
+    of the repeated hour come twice: a job at a fixed hour runs at the first of them only, as cron
+    runs it (a nightly "30 2 * * *" once that night); one whose hour is a wildcard runs by real time."""
     from datetime import datetime
 
     from croniter import croniter
 
-    return croniter(cron, datetime.fromtimestamp(after, zone)).get_next(float)
+    ticks = croniter(cron, datetime.fromtimestamp(after, zone))
+    tick = ticks.get_next(float)
+    if _fixed_hour(cron):
+        while datetime.fromtimestamp(tick, zone).fold:      # the second time this wall-clock time comes
+            tick = ticks.get_next(float)
+    return tick
+
+
+def _fixed_hour(cron: str) -> bool:
+    fields = cron.split()
+    if cron.startswith("@"):
+        return fields[0].lower() not in ("@hourly", "@reboot")
+    return len(fields) > 1 and not fields[1].startswith("*")
 
 
 def check_cron(cron: str) -> str:
@@ -209,7 +225,7 @@ def queuectl_register_commands(cli):
         """
         queue = get_queue()
         if not _name_ok(name):
-            raise UsageError(f"schedule name {name[:80]!r} is not valid")
+            raise UsageError(f"schedule name {name[:80]!r} is not valid: {NAME_RULE}")
         spec = spec_from_options(options)
         if "command" not in spec:
             raise UsageError("a schedule needs --command")
@@ -257,9 +273,14 @@ def queuectl_register_commands(cli):
         click.echo(f"{name} removed")
 
 
+_NAME = LazyPattern(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,63}")
+NAME_RULE = "use 1-64 letters, digits and ._:@+- starting with a letter or digit"
+
+
 def _name_ok(name: str) -> bool:
-    """A schedule name: the start of its ticks' job ids (the validator checks the whole id)."""
-    return bool(name) and "/" not in name and len(name) <= 64 and name.isascii() and name.isprintable()
+    """A schedule name: the start of its ticks' job ids, so of their characters (the validator checks
+    the whole id)."""
+    return _NAME.fullmatch(name) is not None
 
 
 def schedule_rows(queue, schedules: Optional[list] = None, zone=None) -> list[dict]:

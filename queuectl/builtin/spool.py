@@ -124,7 +124,19 @@ def chosen_folder(queue, flag: Optional[str] = None, disabled: bool = False) -> 
         raise UsageError("give --spool or --no-spool, not both")
     if disabled:
         return None
-    return Path(os.path.abspath(os.path.expanduser(flag))) if flag else configured_folder(queue)
+    folder = Path(os.path.abspath(os.path.expanduser(flag))) if flag else configured_folder(queue)
+    if folder is not None:
+        # Every file of the folder is taken as a drop: the store's own files (its -wal and -shm beside
+        # it) and the config file would be moved into rejected/, under the processes using them.
+        db = queue.db
+        own = [("the store", Path(db)) if "://" not in db else None,
+               ("the config file", queue.config.path) if queue.config.path is not None else None]
+        for what, path in filter(None, own):
+            if Path(os.path.abspath(path)).parent == Path(os.path.realpath(folder)) or \
+                    Path(os.path.realpath(path)).parent == Path(os.path.realpath(folder)):
+                raise UsageError(f"refusing spool folder {folder}: it holds {what} ({path}), which it would "
+                                 f"take as a job file; drop jobs into a folder of their own")
+    return folder
 
 
 def prepare(folder: Path) -> None:

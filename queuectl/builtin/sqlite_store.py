@@ -232,6 +232,11 @@ def queuectl_register_settings(register):
                      "power loss (synchronous=FULL).", file_only=True))
 
 
+def _lower(text):
+    """SQL ``queuectl_lower(command)``: the command lower-cased beyond ASCII (for ``list --grep``)."""
+    return text.lower() if isinstance(text, str) else text
+
+
 def check_store_file(path: Path) -> tuple:
     """Refuse a store (or its -wal/-shm) that another user owns or can write: whoever writes the
     store decides what our workers run. Root is held to this too. Returns the store's identity."""
@@ -276,6 +281,7 @@ class SQLiteStore:
         self.durability = queue.config.get("durability")
         self.wake_dir = self.path.parent / f".{self.path.name}.wake"
         self._conn: Optional[sqlite3.Connection] = None
+        self._opened_version = 0                     # the schema version found when the file was opened
         self._pid = os.getpid()                      # the process that opened _conn
         self._identity: Optional[tuple] = None       # (st_dev, st_ino) of the file opened
         self._identity_checked = 0.0
@@ -313,6 +319,7 @@ class SQLiteStore:
             try:
                 conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=1.0,
                                        check_same_thread=False)
+                self._opened_version = self._retry(self._version_if_ours, conn)
                 self._retry(self._setup, conn)
             except sqlite3.DatabaseError as exc:
                 raise QueueError(f"cannot open the store {self.path}: {exc}") from None
@@ -335,6 +342,24 @@ class SQLiteStore:
             what = "deleted" if now is None else "replaced by another file"
             raise StoreReplaced(f"the store {self.path} was {what} while in use; "
                                 f"stopping (restart against the store now at that path)")
+
+    def _version_if_ours(self, conn: sqlite3.Connection) -> int:
+        """The schema version of the file just opened (0: an empty database), before anything is
+        changed in it: an SQLite database of another program (tables, but no queuectl ``meta`` with a
+        schema version) is refused, not given queuectl's tables and the WAL journal mode."""
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            return 0
+        if "meta" in tables:
+            try:
+                row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                if row is not None and str(row[0]).isdigit():
+                    return int(row[0])
+            except sqlite3.OperationalError as exc:
+                if "no such column" not in str(exc):
+                    raise                   # locked, busy: waited out by _retry
+        raise QueueError(f"refusing the store {self.path}: it is an SQLite database of another program "
+                         f"(it has tables but not queuectl's), not a queuectl store")
 
     def _setup(self, conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA journal_mode=WAL")
@@ -410,12 +435,11 @@ class SQLiteStore:
         return self._retry(lambda: self.conn.execute(sql, params).fetchall())
 
     def init(self) -> None:
-        row = self._read("SELECT name FROM sqlite_master WHERE type='table' AND name='meta'")
-        if row:
-            version = self._retry(self._version, self.conn)
-            if version == SCHEMA_VERSION:
-                return
+        self.conn                           # opened: the file is a store, or empty (_version_if_ours)
+        if self._opened_version == SCHEMA_VERSION:
+            return
         self._write(self._migrate)
+        self._opened_version = SCHEMA_VERSION
 
     @staticmethod
     def _version(conn) -> int:
@@ -624,6 +648,12 @@ class SQLiteStore:
         return self._job(rows[0]) if rows else None
 
     def list_jobs(self, state=None, limit=None, offset=0, newest=False, **filters) -> list[Job]:
+        grep = filters.get("grep")
+        if grep and not grep.isascii():
+            # SQLite's LIKE folds A-Z only: text beyond ASCII is compared lower-cased by Python, as
+            # PostgreSQL's ILIKE does (an ASCII pattern keeps the plain LIKE, without a call per row)
+            self.conn.create_function("queuectl_lower", 1, _lower, deterministic=True)
+            filters = dict(filters, grep=grep.lower(), grep_column="queuectl_lower(command)")
         where, params = job_filters("?", self._label_clause, "LIKE", state, **filters)
         order = "seq DESC" if newest else "seq"
         sql = f"SELECT {JOB_COLUMNS} FROM jobs {where} ORDER BY {order} LIMIT ? OFFSET ?"
