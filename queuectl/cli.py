@@ -266,11 +266,22 @@ def init(app):
     click.echo(f"store ready: {store.describe()['location']}")
 
 
+# A --file batch is read whole before any of it is stored: 256 MiB is about two million small jobs.
+MAX_JOBS_FILE_BYTES = 256 << 20
+
+
 def _read_jobs(source) -> tuple[list, list, str]:
     """JSON lines, or one JSON array, from a file or stdin (read as bytes: errors name the line);
     returns the jobs, the number of each (its line, or its place in the array) and how to name one
-    ("line {}", "job {} of the array")."""
-    data = source.read()
+    ("line {}", "job {} of the array").
+
+    At most MAX_JOBS_FILE_BYTES are read: a batch is stored all or nothing, so it is held whole in
+    memory first, and an endless input (``--file /dev/zero``, ``yes ... |``) would read until memory
+    ran out."""
+    data = source.read(MAX_JOBS_FILE_BYTES + 1)
+    if len(data) > MAX_JOBS_FILE_BYTES:
+        raise UsageError(f"the jobs file is larger than {MAX_JOBS_FILE_BYTES >> 20} MiB: split it into "
+                         f"batches (each is stored all or nothing, so it is read whole first)")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

@@ -85,6 +85,27 @@ def test_file_errors_name_the_line(instance, tmp_path):
     assert instance.json("list") == []
 
 
+def test_an_endless_jobs_file_is_one_line_and_stores_nothing(instance):
+    # A batch is read whole before it is stored: an input that never ends is cut at the cap, not read
+    # until memory runs out (or for ever).
+    assert instance.cli("enqueue", json.dumps({"command": "true", "id": "kept"}))[0] == 0
+    before = instance.cli_json("list")
+    proc = instance.run("enqueue", "--file", "/dev/zero", check=False, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        "queuectl: error: the jobs file is larger than 256 MiB: split it into batches (each is stored all or "
+        "nothing, so it is read whole first)"], proc.stderr
+    endless = subprocess.Popen(["yes", '{"command": "true"}'], stdout=subprocess.PIPE)
+    try:
+        proc = subprocess.run([*QUEUECTL, "enqueue", "--file", "-"], stdin=endless.stdout, cwd=instance.root,
+                              env=instance.env, capture_output=True, text=True, timeout=120)
+    finally:
+        endless.stdout.close()
+        endless.kill()
+        endless.wait()
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1 and "larger than 256 MiB" in proc.stderr
+    assert instance.cli_json("list") == before
+
+
 def test_durations_read_as_spans_of_time(instance):
     job = instance.job(instance.run("enqueue", "--command", "true", "--timeout", "10m", "--delay", "1h30m")
                        .stdout.strip())
