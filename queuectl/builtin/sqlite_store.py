@@ -218,6 +218,7 @@ AWAITED = "EXISTS (SELECT 1 FROM job_deps WHERE dep_id = jobs.id AND satisfied =
 FINISHED_FLAGS = f"SELECT waiting_on, cancel_requested, {AWAITED} FROM jobs WHERE id = ?"
 FINISHED_ROW = f"SELECT {JOB_COLUMNS}, {AWAITED} FROM jobs WHERE id = ?"
 CLAIMED_ROW = f"SELECT {JOB_COLUMNS} FROM jobs WHERE seq = ?"
+SCHEMA_VERSION_ROW = "SELECT value FROM meta WHERE key = 'schema_version'"
 
 
 @hookimpl
@@ -352,7 +353,7 @@ class SQLiteStore:
             return 0
         if "meta" in tables:
             try:
-                row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                row = conn.execute(SCHEMA_VERSION_ROW).fetchone()
                 if row is not None and str(row[0]).isdigit():
                     return int(row[0])
             except sqlite3.OperationalError as exc:
@@ -443,7 +444,7 @@ class SQLiteStore:
 
     @staticmethod
     def _version(conn) -> int:
-        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        row = conn.execute(SCHEMA_VERSION_ROW).fetchone()
         return int(row[0]) if row else 0
 
     def _migrate(self, conn) -> None:
