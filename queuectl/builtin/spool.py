@@ -131,9 +131,9 @@ def chosen_folder(queue, flag: Optional[str] = None, disabled: bool = False) -> 
         db = queue.db
         own = [("the store", Path(db)) if "://" not in db else None,
                ("the config file", queue.config.path) if queue.config.path is not None else None]
+        real = Path(os.path.realpath(folder))
         for what, path in filter(None, own):
-            if Path(os.path.abspath(path)).parent == Path(os.path.realpath(folder)) or \
-                    Path(os.path.realpath(path)).parent == Path(os.path.realpath(folder)):
+            if real in (Path(os.path.abspath(path)).parent, Path(os.path.realpath(path)).parent):
                 raise UsageError(f"refusing spool folder {folder}: it holds {what} ({path}), which it would "
                                  f"take as a job file; drop jobs into a folder of their own")
     return folder
