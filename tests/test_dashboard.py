@@ -207,10 +207,30 @@ def test_dashboard_in_chromium(instance, dashboard, browser, backend):
 
     # a DLQ retry from the page moves the job to pending
     browser.get(dashboard.url + "dlq")
+    first_load = browser.execute_script("return performance.timeOrigin")
     browser.find_element("css selector", f'button[data-action="retry"][data-job="{ids["dead"]}"]').click()
     wait_until(lambda: "pending" in (text_of(browser, "#flash") or ""), 30, message="the retry to be confirmed")
     assert instance.job(ids["dead"])["state"] == "pending"
     assert instance.job(ids["script"])["state"] == "dead"
+    # then the page loads itself again, without the retried job
+    wait_until(lambda: browser.execute_script("return document.readyState === 'complete' && performance.timeOrigin")
+               not in (False, first_load), 30, message="the DLQ page to load itself again after the retry")
+    assert not browser.find_elements("css selector", f'button[data-job="{ids["dead"]}"]')
+    # ... unless it is being left meanwhile: a reload fired while the next page loads would take the user
+    # back here (this test, on a slow moment, ended on /dlq after browser.get of the overview). beforeunload
+    # comes as a navigation begins; a timer of 1 s set after it fires after the page's 600 ms one would have,
+    # so the page must still be this one.
+    browser.find_element("css selector", f'button[data-action="retry"][data-job="{ids["script"]}"]').click()
+    wait_until(lambda: "retry done" in (text_of(browser, "#flash") or "") and ids["script"] in text_of(browser, "#flash"),
+               30, message="the second retry to be confirmed")
+    kept = browser.execute_script("return performance.timeOrigin")
+    browser.set_script_timeout(30)
+    browser.execute_async_script("window.dispatchEvent(new Event('beforeunload')); "
+                                 "setTimeout(arguments[arguments.length - 1], 1000);")
+    assert browser.execute_script("return performance.timeOrigin") == kept
+    assert instance.job(ids["script"])["state"] == "pending"
+    browser.get(dashboard.url + "dlq")
+    assert not browser.find_elements("css selector", f'button[data-job="{ids["script"]}"]')
 
     # the job page follows a running job without a reload
     started, release = instance.root / "started", instance.root / "release"

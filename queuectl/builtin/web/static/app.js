@@ -37,6 +37,16 @@ function button(action, data) {
   return b;
 }
 
+// After an action on a page other than the overview, the page is loaded again shortly, so that the flash
+// can be read first. Leaving the page cancels that: a reload fired while a navigation the user started is
+// still loading would take them back to this page instead (beforeunload comes as a navigation begins).
+let reloadTimer = null;
+function reloadSoon() {
+  clearTimeout(reloadTimer);
+  reloadTimer = setTimeout(() => location.reload(), 600);
+}
+window.addEventListener("beforeunload", () => clearTimeout(reloadTimer));
+
 document.addEventListener("click", async (event) => {
   const b = event.target.closest("button[data-action]");
   if (!b) return;
@@ -45,7 +55,7 @@ document.addEventListener("click", async (event) => {
     const result = await act(b.dataset.action, body);
     flash(b.dataset.action + " done: " + (b.dataset.job || b.dataset.queue) +
           (result.job ? " is " + result.job.state : result.state ? " is " + result.state : ""));
-    if (document.body.dataset.page !== "overview") setTimeout(() => location.reload(), 600);
+    if (document.body.dataset.page !== "overview") reloadSoon();
     else refreshOverview();
   } catch (err) {
     flash(b.dataset.action + " refused: " + err.message, true);
@@ -350,7 +360,7 @@ function dlqForm() {
     try {
       const result = await act("dlq-retry", body);
       flash(result.retried.length + " dead job(s) moved to pending");
-      setTimeout(() => location.reload(), 600);
+      reloadSoon();
     } catch (err) {
       flash("retry refused: " + err.message, true);
     }
