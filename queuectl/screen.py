@@ -321,13 +321,18 @@ def setup_logging(timestamps: bool) -> None:
 
 
 def log(message: str, component: Optional[str] = None) -> None:
-    """One diagnostic line on stderr: through logging once a pool set it up, else printed."""
+    """One diagnostic line on stderr: through logging once a pool set it up, else printed. A line that
+    cannot be written (the terminal was closed: EIO; stderr closed or full) is dropped: what happened is
+    in the store, and a pool must go on stopping or running its jobs, not fail on its own message."""
     text = f"{component}: {message}" if component else message
     logging = sys.modules.get("logging")       # imported by setup_logging only: commands never pay for it
     logger = logging.getLogger("queuectl") if logging else None
-    if logger is not None and logger.handlers:
-        logger.info(text)
-        for handler in logger.handlers:
-            handler.flush()
-    else:
-        print(f"queuectl: {text}", file=sys.stderr, flush=True)
+    try:
+        if logger is not None and logger.handlers:
+            logger.info(text)
+            for handler in logger.handlers:
+                handler.flush()
+        else:
+            print(f"queuectl: {text}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass

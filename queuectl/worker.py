@@ -176,6 +176,10 @@ class Priority:
             self._set(os.SCHED_OTHER, 0)
 
 
+def _unused_signal(signum, frame) -> None:
+    """A worker's handler for the signals its pool handles for it."""
+
+
 class Worker:
     def __init__(self, queue, pool_id: Optional[str] = None, burst: bool = False, verbose: bool = False,
                  parent_pid: Optional[int] = None, queues: Optional[list] = None):
@@ -206,7 +210,11 @@ class Worker:
 
     def install_signals(self) -> None:
         signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)     # the pool forwards a terminal's Ctrl-C as SIGTERM
+        # A terminal's Ctrl-C and its hangup reach the whole pool; the pool forwards them as SIGTERM.
+        # Caught and dropped here, not ignored: an ignored signal stays ignored across exec, in every
+        # command the worker starts, while a handler is reset to the default there.
+        signal.signal(signal.SIGINT, _unused_signal)
+        signal.signal(signal.SIGHUP, _unused_signal)
         os.set_blocking(self._wake_w, False)
 
     @property
@@ -526,6 +534,10 @@ class Pool:
         os.set_blocking(wake_r, False)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(sig, self._on_signal if sig != signal.SIGCHLD else lambda s, f: None)
+        # The terminal closed (SIGHUP to its foreground group): a stop like SIGTERM's, the running jobs
+        # finish and are recorded. Unless the pool was started with SIGHUP ignored (nohup): it runs on.
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+            signal.signal(signal.SIGHUP, self._on_signal)
         signal.set_wakeup_fd(wake_w)
         self._wake_fds = (wake_r, wake_w)
         queue.store.register_worker(self.info)
@@ -757,6 +769,7 @@ def run_sources(queue, options: dict) -> int:
         except OSError:
             pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)       # the pool decides (a hangup stops it)
     signal.signal(signal.SIGTERM, on_term)
     sources = []
 

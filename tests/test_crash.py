@@ -17,7 +17,7 @@ import sys
 import time
 
 
-from conftest import FAST_CONFIG, alive, pids_with_env, startup_slack, wait_until
+from conftest import FAST_CONFIG, alive, pids_with_env, startup_slack, wait_signal_taken, wait_until
 
 # --- helpers: processes as the kernel sees them -------------------------------------------
 
@@ -461,3 +461,69 @@ def test_recovery_times_at_defaults(instance):
         queue.close()
         for job_id in ("remote", "local"):
             kill_tagged(job_id)
+
+
+# --- the terminal a pool runs in closes ---------------------------------------------------------
+
+
+def _pool_on_its_own_terminal(instance, hup_ignored: bool):
+    """A pool in a session of its own whose controlling terminal is a fresh pseudo-terminal, as a shell
+    starts `queuectl worker start` in a terminal window; returns (pool, master). Closing the master is
+    the window closing: the kernel sends SIGHUP to the terminal's foreground process group."""
+    import fcntl
+    import pty
+    import termios
+
+    master, slave = pty.openpty()
+
+    def take_terminal():
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        if hup_ignored:                      # what `nohup` does before it starts the program
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    pool = subprocess.Popen([sys.executable, "-m", "queuectl", "worker", "start", "--count", "1"],
+                            stdin=slave, stdout=slave, stderr=slave, cwd=instance.root, env=instance.env,
+                            start_new_session=True, preexec_fn=take_terminal)
+    os.close(slave)
+    instance.pools.append(pool)
+    return pool, master
+
+
+def _sig_ignored(status: str, sig: int) -> bool:
+    mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigIgn:")), 16)
+    return bool(mask >> (sig - 1) & 1)
+
+
+def test_a_closed_terminal_stops_its_pool_like_sigterm_and_nohup_keeps_it_running(instance):
+    started, release = instance.root / "started", instance.root / "release"
+    # The job reports which signals it starts with ignored: none that the worker chose for itself.
+    job = instance.enqueue(f"cat /proc/self/status; touch {started}; while [ ! -e {release} ]; do sleep 0.05; "
+                           f"done; echo finished")
+    pool, master = _pool_on_its_own_terminal(instance, hup_ignored=False)
+    wait_until(started.exists, 60, message="the job to start")
+    os.close(master)                         # the window closes: SIGHUP to the pool, its worker and sources
+    wait_signal_taken([pool.pid], signal.SIGHUP)
+    # The stop is SIGTERM's: the running job finishes and is recorded (nothing is killed, nothing stays
+    # processing); the pool's lines, which the closed terminal cannot take, do not stop it.
+    assert pool.poll() is None, "the running job is waited for"
+    release.touch()
+    assert pool.wait(timeout=60) == 0
+    shown = instance.job(job)
+    assert shown["state"] == "completed" and len(shown["history"]) == 1
+    out = shown["history"][0]["stdout"]
+    assert out.endswith("finished\n")
+    assert not _sig_ignored(out, signal.SIGHUP) and not _sig_ignored(out, signal.SIGINT)
+    assert instance.cli_json("status")["workers"] == []
+
+    # Started under nohup (SIGHUP ignored), the pool outlives its terminal and goes on taking jobs.
+    started.unlink()
+    release.unlink()
+    pool, master = _pool_on_its_own_terminal(instance, hup_ignored=True)
+    first = instance.enqueue("echo before the hangup")
+    instance.wait_for_state(first, "completed")
+    os.close(master)
+    after = instance.enqueue("echo after the hangup")
+    instance.wait_for_state(after, "completed")
+    assert pool.poll() is None
+    pool.send_signal(signal.SIGTERM)
+    assert pool.wait(timeout=60) == 0
