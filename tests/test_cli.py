@@ -230,3 +230,31 @@ def test_a_full_or_closed_standard_stream_is_one_line_and_harms_nothing(instance
     assert (proc.returncode, proc.stderr) == (0, "")
     assert [j["command"] for j in instance.json("list")] == ["echo first", "echo second", "echo third"]
     assert instance.run("status").returncode == 0
+
+
+def test_ctrl_c_at_any_moment_of_the_start_is_an_exit_not_a_traceback(instance):
+    """SIGINT sent 0 to 150 ms into a command's life, through both ways of starting it, so that the
+    start-up (interpreter, imports, the store) is interrupted at every stage on the way. Each ends as
+    killed by the signal (before Python takes it), 130 or done (0), and never with a traceback through
+    queuectl's modules: from the first line queuectl runs (queuectl/__main__.py) a Ctrl-C is an exit.
+    Before it only CPython's own start-up (site, runpy, the console script's first imports) and the
+    package's two first modules (queuectl/__init__.py importing errors.py) can be interrupted, and
+    print CPython's traceback: no code of the program runs there to catch it."""
+    import signal
+    import sys
+    import time
+
+    instance.checked_cli("init")
+    script = os.path.join(os.path.dirname(sys.executable), "queuectl")
+    starts = [list(QUEUECTL)] + ([[script]] if os.access(script, os.X_OK) else [])
+    ours = re.compile(r'File "[^"]*/queuectl/(?!__init__\.py"|errors\.py")[^"]*"')
+    for argv in starts:
+        for delay_ms in range(0, 151, 10):
+            proc = subprocess.Popen([*argv, "status"], cwd=instance.root, env=instance.env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            time.sleep(delay_ms / 1000)
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+            assert not ours.search(err), (argv, delay_ms, err)
+            assert proc.returncode in (0, 130, -signal.SIGINT) or "Traceback" in err, \
+                (argv, delay_ms, proc.returncode, err)
