@@ -7,11 +7,13 @@ their own keys through ``queuectl_register_settings``.
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .errors import QueueError, UsageError
 from .models import MAX_INTERVAL, MAX_WAIT, record
+
+if TYPE_CHECKING:
+    from pathlib import Path   # built on request only: pathlib costs a tenth of a short command's start
 
 SOURCES = ("flag", "env", "store", "file", "default")
 
@@ -173,25 +175,32 @@ CORE_SETTINGS = (
 )
 
 
-def default_data_dir() -> Path:
+def posix_path(path: str) -> str:
+    """``str(pathlib.PurePosixPath(path))`` without importing pathlib (a tenth of a short command's
+    start): repeated slashes and "." parts dropped, ".." kept, a leading "//" kept, "" read as "."."""
+    root = "//" if path.startswith("//") and not path.startswith("///") else "/" if path.startswith("/") else ""
+    return root + "/".join(part for part in path.split("/") if part and part != ".") or "."
+
+
+def data_folder() -> str:
+    """queuectl's folder under the user's data home (the default store, outboxes)."""
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "queuectl"
+    return os.path.join(base, "queuectl")
 
 
-def find_config_file(explicit: Optional[str] = None, env=os.environ, skip_local: bool = False) -> Optional[Path]:
-    """--config / QUEUECTL_CONFIG, else ./config.yaml, else the user's config file."""
+def find_config_file(explicit: Optional[str] = None, env=os.environ, skip_local: bool = False) -> Optional[str]:
+    """--config / QUEUECTL_CONFIG, else ./config.yaml (resolved), else the user's config file."""
     chosen = explicit or env.get("QUEUECTL_CONFIG")
     if chosen:
-        return Path(chosen)
-    local = Path("config.yaml")
-    if not skip_local and local.is_file():
-        return local.resolve()
+        return os.fspath(chosen)
+    if not skip_local and os.path.isfile("config.yaml"):
+        return os.path.realpath("config.yaml")
     xdg = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    user = Path(xdg) / "queuectl" / "config.yaml"
-    return user if user.is_file() else None
+    user = os.path.join(xdg, "queuectl", "config.yaml")
+    return user if os.path.isfile(user) else None
 
 
-def read_config_file(path: Optional[Path]) -> dict:
+def read_config_file(path) -> dict:
     """The settings in a config file; the parse is cached by the file's exact stat (see _cache)."""
     if path is None:
         return {}
@@ -213,7 +222,7 @@ def read_config_file(path: Optional[Path]) -> dict:
 MAX_CONFIG_BYTES = 1 << 20       # far more than any settings file; /dev/zero named as one never ends
 
 
-def _parse_config_file(path: Path) -> dict:
+def _parse_config_file(path) -> dict:
     try:
         with open(path, "rb") as fh:
             raw = fh.read(MAX_CONFIG_BYTES + 1)
@@ -287,7 +296,7 @@ def _bounded_loader():
 class Config:
     """Resolved settings for one process."""
 
-    def __init__(self, path: Optional[Path] = None, file_data: Optional[dict] = None,
+    def __init__(self, path=None, file_data: Optional[dict] = None,
                  flags: Optional[dict] = None, env=None):
         self.path = path
         self.file_data = dict(file_data or {})
@@ -298,7 +307,7 @@ class Config:
         self._store_values: Optional[dict] = None
         self._values: dict = {}               # get() results while the stored values are cached
         self.implicit_local = False           # found as ./config.yaml, not named by --config or $QUEUECTL_CONFIG
-        self.ignored_path: Optional[Path] = None   # a ./config.yaml passed over as another tool's
+        self.ignored_path: Optional[str] = None    # a ./config.yaml passed over as another tool's
         self.unreadable: Optional[UsageError] = None   # why an implicit ./config.yaml could not be read as settings
         for setting in CORE_SETTINGS:
             self.register(setting)
@@ -308,7 +317,7 @@ class Config:
              skip_local: bool = False) -> "Config":
         env = os.environ if env is None else env
         path = find_config_file(config_path, env, skip_local)
-        implicit = bool(path) and not (config_path or env.get("QUEUECTL_CONFIG")) and path == Path("config.yaml").resolve()
+        implicit = bool(path) and not (config_path or env.get("QUEUECTL_CONFIG")) and path == os.path.realpath("config.yaml")
         try:
             data, unreadable = read_config_file(path), None
         except UsageError as exc:       # not YAML, not a mapping, not UTF-8: whose it is is decided by its keys
@@ -326,7 +335,10 @@ class Config:
             return set(self.file_data)
         import re
 
-        text = self.path.read_bytes().decode("utf-8", "replace") if self.path else ""
+        text = ""
+        if self.file:
+            with open(self.file, "rb") as fh:
+                text = fh.read(MAX_CONFIG_BYTES).decode("utf-8", "replace")
         return {normalise_key(k) for k in re.findall(r"^[ \t]*-?[ \t]*[\"']?([A-Za-z][\w-]*)[\"']?[ \t]*:", text, re.M)}
 
     def maybe_foreign(self) -> bool:
@@ -340,9 +352,30 @@ class Config:
             return True
         return bool(self.file_data) and not set(self.file_data) & set(self.settings)
 
+    # The config file in use: ``file`` as a str (what queuectl itself uses), ``path`` as a pathlib.Path
+    # for callers who want one; None when there is none. Likewise ``base_folder`` and ``base_dir``.
+    @property
+    def path(self) -> Optional[Path]:
+        if self.file is None:
+            return None
+        from pathlib import Path
+
+        return Path(self.file)
+
+    @path.setter
+    def path(self, value) -> None:
+        self.file: Optional[str] = None if value is None else os.fspath(value)
+
+    @property
+    def base_folder(self) -> str:
+        """The config file's folder (relative paths in it are read from there), else the current folder."""
+        return os.path.dirname(os.path.realpath(self.file)) if self.file else os.getcwd()
+
     @property
     def base_dir(self) -> Path:
-        return self.path.resolve().parent if self.path else Path.cwd()
+        from pathlib import Path
+
+        return Path(self.base_folder)
 
     def register(self, setting: Setting) -> None:
         name = normalise_key(setting.name)
@@ -366,8 +399,8 @@ class Config:
         """Refuse unknown keys and bad values in config.yaml, naming the file."""
         for key, value in self.file_data.items():
             if key not in self.settings:
-                raise UsageError(f"config file {self.path}: unknown key {key!r}")
-            self._parse(self.settings[key], value, f"config file {self.path}")
+                raise UsageError(f"config file {self.file}: unknown key {key!r}")
+            self._parse(self.settings[key], value, f"config file {self.file}")
 
     def check_env(self) -> None:
         """Refuse a bad QUEUECTL_<KEY> value, naming the variable."""
@@ -412,7 +445,7 @@ class Config:
             value = self._parse(setting, value, f"{source} value")
             if setting.path and source == "file" and value and "://" not in value:
                 # abspath, not resolve(): a symlink at the path stays one, so O_NOFOLLOW can refuse it
-                value = os.path.abspath(self.base_dir / os.path.expanduser(value))
+                value = os.path.abspath(os.path.join(self.base_folder, os.path.expanduser(value)))
             elif setting.path and value and "://" not in value:
                 value = os.path.abspath(os.path.expanduser(value))
         return value, source

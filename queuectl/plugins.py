@@ -9,7 +9,6 @@ import importlib
 import os
 import stat
 import sys
-from pathlib import Path
 from types import FunctionType, MethodType, ModuleType
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -35,7 +34,7 @@ BUILTINS = (
 ENTRY_POINT_GROUP = "queuectl"
 
 
-def check_trusted(path: Path) -> None:
+def check_trusted(path: str) -> None:
     """Refuse code that another user owns or can write: loading it would run their code as us."""
     try:
         info = os.stat(path)
@@ -44,14 +43,14 @@ def check_trusted(path: Path) -> None:
     trusted(path, info)
 
 
-def trusted(path: Path, info: os.stat_result) -> None:
+def trusted(path: str, info: os.stat_result) -> None:
     if info.st_uid not in (os.geteuid(), 0):
         raise PluginError(f"refusing plugins path {path}: it is owned by another user (uid {info.st_uid})")
     if info.st_mode & stat.S_IWOTH or (info.st_mode & stat.S_IWGRP and not private_group(info.st_gid)):
         raise PluginError(f"refusing plugins path {path}: other users can write it (run: chmod go-w {path})")
 
 
-def read_trusted(path: Path) -> bytes:
+def read_trusted(path: str) -> bytes:
     """The source of a plugin file, read through the same descriptor whose owner and mode were checked
     (no window for a swap between check and read; a symlink is refused)."""
     try:
@@ -80,9 +79,9 @@ def private_group(gid: int) -> bool:
     return gid == os.getegid() and not members and not others
 
 
-def load_plugins_dir(pm: pluggy.PluginManager, folder: Path) -> list[str]:
-    folder = Path(folder)
-    if not folder.is_dir():
+def load_plugins_dir(pm: pluggy.PluginManager, folder) -> list[str]:
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
         raise PluginError(f"plugins folder {folder} does not exist")
     check_trusted(folder)
     names = []
@@ -92,19 +91,19 @@ def load_plugins_dir(pm: pluggy.PluginManager, folder: Path) -> list[str]:
         listing = sorted(os.listdir(folder))
     except PermissionError:
         listing = []
-    for path in [folder / n for n in listing if n.endswith(".py")]:
-        name = path.stem
+    for file_name in [n for n in listing if n.endswith(".py")]:
+        path, name = os.path.join(folder, file_name), os.path.splitext(file_name)[0]   # (Path.stem)
         if pm.is_blocked(name):
             continue
         source = read_trusted(path)
         module_name = f"queuectl_local_plugins.{name}"
         module = ModuleType(module_name)
-        module.__file__ = str(path)
+        module.__file__ = path
         try:
             sys.modules[module_name] = module
             # Compiled from the source we just checked, never from __pycache__ (which someone else
             # might write) and without writing bytecode there (umask 000 would make it 0777).
-            exec(compile(source, str(path), "exec", dont_inherit=True), module.__dict__)
+            exec(compile(source, path, "exec", dont_inherit=True), module.__dict__)
         except Exception as exc:  # a broken plugin is the user's to fix: say which and why
             sys.modules.pop(module_name, None)
             raise PluginError(f"plugin {path} failed to load: {type(exc).__name__}: {exc}{without(name)}") from None
@@ -231,7 +230,7 @@ def get_plugin_manager(plugins_dir: Optional[str] = None, blocked: Iterable[str]
     if entry_points and os.environ.get("QUEUECTL_NO_ENTRY_POINTS") != "1":
         _load_entry_points(pm)
     if plugins_dir:
-        load_plugins_dir(pm, Path(plugins_dir))
+        load_plugins_dir(pm, plugins_dir)
     if os.environ.get("QUEUECTL_TRACE_HOOKS") == "1":
         pm.trace.root.setwriter(lambda msg: sys.stderr.write(msg))
         pm.enable_tracing()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from . import models
@@ -77,7 +76,7 @@ class Queue:
             # tool's (a web app's "name:"): pass it over, and do not load plugins/ beside it.
             fallback = cls._build(Config.load(config, flags, env, skip_local=True), plugins)
             if not cfg.written_keys() & set(fallback.config.settings):
-                fallback.config.ignored_path = cfg.path
+                fallback.config.ignored_path = cfg.file
                 return fallback
             fallback.close()
             if cfg.unreadable is not None:       # names a plugin's setting: ours, with a mistake
@@ -87,8 +86,10 @@ class Queue:
     @classmethod
     def _build(cls, cfg: Config, plugins: Iterable[tuple[str, Any]]) -> "Queue":
         plugins_folder = cfg.get("plugins-dir")
-        if plugins_folder is None and cfg.path is not None and (cfg.base_dir / "plugins").is_dir():
-            plugins_folder = str(cfg.base_dir / "plugins")
+        if plugins_folder is None and cfg.file is not None:
+            beside = os.path.join(cfg.base_folder, "plugins")
+            if os.path.isdir(beside):
+                plugins_folder = beside
         pm = get_plugin_manager(plugins_folder, cfg.get("disable-plugins"), extra=plugins)
         return cls(cfg, pm)
 
@@ -152,8 +153,7 @@ class Queue:
         db = self.config.get("db")
         if db:
             return db
-        folder = models_default_dir()
-        return str(folder / "queue.db")
+        return os.path.join(models_default_dir(), "queue.db")
 
     @property
     def store(self):
@@ -564,7 +564,7 @@ class Queue:
     def status(self) -> dict:
         """What `status` shows; times are ISO-8601 UTC, as everywhere in JSON."""
         data = {
-            "config_file": str(self.config.path) if self.config.path else None,
+            "config_file": self.config.file,
             "store": self.store.describe(),
             "counts": self.counts(),
             "workers": [dict(w, started_at=models.iso(w["started_at"]), heartbeat_at=models.iso(w["heartbeat_at"]))
@@ -676,12 +676,12 @@ def check_no_cycle(jobs: list[Job]) -> None:
         visit(job_id, [])
 
 
-def models_default_dir() -> Path:
-    from .config import default_data_dir
+def models_default_dir() -> str:
+    from .config import data_folder
 
-    folder = default_data_dir()
+    folder = data_folder()
     try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.makedirs(folder, mode=0o700, exist_ok=True)
     except OSError as exc:
         raise QueueError(f"cannot create the default store's folder {folder}: {exc.strerror or exc} "
                          f"(set --db, or XDG_DATA_HOME)") from None

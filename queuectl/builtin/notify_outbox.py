@@ -8,27 +8,34 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from queuectl import hookimpl
-from queuectl.config import default_data_dir
+from queuectl.config import data_folder, posix_path
 from queuectl._lazy import LazyImport
 
 json = LazyImport("json", globals())
+if TYPE_CHECKING:
+    from pathlib import Path    # built on use only: `status` reads the outbox without it
 
 CALLBACKS = {"completed": "on-complete", "retry": "on-retry", "dead": "on-dead"}
 
 
 def outbox_folder(queue) -> Path:
+    from pathlib import Path
+
+    return Path(outbox_folder_name(queue))
+
+
+def outbox_folder_name(queue) -> str:
     """``notify-outbox``, else ``.NAME.notify/`` beside a SQLite store, else a folder per database URL."""
     configured = queue.config.get("notify-outbox")
     if configured:
-        return Path(configured)
+        return posix_path(configured)
     db = queue.db
     if "://" not in db:
-        path = Path(db)
-        return path.parent / f".{path.name}.notify"
+        folder, name = os.path.split(posix_path(db))
+        return posix_path(os.path.join(folder, f".{name}.notify"))
     import hashlib
 
     try:
@@ -36,13 +43,15 @@ def outbox_folder(queue) -> Path:
     except Exception:
         schema = None
     key = hashlib.sha256(f"{db}\0{schema}".encode()).hexdigest()[:16]
-    return default_data_dir() / f"notify-{key}"
+    return posix_path(os.path.join(data_folder(), f"notify-{key}"))
 
 
 class Outbox:
     """A folder of deliveries, one JSON file each: ``NANOS-EVENTID.CHANNEL.json``, given up ones in failed/."""
 
     def __init__(self, folder: Path):
+        from pathlib import Path
+
         self.folder = Path(folder)
         self.failed = self.folder / "failed"
 
@@ -104,11 +113,19 @@ class Outbox:
                 pass              # no deliverer listening, or it is awake already
 
 
+def _count(folder: str) -> int:
+    """How many deliveries ``Outbox._list`` would list in ``folder``."""
+    try:
+        return sum(1 for n in os.listdir(folder) if n.endswith(".json") and not n.startswith("."))
+    except FileNotFoundError:
+        return 0
+
+
 @hookimpl
 def queuectl_status_info(queue):
-    box = Outbox(outbox_folder(queue))
-    pending, failed = len(box.pending()), len(box.given_up())
+    folder = outbox_folder_name(queue)
+    pending, failed = _count(folder), _count(os.path.join(folder, "failed"))
     configured = queue.config.get("webhook-url") or any(queue.config.get(k) for k in CALLBACKS.values())
     if not (configured or pending or failed):
         return None
-    return {"notify": {"outbox": str(box.folder), "pending": pending, "failed": failed}}
+    return {"notify": {"outbox": folder, "pending": pending, "failed": failed}}

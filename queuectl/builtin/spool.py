@@ -130,7 +130,7 @@ def chosen_folder(queue, flag: Optional[str] = None, disabled: bool = False) -> 
         # it) and the config file would be moved into rejected/, under the processes using them.
         db = queue.db
         own = [("the store", Path(db)) if "://" not in db else None,
-               ("the config file", queue.config.path) if queue.config.path is not None else None]
+               ("the config file", queue.config.file) if queue.config.file is not None else None]
         real = Path(os.path.realpath(folder))
         for what, path in filter(None, own):
             if real in (Path(os.path.abspath(path)).parent, Path(os.path.realpath(path)).parent):

@@ -6,42 +6,52 @@ importing the watcher, the claim and the job file parser.
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from queuectl import hookimpl
+from queuectl.config import posix_path
+
+if TYPE_CHECKING:
+    from pathlib import Path      # built on use only: `status` counts the folder without it
 
 IGNORED_NAMES = {"readme", "readme.md", "readme.txt"}
 
 
 @hookimpl
 def queuectl_status_info(queue):
-    folder = configured_folder(queue)
+    folder = configured_folder_name(queue)
     if folder is None:
         return None
-    return {"spool": {"folder": str(folder), "waiting": count_waiting(folder),
-                      "rejected": count_files(folder / "rejected", lambda n: not n.endswith(".error"))}}
+    return {"spool": {"folder": folder, "waiting": count_waiting(folder),
+                      "rejected": count_files(os.path.join(folder, "rejected"), lambda n: not n.endswith(".error"))}}
 
 
-def count_files(folder: Path, keep=lambda name: True) -> int:
+def count_files(folder, keep=lambda name: True) -> int:
     try:
         return sum(1 for entry in os.scandir(folder) if keep(entry.name) and not entry.is_dir(follow_symlinks=False))
     except OSError:
         return 0
 
 
-def count_waiting(folder: Path) -> int:
-    return count_files(folder, lambda name: not ignored(name)) + count_files(folder / "work")
+def count_waiting(folder) -> int:
+    return count_files(folder, lambda name: not ignored(name)) + count_files(os.path.join(folder, "work"))
 
 
 def configured_folder(queue) -> Optional[Path]:
+    from pathlib import Path
+
+    name = configured_folder_name(queue)
+    return None if name is None else Path(name)
+
+
+def configured_folder_name(queue) -> Optional[str]:
     """The spool setting, else spool/ beside config.yaml when that folder exists (creating it
     unasked would start a spool in every folder that has a config.yaml)."""
     value = queue.config.get("spool")
     if value:
-        return Path(value)
-    if queue.config.path is not None and (queue.config.base_dir / "spool").is_dir():
-        return queue.config.base_dir / "spool"
+        return posix_path(value)
+    if queue.config.file is not None and os.path.isdir(os.path.join(queue.config.base_folder, "spool")):
+        return posix_path(os.path.join(queue.config.base_folder, "spool"))
     return None
 
 

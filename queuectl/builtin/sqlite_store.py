@@ -11,11 +11,10 @@ import stat
 import sys
 import time
 from operator import itemgetter
-from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from queuectl import hookimpl
-from queuectl.config import Setting, choice
+from queuectl.config import Setting, choice, posix_path
 from queuectl.plugins import private_group
 from queuectl._lazy import LazyImport
 from queuectl.errors import Conflict, NotFound, QueueError, SchemaError, StoreBusy, StoreMissing, StoreReplaced
@@ -238,7 +237,7 @@ def _lower(text):
     return text.lower() if isinstance(text, str) else text
 
 
-def check_store_file(path: Path) -> tuple:
+def check_store_file(path: str) -> tuple:
     """Refuse a store (or its -wal/-shm) that another user owns or can write: whoever writes the
     store decides what our workers run. Root is held to this too. Returns the store's identity."""
     identity = None
@@ -265,6 +264,14 @@ def check_store_file(path: Path) -> tuple:
 _INHERITED: list = []        # connections a forked child found open: kept, never used or closed
 
 
+_URI_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~/")
+
+
+def file_uri(path: str) -> str:
+    """``pathlib.Path(path).as_uri()`` of an absolute path, without importing pathlib and urllib."""
+    return "file://" + "".join(chr(b) if b in _URI_SAFE else f"%{b:02X}" for b in os.fsencode(posix_path(path)))
+
+
 #: The columns a new job's row gives, in the order of SQLiteStore._row.
 INSERT_COLUMNS = ("id", "command", "state", "max_retries", "priority", "queue", "executor", "cwd", "env", "timeout",
                   "source", "fields", "created_at", "updated_at", "run_at", "unique_key", "after_ids", "labels", "argv")
@@ -274,13 +281,15 @@ _INSERTS: dict = {}      # SQLiteStore._insert_rows: (INSERT statement, row pick
 class SQLiteStore:
     def __init__(self, url: str, queue):
         path = url[len("sqlite://"):] if url.startswith("sqlite://") else url
-        self.path = Path(path)
+        self.path = posix_path(path)
         self._abspath = os.path.abspath(path)        # the store's path when the folder changes
-        self.url = str(self.path)
+        self.url = self.path
         self.queue = queue
         self.lock_timeout: Optional[float] = queue.config.get("lock-timeout")
         self.durability = queue.config.get("durability")
-        self.wake_dir = self.path.parent / f".{self.path.name}.wake"
+        folder, name = os.path.split(self.path)
+        self.folder = folder or "."
+        self.wake_dir = os.path.join(folder, f".{name}.wake")
         self._conn: Optional[sqlite3.Connection] = None
         self._opened_version = 0                     # the schema version found when the file was opened
         self._pid = os.getpid()                      # the process that opened _conn
@@ -300,7 +309,7 @@ class SQLiteStore:
             _INHERITED.append(self._conn)
             self._conn = None
         if self._conn is None:
-            if not self.path.parent.is_dir():
+            if not os.path.isdir(self.folder):
                 raise QueueError(f"the folder of the store {self.path} does not exist")
             if not os.path.lexists(self.path):
                 if not self.queue.create_store:
@@ -318,7 +327,7 @@ class SQLiteStore:
                                     f"stopping (restart against the store now at that path)")
             self.queue.store_identity = self._identity
             try:
-                conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=1.0,
+                conn = sqlite3.connect(self.path, isolation_level=None, timeout=1.0,
                                        check_same_thread=False)
                 self._opened_version = self._retry(self._version_if_ours, conn)
                 self._retry(self._setup, conn)
@@ -492,7 +501,7 @@ class SQLiteStore:
             small = False
         if small:
             try:
-                guard = sqlite3.connect(f"{Path(self._abspath).as_uri()}?mode=ro", uri=True,
+                guard = sqlite3.connect(f"{file_uri(self._abspath)}?mode=ro", uri=True,
                                         isolation_level=None, check_same_thread=False)
                 guard.execute("PRAGMA schema_version").fetchone()   # a read: holds the shared lock
             except sqlite3.Error:
@@ -504,7 +513,7 @@ class SQLiteStore:
             guard.close()
 
     def describe(self) -> dict:
-        return {"backend": "sqlite", "location": str(self.path),
+        return {"backend": "sqlite", "location": self.path,
                 "schema_version": self._retry(self._version, self.conn), "durability": self.durability}
 
     # --- rows --------------------------------------------------------------------------------
@@ -1098,10 +1107,13 @@ class SQLiteStore:
 
     def listener(self, name: str):
         try:
-            self.wake_dir.mkdir(mode=0o700, exist_ok=True)
+            os.mkdir(self.wake_dir, 0o700)
+        except FileExistsError:
+            if not os.path.isdir(self.wake_dir):
+                return None
         except OSError:
             return None
-        path = str(self.wake_dir / f"{os.getpid()}-{name}")
+        path = os.path.join(self.wake_dir, f"{os.getpid()}-{name}")
         if len(path.encode()) > 100:
             return None                   # too long for a socket address: rely on the poll
         return WakeSocket(path)
