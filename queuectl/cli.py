@@ -351,7 +351,7 @@ _STRICT: list = []       # the decoder of strict_loads, made at its first use
 
 
 def strict_loads(text: str) -> Any:
-    """``json.loads(text, parse_constant=_refuse_constant)`` for a str, with one decoder for every call
+    """``json.loads(text, parse_constant=_refuse_constant)`` refusing duplicate keys, with one decoder for every call
     (json.loads builds a decoder per call when given an option: a bulk enqueue parses one per line)."""
     if text.startswith("\ufeff"):             # as json.loads refuses it
         raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
@@ -360,8 +360,21 @@ def strict_loads(text: str) -> Any:
 
 def _strict_decoder() -> json.JSONDecoder:
     if not _STRICT:
-        _STRICT.append(json.JSONDecoder(parse_constant=_refuse_constant))
+        _STRICT.append(json.JSONDecoder(parse_constant=_refuse_constant, object_pairs_hook=_unique_keys))
     return _STRICT[0]
+
+
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object, refusing a key given twice: which of the values was meant is not ours to guess
+    (json.loads keeps the last and drops the other without a word)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"the key {json.dumps(key)} appears twice in one object")
+            seen.add(key)
+    return obj
 
 
 def strict_json(text: str, what: str) -> Any:

@@ -254,11 +254,31 @@ def _parse_config_file(path) -> dict:
 MAX_CONFIG_NODES = 10000        # far more than any settings file; a YAML alias bomb expands to billions
 
 
+def refuse_duplicate_keys(node) -> None:
+    """A key given twice in one YAML mapping is refused (YAML requires keys to be unique; PyYAML would
+    keep the last and drop the other without a word). Merge keys (``<<``) are not keys."""
+    import yaml
+
+    seen = set()
+    for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = (key_node.tag, key_node.value)
+        if key in seen:
+            raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
+                                                     f"found the key {key_node.value!r} twice", key_node.start_mark)
+        seen.add(key)
+
+
 def _bounded_loader():
     import yaml
 
     class BoundedLoader(yaml.SafeLoader):
-        """Counts the values built, each alias counted with everything it repeats."""
+        """Counts the values built, each alias counted with everything it repeats; refuses a key twice."""
+
+        def construct_mapping(self, node, deep=False):
+            refuse_duplicate_keys(node)
+            return super().construct_mapping(node, deep)
 
         def __init__(self, stream):
             super().__init__(stream)

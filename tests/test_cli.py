@@ -55,6 +55,12 @@ def test_file_lines_are_json_lines_whatever_their_spacing(instance):
         "queuectl: error: line 9: malformed JSON: Extra data at line 1 column 18"
     proc = instance.run("enqueue", "--file", "-", input='{"command": ""}\n{"command": NaN}\n', check=False)
     assert proc.returncode == 2 and proc.stderr.strip() == "queuectl: error: line 2: malformed JSON: NaN is not JSON"
+    # a key given twice (json.loads would keep the last): refused, in a line, in an array, nested
+    for batch, where in (('{"command": "echo a"}\n{"command": "x", "queue": "a", "queue": "b"}\n', "line 2"),
+                         ('[{"command": "echo a"}, {"command": "x", "labels": {"k": "1", "k": "2"}}]', "")):
+        proc = instance.run("enqueue", "--file", "-", input=batch, check=False)
+        assert proc.returncode == 2 and "appears twice in one object" in proc.stderr, proc.stderr
+        assert len(proc.stderr.splitlines()) == 1 and (where in proc.stderr)
     assert len(instance.json("list")) == 6
 
 BAD_INPUTS = [
@@ -63,6 +69,8 @@ BAD_INPUTS = [
     (["enqueue", "{}"], 2, "a job needs a command"),
     (["enqueue", '{"command": 5}'], 2, "command must be a string"),
     (["enqueue", '["echo"]'], 2, "must be an object"),
+    (["enqueue", '{"command": "rm -rf /tmp/x", "command": "true"}'], 2, 'the key "command" appears twice in one object'),
+    (["enqueue", '{"command": "true", "env": {"A": "1", "A": "2"}}'], 2, 'the key "A" appears twice'),
     (["enqueue", '{"id": "dup", "command": "true"}'], 1, "a job with id 'dup' already exists"),
     (["enqueue", '{"command": "true", "state": "completed"}'], 2, "field 'state' is set by queuectl"),
     (["enqueue", '{"command": "true", "attempts": 3}'], 2, "field 'attempts' is set by queuectl"),
@@ -114,6 +122,10 @@ def test_unreadable_and_invalid_config_files(instance):
     instance.config_path.write_text("colour: red\n")
     proc = instance.run("list", check=False)
     assert proc.returncode == 2 and "unknown key 'colour'" in proc.stderr
+    instance.config_path.write_text("db: queue.db\nmax-retries: 3\nmax-retries: 0\n")   # which one was meant?
+    proc = instance.run("list", check=False)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
+    assert "line 3 column 1 is not valid YAML: found the key 'max-retries' twice" in proc.stderr
     proc = instance.run("list", check=False, env={"QUEUECTL_CONFIG": str(instance.root / "missing.yaml")})
     assert proc.returncode == 1 and "cannot read config file" in proc.stderr
     instance.config_path.write_text("db: queue.db\n")

@@ -131,6 +131,8 @@ INVALID = {
     "partial.yaml": ("jobs:\n  - command: echo fine\n  - command: 42\n", "job 2 of 2: command must be a string"),
     "a-list.yaml": ("- command: echo\n", "expected a mapping with command: or jobs:"),
     "empty.yaml": ("", "the file is empty"),
+    "twice.yaml": ("command: echo one\ncommand: echo two\n", "line 2 column 1: invalid YAML: found the key 'command' twice"),
+    "twice-env.json": ('{"command": "echo", "env": {"A": "1", "A": "2"}}', "found the key 'A' twice"),
 }
 
 

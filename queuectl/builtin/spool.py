@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import click
 
 from queuectl import hookimpl
-from queuectl.config import Setting, between, choice, seconds, text
+from queuectl.config import Setting, between, choice, refuse_duplicate_keys, seconds, text
 from queuectl.errors import Conflict, JobValidationError, NotFound, QueueError, StoreBusy, UsageError
 from queuectl.models import MAX_INTERVAL
 from queuectl.term import for_terminal
@@ -334,12 +334,23 @@ def queuectl_parse_job_file(path, data, queue):
     return job_specs(load_yaml(data))
 
 
+_LOADER: list = []      # safe_loader's class, made at its first use
+
+
 def safe_loader():
     """yaml.safe_load's loader, backed by libyaml when it is installed: the same safe constructor
-    (plain data only, never Python objects), about six times faster on small files."""
-    import yaml
+    (plain data only, never Python objects), about six times faster on small files; a key given
+    twice in a mapping is refused (``refuse_duplicate_keys``)."""
+    if not _LOADER:
+        import yaml
 
-    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        class UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+            def construct_mapping(self, node, deep=False):
+                refuse_duplicate_keys(node)
+                return super().construct_mapping(node, deep)
+
+        _LOADER.append(UniqueKeyLoader)
+    return _LOADER[0]
 
 
 def load_yaml(data: bytes) -> Any:
