@@ -176,6 +176,17 @@ class Priority:
             self._set(os.SCHED_OTHER, 0)
 
 
+def _start_failure(job: Job, exc: Exception) -> str:
+    """Why a command did not start, naming what was missing or refused: the job's folder or the program
+    (an OSError's file; "No such file or directory" alone did not say which)."""
+    if not (isinstance(exc, OSError) and exc.strerror):
+        return str(exc)
+    if exc.filename is None:
+        return exc.strerror
+    where = os.fsdecode(exc.filename)
+    return f"its folder {where}: {exc.strerror}" if where == job.cwd else f"{where}: {exc.strerror}"
+
+
 def _unused_signal(signum, frame) -> None:
     """A worker's handler for the signals its pool handles for it."""
 
@@ -399,8 +410,7 @@ class Worker:
             run = executor.start(job, RunContext(attempt_no, job.lease.run_id, env, self.config,
                                                  output=live_output_sink(self.queue.store, job.id, attempt_no)))
         except (OSError, ValueError, QueueError) as exc:
-            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            return ExecResult(models.START_ERROR, error=f"could not start: {detail}")
+            return ExecResult(models.START_ERROR, error=f"could not start: {_start_failure(job, exc)}")
         except Exception as exc:        # an executor plugin's bug: a failed attempt, retried like any other
             return ExecResult(models.START_ERROR, error=f"could not start: executor {job.executor!r} failed: "
                                                         f"{type(exc).__name__}: {exc}")

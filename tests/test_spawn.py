@@ -138,11 +138,13 @@ def test_an_argv_job_is_looked_up_on_its_own_path(instance):
 
     only_denied = run_job(instance, {"argv": ["greet"], "env": {"PATH": str(denied)}, "max_retries": 0})
     assert only_denied["state"] == "dead"
-    assert only_denied["history"][0]["error"] == "could not start: Permission denied"
+    assert only_denied["history"][0]["error"] == f"could not start: {denied}/greet: Permission denied"
 
     missing = run_job(instance, {"argv": ["no-such-tool-here"], "max_retries": 0})
     assert missing["state"] == "dead"
-    assert missing["history"][0]["error"] == "could not start: No such file or directory"
+    assert missing["history"][0]["error"] == "could not start: no-such-tool-here: No such file or directory"
+    absent = run_job(instance, {"argv": [f"{tools}/absent", "x"], "max_retries": 0})
+    assert absent["history"][0]["error"] == f"could not start: {tools}/absent: No such file or directory"
 
 
 def test_a_job_that_could_not_start_is_logged_without_an_exit_code(instance):
@@ -155,7 +157,7 @@ def test_a_job_that_could_not_start_is_logged_without_an_exit_code(instance):
     (line,) = [line for line in proc.stderr.splitlines() if "job lost attempt 1" in line]
     assert line.split("queuectl: ", 1)[1].startswith("job lost attempt 1: start_error in "), line
     assert "None" not in line and line.endswith("-> dead: gave up after 1 attempt(s): could not start: "
-                                                "No such file or directory"), line
+                                                f"its folder {folder}: No such file or directory"), line
 
 
 def test_a_command_that_writes_to_a_closed_pipe_dies_of_sigpipe_like_in_a_shell(instance):
