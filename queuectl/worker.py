@@ -188,7 +188,7 @@ def _start_failure(job: Job, exc: Exception) -> str:
 
 
 def _unused_signal(signum, frame) -> None:
-    """A worker's handler for the signals its pool handles for it."""
+    """The handler, in a worker or the sources process, of the signals their pool handles for them."""
 
 
 class Worker:
@@ -778,8 +778,10 @@ def run_sources(queue, options: dict) -> int:
             os.write(wake_w, b"!")
         except OSError:
             pass
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)       # the pool decides (a hangup stops it)
+    # The pool decides on a Ctrl-C or a hangup; caught, not ignored, as in a worker (the notify callbacks
+    # this process starts would inherit an ignored signal).
+    signal.signal(signal.SIGINT, _unused_signal)
+    signal.signal(signal.SIGHUP, _unused_signal)
     signal.signal(signal.SIGTERM, on_term)
     sources = []
 

@@ -163,7 +163,8 @@ def test_a_webhook_that_keeps_failing_is_given_up_and_sent_by_hand(instance, rec
 
 
 def test_callbacks_get_job_fields_and_never_fail_the_job(instance, tmp_path):
-    record = 'env | grep ^QUEUECTL_ | sort > "$QUEUECTL_EVENT-$QUEUECTL_JOB_ID.env"'
+    record = ('env | grep ^QUEUECTL_ | sort > "$QUEUECTL_EVENT-$QUEUECTL_JOB_ID.env"; '
+              'grep ^SigIgn: /proc/self/status > "$QUEUECTL_EVENT-$QUEUECTL_JOB_ID.sig"')
     # The one limit cuts "sleep 60" short and must leave the two quick callbacks alone: in proportion to
     # this machine's speed (a fixed 0.5 s could kill a callback that a loaded machine started slowly),
     # 3 to 10 s (a `status` that waited out a PostgreSQL restart measured 26 s: the waits below hold 10).
@@ -180,6 +181,11 @@ def test_callbacks_get_job_fields_and_never_fail_the_job(instance, tmp_path):
     assert completed["QUEUECTL_JOB_ID"] == ok and completed["QUEUECTL_JOB_STATE"] == "completed"
     assert completed["QUEUECTL_EXIT_CODE"] == "0" and completed["QUEUECTL_ATTEMPT"] == "1"
     assert completed["QUEUECTL_QUEUE"] == "batch" and completed["QUEUECTL_COMMAND"] == "true"
+    # a callback starts with SIGINT and SIGHUP at their defaults, like a job (the pool handles them)
+    sig = instance.root / f"completed-{ok}.sig"
+    line = wait_until(lambda: sig.exists() and sig.read_text().strip(), 30, message="the callback's signal mask")
+    ignored = int(line.split()[1], 16)
+    assert not ignored & (1 << (signal.SIGINT - 1) | 1 << (signal.SIGHUP - 1)), hex(ignored)
     retry = wait_until(lambda: _read_env(instance.root / f"retry-{bad}.env"), 30, message="on-retry")
     assert retry["QUEUECTL_JOB_STATE"] == "failed" and retry["QUEUECTL_EXIT_CODE"] == "4"
     wait_until(lambda: {d["event"] for d in instance.cli_json("notify", "list")} == {"job.retry", "job.dead"}, 30,
