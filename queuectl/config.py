@@ -270,15 +270,20 @@ def refuse_duplicate_keys(node) -> None:
         seen.add(key)
 
 
+class UniqueKeys:
+    """A YAML loader mixin (before the loader class in the bases): a key given twice in a mapping is
+    refused (``refuse_duplicate_keys``). Used by the config file's loader and the spool's."""
+
+    def construct_mapping(self, node, deep=False):
+        refuse_duplicate_keys(node)
+        return super().construct_mapping(node, deep)
+
+
 def _bounded_loader():
     import yaml
 
-    class BoundedLoader(yaml.SafeLoader):
+    class BoundedLoader(UniqueKeys, yaml.SafeLoader):
         """Counts the values built, each alias counted with everything it repeats; refuses a key twice."""
-
-        def construct_mapping(self, node, deep=False):
-            refuse_duplicate_keys(node)
-            return super().construct_mapping(node, deep)
 
         def __init__(self, stream):
             super().__init__(stream)

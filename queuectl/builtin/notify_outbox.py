@@ -79,10 +79,7 @@ class Outbox:
         return self._list(self.failed)
 
     def _list(self, folder: Path) -> list:
-        try:
-            return sorted(folder / n for n in os.listdir(folder) if n.endswith(".json") and not n.startswith("."))
-        except FileNotFoundError:
-            return []
+        return sorted(folder / n for n in _deliveries(folder))
 
     def read(self, path: Path) -> Optional[dict]:
         """The delivery, or None when it is gone (delivered by another process) or unreadable."""
@@ -113,18 +110,18 @@ class Outbox:
                 pass              # no deliverer listening, or it is awake already
 
 
-def _count(folder: str) -> int:
-    """How many deliveries ``Outbox._list`` would list in ``folder``."""
+def _deliveries(folder) -> list:
+    """The names of the deliveries in ``folder`` (none when it does not exist)."""
     try:
-        return sum(1 for n in os.listdir(folder) if n.endswith(".json") and not n.startswith("."))
+        return [n for n in os.listdir(folder) if n.endswith(".json") and not n.startswith(".")]
     except FileNotFoundError:
-        return 0
+        return []
 
 
 @hookimpl
 def queuectl_status_info(queue):
     folder = outbox_folder_name(queue)
-    pending, failed = _count(folder), _count(os.path.join(folder, "failed"))
+    pending, failed = len(_deliveries(folder)), len(_deliveries(os.path.join(folder, "failed")))
     configured = queue.config.get("webhook-url") or any(queue.config.get(k) for k in CALLBACKS.values())
     if not (configured or pending or failed):
         return None

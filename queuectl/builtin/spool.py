@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import click
 
 from queuectl import hookimpl
-from queuectl.config import Setting, between, choice, refuse_duplicate_keys, seconds, text
+from queuectl.config import Setting, UniqueKeys, between, choice, seconds, text
 from queuectl.errors import Conflict, JobValidationError, NotFound, QueueError, StoreBusy, UsageError
 from queuectl.models import MAX_INTERVAL
 from queuectl.term import for_terminal
@@ -340,14 +340,12 @@ _LOADER: list = []      # safe_loader's class, made at its first use
 def safe_loader():
     """yaml.safe_load's loader, backed by libyaml when it is installed: the same safe constructor
     (plain data only, never Python objects), about six times faster on small files; a key given
-    twice in a mapping is refused (``refuse_duplicate_keys``)."""
+    twice in a mapping is refused (``config.UniqueKeys``)."""
     if not _LOADER:
         import yaml
 
-        class UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
-            def construct_mapping(self, node, deep=False):
-                refuse_duplicate_keys(node)
-                return super().construct_mapping(node, deep)
+        class UniqueKeyLoader(UniqueKeys, getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+            pass
 
         _LOADER.append(UniqueKeyLoader)
     return _LOADER[0]
