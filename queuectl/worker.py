@@ -37,6 +37,7 @@ CANCEL_CHECK = 0.5     # how often a running job asks the store whether it was c
 RENEW_BY = 0.6
 FENCE_AT = 0.8
 RENEW_WAIT_MAX = 2.0   # one renewal's wait for a locked store, so signals and timeouts are still seen
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 BURST_TRIES = 5        # store errors in a row after which a --burst worker stops looking for work (15 poll-intervals)
 
 
@@ -714,9 +715,15 @@ class Pool:
             info_id = worker.info.id
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            self._child(kind, worker if kind == "worker" else None)
+        # The stop signals stay blocked across the fork until the child has its own handlers: one sent to
+        # the child before that would run the pool's handler, copied into the child, and be lost there.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._child(kind, worker if kind == "worker" else None)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         if kind == "worker":
             os.close(worker._wake_r)
             os.close(worker._wake_w)
@@ -732,6 +739,7 @@ class Pool:
             prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
             if kind == "worker":
                 worker.install_signals()
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
                 worker.info.pid = os.getpid()
                 worker.info.pid_start = pid_start_time(worker.info.pid)
                 if os.getppid() != worker.parent_pid:
@@ -783,6 +791,7 @@ def run_sources(queue, options: dict) -> int:
     signal.signal(signal.SIGINT, _unused_signal)
     signal.signal(signal.SIGHUP, _unused_signal)
     signal.signal(signal.SIGTERM, on_term)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)    # blocked by the pool across the fork
     sources = []
 
     def failed(plugin: str, exc: Exception) -> None:

@@ -15,7 +15,9 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import pytest
 
 from conftest import FAST_CONFIG, alive, pids_with_env, startup_slack, wait_signal_taken, wait_until
 
@@ -527,3 +529,67 @@ def test_a_closed_terminal_stops_its_pool_like_sigterm_and_nohup_keeps_it_runnin
     assert pool.poll() is None
     pool.send_signal(signal.SIGTERM)
     assert pool.wait(timeout=60) == 0
+
+
+# A plugin that holds the pool's Nth child in the moment right after its fork, before queuectl's own code
+# runs there (an at-fork hook, which plugins may register): the window in which a signal sent to the child
+# would find only the pool's handlers, copied by the fork. The hold ends when the test creates `release`.
+HOLD_A_FORK = """
+import os, time
+
+POOL = os.getpid()
+HOLD = int(os.environ.get("HOLD_FORK", "0"))      # 0: hold none (other commands)
+forks = [0]
+
+
+def count():
+    if os.getpid() == POOL:
+        forks[0] += 1
+
+
+def hold():
+    if os.getppid() != POOL or forks[0] != HOLD:
+        return
+    folder = os.environ["HOLD_FOLDER"]
+    with open(os.path.join(folder, "held"), "w") as out:
+        out.write(str(os.getpid()))
+    while not os.path.exists(os.path.join(folder, "release")):
+        time.sleep(0.01)
+
+
+os.register_at_fork(before=count, after_in_child=hold)
+"""
+
+
+def _signal_pending(pid: int, signum: int) -> bool:
+    status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                  if ":\t" in line)
+    return bool((int(status["SigPnd"], 16) | int(status["ShdPnd"], 16)) >> (signum - 1) & 1)
+
+
+@pytest.mark.parametrize("held, how", [(1, "burst"), (1, "sigterm"), (2, "sigterm")],
+                         ids=["sources-burst", "sources-sigterm", "worker-sigterm"])
+def test_a_stop_signal_reaching_a_child_before_its_handlers_is_not_lost(instance, held, how):
+    """The pool forks its sources process (1st) and its worker (2nd), and stops each with SIGTERM: at the
+    end of a --burst run, or when it is told to stop. A SIGTERM that reaches the child before the child
+    has set its own handlers waits for them; lost, the child would run on and the pool wait for it
+    forever (a --burst run on a busy machine once hung so)."""
+    (instance.root / "spool").mkdir()
+    (instance.plugins / "hold_a_fork.py").write_text(HOLD_A_FORK)
+    (instance.plugins / "hold_a_fork.py").chmod(0o644)
+    held_file, release = instance.root / "held", instance.root / "release"
+    pool = instance.start_pool(1, *(["--burst"] if how == "burst" else []),
+                               env={"HOLD_FORK": str(held), "HOLD_FOLDER": str(instance.root)})
+    wait_until(lambda: held_file.exists() and held_file.read_text(), 60, message="the child to be held")
+    child = int(held_file.read_text())
+    if how == "sigterm":
+        if held == 1:                   # the worker is up before the pool is told to stop
+            wait_until(lambda: instance.cli_json("status")["workers"], 60, message="the worker")
+        pool.send_signal(signal.SIGTERM)
+    # The pool sends its SIGTERM to the held child (a --burst pool once its worker has found nothing).
+    wait_until(lambda: _signal_pending(child, signal.SIGTERM), 60, message="the SIGTERM to wait in the child")
+    release.touch()
+    _, err = pool.communicate(timeout=60)
+    assert pool.returncode == 0, err
+    assert not alive(child)
+    assert "Traceback" not in err, err
