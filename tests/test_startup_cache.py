@@ -420,11 +420,78 @@ def test_short_commands_do_not_import_locale_and_help_and_version_read_as_clicks
     with click.Context(reference, help_option_names=["-h", "--help"]) as ctx:    # click's own help option
         expected = [" ".join(line.split()) for line in reference.get_help(ctx).splitlines() if "--help" in line]
     for args in (("-h",), ("--help",), ("status", "-h"), ("list", "--help")):
-        out, _, _ = run(*args)
+        out, _, imported = run(*args)
         assert out.startswith("Usage: queuectl") and expected == [" ".join(line.split()) for line in out.splitlines()
                                                                    if "--help" in line], args
+        assert imported is False, args                       # the pages' titles are not looked up either
     _, err, _ = run("list", "--no-such")
     assert err.splitlines()[0] == "queuectl: error: No such option '--no-such'."
+
+
+def _clicks_own_page(command, ctx) -> str:
+    """The help page of ``command`` as click's own ``format_help`` writes it: click's formatter and its
+    ``format_options`` and ``format_commands`` (which queuectl's classes replace), the rest the command's."""
+    import click
+
+    shown = ctx.make_formatter()
+    formatter = click.HelpFormatter(width=shown.width, max_width=ctx.max_content_width)
+    command.format_usage(ctx, formatter)
+    command.format_help_text(ctx, formatter)
+    if hasattr(command, "format_arguments"):             # click >= 8.2
+        command.format_arguments(ctx, formatter)
+    click.Command.format_options(command, ctx, formatter)
+    if isinstance(command, click.Group):
+        click.Group.format_commands(command, ctx, formatter)
+    command.format_epilog(ctx, formatter)
+    return formatter.getvalue().rstrip("\n")
+
+
+PLUGIN_COMMAND = """
+import click
+from queuectl import hookimpl
+
+
+@hookimpl
+def queuectl_register_commands(cli):
+    @cli.command(help="Greet NAME, a command from a plugin.")
+    @click.argument("name")
+    @click.option("--loud", is_flag=True, help="Shout.")
+    def greet(name, loud):
+        click.echo(name)
+"""
+
+
+@pytest.mark.parametrize("width", ["50", "80", "200"])
+def test_every_help_page_is_clicks_own_rendering(tmp_path, private_cache, monkeypatch, width):
+    """queuectl's help pages skip click's gettext lookups of their titles; each page, every command and
+    group of the core and a plugin's command, reads exactly as click itself would write it."""
+    import click
+
+    from queuectl import cli as cli_module
+    from queuectl.cli import cli
+
+    (tmp_path / "plugins").mkdir(mode=0o755)
+    (tmp_path / "plugins" / "extra.py").write_text(PLUGIN_COMMAND)
+    (tmp_path / "plugins" / "extra.py").chmod(0o644)
+    (tmp_path / "config.yaml").write_text("db: queue.db\nplugins-dir: plugins\n")
+    monkeypatch.setenv("QUEUECTL_CONFIG", str(tmp_path / "config.yaml"))
+    monkeypatch.setenv("COLUMNS", width)
+    cli_module._all_commands()
+    seen = []
+
+    def check(command, ctx):
+        assert command.get_help(ctx) == _clicks_own_page(command, ctx), ctx.command_path
+        seen.append(ctx.command_path)
+        if isinstance(command, click.Group):
+            for name in command.list_commands(ctx):
+                sub = command.get_command(ctx, name)
+                with sub.context_class(sub, info_name=name, parent=ctx) as sub_ctx:
+                    check(sub, sub_ctx)
+
+    with cli.context_class(cli, info_name="queuectl", help_option_names=["-h", "--help"]) as ctx:
+        check(cli, ctx)
+    assert {"queuectl", "queuectl enqueue", "queuectl worker start", "queuectl greet"} <= set(seen), seen
+    assert len(seen) > 30
 
 
 def test_short_commands_do_not_run_dataclass_and_the_records_still_are_dataclasses(tmp_path, private_cache):
