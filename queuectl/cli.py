@@ -334,7 +334,7 @@ def _read_jobs(source) -> tuple[list, list, str]:
     if text.lstrip().startswith("["):
         jobs = strict_json(text, "malformed JSON")       # starts with "[": a list once parsed
         return jobs, range(1, len(jobs) + 1), "job {} of the array"
-    scan = _strict_decoder().scan_once
+    scan = models.strict_decoder().scan_once
     jobs, numbers = [], []
     for number, line in enumerate(text.splitlines(), 1):
         # The decoder's scanner alone, when the line is one JSON value and nothing else (what
@@ -382,44 +382,10 @@ def _enqueue_file(queue, specs: list, numbers: list, place: str) -> list:
             gc.enable()
 
 
-def _refuse_constant(name: str):
-    raise ValueError(f"{name} is not JSON")
-
-
-_STRICT: list = []       # the decoder of strict_loads, made at its first use
-
-
-def strict_loads(text: str) -> Any:
-    """``json.loads(text, parse_constant=_refuse_constant)`` refusing duplicate keys, with one decoder for every call
-    (json.loads builds a decoder per call when given an option: a bulk enqueue parses one per line)."""
-    if text.startswith("\ufeff"):             # as json.loads refuses it
-        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
-    return _strict_decoder().decode(text)
-
-
-def _strict_decoder() -> json.JSONDecoder:
-    if not _STRICT:
-        _STRICT.append(json.JSONDecoder(parse_constant=_refuse_constant, object_pairs_hook=_unique_keys))
-    return _STRICT[0]
-
-
-def _unique_keys(pairs: list) -> dict:
-    """A JSON object, refusing a key given twice: which of the values was meant is not ours to guess
-    (json.loads keeps the last and drops the other without a word)."""
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise ValueError(f"the key {json.dumps(key)} appears twice in one object")
-            seen.add(key)
-    return obj
-
-
 def strict_json(text: str, what: str) -> Any:
     """json.loads without NaN/Infinity, with one UsageError for every way a text can fail to be JSON."""
     try:
-        return strict_loads(text)
+        return models.strict_loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{what}: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except ValueError as exc:            # NaN/Infinity, or an integer of thousands of digits
@@ -436,7 +402,7 @@ def _positional_job(text: str) -> dict:
     (the shell's ``{ cmd; }`` group).
     """
     try:
-        spec = strict_loads(text)
+        spec = models.strict_loads(text)
     except json.JSONDecodeError as exc:
         if re.match(r'\s*\{(\S|\s*("|\}|$))', text):
             raise UsageError(f"malformed JSON job: {exc.msg} at column {exc.colno}") from None

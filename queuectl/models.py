@@ -588,3 +588,46 @@ def parse_time(value) -> float:
         return RANGES["run_at"].check(parsed.timestamp(), "a time")
     except (OverflowError, ValueError):
         raise ValueError(f"time {value!r} is outside 1970-01-01 to 9999-12-31") from None
+
+
+# --- JSON text from outside: one strict reading for every boundary (the CLI, the dashboard) -------
+
+
+def _json():
+    import json      # imported by the commands that read JSON, not by every start
+
+    return json
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+_STRICT: list = []       # the decoder of strict_loads, made at its first use
+
+
+def strict_loads(text: str) -> Any:
+    """``json.loads(text, parse_constant=_refuse_constant)`` refusing duplicate keys, with one decoder for every call
+    (json.loads builds a decoder per call when given an option: a bulk enqueue parses one per line)."""
+    if text.startswith("\ufeff"):             # as json.loads refuses it
+        raise _json().JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    return strict_decoder().decode(text)
+
+
+def strict_decoder():
+    if not _STRICT:
+        _STRICT.append(_json().JSONDecoder(parse_constant=_refuse_constant, object_pairs_hook=_unique_keys))
+    return _STRICT[0]
+
+
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object, refusing a key given twice: which of the values was meant is not ours to guess
+    (json.loads keeps the last and drops the other without a word)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"the key {_json().dumps(key)} appears twice in one object")
+            seen.add(key)
+    return obj

@@ -473,6 +473,49 @@ def test_dlq_retry_with_bad_filters_is_refused_and_retries_nothing(instance, das
     assert not wrong, "\n".join(wrong)
 
 
+RAW_BAD_BODIES = [
+    (b'{"job_id": "%s", "job_id": "other"}', "appears twice"),     # which one was meant?
+    (b'{"job_id": "%s", "extra": NaN}', "NaN is not JSON"),
+    (b'{"job_id": "%s"} trailing', "Extra data"),
+    (b'{"job_id": "\xff%s"}', "expected a JSON object"),         # not UTF-8
+    (b'\xef\xbb\xbf{"job_id": "%s"}', "BOM"),
+    (b'["%s"]', "expected a JSON object"),
+    (b"", "expected a JSON object"),
+]
+
+
+def test_action_bodies_are_read_as_strictly_as_the_clis_json(instance, dashboard):
+    """An action's body is JSON read the one strict way queuectl reads JSON from outside: a key given
+    twice, NaN, text after the object, bytes that are not UTF-8 are a 400 naming the problem, and the
+    job is left as it was; the same body written plainly is done."""
+    import urllib.error
+    import urllib.request
+
+    dead = instance.enqueue("exit 3", max_retries=0)
+    instance.run("worker", "start", "--burst", timeout=120)
+    headers = {"Content-Type": "application/json", "X-Queuectl-Token": dashboard.token, **dashboard.cookie}
+
+    def post(body: bytes):
+        req = urllib.request.Request(dashboard.url + "api/retry", data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    wrong = []
+    for template, message in RAW_BAD_BODIES:
+        body = template.replace(b"%s", dead.encode())
+        code, text = post(body)
+        if code != 400 or message not in json.loads(text).get("error", ""):
+            wrong.append(f"{body!r}: {code} {text[:300]!r}")
+        elif instance.job(dead)["state"] != "dead":
+            wrong.append(f"{body!r}: refused, yet the dead job was retried")
+    assert not wrong, "\n".join(wrong)
+    assert post(b'{"job_id": "%s"}' % dead.encode())[0] == 200
+    assert instance.job(dead)["state"] == "pending"
+
+
 def test_a_store_error_is_a_clear_page_not_a_traceback(instance, dashboard):
     """A failure nobody planned for (here: the store's jobs table renamed under the dashboard by another
     tool) is one line on the dashboard's terminal and a page saying so, never a traceback."""

@@ -178,10 +178,12 @@ def create_app(queue, token: str, local: bool = True, on_fatal=None) -> Starlett
     # --- actions ----------------------------------------------------------------------------
 
     async def act(request: Request):
+        # Read as every JSON text from outside is (models.strict_loads): a key given twice, NaN or text
+        # that is not UTF-8 is refused, not guessed at (json.loads would keep a duplicate's last value).
         try:
-            body = await request.json()
-        except ValueError:
-            body = None
+            body = models.strict_loads((await request.body()).decode("utf-8"))
+        except ValueError as exc:
+            return JSONResponse({"error": f"expected a JSON object: {exc}"}, status_code=400)
         if not isinstance(body, dict):
             return JSONResponse({"error": "expected a JSON object"}, status_code=400)
         return JSONResponse(perform(queue, request.path_params["action"], body))
