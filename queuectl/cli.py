@@ -476,9 +476,14 @@ def enqueue(job, jobs_file, **options):
     """
     flags = spec_from_options(options)
     queue = get_queue()
-    if "after" in flags and jobs_file is None:
-        flags["after"] = [_dependency(queue, ref.strip()) for ref in flags["after"].split(",") if ref.strip()]
     specs, source, where = _enqueue_specs(job, jobs_file, given_argv(), flags)
+    if "after" in flags:
+        # A prefix is resolved against the store, except an id that a job of the same --file takes.
+        named = {spec.get("id") for spec in specs if isinstance(spec, dict)}
+        after = [ref if ref in named else _dependency(queue, ref) for ref in flags["after"]]
+        for spec in specs:
+            if isinstance(spec, dict):
+                spec["after"] = after
     ids = _enqueue_file(queue, specs, *where) if where is not None else queue.enqueue_many(specs, source=source)
     click.echo("\n".join(ids))          # one write: a bulk enqueue prints 100,000 ids
 

@@ -155,6 +155,32 @@ def test_job_id_prefixes_everywhere(instance):
     assert instance.run("show", "report…").returncode == 0            # copied from a cut table cell
 
 
+def test_after_refuses_an_empty_id_and_resolves_prefixes_for_a_file_too(instance):
+    """`--after "$BUILD"` with BUILD empty must not make a job that waits for nothing: an empty id is one
+    error line and exit 2, and nothing is enqueued. A prefix resolves the same with --file, except an id
+    that a job of the file itself takes (that job is not in the store yet)."""
+    instance.checked_cli("enqueue", "--id", "build-1234", "true")
+    instance.checked_cli("enqueue", "--id", "b1-old", "true")
+    for value in ("", ",", " ", "build-1234,", ",build-1234", "build-1234,,b1-old", " , "):
+        code, out, err = instance.cli("enqueue", "--after", value, "true")
+        assert (code, out) == (2, ""), (value, code, out, err)
+        assert err == f"queuectl: error: --after {value!r}: an empty job id; give ids or unique prefixes, " \
+                      "separated by commas\n", value
+    assert len(instance.cli_json("list")) == 2
+    lines = '{"id": "x1", "command": "true"}\n{"id": "x2", "command": "true"}\n'
+    ids = instance.run("enqueue", "--file", "-", "--after", "build-12", input=lines).stdout.split()
+    assert ids == ["x1", "x2"] and [instance.job(i)["after"] for i in ids] == [["build-1234"], ["build-1234"]]
+    # An id that a job of the file takes is that job, not a prefix of a stored one ("b2-stored"): here
+    # the file's b2 would wait for itself, which is refused, and nothing of the file is enqueued.
+    instance.checked_cli("enqueue", "--id", "b2-stored", "true")
+    proc = instance.run("enqueue", "--file", "-", "--after", "b2", check=False,
+                        input='{"id": "b1", "command": "true"}\n{"id": "b2", "command": "true"}\n')
+    assert proc.returncode == 2 and proc.stderr == "queuectl: error: line 2: job 'b2' cannot depend on itself\n", proc
+    assert {j["id"] for j in instance.cli_json("list")} == {"build-1234", "b1-old", "x1", "x2", "b2-stored"}
+    ids = instance.run("enqueue", "--file", "-", "--after", "b2, x1", input='{"id": "b1", "command": "true"}\n').stdout
+    assert ids == "b1\n" and instance.job("b1")["after"] == ["b2-stored", "x1"]
+
+
 def test_edit_keeps_history_and_goes_through_the_validator(instance):
     instance.checked_cli("enqueue", "--id", "job", "--max-retries", "0", "--env", "A=1", "--env", "B=2",
                          "--label", "team=ops", "exit 5")
