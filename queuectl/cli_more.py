@@ -286,7 +286,10 @@ def worker_start(count, burst, verbose, queues, **options):
     from .worker import Pool
 
     queue = get_queue()
-    names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    try:
+        names = None if queues is None else models.comma_list(queues, "--queue")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     for name in names or ():
         if not models.QUEUE_PATTERN.match(name):
             raise UsageError(f"queue name {name!r} is not valid")

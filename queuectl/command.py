@@ -366,15 +366,6 @@ def integer_flag(name: str, value: str, limit: models.Range = models.RANGES["cou
         raise UsageError(str(exc)) from None
 
 
-def _parse_after(text: str) -> list:
-    """--after's ids, as given (prefixes are resolved against the store by the command). An empty one is
-    refused, never dropped: `--after "$BUILD"` with BUILD unset must not make a job that waits for nothing."""
-    refs = [ref.strip() for ref in text.split(",")]
-    if not all(refs):
-        raise UsageError(f"--after {text!r}: an empty job id; give ids or unique prefixes, separated by commas")
-    return refs
-
-
 def spec_from_options(options: dict) -> dict:
     """Job fields from the JOB_OPTIONS values that were given (the validator checks the rest)."""
     spec = {k: v for k, v in options.items() if v not in (None, ())}
@@ -383,7 +374,10 @@ def spec_from_options(options: dict) -> dict:
     if "labels" in spec:
         spec["labels"] = parse_pairs("--label", spec["labels"])
     if "after" in spec:
-        spec["after"] = _parse_after(spec["after"])
+        try:
+            spec["after"] = models.comma_list(spec["after"], "--after")    # prefixes: resolved by the command
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     if spec.pop("env_from_caller", None):
         import os
 

@@ -590,6 +590,15 @@ def parse_time(value) -> float:
         raise ValueError(f"time {value!r} is outside 1970-01-01 to 9999-12-31") from None
 
 
+def comma_list(text: str, what: str) -> list:
+    """The items of a comma-separated list (``a,b``), stripped. An empty item is refused, never dropped:
+    `--after "$BUILD"` or `--queue "$Q"` with the variable unset must not mean "none" or "all"."""
+    items = [item.strip() for item in text.split(",")]
+    if not all(items):
+        raise ValueError(f"{what} {text!r}: an empty name in the list; give names separated by commas")
+    return items
+
+
 # --- JSON text from outside: one strict reading for every boundary (the CLI, the dashboard) -------
 
 

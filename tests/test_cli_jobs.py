@@ -164,7 +164,7 @@ def test_after_refuses_an_empty_id_and_resolves_prefixes_for_a_file_too(instance
     for value in ("", ",", " ", "build-1234,", ",build-1234", "build-1234,,b1-old", " , "):
         code, out, err = instance.cli("enqueue", "--after", value, "true")
         assert (code, out) == (2, ""), (value, code, out, err)
-        assert err == f"queuectl: error: --after {value!r}: an empty job id; give ids or unique prefixes, " \
+        assert err == f"queuectl: error: --after {value!r}: an empty name in the list; give names " \
                       "separated by commas\n", value
     assert len(instance.cli_json("list")) == 2
     lines = '{"id": "x1", "command": "true"}\n{"id": "x2", "command": "true"}\n'

@@ -168,6 +168,9 @@ def test_a_batch_of_mixed_jobs_stores_each_as_one_at_a_time_does(queue):
     ({"command": "true", "priority": 1000}, "priority must be an integer from -100 to 100"),
     ({"command": "true", "timeout": -1}, "timeout must be a number above 0"),
     ({"command": "true", "id": "has space"}, "is not valid"),
+    ({"command": "true", "after": ""}, "after '': an empty name in the list"),       # never "no dependency"
+    ({"command": "true", "after": "a1,"}, "after 'a1,': an empty name in the list"),
+    ({"command": "true", "after": "a1,,a2"}, "an empty name in the list"),
 ])
 def test_validator_refuses(rqueue, spec, message):
     with pytest.raises(JobValidationError, match=message):

@@ -84,6 +84,14 @@ def test_worker_serves_only_chosen_queues(instance):
     assert instance.start_pool(1, "--burst", "--queue", "a").wait(timeout=60) == 0
     assert instance.job(a)["state"] == "completed"
     assert instance.job(b)["state"] == "pending"
+    # `--queue "$Q"` with Q unset, or a stray comma, is refused: never read as "every queue".
+    for value in ("", " ", "b,", ",b", "a,,b"):
+        proc = instance.run("worker", "start", "--burst", "--queue", value, check=False)
+        assert (proc.returncode, proc.stderr) == (2, f"queuectl: error: --queue {value!r}: an empty name in the "
+                                                     "list; give names separated by commas\n"), value
+    assert instance.job(b)["state"] == "pending"
+    assert instance.start_pool(1, "--burst", "--queue", " b , a").wait(timeout=60) == 0
+    assert instance.job(b)["state"] == "completed"
 
 
 def test_pause_and_resume(instance):

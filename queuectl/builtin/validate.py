@@ -8,7 +8,7 @@ from queuectl import hookimpl
 from queuectl.errors import JobValidationError, PluginError
 from queuectl._lazy import LazyPattern
 from queuectl.models import (INPUT_FIELDS, MAX_ARG_BYTES, PROTECTED_FIELDS, QUEUE_PATTERN, RANGES, check_label_name,
-                             one_line, parse_duration, parse_time, plain_text)
+                             comma_list, one_line, parse_duration, parse_time, plain_text)
 
 ID_PATTERN = LazyPattern(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
 # All of a job's variables together: a quarter of the exec limit (ARG_MAX), which the worker's own
@@ -131,7 +131,10 @@ def _check_schedule(job: dict) -> None:
     after = job.get("after")
     if after is not None:
         if isinstance(after, str):
-            after = [a.strip() for a in after.split(",") if a.strip()]
+            try:
+                after = comma_list(after, "after")
+            except ValueError as exc:
+                raise JobValidationError(str(exc)) from None
         if not isinstance(after, list) or not all(isinstance(a, str) and ID_PATTERN.match(a) for a in after):
             raise JobValidationError("after must be a list of job ids (or one comma-separated string)")
         if job.get("id") is not None and job["id"] in after:
