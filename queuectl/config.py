@@ -63,6 +63,15 @@ def text(value: Any) -> str:
     return plain_text(str(value), "the value")
 
 
+def location(value: Any) -> str:
+    """A path or URL setting (the store, a folder): an empty one is refused, not read as the default, which
+    `QUEUECTL_DB="$DB"` with DB unset would turn into another store than the config names."""
+    value = text(value)
+    if not value.strip():
+        raise ValueError("an empty location (leave it out for the default)")
+    return value
+
+
 def line(value: Any) -> str:
     """A short single-line string (a host name, shown in tables and log lines)."""
     from .models import one_line
@@ -150,9 +159,9 @@ class Setting:
 
 
 CORE_SETTINGS = (
-    Setting("db", None, text, "Store location: a SQLite file path or a postgresql:// URL.", file_only=True, path=True),
+    Setting("db", None, location, "Store location: a SQLite file path or a postgresql:// URL.", file_only=True, path=True),
     Setting("storage", "sqlite", text, "Storage backend used for a plain path.", file_only=True),
-    Setting("plugins-dir", None, text, "Folder whose *.py files are loaded as plugins.", file_only=True, path=True),
+    Setting("plugins-dir", None, location, "Folder whose *.py files are loaded as plugins.", file_only=True, path=True),
     Setting("disable-plugins", [], plugin_names, "Plugins to block by name (built-ins included).", file_only=True),
     Setting("host-id", None, line, "Host name recorded in leases (default: this machine's hostname).", file_only=True),
     Setting("max-retries", 3, between(0, 1000, integer=True),
@@ -190,9 +199,12 @@ def data_folder() -> str:
 
 def find_config_file(explicit: Optional[str] = None, env=os.environ, skip_local: bool = False) -> Optional[str]:
     """--config / QUEUECTL_CONFIG, else ./config.yaml (resolved), else the user's config file."""
-    chosen = explicit or env.get("QUEUECTL_CONFIG")
-    if chosen:
-        return os.fspath(chosen)
+    for chosen, where in ((explicit, "--config"), (env.get("QUEUECTL_CONFIG"), "environment QUEUECTL_CONFIG")):
+        if chosen is not None:
+            chosen = os.fspath(chosen)
+            if not chosen.strip():         # `QUEUECTL_CONFIG="$CFG"` with CFG unset: not another config file
+                raise UsageError(f"{where}: an empty path (leave it out to look for config.yaml)")
+            return chosen
     if not skip_local and os.path.isfile("config.yaml"):
         return os.path.realpath("config.yaml")
     xdg = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")

@@ -208,9 +208,15 @@ def test_init_is_idempotent_and_store_is_private(instance):
 
 def test_default_store_lives_in_the_user_data_folder(instance):
     instance.config_path.unlink()
-    env = {"QUEUECTL_CONFIG": ""}
-    instance.run("enqueue", "--command", "true", env=env)
     folder = instance.root / "xdg-data" / "queuectl"
+    # Set but empty (`QUEUECTL_CONFIG="$CFG"` with CFG unset) is refused, not read as "look elsewhere".
+    proc = instance.run("enqueue", "--command", "true", env={"QUEUECTL_CONFIG": ""}, check=False)
+    assert (proc.returncode, proc.stderr) == (2, "queuectl: error: environment QUEUECTL_CONFIG: an empty path "
+                                                 "(leave it out to look for config.yaml)\n")
+    assert not folder.exists()
+    env = {k: v for k, v in instance.env.items() if k != "QUEUECTL_CONFIG"}
+    subprocess.run([*QUEUECTL, "enqueue", "--command", "true"], cwd=instance.root, env=env, check=True,
+                   capture_output=True, timeout=60)
     assert (folder / "queue.db").exists()
     assert folder.stat().st_mode & 0o777 == 0o700
 

@@ -62,6 +62,40 @@ def test_text_no_store_can_hold_is_one_line_and_changes_nothing(instance, args):
     assert (instance.cli_json("list"), instance.cli_json("config", "list")) == before
 
 
+EMPTY_LOCATIONS = [
+    # (arguments, extra environment, extra config keys, what the one line names)
+    (["--db", "", "status"], {}, {}, "flag value: db: an empty location"),
+    (["--db", " ", "enqueue", "true"], {}, {}, "flag value: db: an empty location"),
+    (["enqueue", "true"], {"QUEUECTL_DB": ""}, {}, "environment QUEUECTL_DB: db: an empty location"),
+    (["--plugins-dir", "", "status"], {}, {}, "flag value: plugins-dir: an empty location"),
+    (["status"], {"QUEUECTL_SPOOL": ""}, {}, "environment QUEUECTL_SPOOL: spool: an empty location"),
+    (["status"], {}, {"spool": " "}, "spool: an empty location"),
+    (["status"], {}, {"notify-outbox": ""}, "notify-outbox: an empty location"),
+    (["status"], {}, {"plugins-dir": ""}, "plugins-dir: an empty location"),
+    (["--config", "", "status"], {}, {}, "--config: an empty path"),
+    (["worker", "start", "--burst", "--spool", ""], {}, {}, "spool folder '': an empty location"),
+    (["spool", "watch", ""], {}, {}, "spool folder '': an empty location"),
+]
+
+
+@pytest.mark.parametrize("args, env, config, message", EMPTY_LOCATIONS,
+                         ids=[" ".join(a) + " " + " ".join(e) + " " + " ".join(c) for a, e, c, _ in EMPTY_LOCATIONS])
+def test_an_empty_location_is_refused_not_read_as_the_default(instance, args, env, config, message):
+    """`--db "$DB"` or `QUEUECTL_DB="$DB"` with DB unset must not switch to the default store (or the default
+    spool folder, plugins folder or config file): one line, exit 2, and the queue named by the config is
+    left as it was."""
+    assert instance.cli("enqueue", json.dumps({"command": "true", "id": "kept"}))[0] == 0
+    before = instance.cli_json("list")
+    if config:
+        instance.config_path.write_text(instance.config_path.read_text() + "".join(
+            f"{key}: {json.dumps(value)}\n" for key, value in config.items()))
+    proc = instance.run(*args, env=env, check=False, timeout=60)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1 and message in proc.stderr, proc.stderr
+    assert not (instance.root / "xdg-data" / "queuectl").exists()       # no default store was made
+    instance.write_config(instance.config)
+    assert instance.cli_json("list") == before
+
+
 def test_a_nul_byte_in_a_text_setting_is_refused_everywhere(instance):
     from queuectl import Queue
     from queuectl.errors import QueueError

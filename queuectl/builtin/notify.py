@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 import click
 
 from queuectl import hookimpl
-from queuectl.config import Setting, choice_list, integer, seconds, text
+from queuectl.config import Setting, choice_list, integer, location, seconds, text
 from queuectl.errors import PluginError, QueueError
 from queuectl.models import COMPLETED, DEAD, FAILED, MAX_INTERVAL, MAX_WAIT, iso, now, record
 from queuectl.plugins import call_registrations, hook_failure
@@ -81,7 +81,7 @@ def queuectl_register_settings(register):
                      "Seconds one delivery of a plugin's notifier may take before it is abandoned and retried."))
     register(Setting("notify-backoff", 1.0, seconds(0.001, MAX_INTERVAL),
                      "Seconds before a delivery's first retry; doubles each time."))
-    register(Setting("notify-outbox", None, text, "Folder of pending deliveries (default: beside the store).",
+    register(Setting("notify-outbox", None, location, "Folder of pending deliveries (default: beside the store).",
                      file_only=True, path=True))
 
 

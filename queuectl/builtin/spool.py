@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import click
 
 from queuectl import hookimpl
-from queuectl.config import Setting, UniqueKeys, between, choice, seconds, text
+from queuectl.config import Setting, UniqueKeys, between, choice, location, seconds
 from queuectl.errors import Conflict, JobValidationError, NotFound, QueueError, StoreBusy, UsageError
 from queuectl.models import MAX_INTERVAL
 from queuectl.term import for_terminal
@@ -64,7 +64,7 @@ class Rejected(Exception):
 
 @hookimpl
 def queuectl_register_settings(register):
-    register(Setting("spool", None, text, "Spool folder that `worker start` and `spool watch` ingest job files "
+    register(Setting("spool", None, location, "Spool folder that `worker start` and `spool watch` ingest job files "
                      "from (default: spool/ beside config.yaml, when that folder exists).", file_only=True, path=True))
     register(Setting("spool-settle", 2.0, seconds(0.0, MAX_INTERVAL),
                      "Seconds a job file written in place must stay unchanged "
@@ -120,8 +120,13 @@ def durable(queue) -> bool:
 
 
 def chosen_folder(queue, flag: Optional[str] = None, disabled: bool = False) -> Optional[Path]:
-    if flag and disabled:
+    if flag is not None and disabled:
         raise UsageError("give --spool or --no-spool, not both")
+    if flag is not None:
+        try:
+            location(flag)              # an empty folder given is refused, as the setting's value is
+        except ValueError as exc:
+            raise UsageError(f"spool folder {flag!r}: {exc}") from None
     if disabled:
         return None
     folder = Path(os.path.abspath(os.path.expanduser(flag))) if flag else configured_folder(queue)
