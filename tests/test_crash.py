@@ -515,6 +515,8 @@ def test_a_closed_terminal_stops_its_pool_like_sigterm_and_nohup_keeps_it_runnin
     out = shown["history"][0]["stdout"]
     assert out.endswith("finished\n")
     assert not _sig_ignored(out, signal.SIGHUP) and not _sig_ignored(out, signal.SIGINT)
+    # nor blocked: the pool blocks the stop signals across its forks, and its children unblock them
+    assert int(next(line.split()[1] for line in out.splitlines() if line.startswith("SigBlk:")), 16) == 0, out
     assert instance.cli_json("status")["workers"] == []
 
     # Started under nohup (SIGHUP ignored), the pool outlives its terminal and goes on taking jobs.
