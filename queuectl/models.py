@@ -177,6 +177,21 @@ def record(cls):
     return cls
 
 
+_INTEGER_TEXT = LazyPattern(r"[+-]?[0-9]+")
+_NUMBER_TEXT = LazyPattern(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def number_text(text: str, integer: bool = True):
+    """The int (or float) a text writes in ASCII digits, with an optional sign (and for a float a point and
+    an exponent); ValueError otherwise. ``int()`` and ``float()`` also take other scripts' digits ("٣",
+    "３"), underscores ("1_0") and for floats "inf" and "nan": none of those is a number a user typed
+    for a queue, and a duration ("٣s") never took them either."""
+    text = text.strip()
+    if (_INTEGER_TEXT if integer else _NUMBER_TEXT).fullmatch(text) is None:
+        raise ValueError(f"not a number: {text!r}")
+    return int(text) if integer else float(text)
+
+
 @deferred_dataclass
 class Range:
     """A closed range of integers or finite floats; ``check`` returns the value or raises ValueError.
@@ -230,7 +245,7 @@ class Range:
         if isinstance(value, str):
             value = value.strip()
             try:
-                value = int(value) if self.integer else float(value)
+                value = number_text(value, self.integer)
             except ValueError:
                 raise self._error(name, value) from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -548,7 +563,7 @@ _UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
 _SIZES = tuple(_UNITS.values())
 #: A duration: a number of seconds alone, or numbers with units, each unit once and the largest first
 #: (``1h30m``, ``1h 30m``); units are lower case, so ``10M`` (a month, to some tools) is refused.
-_DURATION = LazyPattern(r"(\d+(?:\.\d+)?)|" + r"\s*".join(rf"(?:(\d+(?:\.\d+)?)\s*{u})?" for u in _UNITS))
+_DURATION = LazyPattern(r"([0-9]+(?:\.[0-9]+)?)|" + r"\s*".join(rf"(?:([0-9]+(?:\.[0-9]+)?)\s*{u})?" for u in _UNITS))
 
 
 def parse_duration(value, high: float = MAX_SECONDS) -> float:

@@ -10,7 +10,7 @@ import random
 
 from queuectl import hookimpl
 from queuectl.config import Setting, between, seconds
-from queuectl.models import EXITED, RANGES, RetryDecision, finite
+from queuectl.models import EXITED, RANGES, RetryDecision, finite, number_text
 
 
 def exit_codes(value) -> list:
@@ -23,7 +23,7 @@ def exit_codes(value) -> list:
         if isinstance(item, bool) or str(item).strip() == "":
             raise ValueError(f"not an exit code: {item!r}")
         try:
-            code = int(str(item).strip())
+            code = item if isinstance(item, int) else number_text(str(item))
         except ValueError:
             raise ValueError(f"not an exit code: {item!r}") from None
         if not 0 <= code <= 255:
