@@ -99,7 +99,7 @@ def _show_version(ctx: click.Context, _param, value: bool) -> None:
 # click looks each title of a help page up in gettext ("Usage:", "Options", "Commands"), and the first
 # lookup imports `locale`: about 4.3M instructions, 2% of `queuectl --help`. queuectl installs no
 # translations, so gettext returns each title as it is; the help pages below use the titles as they are,
-# with click's layout unchanged (test_cli checks the pages against click's own rendering).
+# with click's layout unchanged (test_startup_cache checks every page against click's own rendering).
 
 
 class QueuectlFormatter(click.HelpFormatter):
