@@ -126,8 +126,9 @@ class Dashboard:
         self.cookie = {"Cookie": f"queuectl_token_{self.port}={self.token}"}
         self.proc.stderr.readline()              # the /metrics line
 
-    def request(self, path: str, data: dict | None = None, headers: dict | None = None):
-        body = None if data is None else json.dumps(data).encode()
+    def request(self, path: str, data: dict | bytes | None = None, headers: dict | None = None):
+        """GET, or POST of ``data`` (a dict sent as JSON, or bytes sent as they are)."""
+        body = None if data is None else data if isinstance(data, bytes) else json.dumps(data).encode()
         req = urllib.request.Request(self.url.rstrip("/") + path, data=body, headers=headers or {},
                                      method="GET" if data is None else "POST")
         try:
@@ -488,20 +489,12 @@ def test_action_bodies_are_read_as_strictly_as_the_clis_json(instance, dashboard
     """An action's body is JSON read the one strict way queuectl reads JSON from outside: a key given
     twice, NaN, text after the object, bytes that are not UTF-8 are a 400 naming the problem, and the
     job is left as it was; the same body written plainly is done."""
-    import urllib.error
-    import urllib.request
-
     dead = instance.enqueue("exit 3", max_retries=0)
     instance.run("worker", "start", "--burst", timeout=120)
     headers = {"Content-Type": "application/json", "X-Queuectl-Token": dashboard.token, **dashboard.cookie}
 
     def post(body: bytes):
-        req = urllib.request.Request(dashboard.url + "api/retry", data=body, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=30) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
+        return dashboard.request("/api/retry", body, headers)
 
     wrong = []
     for template, message in RAW_BAD_BODIES:
