@@ -135,20 +135,27 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def proc_status(pid: int) -> dict:
+    """/proc/PID/status as a dict of its fields; OSError once the process is gone."""
+    return dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if ":\t" in line)
+
+
+def signal_pending(status: dict, signum: int) -> bool:
+    """Whether ``signum`` waits in a process (its thread's or the process's pending set), from proc_status."""
+    return bool((int(status["SigPnd"], 16) | int(status["ShdPnd"], 16)) >> (signum - 1) & 1)
+
+
 def wait_signal_taken(pids, signum: int, timeout: float = 30.0) -> None:
     """Wait until each of ``pids`` (Python processes sent ``signum``) has taken it: the signal no longer
     pending and the process asleep again, which CPython is only after running its handlers. Two of one
     signal pending at once are delivered as one; a second signal sent after this counts as a second."""
-    bit = 1 << (signum - 1)
-
     def taken(pid: int) -> bool:
         try:
-            status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                          if ":\t" in line)
+            status = proc_status(pid)
         except OSError:
             return True                                  # gone: nothing more to take
-        pending = int(status["SigPnd"], 16) | int(status["ShdPnd"], 16)
-        return not pending & bit and status["State"][0] == "S"
+        return not signal_pending(status, signum) and status["State"][0] == "S"
 
     for pid in pids:
         wait_until(lambda: taken(pid), timeout, 0.01, f"process {pid} to take signal {signum}")

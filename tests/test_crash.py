@@ -15,11 +15,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import FAST_CONFIG, alive, pids_with_env, startup_slack, wait_signal_taken, wait_until
+from conftest import (FAST_CONFIG, alive, pids_with_env, proc_status, signal_pending, startup_slack,
+                      wait_signal_taken, wait_until)
 
 # --- helpers: processes as the kernel sees them -------------------------------------------
 
@@ -563,12 +563,6 @@ os.register_at_fork(before=count, after_in_child=hold)
 """
 
 
-def _signal_pending(pid: int, signum: int) -> bool:
-    status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                  if ":\t" in line)
-    return bool((int(status["SigPnd"], 16) | int(status["ShdPnd"], 16)) >> (signum - 1) & 1)
-
-
 @pytest.mark.parametrize("held, how", [(1, "burst"), (1, "sigterm"), (2, "sigterm")],
                          ids=["sources-burst", "sources-sigterm", "worker-sigterm"])
 def test_a_stop_signal_reaching_a_child_before_its_handlers_is_not_lost(instance, held, how):
@@ -589,7 +583,7 @@ def test_a_stop_signal_reaching_a_child_before_its_handlers_is_not_lost(instance
             wait_until(lambda: instance.cli_json("status")["workers"], 60, message="the worker")
         pool.send_signal(signal.SIGTERM)
     # The pool sends its SIGTERM to the held child (a --burst pool once its worker has found nothing).
-    wait_until(lambda: _signal_pending(child, signal.SIGTERM), 60, message="the SIGTERM to wait in the child")
+    wait_until(lambda: signal_pending(proc_status(child), signal.SIGTERM), 60, message="the SIGTERM to wait in the child")
     release.touch()
     _, err = pool.communicate(timeout=60)
     assert pool.returncode == 0, err
